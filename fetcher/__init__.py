@@ -1,0 +1,1 @@
+"""The fetcher: Cyber Threat Exchange feeds → spool."""

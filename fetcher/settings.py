@@ -1,0 +1,151 @@
+"""Settings of the fetcher (env variable names first; config.yml keys derive from them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr, field_validator
+
+from shared.config import LogLevel, SettingsBase, setting
+from shared.errors import UnsafeNameError
+from shared.spool import FETCHER_STATE_DIRNAME, check_feed_id
+
+
+class FetcherSettings(SettingsBase):
+    """Everything the fetcher needs; nothing of the uploader's."""
+
+    base_url: str = setting(
+        "https://api.cyberthreatexchange.com/",
+        env="CYBERTHREATEXCHANGE_BASE_URL",
+        description="CTX API base URL; normalised to one trailing slash.",
+    )
+    api_key: SecretStr = setting(
+        env="CYBERTHREATEXCHANGE_API_KEY",
+        description="CTX API key, sent as the API-KEY header. Never logged.",
+    )
+    feed_ids: tuple[str, ...] = setting(
+        env="CYBERTHREATEXCHANGE_FEED_IDS",
+        description="Comma-separated feed UUIDs to fetch (at least one; must be subscribed).",
+    )
+    interval_hours: int = setting(
+        1,
+        env="CYBERTHREATEXCHANGE_INTERVAL_HOURS",
+        description="Hours between passes of `ctx-fetcher run` (integer, at least 1).",
+        ge=1,
+    )
+    concurrency: int = setting(
+        8,
+        env="CYBERTHREATEXCHANGE_CONCURRENCY",
+        description="Report bundles fetched in parallel per feed (1-32).",
+        ge=1,
+        le=32,
+    )
+    max_requests_per_second: float = setting(
+        0.0,
+        env="CYBERTHREATEXCHANGE_MAX_REQUESTS_PER_SECOND",
+        description="Upper bound on requests per second to CTX across all threads; 0 = no limit.",
+        ge=0,
+    )
+    connect_timeout: float = setting(
+        10.0,
+        env="CYBERTHREATEXCHANGE_CONNECT_TIMEOUT",
+        description="Seconds to wait for a TCP/TLS connection to CTX.",
+        gt=0,
+    )
+    read_timeout: float = setting(
+        60.0,
+        env="CYBERTHREATEXCHANGE_READ_TIMEOUT",
+        description="Seconds to wait for each read of a CTX answer.",
+        gt=0,
+    )
+    max_retries: int = setting(
+        5,
+        env="CYBERTHREATEXCHANGE_MAX_RETRIES",
+        description="Retries of a request on 429, 5xx and connection errors (with backoff).",
+        ge=0,
+        le=20,
+    )
+    backoff_factor: float = setting(
+        1.0,
+        env="CYBERTHREATEXCHANGE_BACKOFF_FACTOR",
+        description="Exponential backoff factor in seconds between retries (capped at 120 s).",
+        ge=0,
+    )
+    verify_tls: bool = setting(
+        True,
+        env="CYBERTHREATEXCHANGE_VERIFY_TLS",
+        description="Verify the CTX server's TLS certificate. Proxies come from HTTPS_PROXY/NO_PROXY.",
+    )
+    ca_bundle: Path | None = setting(
+        None,
+        env="CYBERTHREATEXCHANGE_CA_BUNDLE",
+        description="A CA bundle file to verify CTX with instead of the system's.",
+    )
+    log_level: LogLevel = setting(
+        "info",
+        env="CONNECTOR_LOG_LEVEL",
+        description="Log level: debug, info, warn or error.",
+    )
+    spool_dir: Path = setting(
+        Path("spool"),
+        env="SPOOL_DIR",
+        description="The spool directory shared with the uploader.",
+    )
+    state_dir: Path | None = setting(
+        None,
+        env="CYBERTHREATEXCHANGE_STATE_DIR",
+        description=f"Where the fetcher keeps cursors and its dedup ledger (default SPOOL_DIR/{FETCHER_STATE_DIRNAME}).",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _normalise_url(cls, value: str) -> str:
+        value = value.strip()
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") + "/"
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_trivial(cls, value: SecretStr) -> SecretStr:
+        # Short keys would make log masking mask ordinary words; no real key is this short.
+        if len(value.get_secret_value().strip()) < 4:
+            raise ValueError("too short to be an API key")
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("feed_ids", mode="before")
+    @classmethod
+    def _split_feed_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in (p.strip() for p in value.split(",")) if part]
+        if isinstance(value, list | tuple):
+            out = []
+            for item in value:
+                try:
+                    out.append(check_feed_id(str(item).strip()))
+                except UnsafeNameError:
+                    raise ValueError(f"{str(item)[:60]!r} is not a feed UUID") from None
+            if not out:
+                raise ValueError("at least one feed id is required")
+            return tuple(dict.fromkeys(out))
+        return value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        return value
+
+    @property
+    def effective_state_dir(self) -> Path:
+        return (
+            self.state_dir if self.state_dir is not None else self.spool_dir / FETCHER_STATE_DIRNAME
+        )
+
+    @property
+    def tls_verify(self) -> bool | str:
+        """The ``verify`` argument for requests."""
+        if not self.verify_tls:
+            return False
+        return str(self.ca_bundle) if self.ca_bundle is not None else True

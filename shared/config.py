@@ -1,0 +1,141 @@
+"""Configuration loading shared by both halves.
+
+Every setting has one environment variable name (the seed's names: ``OPENCTI_*``, ``CONNECTOR_*``,
+``CYBERTHREATEXCHANGE_*``, ``SPOOL_*``, ...) and one ``config.yml`` key derived from it: the first
+word is the section, the rest the key, both lower case (``CYBERTHREATEXCHANGE_BASE_URL`` →
+``cyberthreatexchange.base_url``, ``SPOOL_DIR`` → ``spool.dir``). The environment wins over the file;
+an empty environment variable counts as unset (compose files often set ``FOO=``).
+
+Each half defines its own frozen settings model on :class:`SettingsBase` with :func:`setting`, and its
+CLI calls :func:`load_settings` once and passes the result down.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import ConfigError, ConfigProblem
+
+LogLevel = Literal["debug", "info", "warn", "warning", "error"]
+
+DEFAULT_CONFIG_FILE = Path("config.yml")
+
+SettingsT = TypeVar("SettingsT", bound="SettingsBase")
+
+
+class SettingsBase(BaseModel):
+    """Base of the settings models: frozen, unknown fields refused, fields named by env variable."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
+def setting(default: Any = ..., *, env: str, description: str, **kwargs: Any) -> Any:
+    """A settings field read from environment variable ``env`` (and its derived config.yml key)."""
+    return Field(default, validation_alias=env, description=description, **kwargs)
+
+
+def config_key(env_name: str) -> str:
+    """The config.yml key (``section.key``) of an environment variable name."""
+    section, _, rest = env_name.partition("_")
+    return f"{section.lower()}.{rest.lower()}"
+
+
+def env_names(model: type[SettingsBase]) -> dict[str, str]:
+    """Map each environment variable name of ``model`` to its field name."""
+    names: dict[str, str] = {}
+    for field_name, info in model.model_fields.items():
+        alias = info.validation_alias
+        if not isinstance(alias, str):
+            raise TypeError(f"{model.__name__}.{field_name} has no env name; use setting()")
+        names[alias] = field_name
+    return names
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigProblem("--config", str(path), f"cannot read: {exc.strerror}")], str(path)
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            [ConfigProblem("--config", str(path), f"not valid YAML: {exc}")], str(path)
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [ConfigProblem("--config", str(path), "must be a mapping of sections")], str(path)
+        )
+    flat: dict[str, Any] = {}
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(
+                [ConfigProblem("--config", f"{section}", "section must be a mapping")], str(path)
+            )
+        for key, value in values.items():
+            flat[f"{section}_{key}".upper()] = value
+    return flat
+
+
+def load_settings(
+    model: type[SettingsT],
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> SettingsT:
+    """Build ``model`` from ``config_path`` (if given, else ./config.yml if present) and ``environ``.
+
+    Raises :class:`ConfigError` naming every missing or invalid variable at once.
+    """
+    environ = os.environ if environ is None else environ
+    source = ""
+    values: dict[str, Any] = {}
+    if config_path is None and DEFAULT_CONFIG_FILE.is_file():
+        config_path = DEFAULT_CONFIG_FILE
+    if config_path is not None:
+        source = str(config_path)
+        values.update(_read_config_file(config_path))
+    names = env_names(model)
+    for env_name in names:
+        raw = environ.get(env_name)
+        if raw is not None and raw.strip() != "":
+            values[env_name] = raw.strip()
+    data = {k: v for k, v in values.items() if k in names}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            loc = err["loc"]
+            variable = str(loc[0]) if loc else "?"
+            message = "required, not set" if err["type"] == "missing" else err["msg"]
+            problems.append(ConfigProblem(variable, config_key(variable), message))
+        raise ConfigError(problems, source) from None
+
+
+def describe(model: type[SettingsBase]) -> list[tuple[str, str, str, str]]:
+    """Rows of (env variable, config.yml key, default or "required", description) for docs."""
+    rows = []
+    for env_name, field_name in env_names(model).items():
+        info = model.model_fields[field_name]
+        if info.is_required():
+            default = "required"
+        else:
+            value = info.get_default(call_default_factory=True)
+            if isinstance(value, bool):
+                default = str(value).lower()
+            elif isinstance(value, tuple | list):
+                default = ",".join(str(v) for v in value)
+            else:
+                default = str(value)
+        rows.append((env_name, config_key(env_name), default, info.description or ""))
+    return rows

@@ -1,0 +1,379 @@
+"""The spool: the only contract between the fetcher and the uploader.
+
+Layout (relative to ``SPOOL_DIR``)::
+
+    incoming/<feed_id>/<YYYY>/<MM>/<DD>/<modified>_<stix id | "objects">_<sha256>.json
+    processing/<uploader instance>/<same relative path>   claimed by one uploader
+    done/<same relative path>          accepted by OpenCTI, plus <name>.receipt beside it
+    failed/<same relative path>        refused by content, plus <name>.reason beside it
+    .fetcher/                          the fetcher's cursor and dedup ledger (default place)
+
+* ``<modified>`` is UTC ``%Y%m%dT%H%M%S%fZ`` so that names sort in modified order; the date folders
+  come from the same time.
+* ``<sha256>`` is the hex SHA-256 of the file's exact bytes: a file can be checked by its name alone.
+* Files are published atomically and durably (:func:`publish_bytes`): a hidden temp name in the same
+  directory, fsync, rename, fsync of the directory. Readers ignore hidden names and anything that
+  does not end in ``.json``, so they never see a partial bundle.
+* Sidecars (``.receipt``, ``.reason``) do not end in ``.json`` and so are never taken for bundles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import secrets
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
+
+INCOMING = "incoming"
+PROCESSING = "processing"
+DONE = "done"
+FAILED = "failed"
+STATES = (INCOMING, PROCESSING, DONE, FAILED)
+FETCHER_STATE_DIRNAME = ".fetcher"
+
+BUNDLE_SUFFIX = ".json"
+RECEIPT_SUFFIX = ".receipt"
+REASON_SUFFIX = ".reason"
+FEED_OBJECTS_SUBJECT = "objects"
+
+MODIFIED_FORMAT = "%Y%m%dT%H%M%S%fZ"
+
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_UUID_RE = re.compile(rf"^{_UUID}$")
+# STIX 2.1 §2.7: a type is 3-250 characters of a-z, 0-9 and '-', starting with a letter
+# (custom types may start with "x-"); the id is <type>--<UUID>.
+_STIX_TYPE = r"[a-z][a-z0-9-]{1,248}[a-z0-9]"
+_STIX_ID_RE = re.compile(rf"^{_STIX_TYPE}--{_UUID}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_NAME_RE = re.compile(
+    rf"^(?P<modified>\d{{8}}T\d{{12}}Z)_(?P<subject>{FEED_OBJECTS_SUBJECT}|{_STIX_TYPE}--{_UUID})"
+    rf"_(?P<sha256>[0-9a-f]{{64}})\.json$"
+)
+
+# Namespace of the deterministic bundle ids (uuid5 over the canonical objects).
+BUNDLE_NAMESPACE = uuid.UUID("6b1e3c1a-2f4d-5e8b-9a7c-0d1e2f3a4b5c")
+
+_CHUNK = 1 << 20
+
+
+def check_feed_id(value: object) -> str:
+    """Return ``value`` if it is a lower-case canonical UUID, else raise :class:`UnsafeNameError`."""
+    if isinstance(value, str) and _UUID_RE.match(value.lower()):
+        return value.lower()
+    raise UnsafeNameError("feed id", str(value))
+
+
+def check_stix_id(value: object) -> str:
+    """Return ``value`` if it is a STIX id ``<type>--<uuid>``, else raise :class:`UnsafeNameError`."""
+    if isinstance(value, str) and _STIX_ID_RE.match(value):
+        return value
+    raise UnsafeNameError("STIX id", str(value))
+
+
+def check_sha256(value: object) -> str:
+    """Return ``value`` if it is 64 lower-case hex digits, else raise :class:`UnsafeNameError`."""
+    if isinstance(value, str) and _SHA256_RE.match(value):
+        return value
+    raise UnsafeNameError("sha256", str(value))
+
+
+def parse_stix_timestamp(value: str) -> datetime:
+    """Parse a STIX/CTX timestamp (``2024-05-01T10:00:00.123Z``, any sub-second digits) to UTC."""
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    # fromisoformat takes at most 6 fractional digits; STIX allows more, which carry no order here
+    # beyond microseconds.
+    match = re.match(r"^(.*?\.\d{6})\d+(.*)$", text)
+    if match:
+        text = match.group(1) + match.group(2)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not a timestamp: {value[:64]!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+@dataclass(frozen=True, order=True)
+class SpoolName:
+    """The parts of a bundle file name: ``<modified>_<subject>_<sha256>.json``."""
+
+    modified: datetime
+    subject: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if self.subject != FEED_OBJECTS_SUBJECT:
+            check_stix_id(self.subject)
+        check_sha256(self.sha256)
+        if self.modified.tzinfo is None:
+            raise ValueError("SpoolName.modified must be timezone-aware")
+
+    @property
+    def filename(self) -> str:
+        stamp = self.modified.astimezone(UTC).strftime(MODIFIED_FORMAT)
+        return f"{stamp}_{self.subject}_{self.sha256}{BUNDLE_SUFFIX}"
+
+    @classmethod
+    def parse(cls, filename: str) -> SpoolName:
+        """Parse a bundle file name; raise :class:`UnsafeNameError` if it is not one."""
+        match = _NAME_RE.match(filename)
+        if not match:
+            raise UnsafeNameError("spool file name", filename)
+        modified = datetime.strptime(match["modified"], MODIFIED_FORMAT).replace(tzinfo=UTC)
+        return cls(modified, match["subject"], match["sha256"])
+
+
+def relative_path(feed_id: str, name: SpoolName) -> PurePosixPath:
+    """``<feed_id>/<YYYY>/<MM>/<DD>/<filename>`` for a bundle of ``feed_id``."""
+    day = name.modified.astimezone(UTC)
+    return PurePosixPath(
+        check_feed_id(feed_id), f"{day:%Y}", f"{day:%m}", f"{day:%d}", name.filename
+    )
+
+
+def parse_relative_path(rel: PurePosixPath | str) -> tuple[str, SpoolName]:
+    """Check a path relative to a state directory and return its feed id and name.
+
+    Raises :class:`UnsafeNameError` unless it is exactly ``<uuid>/<YYYY>/<MM>/<DD>/<name>`` with the
+    date folders matching the name's modified time.
+    """
+    parts = PurePosixPath(rel).parts
+    if len(parts) != 5:
+        raise UnsafeNameError("spool path", str(rel))
+    feed_id = check_feed_id(parts[0])
+    if parts[0] != feed_id:
+        raise UnsafeNameError("spool path", str(rel))
+    name = SpoolName.parse(parts[4])
+    if relative_path(feed_id, name) != PurePosixPath(*parts):
+        raise UnsafeNameError("spool path", str(rel))
+    return feed_id, name
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic UTF-8 JSON: sorted keys, no insignificant whitespace."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in chunks (never follows a final symlink)."""
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def make_bundle(objects: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """A STIX 2.1 bundle with a deterministic id and objects in a deterministic order.
+
+    Objects are sorted by (id, modified) and exact duplicates dropped, so the same content always
+    gives the same bytes under :func:`canonical_json`.
+    """
+    unique: dict[bytes, dict[str, Any]] = {}
+    for obj in objects:
+        unique.setdefault(canonical_json(obj), obj)
+    ordered = sorted(
+        unique.items(),
+        key=lambda kv: (str(kv[1].get("id", "")), str(kv[1].get("modified", "")), kv[0]),
+    )
+    body = b"[" + b",".join(k for k, _ in ordered) + b"]"
+    bundle_id = f"bundle--{uuid.uuid5(BUNDLE_NAMESPACE, sha256_bytes(body))}"
+    return {"type": "bundle", "id": bundle_id, "objects": [obj for _, obj in ordered]}
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that a rename or create inside it survives a crash."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some filesystems (SMB, some FUSE) refuse fsync on directories; the rename is still atomic.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(path: Path) -> None:
+    """Create ``path`` and its parents, fsyncing each parent whose entries changed."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+        fsync_dir(d.parent)
+
+
+def temp_name(final_name: str) -> str:
+    """A hidden temp name next to ``final_name`` that no reader takes for a bundle."""
+    return f".{final_name}.{secrets.token_hex(6)}.tmp"
+
+
+def publish_bytes(path: Path, data: bytes) -> bool:
+    """Atomically and durably write ``data`` to ``path``.
+
+    Returns False (and writes nothing) if ``path`` already exists with the same size, which for a
+    content-addressed name means the same bytes. Raises :class:`SpoolError` on any I/O failure,
+    leaving no partial file and no temp file behind.
+    """
+    directory = path.parent
+    try:
+        if path.is_file() and path.stat().st_size == len(data):
+            return False
+        _makedirs_durable(directory)
+        tmp = directory / temp_name(path.name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                view = memoryview(data)
+                for start in range(0, len(view), _CHUNK):
+                    fh.write(view[start : start + _CHUNK])
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        fsync_dir(directory)
+    except OSError as exc:
+        raise SpoolError(f"cannot publish {path.name}: {exc.strerror or exc}", path) from exc
+    return True
+
+
+def move_no_replace(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst`` durably without ever overwriting ``dst``.
+
+    Uses link+unlink (atomic no-replace) where the filesystem has hard links, else a checked rename.
+    Raises :class:`DestinationExistsError` if ``dst`` exists, :class:`SpoolError` on I/O errors.
+    """
+    try:
+        _makedirs_durable(dst.parent)
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except FileExistsError:
+            raise DestinationExistsError(f"{dst.name} already exists", dst) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            if dst.exists() or dst.is_symlink():
+                raise DestinationExistsError(f"{dst.name} already exists", dst) from None
+            os.rename(src, dst)
+        else:
+            os.unlink(src)
+        fsync_dir(dst.parent)
+        if src.parent != dst.parent:
+            fsync_dir(src.parent)
+    except OSError as exc:
+        raise SpoolError(f"cannot move {src.name}: {exc.strerror or exc}", src) from exc
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    """A candidate bundle file found in a state directory."""
+
+    path: Path
+    relative: PurePosixPath
+    is_symlink: bool
+
+
+def walk_bundles(root: Path) -> Iterator[SpoolEntry]:
+    """Yield every ``*.json`` entry under ``root`` that is not hidden, without following symlinks.
+
+    Hidden names (temp files, rsync's ``.name.XXXXXX``) and non-``.json`` names are skipped;
+    symlinked files are yielded with ``is_symlink`` set so the caller can refuse them; symlinked
+    directories are never entered. Order is by path, so within a feed by modified time.
+    """
+    stack: list[tuple[Path, PurePosixPath]] = [(root, PurePosixPath())]
+    while stack:
+        directory, rel = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name, reverse=True)
+        except FileNotFoundError:
+            continue
+        except NotADirectoryError:
+            continue
+        files = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((Path(entry.path), rel / entry.name))
+            elif entry.name.endswith(BUNDLE_SUFFIX):
+                files.append(entry)
+        for entry in reversed(files):
+            yield SpoolEntry(Path(entry.path), rel / entry.name, entry.is_symlink())
+
+
+class Spool:
+    """Paths of one spool directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def state_dir(self, state: str) -> Path:
+        if state not in STATES:
+            raise ValueError(f"unknown spool state {state!r}")
+        return self.root / state
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / INCOMING
+
+    @property
+    def processing(self) -> Path:
+        return self.root / PROCESSING
+
+    @property
+    def done(self) -> Path:
+        return self.root / DONE
+
+    @property
+    def failed(self) -> Path:
+        return self.root / FAILED
+
+    @property
+    def default_fetcher_state(self) -> Path:
+        return self.root / FETCHER_STATE_DIRNAME
+
+    def path_in(self, state: str, rel: PurePosixPath | str) -> Path:
+        """The path of ``rel`` in ``state``, refusing anything that would leave that directory."""
+        rel = PurePosixPath(rel)
+        if rel.is_absolute() or any(p in ("", ".", "..") for p in rel.parts):
+            raise UnsafeNameError("spool path", str(rel))
+        return self.state_dir(state).joinpath(*rel.parts)
+
+    def ensure(self) -> None:
+        """Create the state directories that do not exist yet."""
+        for state in (INCOMING, DONE, FAILED):
+            try:
+                _makedirs_durable(self.root / state)
+            except OSError as exc:
+                raise SpoolError(
+                    f"cannot create {state}/: {exc.strerror or exc}", self.root
+                ) from exc

@@ -1,0 +1,1 @@
+"""The uploader: spool → OpenCTI through pycti."""

@@ -1,0 +1,151 @@
+"""Settings of the uploader (env variable names first; config.yml keys derive from them)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr, field_validator
+
+from shared.config import LogLevel, SettingsBase, setting
+
+
+class UploaderSettings(SettingsBase):
+    """Everything the uploader needs; nothing of the fetcher's."""
+
+    opencti_url: str = setting(
+        env="OPENCTI_URL",
+        description="OpenCTI platform URL, e.g. http://opencti:8080.",
+    )
+    opencti_token: SecretStr = setting(
+        env="OPENCTI_TOKEN",
+        description="Token of the connector's OpenCTI user (needs the CONNECTORAPI capability). Never logged.",
+    )
+    opencti_ssl_verify: bool = setting(
+        True,
+        env="OPENCTI_SSL_VERIFY",
+        description="Verify OpenCTI's TLS certificate (pycti's own default is off; ours is on).",
+    )
+    connector_id: str = setting(
+        env="CONNECTOR_ID",
+        description="This connector's UUIDv4, stable across restarts.",
+    )
+    connector_name: str = setting(
+        "Cyber Threat Exchange (spool)",
+        env="CONNECTOR_NAME",
+        description="Name shown in Data → Ingestion → Connectors.",
+    )
+    connector_scope: str = setting(
+        "cyberthreatexchange",
+        env="CONNECTOR_SCOPE",
+        description="Connector scope shown in OpenCTI.",
+    )
+    queue_protocol: Literal["api", "amqp"] = setting(
+        "api",
+        env="CONNECTOR_QUEUE_PROTOCOL",
+        description="How bundles reach OpenCTI: api (GraphQL) or amqp (RabbitMQ; pycti's MQ_* overrides apply).",
+    )
+    log_level: LogLevel = setting(
+        "info",
+        env="CONNECTOR_LOG_LEVEL",
+        description="Log level: debug, info, warn or error.",
+    )
+    spool_dir: Path = setting(
+        Path("spool"),
+        env="SPOOL_DIR",
+        description="The spool directory (incoming/, done/, failed/).",
+    )
+    concurrency: int = setting(
+        2,
+        env="UPLOADER_CONCURRENCY",
+        description="Feeds imported in parallel (files within a feed always go in order).",
+        ge=1,
+        le=32,
+    )
+    polling: bool = setting(
+        False,
+        env="UPLOADER_POLLING",
+        description="Use watchdog's PollingObserver instead of inotify (for NFS/SMB spools).",
+    )
+    poll_interval: float = setting(
+        1.0,
+        env="UPLOADER_POLL_INTERVAL",
+        description="Seconds between polls in polling mode.",
+        gt=0,
+    )
+    rescan_interval: float = setting(
+        60.0,
+        env="UPLOADER_RESCAN_INTERVAL",
+        description="Seconds between full rescans of incoming/ (catches missed events).",
+        gt=0,
+    )
+    settle_seconds: float = setting(
+        5.0,
+        env="UPLOADER_SETTLE_SECONDS",
+        description="A file whose digest does not match is failed as corrupt only after it has not changed for this long (copy in progress).",
+        ge=0,
+    )
+    retry_initial: float = setting(
+        2.0,
+        env="UPLOADER_RETRY_INITIAL",
+        description="First wait in seconds after a transient failure (doubles, with jitter).",
+        gt=0,
+    )
+    retry_max: float = setting(
+        300.0,
+        env="UPLOADER_RETRY_MAX",
+        description="Longest wait in seconds between retries of a transient failure.",
+        gt=0,
+    )
+    max_push_bytes: int = setting(
+        50 * 1024 * 1024,
+        env="UPLOADER_MAX_PUSH_BYTES",
+        description="Largest bundle sent in one push; bigger files are split under one work (OpenCTI's APP__MAX_PAYLOAD_BODY_SIZE).",
+        ge=1024,
+    )
+    wait_for_work: bool = setting(
+        False,
+        env="UPLOADER_WAIT_FOR_WORK",
+        description="Wait until OpenCTI's workers completed a file's work before moving it to done/.",
+    )
+    work_timeout: float = setting(
+        600.0,
+        env="UPLOADER_WORK_TIMEOUT",
+        description="With UPLOADER_WAIT_FOR_WORK, seconds to wait for a work to complete before retrying.",
+        gt=0,
+    )
+    strict_stix: bool = setting(
+        False,
+        env="UPLOADER_STRICT_STIX",
+        description="Parse every bundle with stix2 before import and fail files that do not validate.",
+    )
+    instance_id: str | None = setting(
+        None,
+        env="UPLOADER_INSTANCE_ID",
+        description="Name of this uploader's claim folder in processing/ (default: hostname); must be unique per uploader sharing a spool.",
+    )
+
+    @field_validator("opencti_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip()
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("opencti_token")
+    @classmethod
+    def _token(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().strip()) < 4:
+            raise ValueError("too short to be a token")
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("connector_id")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        try:
+            parsed = uuid.UUID(value.strip())
+        except ValueError:
+            raise ValueError("must be a UUID (generate one with `uuidgen`)") from None
+        return str(parsed)
