@@ -1,0 +1,33 @@
+"""The seam between the spool pipeline and OpenCTI.
+
+The pipeline only knows :class:`Importer`; :mod:`uploader.opencti` (the one module that imports
+pycti) provides the real one, and most tests use a small fake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ImportReceipt:
+    """What OpenCTI gave back for one file: written to done/ beside it."""
+
+    work_id: str
+    connector_id: str
+    pushes: int
+    objects: int
+
+
+class Importer(Protocol):
+    """Imports one spool file's bundle into OpenCTI as one work."""
+
+    def import_bundle(self, work_name: str, bundle: bytes) -> ImportReceipt:
+        """Import ``bundle`` (the file's exact bytes, a STIX 2.1 bundle) under one new work.
+
+        Raises :class:`uploader.errors.TransientImportError` when it is worth retrying later and
+        :class:`uploader.errors.PermanentImportError` when the platform refused the content.
+        Must be safe to call from several threads at once (one call per feed at a time).
+        """
+        ...
