@@ -1,0 +1,180 @@
+"""The spool contract of shared/spool.py."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from shared import spool
+from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
+
+FEED = "0b2d4e5f-1111-4222-8333-444455556666"
+REPORT = "report--7c1e9a52-3b4d-4e5f-8a6b-1c2d3e4f5a6b"
+
+
+def _name(sha: str = "a" * 64, subject: str = REPORT) -> spool.SpoolName:
+    return spool.SpoolName(datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC), subject, sha)
+
+
+def test_name_round_trip_and_layout() -> None:
+    name = _name()
+    assert name.filename == f"20240501T100000123456Z_{REPORT}_{'a' * 64}.json"
+    assert spool.SpoolName.parse(name.filename) == name
+    rel = spool.relative_path(FEED, name)
+    assert rel == PurePosixPath(FEED, "2024", "05", "01", name.filename)
+    assert spool.parse_relative_path(rel) == (FEED, name)
+
+
+def test_names_sort_in_modified_order() -> None:
+    early = spool.SpoolName(datetime(2024, 1, 2, tzinfo=UTC), REPORT, "b" * 64)
+    late = spool.SpoolName(datetime(2024, 1, 10, tzinfo=UTC), "objects", "a" * 64)
+    assert sorted([late.filename, early.filename]) == [early.filename, late.filename]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("../../etc", id="traversal"),
+        pytest.param("0b2d4e5f-1111-4222-8333-44445555666", id="short"),
+        pytest.param("0b2d4e5f-1111-4222-8333-444455556666/..", id="suffix"),
+        pytest.param("", id="empty"),
+        pytest.param(None, id="none"),
+    ],
+)
+def test_feed_id_refused(value: object) -> None:
+    with pytest.raises(UnsafeNameError):
+        spool.check_feed_id(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("report--../../etc/passwd", id="traversal"),
+        pytest.param("report", id="no-uuid"),
+        pytest.param("Report--7c1e9a52-3b4d-4e5f-8a6b-1c2d3e4f5a6b", id="upper-type"),
+        pytest.param("report--7c1e9a52-3b4d-4e5f-8a6b-1c2d3e4f5a6b/x", id="slash"),
+        pytest.param("re/port--7c1e9a52-3b4d-4e5f-8a6b-1c2d3e4f5a6b", id="slash-in-type"),
+    ],
+)
+def test_stix_id_refused(value: str) -> None:
+    with pytest.raises(UnsafeNameError):
+        spool.check_stix_id(value)
+
+
+def test_custom_stix_types_accepted() -> None:
+    for t in ("cryptocurrency-wallet", "x-custom-thing", "extension-definition"):
+        stix_id = f"{t}--7c1e9a52-3b4d-4e5f-8a6b-1c2d3e4f5a6b"
+        assert spool.check_stix_id(stix_id) == stix_id
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        pytest.param(f"{FEED}/2024/05/02/{_name().filename}", id="date-mismatch"),
+        pytest.param(f"{FEED}/2024/05/{_name().filename}", id="too-shallow"),
+        pytest.param(f"../{FEED}/2024/05/01/{_name().filename}", id="dotdot"),
+        pytest.param(f"{FEED.upper()}/2024/05/01/{_name().filename}", id="upper-feed"),
+        pytest.param(f"{FEED}/2024/05/01/x.json", id="bad-name"),
+    ],
+)
+def test_relative_path_refused(rel: str) -> None:
+    with pytest.raises(UnsafeNameError):
+        spool.parse_relative_path(rel)
+
+
+def test_timestamps() -> None:
+    assert spool.parse_stix_timestamp("2024-05-01T10:00:00Z") == datetime(
+        2024, 5, 1, 10, tzinfo=UTC
+    )
+    assert spool.parse_stix_timestamp("2024-05-01T10:00:00.123456789Z").microsecond == 123456
+    with pytest.raises(ValueError, match="not a timestamp"):
+        spool.parse_stix_timestamp("yesterday")
+
+
+def test_bundle_is_deterministic() -> None:
+    a = {"type": "indicator", "id": "indicator--1c2d3e4f-0000-4000-8000-000000000001", "x": 1}
+    b = {"type": "malware", "id": "malware--1c2d3e4f-0000-4000-8000-000000000002", "y": [1, 2]}
+    one = spool.canonical_json(spool.make_bundle([a, b, a]))
+    two = spool.canonical_json(spool.make_bundle([b, a]))
+    assert one == two
+    bundle = json.loads(one)
+    assert bundle["type"] == "bundle"
+    assert bundle["id"].startswith("bundle--")
+    assert [o["id"] for o in bundle["objects"]] == [a["id"], b["id"]]
+    changed = spool.canonical_json(spool.make_bundle([a, {**b, "y": [2, 1]}]))
+    assert json.loads(changed)["id"] != bundle["id"]
+
+
+def test_publish_is_atomic_and_idempotent(tmp_path: Path) -> None:
+    data = b'{"type":"bundle"}'
+    target = tmp_path / "incoming" / FEED / "2024" / "05" / "01" / "f.json"
+    assert spool.publish_bytes(target, data) is True
+    assert target.read_bytes() == data
+    assert spool.publish_bytes(target, data) is False
+    leftovers = [p.name for p in target.parent.iterdir() if p.name != "f.json"]
+    assert leftovers == []
+
+
+def test_publish_failure_leaves_nothing(tmp_path: Path) -> None:
+    blocker = tmp_path / "incoming"
+    blocker.write_text("a file where a directory should be")
+    with pytest.raises(SpoolError):
+        spool.publish_bytes(blocker / "x" / "f.json", b"{}")
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+def test_move_never_overwrites(tmp_path: Path) -> None:
+    src = tmp_path / "a" / "f.json"
+    src.parent.mkdir()
+    src.write_bytes(b"one")
+    dst = tmp_path / "b" / "c" / "f.json"
+    spool.move_no_replace(src, dst)
+    assert dst.read_bytes() == b"one"
+    assert not src.exists()
+    src.write_bytes(b"two")
+    with pytest.raises(DestinationExistsError):
+        spool.move_no_replace(src, dst)
+    assert dst.read_bytes() == b"one"
+    assert src.read_bytes() == b"two"
+
+
+def test_walk_skips_hidden_and_reports_symlinks(tmp_path: Path) -> None:
+    root = tmp_path / "incoming"
+    day = root / FEED / "2024" / "05" / "01"
+    day.mkdir(parents=True)
+    (day / "b.json").write_text("{}")
+    (day / "a.json").write_text("{}")
+    (day / ".a.json.123.tmp").write_text("{}")
+    (day / ".hidden.json").write_text("{}")
+    (day / "notes.txt").write_text("x")
+    (day / "a.json.reason").write_text("x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.json").write_text("{}")
+    (day / "link.json").symlink_to(outside / "secret.json")
+    (root / "dirlink").symlink_to(outside)
+    found = [(e.relative.name, e.is_symlink) for e in spool.walk_bundles(root)]
+    assert found == [("a.json", False), ("b.json", False), ("link.json", True)]
+
+
+def test_path_in_refuses_escape(tmp_path: Path) -> None:
+    s = spool.Spool(tmp_path)
+    assert s.path_in(spool.DONE, "a/b.json") == tmp_path / "done" / "a" / "b.json"
+    for bad in ("../x.json", "/etc/passwd", "a/../../x.json"):
+        with pytest.raises(UnsafeNameError):
+            s.path_in(spool.DONE, bad)
+
+
+def test_sha256_file_refuses_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real.json"
+    real.write_bytes(b"abc")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    assert spool.sha256_file(real) == spool.sha256_bytes(b"abc")
+    with pytest.raises(OSError):
+        spool.sha256_file(link)
+    assert os.path.exists(link)
