@@ -131,7 +131,9 @@ def describe(model: type[SettingsBase]) -> list[tuple[str, str, str, str]]:
             default = "required"
         else:
             value = info.get_default(call_default_factory=True)
-            if isinstance(value, bool):
+            if value is None:
+                default = ""
+            elif isinstance(value, bool):
                 default = str(value).lower()
             elif isinstance(value, tuple | list):
                 default = ",".join(str(v) for v in value)
