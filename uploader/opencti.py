@@ -1,0 +1,502 @@
+"""The real :class:`uploader.importer.Importer`: one spool file → one OpenCTI work, through pycti.
+
+This is the only module that imports pycti (STYLE §1). Per file it follows the diode-import
+connector's sequence (REFERENCE §2): ``initiate_work`` → ``send_stix2_bundle(work_id=...)`` (once per
+chunk when the file is larger than ``max_push_bytes``) → ``to_processed``.
+
+Where pycti is adapted, and why:
+
+* ``OpenCTIConnectorHelper.__init__`` replaces ``sys.excepthook`` with a hook that SIGTERMs the
+  process; the previous hook is put back right after construction, so an uncaught error in our
+  threads is reported, not turned into a silent kill of the uploader.
+* ``OpenCTIApiClient`` calls ``logging.basicConfig(force=True)`` from its constructor, which would
+  throw away the CLI's redacting handler; the root logger's handlers and level are restored after the
+  helper is built.
+* ``helper.stop()`` is never called: it sends ``deleteConnector``, which deletes the connector's
+  works on the platform. :meth:`PyctiImporter.close` only stops the ping thread.
+* The ping thread (``PingAlive``) is a daemon thread and no other thread is started for an
+  ``EXTERNAL_IMPORT`` connector that never calls ``listen()`` (metrics are off unless
+  ``CONNECTOR_EXPOSE_METRICS`` is set), so a CLI process exits normally; ``close()`` still stops the
+  ping loop so the last ping is not sent mid-shutdown.
+* pycti's health check swallows the platform's answer (a wrong token looks like "not reachable"), so
+  :meth:`PyctiImporter.connect` asks ``about{version}`` itself first to tell a wrong token
+  (:class:`PlatformAuthError`) from a platform that is down or starting (:class:`TransientImportError`).
+* pycti turns a non-200 answer into ``ValueError(body)`` and loses the status code; a response hook
+  on pycti's session remembers the last status per thread so 413/429/5xx are classified by code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import requests
+from pycti import OpenCTIConnectorHelper
+
+from uploader.errors import (
+    ImportFailure,
+    PermanentImportError,
+    PlatformAuthError,
+    TransientImportError,
+)
+from uploader.importer import ImportReceipt
+from uploader.settings import UploaderSettings
+
+logger = logging.getLogger(__name__)
+
+#: Bytes kept free in every push for the GraphQL document and variables around the bundle.
+PUSH_ENVELOPE_BYTES = 4096
+
+#: Seconds allowed for our own health probe (pycti's own requests use a fixed 300 s timeout).
+PROBE_TIMEOUT = 30.0
+
+#: Seconds between two ``work(id)`` polls when waiting for a work to complete.
+WORK_POLL_INTERVAL = 2.0
+
+_HEALTH_QUERY = "query healthCheck { about { version } }"
+
+# Text fragments of pycti/platform errors, checked in this order (first match wins). Auth comes first:
+# "Invalid connector" is wrapped by the platform in "Invalid bundle" when it gives the cause.
+_AUTH_MARKERS = (
+    "you must be logged in",
+    "auth_required",
+    "authrequired",
+    "authfailure",
+    "auth_failure",
+    "you are not allowed",
+    "forbidden",
+    "invalid connector",
+    "a token must be set",
+)
+_TRANSIENT_MARKERS = (
+    "not reachable",
+    "starting",
+    "econnrefused",
+    "connection refused",
+    "timeout",
+    "timed out",
+    "too many requests",
+    "rate limit",
+    "lock timeout",
+    "lockerror",
+    "databaseerror",
+    "database error",
+    "bad gateway",
+    "service unavailable",
+    "gateway timeout",
+    "temporarily",
+)
+_PERMANENT_MARKERS = (
+    "invalid bundle",
+    "invalid stix bundle",
+    "nothing to import",
+    "not a valid json",
+    "not a valid bundle",
+    "unsupported",
+    "functionalerror",
+    "validationerror",
+    "validation error",
+    "too large",
+    "payloadtoolarge",
+)
+
+# Objects that others refer to go first, containers last, so that a split bundle's early pushes
+# carry what the later ones reference (the platform's workers retry missing refs, but less is better).
+_TYPE_RANK = {
+    "marking-definition": 0,
+    "extension-definition": 0,
+    "language-content": 0,
+    "identity": 1,
+    "relationship": 3,
+    "sighting": 3,
+    "report": 4,
+    "grouping": 4,
+    "note": 4,
+    "opinion": 4,
+    "observed-data": 4,
+}
+
+
+class PyctiImporter:
+    """Imports spool bundles into OpenCTI as the registered ``EXTERNAL_IMPORT`` connector.
+
+    Build it with ``PyctiImporter(settings)``; nothing touches the network until :meth:`connect`
+    or the first :meth:`import_bundle` (which connects when needed, so a platform that is down at
+    start-up is a :class:`TransientImportError` of the first file, not a crash).
+
+    Errors: :class:`TransientImportError` (platform down or starting, connection refused, timeout,
+    429, 5xx, work not completed within ``work_timeout``), :class:`PlatformAuthError` (wrong token,
+    missing capability, unknown connector), :class:`PermanentImportError` (the platform refused the
+    bundle, or the bytes are not a non-empty STIX bundle, or one object alone is over
+    ``max_push_bytes``). ``work_id`` is set on the error when a work had been created.
+    """
+
+    def __init__(
+        self,
+        settings: UploaderSettings,
+        *,
+        work_poll_interval: float = WORK_POLL_INTERVAL,
+    ) -> None:
+        self._settings = settings
+        self._work_poll_interval = work_poll_interval
+        self._helper: Any = None
+        # pycti shares one requests.Session (not documented as thread-safe) and mutable helper
+        # state (work_id, draft_id, headers) between calls: every pycti call of ours goes under
+        # this lock. The feeds' threads therefore import one bundle at a time; the platform's
+        # workers do the real work asynchronously anyway.
+        self._lock = threading.RLock()
+        self._status = threading.local()
+        self._closed = threading.Event()
+
+    @property
+    def connector_id(self) -> str:
+        return self._settings.connector_id
+
+    @property
+    def helper(self) -> Any:
+        """The pycti helper once connected (for tests and diagnostics), else ``None``."""
+        return self._helper
+
+    def connect(self) -> None:
+        """Register the connector with OpenCTI (once); safe to call again after a failure."""
+        with self._lock:
+            if self._helper is None:
+                self._helper = self._create_helper()
+
+    def close(self) -> None:
+        """Stop pinging the platform. Never unregisters the connector (that deletes its works)."""
+        self._closed.set()
+        with self._lock:
+            helper = self._helper
+        ping = getattr(helper, "ping", None)
+        if ping is not None:
+            ping.stop()
+
+    def __enter__(self) -> PyctiImporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def import_bundle(self, work_name: str, bundle: bytes) -> ImportReceipt:
+        """Import ``bundle`` under one new work; see :class:`uploader.importer.Importer`."""
+        chunks, objects = split_bundle(bundle, self._settings.max_push_bytes)
+        with self._lock:
+            self._status.code = None
+            self.connect()
+            helper = self._helper
+            work_id: str | None = None
+            try:
+                work_id = helper.api.work.initiate_work(helper.connect_id, work_name)
+                for chunk in chunks:
+                    helper.send_stix2_bundle(
+                        chunk,
+                        work_id=work_id,
+                        # The spool file is the newest version of its objects (REFERENCE §4).
+                        update=True,
+                        cleanup_inconsistent_bundle=False,
+                    )
+                helper.api.work.to_processed(
+                    work_id,
+                    f"ctx-uploader: {objects} objects in {len(chunks)} push(es)",
+                )
+            except Exception as exc:  # pycti raises bare Exception/ValueError: classified here
+                failure = self._classify(exc, work_id)
+                if work_id is not None and not _unreachable(exc):
+                    self._mark_in_error(work_id, failure)
+                raise failure from exc
+        logger.info(
+            "bundle pushed to OpenCTI",
+            extra={"work_id": work_id, "pushes": len(chunks), "objects": objects},
+        )
+        if self._settings.wait_for_work:
+            self._wait_for_work(str(work_id))
+        return ImportReceipt(
+            work_id=str(work_id),
+            connector_id=self.connector_id,
+            pushes=len(chunks),
+            objects=objects,
+        )
+
+    def _pycti_config(self) -> dict[str, dict[str, Any]]:
+        s = self._settings
+        return {
+            "opencti": {
+                "url": s.opencti_url,
+                "token": s.opencti_token.get_secret_value(),
+                # pycti's default is False: always pass ours (default True).
+                "ssl_verify": s.opencti_ssl_verify,
+                # Plain records through the CLI's redacting handler, not pycti's JSON handler.
+                "json_logging": False,
+            },
+            "connector": {
+                "id": s.connector_id,
+                "type": "EXTERNAL_IMPORT",
+                "name": s.connector_name,
+                "scope": s.connector_scope,
+                "log_level": "warning" if s.log_level == "warn" else s.log_level,
+                "queue_protocol": s.queue_protocol,
+                "run_and_terminate": False,
+                # No workbench/draft detour and no copy to a directory: straight to the queue.
+                "validate_before_import": False,
+                "send_to_directory": False,
+            },
+        }
+
+    def _probe(self) -> str:
+        """Ask ``about{version}`` ourselves: pycti's health check hides why it failed."""
+        s = self._settings
+        try:
+            response = requests.post(
+                f"{s.opencti_url}/graphql",
+                json={"query": _HEALTH_QUERY, "variables": {}},
+                headers={"Authorization": f"Bearer {s.opencti_token.get_secret_value()}"},
+                verify=s.opencti_ssl_verify,
+                timeout=PROBE_TIMEOUT,
+            )
+        except requests.RequestException as exc:
+            raise TransientImportError(
+                f"OpenCTI at {s.opencti_url} is not reachable: {type(exc).__name__}"
+            ) from None
+        if response.status_code in (401, 403):
+            raise PlatformAuthError(
+                f"OpenCTI refused the token (HTTP {response.status_code}); check OPENCTI_TOKEN"
+            )
+        if response.status_code != 200:
+            raise TransientImportError(
+                f"OpenCTI at {s.opencti_url} answered HTTP {response.status_code} (starting or down?)"
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            raise TransientImportError(
+                f"OpenCTI at {s.opencti_url} answered something that is not JSON"
+            ) from None
+        errors = body.get("errors") if isinstance(body, dict) else None
+        if errors:
+            text = json.dumps(errors)
+            if _matches(text.lower(), _AUTH_MARKERS):
+                raise PlatformAuthError(
+                    "OpenCTI refused the token (AUTH_REQUIRED); check OPENCTI_TOKEN and that its user has the CONNECTORAPI capability"
+                )
+            raise TransientImportError(f"OpenCTI health check failed: {text[:300]}")
+        version = str(((body.get("data") or {}).get("about") or {}).get("version", "unknown"))
+        return version
+
+    def _create_helper(self) -> Any:
+        version = self._probe()
+        root = logging.getLogger()
+        saved_handlers, saved_level = list(root.handlers), root.level
+        saved_levels = {name: logging.getLogger(name).level for name in ("urllib3", "pika")}
+        saved_hook = sys.excepthook
+        try:
+            helper = OpenCTIConnectorHelper(self._pycti_config())
+        except Exception as exc:  # noqa: BLE001 - pycti raises ValueError/requests errors/KeyError
+            raise self._classify(exc, None) from None
+        finally:
+            # pycti's hook SIGTERMs the whole process on any uncaught exception (REFERENCE §2):
+            # the uploader must survive a bad file or a dead thread, so the previous hook returns.
+            sys.excepthook = saved_hook
+            # pycti's logger() calls basicConfig(force=True) and would drop our redacting handler.
+            root.handlers[:] = saved_handlers
+            root.setLevel(saved_level)
+            for name, level in saved_levels.items():
+                logging.getLogger(name).setLevel(level)
+        helper.api.session.hooks["response"].append(self._remember_status)
+        logger.info(
+            "connector registered with OpenCTI",
+            extra={
+                "connector_id": helper.connect_id,
+                "platform_version": version,
+                "queue_protocol": self._settings.queue_protocol,
+            },
+        )
+        return helper
+
+    def _remember_status(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self._status.code = response.status_code
+
+    def _last_status(self) -> int | None:
+        code = getattr(self._status, "code", None)
+        return code if isinstance(code, int) else None
+
+    def _classify(self, exc: BaseException, work_id: str | None) -> ImportFailure:
+        """Map what pycti raised to our error tree (REFERENCE §2), without the token in the text."""
+        if isinstance(exc, ImportFailure):
+            if work_id is not None and exc.work_id is None:
+                exc.work_id = work_id
+            return exc
+        text = self._redact(_describe(exc))
+        if isinstance(exc, requests.RequestException) or _unreachable(exc):
+            return TransientImportError(f"OpenCTI not reachable: {text}", work_id=work_id)
+        if type(exc).__module__.startswith("pika"):
+            return TransientImportError(f"RabbitMQ push failed: {text}", work_id=work_id)
+        status = self._last_status()
+        # pycti raises ValueError(r.text) for a non-200 answer: the hook knows the code.
+        if (
+            isinstance(exc, ValueError)
+            and exc.args
+            and isinstance(exc.args[0], str)
+            and status not in (None, 200)
+        ):
+            return _by_status(int(status or 0), text, work_id)
+        lowered = text.lower()
+        if _matches(lowered, _AUTH_MARKERS):
+            return PlatformAuthError(f"OpenCTI refused the connector: {text}", work_id=work_id)
+        if _matches(lowered, _TRANSIENT_MARKERS):
+            return TransientImportError(f"OpenCTI is not ready: {text}", work_id=work_id)
+        if _matches(lowered, _PERMANENT_MARKERS):
+            return PermanentImportError(f"OpenCTI refused the bundle: {text}", work_id=work_id)
+        # Unknown: keep the file pending rather than risk failing good data (issue 3, "never lost").
+        return TransientImportError(f"OpenCTI import failed: {text}", work_id=work_id)
+
+    def _redact(self, text: str) -> str:
+        token = self._settings.opencti_token.get_secret_value()
+        return text.replace(token, "***") if token else text
+
+    def _mark_in_error(self, work_id: str, failure: ImportFailure) -> None:
+        try:
+            self._helper.api.work.to_processed(work_id, str(failure)[:500], in_error=True)
+        except Exception as exc:  # noqa: BLE001 - best effort: the failure itself is what matters
+            logger.warning(
+                "could not mark the work in error",
+                extra={"work_id": work_id, "reason": self._redact(_describe(exc))[:200]},
+            )
+
+    def _wait_for_work(self, work_id: str) -> None:
+        deadline = time.monotonic() + self._settings.work_timeout
+        status = "unknown"
+        while True:
+            with self._lock:
+                try:
+                    work = self._helper.api.work.get_work(work_id)
+                except Exception as exc:  # classified like any pycti failure
+                    raise self._classify(exc, work_id) from exc
+            status = str((work or {}).get("status", "unknown"))
+            if status == "complete":
+                errors = (work or {}).get("errors") or []
+                if errors:
+                    logger.warning(
+                        "OpenCTI completed the work with errors",
+                        extra={"work_id": work_id, "errors": len(errors)},
+                    )
+                return
+            if time.monotonic() >= deadline or self._closed.is_set():
+                break
+            self._closed.wait(min(self._work_poll_interval, max(0.0, deadline - time.monotonic())))
+        raise TransientImportError(
+            f"work {work_id} not complete after {self._settings.work_timeout:g} s (status {status})",
+            work_id=work_id,
+        )
+
+
+def split_bundle(data: bytes, max_push_bytes: int) -> tuple[list[str], int]:
+    """The bundle as one or more bundle texts, each under ``max_push_bytes`` once in a push.
+
+    Returns ``(bundle_texts, number_of_objects)``. A bundle that fits is sent as the file's exact
+    text; a bigger one is cut into whole objects (referenced objects first, containers last), each
+    chunk a ``{type, id, objects}`` bundle. Nothing is dropped: one object alone over the limit is a
+    :class:`PermanentImportError`.
+    """
+    parsed = _parse_bundle(data)
+    text = data.decode("utf-8")
+    objects: list[dict[str, Any]] = parsed["objects"]
+    budget = max_push_bytes - PUSH_ENVELOPE_BYTES
+    if _pushed_size(text) <= budget:
+        return [text], len(objects)
+    bundle_id = str(parsed.get("id") or f"bundle--{uuid.uuid4()}")
+    head = _pushed_size(json.dumps({"type": "bundle", "id": bundle_id, "objects": []}))
+    chunks: list[str] = []
+    current: list[str] = []
+    size = head
+    for obj in sorted(objects, key=_rank):
+        obj_text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        obj_size = _pushed_size(obj_text) + 1
+        if head + obj_size > budget:
+            raise PermanentImportError(
+                f"object {obj.get('id')} alone is {obj_size} bytes, over UPLOADER_MAX_PUSH_BYTES={max_push_bytes}"
+            )
+        if current and size + obj_size > budget:
+            chunks.append(_chunk(bundle_id, len(chunks), current))
+            current, size = [], head
+        current.append(obj_text)
+        size += obj_size
+    if current:
+        chunks.append(_chunk(bundle_id, len(chunks), current))
+    return chunks, len(objects)
+
+
+def _parse_bundle(data: bytes) -> dict[str, Any]:
+    # The platform's own check (REFERENCE §2): type "bundle" and a non-empty objects list.
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PermanentImportError(f"not a JSON document: {exc}") from None
+    if not isinstance(parsed, dict) or parsed.get("type") != "bundle":
+        raise PermanentImportError("not a STIX bundle (type is not 'bundle')")
+    objects = parsed.get("objects")
+    if not isinstance(objects, list) or not objects:
+        raise PermanentImportError("the bundle has no objects")
+    for obj in objects:
+        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+            raise PermanentImportError("the bundle holds an object without an id")
+    return parsed
+
+
+def _rank(obj: Mapping[str, Any]) -> int:
+    return _TYPE_RANK.get(str(obj.get("type")), 2)
+
+
+def _chunk(bundle_id: str, index: int, objects: list[str]) -> str:
+    chunk_id = f"bundle--{uuid.uuid5(uuid.NAMESPACE_URL, f'{bundle_id}/{index}')}"
+    return f'{{"type":"bundle","id":"{chunk_id}","objects":[{",".join(objects)}]}}'
+
+
+def _pushed_size(text: str) -> int:
+    # The bundle travels as a JSON string inside the GraphQL variables: quotes and backslashes
+    # are escaped, so the body is bigger than the file.
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8"))
+
+
+def _matches(text: str, markers: tuple[str, ...]) -> bool:
+    return any(marker in text for marker in markers)
+
+
+def _by_status(status: int, text: str, work_id: str | None) -> ImportFailure:
+    detail = f"HTTP {status}: {text[:300]}"
+    if status in (401, 403):
+        return PlatformAuthError(f"OpenCTI refused the token: {detail}", work_id=work_id)
+    if status == 413:
+        return PermanentImportError(
+            f"OpenCTI refused the push as too large ({detail}); lower UPLOADER_MAX_PUSH_BYTES to the platform's APP__MAX_PAYLOAD_BODY_SIZE and replay",
+            work_id=work_id,
+        )
+    # 429, 5xx, and other 4xx (a proxy, a wrong URL, a schema mismatch): not the bundle's fault.
+    return TransientImportError(f"OpenCTI answered {detail}", work_id=work_id)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ValueError) and exc.args and isinstance(exc.args[0], dict):
+        error: dict[str, Any] = exc.args[0]
+        parts = [str(error.get("name", "")), str(error.get("error_message", ""))]
+        parts += [f"{k}={v}" for k, v in error.items() if k not in ("name", "error_message")]
+        return " ".join(p for p in _dedupe(parts) if p)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _dedupe(parts: list[str]) -> Iterator[str]:
+    seen: set[str] = set()
+    for part in parts:
+        if part not in seen:
+            seen.add(part)
+            yield part
+
+
+def _unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, requests.ConnectionError | requests.Timeout)
