@@ -1,0 +1,163 @@
+"""``ctx-fetcher``: CTX feeds into the spool (``once``, ``run``, ``feeds``)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from fetcher.client import CTXClient
+from fetcher.errors import FetcherError
+from fetcher.settings import FetcherSettings
+from fetcher.state import Ledger
+from fetcher.sync import FeedResult, run_pass
+from shared.config import load_settings
+from shared.errors import ConfigError, SpoolError
+from shared.logsetup import configure_logging
+from shared.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="config.yml to read (default ./config.yml if present). Environment variables win.",
+)
+
+
+def _settings(config_path: Path | None) -> FetcherSettings:
+    try:
+        settings = load_settings(FetcherSettings, config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    configure_logging(settings.log_level, secrets=[settings.api_key.get_secret_value()])
+    return settings
+
+
+def _progress() -> Callable[[FeedResult], None] | None:
+    if not sys.stdout.isatty():
+        return None
+
+    def show(result: FeedResult) -> None:
+        click.echo(
+            f"\r{result.feed_id}: reports {result.reports_written} new, "
+            f"{result.reports_unchanged} unchanged, objects files {result.objects_files_written}",
+            nl=False,
+        )
+
+    return show
+
+
+def _one_pass(settings: FetcherSettings) -> list[FeedResult]:
+    progress = _progress()
+    spool = Spool(settings.spool_dir)
+    try:
+        with Ledger(settings.effective_state_dir) as ledger, CTXClient(settings) as client:
+            results = run_pass(
+                client,
+                ledger,
+                spool,
+                settings.feed_ids,
+                concurrency=settings.concurrency,
+                progress=progress,
+            )
+    except (FetcherError, SpoolError) as exc:
+        results = [FeedResult(feed_id, error=exc) for feed_id in settings.feed_ids]
+    if progress is not None:
+        click.echo("")
+    for result in results:
+        click.echo(f"{result.feed_id}: {result.summary()}")
+    return results
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Fetch Cyber Threat Exchange feeds into the spool, one STIX bundle file per report."""
+
+
+@main.command()
+@config_option
+def once(config_path: Path | None) -> None:
+    """One pass over every configured feed; exit 0 only if every feed succeeded."""
+    settings = _settings(config_path)
+    failed = [r for r in _one_pass(settings) if not r.ok]
+    if failed:
+        raise click.ClickException("\n".join(f"feed {r.feed_id} failed: {r.error}" for r in failed))
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        logger.info("signal %s received; stopping after the current pass", signum)
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@main.command()
+@config_option
+@click.option("--max-passes", type=click.IntRange(min=1), default=None, hidden=True)
+@click.option("--interval-seconds", type=click.FloatRange(min=0), default=None, hidden=True)
+def run(config_path: Path | None, max_passes: int | None, interval_seconds: float | None) -> None:
+    """A pass now, then one every CYBERTHREATEXCHANGE_INTERVAL_HOURS, until SIGTERM/SIGINT."""
+    settings = _settings(config_path)
+    interval = interval_seconds if interval_seconds is not None else settings.interval_hours * 3600
+    stop = threading.Event()
+    passes = 0
+    with _stop_on_signals(stop):
+        while not stop.is_set():
+            try:
+                results = _one_pass(settings)
+                failed = sum(1 for r in results if not r.ok)
+                if failed:
+                    logger.error("pass finished with %d failed feed(s)", failed)
+            except Exception:
+                # ``run`` is a long-lived service: one bad pass must not end it.
+                logger.exception("pass crashed; trying again at the next interval")
+            passes += 1
+            if max_passes is not None and passes >= max_passes:
+                break
+            stop.wait(interval)
+    logger.info("stopped after %d pass(es)", passes)
+
+
+@main.command()
+@config_option
+def feeds(config_path: Path | None) -> None:
+    """The team's subscribed feeds with their status, marking which are configured."""
+    settings = _settings(config_path)
+    try:
+        with CTXClient(settings) as client:
+            subscriptions = client.subscriptions()
+    except FetcherError as exc:
+        raise click.ClickException(str(exc)) from None
+    configured = set(settings.feed_ids)
+    rows = [("FEED ID", "NAME", "STATUS", "CONFIGURED")]
+    for sub in subscriptions:
+        rows.append(
+            (sub.feed_id, sub.name, sub.status, "yes" if sub.feed_id in configured else "no")
+        )
+    known = {sub.feed_id for sub in subscriptions}
+    for feed_id in settings.feed_ids:
+        if feed_id not in known:
+            rows.append((feed_id, "-", "not subscribed", "yes"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -1,0 +1,371 @@
+"""The CTX HTTP client: one session, timeouts, retries, typed errors, checked answers.
+
+Facts it relies on are in ``shared/REFERENCE.md`` §1. The client knows URLs, pages and answer shapes;
+what to ask and when to save a cursor is :mod:`fetcher.listing` and :mod:`fetcher.sync`'s job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from fetcher.errors import (
+    CTXAuthError,
+    CTXConnectionError,
+    CTXError,
+    CTXHTTPError,
+    CTXNotFoundError,
+    ForeignHostError,
+    MalformedResponseError,
+)
+from fetcher.settings import FetcherSettings
+from shared.errors import UnsafeNameError
+from shared.spool import check_feed_id, check_stix_id
+
+logger = logging.getLogger(__name__)
+
+# The server clamps larger values silently (REFERENCE §1), so asking more would only mislead us.
+OBJECTS_PAGE_SIZE = 50
+BUNDLE_PAGE_SIZE = 100
+SUBSCRIPTIONS_PAGE_SIZE = 50
+# A safety net against a server that keeps handing out pages: far beyond any real feed.
+MAX_PAGES = 100_000
+
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+JSONDict = dict[str, Any]
+Style = Literal["cursor", "page"]
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of ``objects``, in whichever pagination style the server answered."""
+
+    objects: list[JSONDict]
+    style: Style
+    next: str | None = None
+    page_number: int | None = None
+    page_size: int | None = None
+    total: int | None = None
+
+    @property
+    def is_last_numbered(self) -> bool:
+        """Page style: True when this page is empty or reaches ``total_results_count``."""
+        if not self.objects:
+            return True
+        if self.total is None or self.page_number is None or self.page_size is None:
+            return False
+        return self.page_number * self.page_size >= self.total
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A feed the team is subscribed to, and the subscription's status."""
+
+    feed_id: str
+    name: str
+    status: str
+
+    @property
+    def active(self) -> bool:
+        return self.status.lower() == "active"
+
+
+class RateLimiter:
+    """A token bucket shared by every thread of one client: at most ``rate`` requests a second."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._capacity = max(1.0, rate)
+        self._tokens = self._capacity
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        if self._rate <= 0:
+            return
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
+                self._stamp = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                wait = (1 - self._tokens) / self._rate
+            time.sleep(wait)
+
+
+def _retry(settings: FetcherSettings) -> Retry:
+    return Retry(
+        total=settings.max_retries,
+        backoff_factor=settings.backoff_factor,
+        backoff_max=120,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=frozenset({"GET"}),
+        respect_retry_after_header=True,
+        # The last answer comes back to us so that its status maps to a typed error.
+        raise_on_status=False,
+    )
+
+
+class CTXClient:
+    """A client of the CTX API for one API key. Thread-safe for concurrent GETs."""
+
+    def __init__(self, settings: FetcherSettings) -> None:
+        self._base = settings.base_url
+        base = urlsplit(self._base)
+        self._origin = (base.scheme, base.netloc.lower())
+        self._timeout = (settings.connect_timeout, settings.read_timeout)
+        self._limiter = RateLimiter(settings.max_requests_per_second)
+        self._session = requests.Session()
+        # trust_env stays on: HTTPS_PROXY / NO_PROXY / REQUESTS_CA_BUNDLE work as users expect.
+        self._session.verify = settings.tls_verify
+        self._session.headers["API-KEY"] = settings.api_key.get_secret_value()
+        self._session.headers["Accept"] = "application/json"
+        adapter = HTTPAdapter(
+            max_retries=_retry(settings), pool_maxsize=max(10, settings.concurrency)
+        )
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> CTXClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _url(self, path_or_url: str, feed_id: str | None) -> str:
+        if not path_or_url.startswith(("http://", "https://")):
+            return urljoin(self._base, path_or_url)
+        target = urlsplit(path_or_url)
+        if (target.scheme, target.netloc.lower()) != self._origin:
+            # The API-KEY header goes with every request of this session: never to another host.
+            raise ForeignHostError(
+                f"refusing to follow a next link to another host ({target.netloc})",
+                path=target.path,
+                feed_id=feed_id,
+            )
+        return path_or_url
+
+    def get_json(
+        self,
+        path_or_url: str,
+        params: Mapping[str, str | int] | None = None,
+        *,
+        feed_id: str | None = None,
+    ) -> JSONDict:
+        """GET a path under the base URL (or a same-host full URL) and return its JSON object."""
+        url = self._url(path_or_url, feed_id)
+        path = urlsplit(url).path
+        self._limiter.acquire()
+        try:
+            response = self._session.get(url, params=params, timeout=self._timeout)
+        except requests.RequestException as exc:
+            # The exception text may carry the URL and query, never the headers; keep only the
+            # class name so no server-controlled text reaches our messages.
+            raise CTXConnectionError(
+                f"no answer from CTX for {path}: {type(exc).__name__}", path=path, feed_id=feed_id
+            ) from None
+        with response:
+            status = response.status_code
+            if status in (401, 403):
+                raise CTXAuthError(
+                    f"CTX refused {path} with {status}: the API key is wrong or not entitled",
+                    path=path,
+                    status_code=status,
+                    feed_id=feed_id,
+                )
+            if status == 404:
+                raise CTXNotFoundError(
+                    f"CTX has no {path} (404)", path=path, status_code=status, feed_id=feed_id
+                )
+            if not 200 <= status < 300:
+                raise CTXHTTPError(
+                    f"CTX answered {status} for {path}",
+                    path=path,
+                    status_code=status,
+                    feed_id=feed_id,
+                )
+            try:
+                body = response.json()
+            except (ValueError, requests.RequestException):
+                raise MalformedResponseError(
+                    f"CTX answer for {path} is not valid JSON", path=path, feed_id=feed_id
+                ) from None
+        if not isinstance(body, dict):
+            raise MalformedResponseError(
+                f"CTX answer for {path} is not a JSON object", path=path, feed_id=feed_id
+            )
+        return body
+
+    def subscriptions(self) -> list[Subscription]:
+        """Every subscription of the team (``v1/subscriptions/``, every page)."""
+        path = "v1/subscriptions/"
+        out: list[Subscription] = []
+        for number in range(1, MAX_PAGES):
+            body = self.get_json(path, {"page": number, "page_size": SUBSCRIPTIONS_PAGE_SIZE})
+            results = body.get("results")
+            if not isinstance(results, list):
+                raise MalformedResponseError("subscriptions answer has no results list", path=path)
+            for item in results:
+                sub = _subscription(item, path)
+                if sub is not None:
+                    out.append(sub)
+            page = Page(
+                objects=results,
+                style="page",
+                page_number=_int_or_none(body.get("page_number")),
+                page_size=_int_or_none(body.get("page_size")),
+                total=_int_or_none(body.get("total_results_count")),
+            )
+            if page.is_last_numbered:
+                break
+        return out
+
+    def objects_page(
+        self,
+        feed_id: str,
+        params: Mapping[str, str | int] | None = None,
+        *,
+        url: str | None = None,
+        sub_path: str = "objects/",
+    ) -> Page:
+        """One page of ``v1/feeds/{feed}/{sub_path}`` (or of a same-host ``next`` URL)."""
+        feed_id = check_feed_id(feed_id)
+        target = url if url is not None else f"v1/feeds/{feed_id}/{sub_path}"
+        body = self.get_json(target, params, feed_id=feed_id)
+        return parse_page(body, path=urlsplit(target).path, feed_id=feed_id)
+
+    def bundle(self, feed_id: str, object_id: str) -> list[JSONDict]:
+        """Every object of ``v1/feeds/{feed}/objects/{id}/bundle/``, all pages."""
+        object_id = check_stix_id(object_id)
+        return [obj for page in self._bundle_pages(feed_id, object_id) for obj in page.objects]
+
+    def _bundle_pages(self, feed_id: str, object_id: str) -> Iterator[Page]:
+        sub_path = f"objects/{object_id}/bundle/"
+        # Both styles' parameters on the first request; the answer's shape says which one applies.
+        page = self.objects_page(
+            feed_id,
+            {"limit": BUNDLE_PAGE_SIZE, "page": 1, "page_size": BUNDLE_PAGE_SIZE},
+            sub_path=sub_path,
+        )
+        yield page
+        seen_cursors: set[str] = set()
+        for _ in range(MAX_PAGES):
+            if page.style == "page":
+                if page.is_last_numbered:
+                    return
+                number = (page.page_number or 1) + 1
+                page = self.objects_page(
+                    feed_id, {"page": number, "page_size": BUNDLE_PAGE_SIZE}, sub_path=sub_path
+                )
+            else:
+                nxt = page.next
+                if not page.objects or not nxt:
+                    return
+                if nxt in seen_cursors:
+                    raise MalformedResponseError(
+                        "bundle pages loop (a next cursor came back)",
+                        path=f"v1/feeds/{feed_id}/{sub_path}",
+                        feed_id=feed_id,
+                    )
+                seen_cursors.add(nxt)
+                if nxt.startswith(("http://", "https://")):
+                    page = self.objects_page(feed_id, url=nxt)
+                else:
+                    page = self.objects_page(
+                        feed_id, {"cursor": nxt, "limit": BUNDLE_PAGE_SIZE}, sub_path=sub_path
+                    )
+            yield page
+        raise MalformedResponseError(
+            "too many bundle pages", path=f"v1/feeds/{feed_id}/{sub_path}", feed_id=feed_id
+        )
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _subscription(item: object, path: str) -> Subscription | None:
+    if not isinstance(item, dict):
+        raise MalformedResponseError("a subscription is not an object", path=path)
+    feed = item.get("feed")
+    sub = item.get("subscription")
+    if not isinstance(feed, dict) or not isinstance(sub, dict):
+        raise MalformedResponseError("a subscription lacks feed or subscription", path=path)
+    try:
+        feed_id = check_feed_id(feed.get("id"))
+    except UnsafeNameError as exc:
+        # One bad entry must not hide the team's other feeds; it can never be fetched anyway.
+        logger.warning("ignoring a subscription with an unusable feed id: %s", exc)
+        return None
+    return Subscription(feed_id, str(feed.get("name", "")), str(sub.get("status", "")))
+
+
+def parse_page(body: JSONDict, *, path: str, feed_id: str | None = None) -> Page:
+    """Check an ``objects`` answer and tell its pagination style from its keys (REFERENCE §1)."""
+    objects = body.get("objects")
+    if objects is None and ("next" in body or "page_number" in body):
+        # Some servers drop the key of an empty list.
+        objects = []
+    if not isinstance(objects, list):
+        raise MalformedResponseError("answer has no objects list", path=path, feed_id=feed_id)
+    for obj in objects:
+        check_object(obj, path=path, feed_id=feed_id)
+    if "next" in body:
+        nxt = body["next"]
+        if nxt is not None and not isinstance(nxt, str):
+            raise MalformedResponseError("next is not a string", path=path, feed_id=feed_id)
+        return Page(objects=objects, style="cursor", next=nxt or None)
+    if "page_number" in body or "total_results_count" in body:
+        return Page(
+            objects=objects,
+            style="page",
+            page_number=_int_or_none(body.get("page_number")),
+            page_size=_int_or_none(body.get("page_size")),
+            total=_int_or_none(body.get("total_results_count")),
+        )
+    raise MalformedResponseError(
+        "answer is neither cursor- nor page-style", path=path, feed_id=feed_id
+    )
+
+
+def check_object(obj: object, *, path: str, feed_id: str | None = None) -> JSONDict:
+    """An object from an answer: a JSON object whose ``id`` is ``<type>--<uuid>`` of its ``type``."""
+    if not isinstance(obj, dict):
+        raise MalformedResponseError("an object is not a JSON object", path=path, feed_id=feed_id)
+    try:
+        object_id = check_stix_id(obj.get("id"))
+    except UnsafeNameError as exc:
+        raise MalformedResponseError(str(exc), path=path, feed_id=feed_id) from None
+    if obj.get("type") != object_id.split("--", 1)[0]:
+        raise MalformedResponseError(
+            f"object {object_id} has type {str(obj.get('type'))[:60]!r}", path=path, feed_id=feed_id
+        )
+    return obj
+
+
+__all__ = [
+    "BUNDLE_PAGE_SIZE",
+    "OBJECTS_PAGE_SIZE",
+    "CTXClient",
+    "CTXError",
+    "Page",
+    "RateLimiter",
+    "Subscription",
+    "check_object",
+    "parse_page",
+]

@@ -1,0 +1,287 @@
+"""One pass: for each configured feed, new and updated reports and orphan objects into the spool.
+
+Per feed (issue 2, "What a pass does"):
+
+1. reports updated since the ``reports`` cursor → one report bundle file each (report + related
+   objects from the ``bundle/`` endpoint, every page), fetched in parallel;
+2. every object updated since the ``objects`` cursor that no written bundle carries in its current
+   content → feed-level bundles ``<newest modified>_objects_<sha>.json`` of at most
+   :data:`OBJECTS_PER_FILE` objects.
+
+A cursor is saved only after every file it covers is published; a failing feed keeps its cursors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from fetcher.client import CTXClient, JSONDict, Subscription
+from fetcher.errors import FeedNotSubscribedError, FetcherError, MalformedResponseError
+from fetcher.listing import walk_objects
+from fetcher.state import Ledger
+from shared.errors import SpoolError
+from shared.spool import (
+    FEED_OBJECTS_SUBJECT,
+    Spool,
+    SpoolName,
+    canonical_json,
+    check_feed_id,
+    check_stix_id,
+    make_bundle,
+    parse_stix_timestamp,
+    publish_bytes,
+    relative_path,
+    sha256_bytes,
+)
+
+logger = logging.getLogger(__name__)
+
+OBJECTS_PER_FILE = 1000
+REPORTS_CURSOR = "reports"
+OBJECTS_CURSOR = "objects"
+
+
+@dataclass
+class FeedResult:
+    """What one pass did for one feed; ``error`` is set when the feed failed."""
+
+    feed_id: str
+    reports_written: int = 0
+    reports_unchanged: int = 0
+    objects_files_written: int = 0
+    objects_written: int = 0
+    error: FetcherError | SpoolError | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def summary(self) -> str:
+        text = (
+            f"reports written {self.reports_written}, unchanged {self.reports_unchanged}, "
+            f"objects bundles written {self.objects_files_written} "
+            f"({self.objects_written} objects)"
+        )
+        return text if self.ok else f"FAILED: {self.error} ({text})"
+
+
+Progress = Callable[[FeedResult], None]
+
+
+def strip_bookkeeping(obj: JSONDict) -> JSONDict:
+    """``obj`` without top-level keys starting with ``_``.
+
+    CTX adds ``_record_created``/``_record_modified`` etc. They are not STIX and change when CTX
+    re-indexes without any change of content, so keeping them would make unchanged reports look new
+    and defeat dedup. Everything else (custom observables, ``extensions``) stays untouched.
+    """
+    return {key: value for key, value in obj.items() if not key.startswith("_")}
+
+
+def object_sha(obj: JSONDict) -> str:
+    return sha256_bytes(canonical_json(obj))
+
+
+def _object_time(obj: JSONDict) -> tuple[int, datetime] | None:
+    """(rank, time): STIX ``modified``/``created`` rank above CTX's record time.
+
+    SCOs carry no modified/created in STIX 2.1; CTX's record time stands in for them only when no
+    object of a file has a STIX time.
+    """
+    for rank, key in ((1, "modified"), (1, "created"), (0, "_record_modified")):
+        raw = obj.get(key)
+        if isinstance(raw, str):
+            try:
+                return rank, parse_stix_timestamp(raw)
+            except ValueError:
+                continue
+    return None
+
+
+class FeedSync:
+    """One pass over one feed."""
+
+    def __init__(
+        self,
+        client: CTXClient,
+        ledger: Ledger,
+        spool: Spool,
+        feed_id: str,
+        *,
+        concurrency: int,
+        progress: Progress | None = None,
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.spool = spool
+        self.feed_id = check_feed_id(feed_id)
+        self.concurrency = concurrency
+        self.result = FeedResult(self.feed_id)
+        self._progress = progress
+
+    def _tick(self) -> None:
+        if self._progress is not None:
+            self._progress(self.result)
+
+    def run(self) -> FeedResult:
+        """Run the pass; errors end up in ``result.error``, never raised."""
+        try:
+            self._reports()
+            self._orphans()
+        except (FetcherError, SpoolError) as exc:
+            if isinstance(exc, FetcherError) and exc.feed_id is None:
+                exc.feed_id = self.feed_id
+            self.result.error = exc
+        return self.result
+
+    def _publish(
+        self, objects: list[JSONDict], modified: datetime, subject: str
+    ) -> tuple[str, str, bool]:
+        data = canonical_json(make_bundle(objects))
+        sha = sha256_bytes(data)
+        rel = relative_path(self.feed_id, SpoolName(modified, subject, sha))
+        written = publish_bytes(self.spool.path_in("incoming", rel), data)
+        return sha, str(rel), written
+
+    def _reports(self) -> None:
+        cursor = self.ledger.cursor(self.feed_id, REPORTS_CURSOR)
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="ctx-bundle") as pool:
+            for batch in walk_objects(self.client, self.feed_id, cursor, types="report"):
+                reports = [obj for obj in batch.objects if obj["type"] == "report"]
+                futures: list[Future[list[JSONDict]]] = [
+                    pool.submit(self.client.bundle, self.feed_id, report["id"])
+                    for report in reports
+                ]
+                try:
+                    for report, future in zip(reports, futures, strict=True):
+                        self._write_report(report, future.result())
+                finally:
+                    for future in futures:
+                        future.cancel()
+                if batch.safe_cursor is not None:
+                    self.ledger.set_cursor(self.feed_id, REPORTS_CURSOR, batch.safe_cursor)
+
+    def _write_report(self, report: JSONDict, related: list[JSONDict]) -> None:
+        report_id = check_stix_id(report["id"])
+        modified = report.get("modified")
+        if not isinstance(modified, str):
+            raise MalformedResponseError(
+                f"report {report_id} has no modified", path="objects/", feed_id=self.feed_id
+            )
+        try:
+            when = parse_stix_timestamp(modified)
+        except ValueError:
+            raise MalformedResponseError(
+                f"report {report_id} has a bad modified", path="objects/", feed_id=self.feed_id
+            ) from None
+        # The listing's version of the report is the one the cursor covers; the bundle answer may
+        # lack the report or carry another version of it (REFERENCE §1).
+        objects = [strip_bookkeeping(o) for o in related if o.get("id") != report_id]
+        objects.append(strip_bookkeeping(report))
+        bundle_sha = sha256_bytes(canonical_json(make_bundle(objects)))
+        if self.ledger.report_sha(self.feed_id, report_id) == bundle_sha:
+            self.result.reports_unchanged += 1
+            self._tick()
+            return
+        sha, rel, written = self._publish(objects, when, report_id)
+        self.ledger.record(
+            self.feed_id, {o["id"]: object_sha(o) for o in objects}, report=(report_id, sha, rel)
+        )
+        if written:
+            self.result.reports_written += 1
+            logger.info("report bundle written", extra={"feed_id": self.feed_id, "file": rel})
+        else:
+            # Published earlier but not recorded (a crash in between): same name, nothing new.
+            self.result.reports_unchanged += 1
+        self._tick()
+
+    def _orphans(self) -> None:
+        cursor = self.ledger.cursor(self.feed_id, OBJECTS_CURSOR)
+        pending: dict[str, tuple[JSONDict, tuple[int, datetime] | None]] = {}
+        for batch in walk_objects(self.client, self.feed_id, cursor, types=None):
+            for obj in batch.objects:
+                # Reports go through their own walk and cursor, as report bundles.
+                if obj["type"] == "report":
+                    continue
+                when = _object_time(obj)
+                clean = strip_bookkeeping(obj)
+                if self.ledger.object_sha(self.feed_id, clean["id"]) == object_sha(clean):
+                    pending.pop(clean["id"], None)
+                    continue
+                pending.pop(clean["id"], None)
+                pending[clean["id"]] = (clean, when)
+            if batch.final or len(pending) >= OBJECTS_PER_FILE:
+                self._flush(pending)
+            if not pending and batch.safe_cursor is not None:
+                self.ledger.set_cursor(self.feed_id, OBJECTS_CURSOR, batch.safe_cursor)
+
+    def _flush(self, pending: dict[str, tuple[JSONDict, tuple[int, datetime] | None]]) -> None:
+        items = list(pending.values())
+        for start in range(0, len(items), OBJECTS_PER_FILE):
+            chunk = items[start : start + OBJECTS_PER_FILE]
+            objects = [obj for obj, _ in chunk]
+            stamps = [when for _, when in chunk if when is not None]
+            if not stamps:
+                raise MalformedResponseError(
+                    "objects without any timestamp", path="objects/", feed_id=self.feed_id
+                )
+            _, rel, written = self._publish(objects, max(stamps)[1], FEED_OBJECTS_SUBJECT)
+            self.ledger.record(self.feed_id, {o["id"]: object_sha(o) for o in objects})
+            if written:
+                self.result.objects_files_written += 1
+                self.result.objects_written += len(objects)
+                logger.info(
+                    "objects bundle written",
+                    extra={"feed_id": self.feed_id, "file": rel, "objects": len(objects)},
+                )
+            self._tick()
+        pending.clear()
+
+
+def run_pass(
+    client: CTXClient,
+    ledger: Ledger,
+    spool: Spool,
+    feed_ids: tuple[str, ...],
+    *,
+    concurrency: int,
+    progress: Progress | None = None,
+) -> list[FeedResult]:
+    """One pass over every configured feed; each feed's failure stays that feed's."""
+    try:
+        subscriptions: dict[str, Subscription] | None = {
+            sub.feed_id: sub for sub in client.subscriptions()
+        }
+        failure: FetcherError | None = None
+    except FetcherError as exc:
+        subscriptions, failure = None, exc
+    results = []
+    for feed_id in feed_ids:
+        if subscriptions is None:
+            result = FeedResult(feed_id, error=failure)
+        else:
+            sub = subscriptions.get(feed_id)
+            if sub is None or not sub.active:
+                status = None if sub is None else sub.status
+                message = (
+                    f"feed {feed_id} is not among the team's subscriptions"
+                    if sub is None
+                    else f"feed {feed_id} ({sub.name}) subscription is {status!r}, not active"
+                )
+                result = FeedResult(
+                    feed_id, error=FeedNotSubscribedError(message, feed_id=feed_id, status=status)
+                )
+            else:
+                result = FeedSync(
+                    client, ledger, spool, feed_id, concurrency=concurrency, progress=progress
+                ).run()
+        if result.ok:
+            logger.info("feed done: %s", result.summary(), extra={"feed_id": feed_id})
+        else:
+            logger.error("feed failed: %s", result.error, extra={"feed_id": feed_id})
+        results.append(result)
+    return results
