@@ -129,6 +129,7 @@ class Request:
     path: str
     query: dict[str, str]
     had_key: bool
+    at: float  # time.monotonic() when received
 
 
 class _Generator:
@@ -553,7 +554,7 @@ class CTXStandIn:
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         key_ok = req.headers.get("API-KEY") == self.api_key
         with self._lock:
-            self.requests.append(Request(path, query, key_ok))
+            self.requests.append(Request(path, query, key_ok, time.monotonic()))
         fault = self._take_fault(path)
         if fault is not None:
             if fault.kind == "latency":
