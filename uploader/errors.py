@@ -7,9 +7,13 @@ Tree::
     │   ├── TransientImportError         retry later, never fail the file (platform down, 5xx, 429,
     │   │                                timeout, connection refused, platform starting)
     │   └── PermanentImportError         the platform refused the content: the file goes to failed/
-    └── BundleRejected                   the file itself is bad before any import (``kind``: corrupt,
-                                         not-json, not-a-bundle, empty, symlink, invalid-name,
-                                         invalid-stix, unreadable, ...)
+    ├── BundleRejected                   the file itself is bad before any import (``kind``: corrupt,
+    │                                    not-json, not-a-bundle, empty, invalid-bundle, symlink,
+    │                                    invalid-name, invalid-stix, unreadable, conflict)
+    ├── InstanceBusyError                another process holds this instance's claim lock (``instance``,
+    │                                    ``path``)
+    └── ReplayError                      a file asked for by ``replay`` is not in the source state
+                                         (``path``)
 
 A wrong token or an unregistered connector is a :class:`TransientImportError` subclass
 (:class:`PlatformAuthError`): it is a configuration problem, not the file's fault, so files stay pending.
@@ -24,7 +28,7 @@ class UploaderError(Exception):
     """Root of every error raised by :mod:`uploader`."""
 
 
-class ImportFailure(UploaderError):
+class ImportFailure(UploaderError):  # noqa: N818 - name part of the published seam
     """Importing one bundle failed; ``work_id`` is set when a work had been created."""
 
     def __init__(self, message: str, *, work_id: str | None = None) -> None:
@@ -44,10 +48,30 @@ class PermanentImportError(ImportFailure):
     """The platform refused the bundle's content; retrying the same bytes will not help."""
 
 
-class BundleRejected(UploaderError):
+class BundleRejected(UploaderError):  # noqa: N818 - name part of the published seam
     """A spool file is refused before import; ``kind`` is a short machine-readable reason."""
 
     def __init__(self, kind: str, message: str, path: Path | None = None) -> None:
         self.kind = kind
+        self.path = path
+        super().__init__(message)
+
+
+class InstanceBusyError(UploaderError):
+    """Another live uploader already holds the claim lock of ``instance`` (at ``path``)."""
+
+    def __init__(self, instance: str, path: Path) -> None:
+        self.instance = instance
+        self.path = path
+        super().__init__(
+            f"another uploader with instance id {instance!r} is running (lock {path} is held); "
+            "give each uploader sharing a spool its own UPLOADER_INSTANCE_ID"
+        )
+
+
+class ReplayError(UploaderError):
+    """A file named on the ``replay`` command line cannot be replayed."""
+
+    def __init__(self, message: str, path: str) -> None:
         self.path = path
         super().__init__(message)

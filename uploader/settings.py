@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Literal
@@ -10,8 +11,26 @@ from pydantic import SecretStr, field_validator
 
 from shared.config import LogLevel, SettingsBase, setting
 
+# A claim folder name: one safe path component (no separators, no leading dot, no "..").
+INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
-class UploaderSettings(SettingsBase):
+
+class SpoolSettings(SettingsBase):
+    """What ``status``, ``verify`` and ``replay`` need: the spool and the log level, no OpenCTI."""
+
+    log_level: LogLevel = setting(
+        "info",
+        env="CONNECTOR_LOG_LEVEL",
+        description="Log level: debug, info, warn or error.",
+    )
+    spool_dir: Path = setting(
+        Path("spool"),
+        env="SPOOL_DIR",
+        description="The spool directory (incoming/, processing/, done/, failed/).",
+    )
+
+
+class UploaderSettings(SpoolSettings):
     """Everything the uploader needs; nothing of the fetcher's."""
 
     opencti_url: str = setting(
@@ -45,16 +64,6 @@ class UploaderSettings(SettingsBase):
         "api",
         env="CONNECTOR_QUEUE_PROTOCOL",
         description="How bundles reach OpenCTI: api (GraphQL) or amqp (RabbitMQ; pycti's MQ_* overrides apply).",
-    )
-    log_level: LogLevel = setting(
-        "info",
-        env="CONNECTOR_LOG_LEVEL",
-        description="Log level: debug, info, warn or error.",
-    )
-    spool_dir: Path = setting(
-        Path("spool"),
-        env="SPOOL_DIR",
-        description="The spool directory (incoming/, done/, failed/).",
     )
     concurrency: int = setting(
         2,
@@ -125,6 +134,18 @@ class UploaderSettings(SettingsBase):
         env="UPLOADER_INSTANCE_ID",
         description="Name of this uploader's claim folder in processing/ (default: hostname); must be unique per uploader sharing a spool.",
     )
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not INSTANCE_ID_RE.match(value):
+            raise ValueError(
+                "must be one path component: letters, digits, '.', '_' or '-', not starting with '.'"
+            )
+        return value
 
     @field_validator("opencti_url")
     @classmethod

@@ -1,0 +1,247 @@
+"""Fixtures of the uploader tests: a spool in tmp_path, bundle files, a fake importer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.spool import (
+    Spool,
+    SpoolName,
+    canonical_json,
+    make_bundle,
+    publish_bytes,
+    relative_path,
+    sha256_bytes,
+)
+from uploader.claim import InstanceLock
+from uploader.errors import PermanentImportError, TransientImportError
+from uploader.importer import ImportReceipt
+from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
+
+FEED_A = "11111111-1111-4111-8111-111111111111"
+FEED_B = "22222222-2222-4222-8222-222222222222"
+FEED_C = "33333333-3333-4333-8333-333333333333"
+BASE_TIME = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
+
+
+def report_objects(n: int = 1, seed: str = "") -> list[dict[str, Any]]:
+    """A report and ``n`` indicators with deterministic ids."""
+    objects: list[dict[str, Any]] = []
+    refs = []
+    for i in range(n):
+        ident = f"indicator--{uuid.uuid5(uuid.NAMESPACE_URL, f'{seed}-ind-{i}')}"
+        refs.append(ident)
+        objects.append(
+            {
+                "type": "indicator",
+                "spec_version": "2.1",
+                "id": ident,
+                "created": "2024-05-01T10:00:00.000Z",
+                "modified": "2024-05-01T10:00:00.000Z",
+                "name": f"indicator {i} {seed}",
+                "pattern": f"[ipv4-addr:value = '10.0.0.{i % 250}']",
+                "pattern_type": "stix",
+                "valid_from": "2024-05-01T10:00:00Z",
+            }
+        )
+    report_id = f"report--{uuid.uuid5(uuid.NAMESPACE_URL, f'{seed}-report')}"
+    objects.append(
+        {
+            "type": "report",
+            "spec_version": "2.1",
+            "id": report_id,
+            "created": "2024-05-01T10:00:00.000Z",
+            "modified": "2024-05-01T10:00:00.000Z",
+            "name": f"report {seed}",
+            "published": "2024-05-01T10:00:00Z",
+            "object_refs": refs or [report_id],
+        }
+    )
+    return objects
+
+
+@dataclass
+class SpoolFiles:
+    """Writes bundle files into a spool the way the fetcher does."""
+
+    spool: Spool
+    counter: int = 0
+
+    def bundle_bytes(self, seed: str, n: int = 1) -> bytes:
+        return canonical_json(make_bundle(report_objects(n, seed)))
+
+    def add(
+        self,
+        feed: str = FEED_A,
+        *,
+        minutes: int | None = None,
+        data: bytes | None = None,
+        digest: str | None = None,
+        state: str = "incoming",
+        seed: str | None = None,
+    ) -> Path:
+        """Publish one bundle file; ``minutes`` after BASE_TIME sets its name's modified time."""
+        self.counter += 1
+        minutes = self.counter if minutes is None else minutes
+        seed = seed or f"{feed}-{minutes}-{self.counter}"
+        if data is None:
+            data = self.bundle_bytes(seed)
+        name = SpoolName(
+            BASE_TIME + timedelta(minutes=minutes),
+            f"report--{uuid.uuid5(uuid.NAMESPACE_URL, seed)}",
+            digest or sha256_bytes(data),
+        )
+        path = self.spool.path_in(state, relative_path(feed, name))
+        publish_bytes(path, data)
+        return path
+
+    def rel(self, path: Path, state: str = "incoming") -> str:
+        return path.relative_to(self.spool.state_dir(state)).as_posix()
+
+
+@dataclass
+class FakeImporter:
+    """Records every import; ``behaviour`` may raise to simulate the platform."""
+
+    behaviour: Callable[[str, bytes], None] | None = None
+    calls: list[tuple[str, bytes]] = field(default_factory=list)
+    accepted: list[bytes] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    active: int = 0
+    max_active: int = 0
+    active_names: list[str] = field(default_factory=list)
+
+    def import_bundle(self, work_name: str, bundle: bytes) -> ImportReceipt:
+        with self.cond:
+            self.calls.append((work_name, bundle))
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            self.cond.notify_all()
+        try:
+            if self.behaviour is not None:
+                self.behaviour(work_name, bundle)
+        finally:
+            with self.cond:
+                self.active -= 1
+                self.cond.notify_all()
+        with self.cond:
+            self.accepted.append(bundle)
+            self.cond.notify_all()
+        n = len(bundle.split(b'"id":')) - 2
+        return ImportReceipt(f"work-{len(self.calls)}", "connector-1", 1, max(n, 0))
+
+    def wait_for(self, predicate: Callable[[FakeImporter], bool], timeout: float = 10.0) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: predicate(self), timeout=timeout)
+
+
+def transient_then_ok(times: int) -> Callable[[str, bytes], None]:
+    """Raise TransientImportError ``times`` times for each bundle, then accept it."""
+    seen: dict[bytes, int] = {}
+    lock = threading.Lock()
+
+    def behaviour(work_name: str, bundle: bytes) -> None:
+        with lock:
+            seen[bundle] = seen.get(bundle, 0) + 1
+            count = seen[bundle]
+        if count <= times:
+            raise TransientImportError("connection refused (fake)")
+
+    return behaviour
+
+
+def permanent() -> Callable[[str, bytes], None]:
+    def behaviour(work_name: str, bundle: bytes) -> None:
+        raise PermanentImportError("bundle rejected (fake)", work_id="work-x")
+
+    return behaviour
+
+
+def fast_options(instance: str = "test", **overrides: Any) -> PipelineOptions:
+    values: dict[str, Any] = {
+        "instance": instance,
+        "concurrency": 2,
+        "settle_seconds": 0.3,
+        "retry_initial": 0.05,
+        "retry_max": 0.2,
+        "rescan_interval": 0.5,
+    }
+    values.update(overrides)
+    return PipelineOptions(**values)
+
+
+def run_once(
+    spool: Spool,
+    importer: Any,
+    *,
+    instance: str = "test",
+    max_wait: float | None = 30.0,
+    **overrides: Any,
+) -> RunSummary:
+    with InstanceLock(spool, instance) as lock:
+        pipeline = Pipeline(spool, importer, fast_options(instance, **overrides), lock)
+        return pipeline.run(threading.Event(), watch=False, max_wait=max_wait)
+
+
+class RecordWaiter(logging.Handler):
+    """Sets an event when a record whose message contains ``needle`` is logged."""
+
+    def __init__(self, needle: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.needle = needle
+        self.seen = threading.Event()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.needle in record.getMessage():
+            self.records.append(record)
+            self.seen.set()
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    s = Spool(tmp_path / "spool")
+    s.ensure()
+    return s
+
+
+@pytest.fixture
+def files(spool: Spool) -> SpoolFiles:
+    return SpoolFiles(spool)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI configures the root logger; put it back so tests do not leak handlers."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    urllib3_level = logging.getLogger("urllib3").level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("urllib3").setLevel(urllib3_level)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> bool:
+    """Poll ``predicate`` (a filesystem state) until true or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()

@@ -1,0 +1,550 @@
+"""The spool pipeline with a fake importer: outcomes, order, retries, claims, refusals."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from shared.spool import Spool, publish_bytes, sha256_bytes, walk_bundles
+from tests.uploader.conftest import (
+    FEED_A,
+    FEED_B,
+    FEED_C,
+    FakeImporter,
+    RecordWaiter,
+    SpoolFiles,
+    fast_options,
+    permanent,
+    run_once,
+    transient_then_ok,
+)
+from uploader.claim import InstanceLock
+from uploader.errors import InstanceBusyError
+from uploader.pipeline import Pipeline, backoff_delay
+
+
+def bundles_in(root: Path) -> list[str]:
+    return [e.relative.as_posix() for e in walk_bundles(root)]
+
+
+def read_json(path: Path) -> dict[str, object]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def receipt_of(path: Path) -> dict[str, object]:
+    return read_json(path.with_name(path.name + ".receipt"))
+
+
+def reason_of(path: Path) -> dict[str, object]:
+    return read_json(path.with_name(path.name + ".reason"))
+
+
+def test_every_file_imported_once_and_moved_to_done_with_receipt(
+    spool: Spool, files: SpoolFiles
+) -> None:
+    paths = [files.add(feed) for feed in (FEED_A, FEED_B, FEED_C) for _ in range(3)]
+    importer = FakeImporter()
+
+    summary = run_once(spool, importer)
+
+    assert summary.ok
+    assert summary.done == 9
+    assert len(importer.calls) == 9
+    assert sorted(b for _, b in importer.calls) == sorted(
+        spool.path_in("done", files.rel(p)).read_bytes() for p in paths
+    )
+    assert bundles_in(spool.incoming) == []
+    assert bundles_in(spool.processing) == []
+    for path in paths:
+        done = spool.path_in("done", files.rel(path))
+        receipt = receipt_of(done)
+        assert receipt["sha256"] == sha256_bytes(done.read_bytes())
+        assert receipt["connector_id"] == "connector-1"
+        assert receipt["instance"] == "test"
+        assert str(receipt["work_id"]).startswith("work-")
+        assert receipt["pushes"] == 1
+        assert str(receipt["imported_at"]).endswith("Z")
+    names = [name for name, _ in importer.calls]
+    assert all(name.startswith("CTX ") and "report--" in name for name in names)
+    assert any(FEED_B in name for name in names)
+
+
+def test_files_of_a_feed_go_in_name_order_one_at_a_time(spool: Spool, files: SpoolFiles) -> None:
+    # Published newest first, so discovery order is not name order by accident.
+    paths = [files.add(FEED_A, minutes=m) for m in (50, 40, 30, 20, 10)]
+    importer = FakeImporter()
+
+    summary = run_once(spool, importer, concurrency=4)
+
+    assert summary.done == 5
+    expected = sorted(paths, key=lambda p: p.name)
+    assert importer.accepted == [spool.path_in("done", files.rel(p)).read_bytes() for p in expected]
+    assert importer.max_active == 1
+
+
+def test_different_feeds_are_imported_in_parallel(spool: Spool, files: SpoolFiles) -> None:
+    files.add(FEED_A)
+    files.add(FEED_B)
+    importer = FakeImporter()
+    # Each import waits until the other feed's import is running too: sequential would time out.
+    importer.behaviour = lambda name, data: (
+        importer.wait_for(lambda i: i.max_active >= 2, timeout=5) and None
+    )
+
+    summary = run_once(spool, importer, concurrency=2)
+
+    assert summary.done == 2
+    assert importer.max_active == 2
+
+
+def test_transient_failures_retry_with_logged_backoff_then_succeed(
+    spool: Spool, files: SpoolFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths = [files.add(FEED_A), files.add(FEED_B)]
+    importer = FakeImporter(behaviour=transient_then_ok(2))
+    caplog.set_level(logging.INFO, logger="uploader")
+
+    summary = run_once(spool, importer)
+
+    assert summary.ok and summary.done == 2 and summary.failed == 0
+    assert bundles_in(spool.failed) == []
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 4
+    assert all("retrying in" in r.getMessage() for r in warnings)
+    for path in paths:
+        assert receipt_of(spool.path_in("done", files.rel(path)))["attempts"] == 3
+
+
+def test_a_file_waiting_for_retry_holds_back_its_feed_only(spool: Spool, files: SpoolFiles) -> None:
+    older = files.add(FEED_A, minutes=1)
+    newer = files.add(FEED_A, minutes=2)
+    other = files.add(FEED_B, minutes=3)
+    older_bytes, newer_bytes, other_bytes = (p.read_bytes() for p in (older, newer, other))
+    seen: dict[bytes, int] = {}
+
+    def behaviour(name: str, data: bytes) -> None:
+        seen[data] = seen.get(data, 0) + 1
+        if data == older_bytes and seen[data] <= 3:
+            from uploader.errors import TransientImportError
+
+            raise TransientImportError("503 (fake)")
+
+    importer = FakeImporter(behaviour=behaviour)
+    summary = run_once(spool, importer, retry_initial=0.1, retry_max=0.1)
+
+    assert summary.done == 3
+    assert importer.accepted.index(older_bytes) < importer.accepted.index(newer_bytes)
+    # The other feed did not wait for feed A's retries.
+    assert importer.accepted.index(other_bytes) < importer.accepted.index(older_bytes)
+
+
+def test_outage_outlasting_max_wait_leaves_files_pending_not_failed(
+    spool: Spool, files: SpoolFiles
+) -> None:
+    paths = [files.add(FEED_A), files.add(FEED_B)]
+    importer = FakeImporter(behaviour=transient_then_ok(10_000))
+
+    summary = run_once(spool, importer, max_wait=0.5)
+
+    assert not summary.ok
+    assert summary.failed == 0
+    assert sorted(summary.pending) == sorted(files.rel(p) for p in paths)
+    assert sorted(bundles_in(spool.incoming)) == sorted(files.rel(p) for p in paths)
+    assert bundles_in(spool.failed) == []
+    assert bundles_in(spool.processing) == []
+    assert len(importer.calls) >= 4
+
+
+def test_permanent_rejection_goes_to_failed_with_reason(spool: Spool, files: SpoolFiles) -> None:
+    path = files.add(FEED_A)
+    importer = FakeImporter(behaviour=permanent())
+
+    summary = run_once(spool, importer)
+
+    assert summary.failed == 1 and not summary.ok
+    failed = spool.path_in("failed", files.rel(path))
+    reason = reason_of(failed)
+    assert reason["kind"] == "rejected"
+    assert reason["work_id"] == "work-x"
+    assert reason["attempts"] == 1
+    assert reason["instance"] == "test"
+    assert "bundle rejected" in str(reason["message"])
+
+
+BAD_CONTENT = [
+    pytest.param(b"{not json", "not-json", id="not-json"),
+    pytest.param(
+        b'{"type": "bundle", "objects": [{"type": "x", "id": "\xff"}]}', "not-json", id="non-utf8"
+    ),
+    pytest.param(b"[1, 2]", "not-a-bundle", id="list"),
+    pytest.param(b'{"type": "report", "objects": []}', "not-a-bundle", id="wrong-type"),
+    pytest.param(b'{"type": "bundle", "objects": []}', "empty", id="empty-objects"),
+    pytest.param(b'{"type": "bundle", "id": "bundle--1"}', "empty", id="no-objects"),
+    pytest.param(
+        b'{"type": "bundle", "objects": {"a": 1}}', "invalid-bundle", id="objects-not-list"
+    ),
+    pytest.param(b'{"type": "bundle", "objects": [1]}', "invalid-bundle", id="object-not-dict"),
+    pytest.param(
+        b'{"type": "bundle", "objects": [{"type": "report"}]}', "invalid-bundle", id="no-id"
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "kind"), BAD_CONTENT)
+def test_bad_content_is_refused_with_its_kind(
+    spool: Spool, files: SpoolFiles, data: bytes, kind: str
+) -> None:
+    path = files.add(FEED_A, data=data)
+    importer = FakeImporter()
+
+    summary = run_once(spool, importer)
+
+    assert summary.failed == 1
+    assert importer.calls == []
+    failed = spool.path_in("failed", files.rel(path))
+    assert failed.read_bytes() == data
+    reason = reason_of(failed)
+    assert reason["kind"] == kind
+    assert reason["work_id"] is None
+    assert bundles_in(spool.incoming) == []
+
+
+def test_strict_stix_refuses_invalid_stix_and_accepts_valid(
+    spool: Spool, files: SpoolFiles
+) -> None:
+    good = files.add(FEED_A)
+    bad_bundle = {
+        "type": "bundle",
+        "id": "bundle--6b1e3c1a-2f4d-4e8b-9a7c-0d1e2f3a4b5c",
+        "objects": [
+            {
+                "type": "indicator",
+                "spec_version": "2.1",
+                "id": "indicator--6b1e3c1a-2f4d-4e8b-9a7c-0d1e2f3a4b5c",
+                "created": "2024-05-01T10:00:00.000Z",
+                "modified": "2024-05-01T10:00:00.000Z",
+            }
+        ],
+    }
+    bad = files.add(FEED_B, data=json.dumps(bad_bundle).encode())
+    importer = FakeImporter()
+
+    summary = run_once(spool, importer, strict_stix=True)
+
+    assert summary.done == 1 and summary.failed == 1
+    assert spool.path_in("done", files.rel(good)).is_file()
+    assert reason_of(spool.path_in("failed", files.rel(bad)))["kind"] == "invalid-stix"
+
+
+def test_symlink_is_refused_and_moved_without_following(
+    spool: Spool, files: SpoolFiles, tmp_path: Path
+) -> None:
+    real = files.add(FEED_A, state="done")
+    rel = files.rel(real, "done")
+    link = spool.path_in("incoming", rel)
+    link.parent.mkdir(parents=True)
+    link.symlink_to(real)
+    importer = FakeImporter()
+
+    summary = run_once(spool, importer)
+
+    assert summary.failed == 1
+    assert importer.calls == []
+    moved = spool.path_in("failed", rel)
+    assert moved.is_symlink()
+    assert real.is_file() and not real.is_symlink()
+    assert reason_of(moved)["kind"] == "symlink"
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        pytest.param(f"{FEED_A}/2024/05/01/garbage.json", id="bad-name"),
+        pytest.param(
+            f"{FEED_A}/2023/01/01/20240501T100000000000Z_objects_{'0' * 64}.json",
+            id="wrong-date-folder",
+        ),
+        pytest.param(
+            f"not-a-feed/2024/05/01/20240501T100000000000Z_objects_{'0' * 64}.json", id="bad-feed"
+        ),
+    ],
+)
+def test_invalid_name_is_refused(spool: Spool, rel: str) -> None:
+    path = spool.path_in("incoming", rel)
+    publish_bytes(path, b'{"type": "bundle"}')
+    importer = FakeImporter()
+
+    summary = run_once(spool, importer)
+
+    assert summary.failed == 1
+    assert importer.calls == []
+    assert reason_of(spool.path_in("failed", rel))["kind"] == "invalid-name"
+
+
+def test_hidden_temp_and_non_json_files_are_ignored(spool: Spool, files: SpoolFiles) -> None:
+    good = files.add(FEED_A)
+    folder = good.parent
+    ignored = [
+        folder / f".{good.name}.abc123.tmp",
+        folder / f".{good.name}",
+        folder / f"{good.name}.part",
+        folder / "notes.txt",
+    ]
+    for path in ignored:
+        path.write_bytes(b"partial")
+    importer = FakeImporter()
+
+    summary = run_once(spool, importer)
+
+    assert summary.ok and summary.done == 1
+    assert len(importer.calls) == 1
+    assert all(path.read_bytes() == b"partial" for path in ignored)
+    assert bundles_in(spool.failed) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_file_is_refused(spool: Spool, files: SpoolFiles) -> None:
+    path = files.add(FEED_A)
+    path.chmod(0)
+    summary = run_once(spool, FakeImporter())
+    assert summary.failed == 1
+    assert reason_of(spool.path_in("failed", files.rel(path)))["kind"] == "unreadable"
+
+
+def test_unreadable_file_is_refused_when_open_is_denied(
+    spool: Spool, files: SpoolFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tests run as root, who may read anything: make the open itself fail as it would for a user.
+    path = files.add(FEED_A)
+    real_open = os.open
+
+    def deny(target: object, flags: int, *args: object, **kwargs: object) -> int:
+        if str(target) == str(path):
+            raise PermissionError(13, "Permission denied", str(target))
+        return real_open(target, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("uploader.check.os.open", deny)
+    summary = run_once(spool, FakeImporter())
+    assert summary.failed == 1
+    assert reason_of(spool.path_in("failed", files.rel(path)))["kind"] == "unreadable"
+
+
+def test_digest_mismatch_that_stays_is_failed_as_corrupt_after_settling(
+    spool: Spool, files: SpoolFiles
+) -> None:
+    data = files.bundle_bytes("corrupt")
+    path = files.add(FEED_A, data=data, digest="a" * 64)
+    importer = FakeImporter()
+    started = time.monotonic()
+
+    summary = run_once(spool, importer, settle_seconds=0.4)
+
+    assert time.monotonic() - started >= 0.4
+    assert summary.failed == 1 and importer.calls == []
+    reason = reason_of(spool.path_in("failed", files.rel(path)))
+    assert reason["kind"] == "corrupt"
+    assert reason["sha256_expected"] == "a" * 64
+    assert reason["sha256_actual"] == sha256_bytes(data)
+
+
+def test_file_still_being_copied_is_imported_once_complete(spool: Spool, files: SpoolFiles) -> None:
+    data = files.bundle_bytes("copied", n=50)
+    name_holder = files.add(FEED_B, data=data)
+    rel = files.rel(name_holder)
+    name_holder.unlink()
+    target = spool.path_in("incoming", rel)
+    later = files.add(FEED_B, minutes=10_000)
+    waiter = RecordWaiter("does not match its name yet")
+    logging.getLogger("uploader.pipeline").addHandler(waiter)
+    logging.getLogger("uploader.pipeline").setLevel(logging.INFO)
+    importer = FakeImporter()
+    result: list[object] = []
+
+    def copy_in_chunks() -> None:
+        # Like cp: the final name appears first, the bytes follow.
+        with target.open("wb") as fh:
+            fh.write(data[:100])
+            fh.flush()
+            assert waiter.seen.wait(10)
+            for start in range(100, len(data), 1000):
+                fh.write(data[start : start + 1000])
+                fh.flush()
+                time.sleep(0.02)
+
+    writer = threading.Thread(target=copy_in_chunks)
+    writer.start()
+    try:
+        result.append(run_once(spool, importer, settle_seconds=1.0))
+    finally:
+        writer.join(10)
+        logging.getLogger("uploader.pipeline").removeHandler(waiter)
+    summary = result[0]
+    assert waiter.seen.is_set()
+    assert summary.failed == 0 and summary.done == 2  # type: ignore[attr-defined]
+    assert spool.path_in("done", rel).read_bytes() == data
+    # The later file of the same feed waited for the copy to finish.
+    assert importer.accepted == [data, spool.path_in("done", files.rel(later)).read_bytes()]
+
+
+def test_two_pipelines_on_one_spool_import_each_file_once(spool: Spool, files: SpoolFiles) -> None:
+    paths = [files.add(feed) for feed in (FEED_A, FEED_B, FEED_C) for _ in range(6)]
+    importer = FakeImporter(behaviour=lambda name, data: time.sleep(0.005))
+    summaries: dict[str, object] = {}
+
+    def run(instance: str) -> None:
+        summaries[instance] = run_once(spool, importer, instance=instance, concurrency=3)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert len(summaries) == 2
+    counts = Counter(importer.accepted)
+    assert len(counts) == len(paths)
+    assert set(counts.values()) == {1}
+    assert len(bundles_in(spool.done)) == len(paths)
+    assert bundles_in(spool.incoming) == [] and bundles_in(spool.processing) == []
+
+
+def test_files_left_claimed_by_a_dead_uploader_or_by_us_are_reclaimed(
+    spool: Spool, files: SpoolFiles
+) -> None:
+    dead = files.add(FEED_A, minutes=1)
+    own = files.add(FEED_B, minutes=2)
+    duplicate = files.add(FEED_C, minutes=3)
+    for path, instance in ((dead, "dead"), (own, "test"), (duplicate, "dead")):
+        claimed = spool.processing / instance / files.rel(path)
+        claimed.parent.mkdir(parents=True, exist_ok=True)
+        if path is duplicate:
+            claimed.write_bytes(path.read_bytes())  # also still in incoming: same bytes
+        else:
+            path.rename(claimed)
+    (spool.processing / "dead" / ".lock").touch()
+    importer = FakeImporter()
+
+    summary = run_once(spool, importer)
+
+    assert summary.ok and summary.done == 3
+    assert summary.reclaimed >= 2
+    assert len(importer.accepted) == 3
+    assert bundles_in(spool.processing) == []
+    assert len(bundles_in(spool.done)) == 3
+
+
+def test_files_claimed_by_a_live_uploader_are_left_alone(spool: Spool, files: SpoolFiles) -> None:
+    path = files.add(FEED_A)
+    with InstanceLock(spool, "alive"):
+        claimed = spool.processing / "alive" / files.rel(path)
+        claimed.parent.mkdir(parents=True)
+        path.rename(claimed)
+        summary = run_once(spool, FakeImporter())
+        assert claimed.is_file()
+    assert summary.done == 0
+
+
+def test_a_second_process_with_the_same_instance_refuses_to_start(spool: Spool) -> None:
+    with InstanceLock(spool, "same"), pytest.raises(InstanceBusyError) as info:
+        InstanceLock(spool, "same").acquire()
+    assert info.value.instance == "same"
+    assert "UPLOADER_INSTANCE_ID" in str(info.value)
+
+
+def test_done_destination_with_same_bytes_drops_the_copy_different_bytes_conflict(
+    spool: Spool, files: SpoolFiles
+) -> None:
+    same = files.add(FEED_A, minutes=1)
+    other = files.add(FEED_B, minutes=2)
+    done_same = spool.path_in("done", files.rel(same))
+    publish_bytes(done_same, same.read_bytes())
+    done_other = spool.path_in("done", files.rel(other))
+    publish_bytes(done_other, b"different bytes under the same name")
+    importer = FakeImporter()
+
+    summary = run_once(spool, importer)
+
+    assert summary.done == 1 and summary.failed == 1
+    assert done_other.read_bytes() == b"different bytes under the same name"
+    assert reason_of(spool.path_in("failed", files.rel(other)))["kind"] == "conflict"
+    assert receipt_of(done_same)["work_id"]
+    assert bundles_in(spool.incoming) == [] and bundles_in(spool.processing) == []
+
+
+def test_a_stale_receipt_from_an_interrupted_attempt_is_replaced(
+    spool: Spool, files: SpoolFiles
+) -> None:
+    path = files.add(FEED_A)
+    done = spool.path_in("done", files.rel(path))
+    stale = done.with_name(done.name + ".receipt")
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"work_id": "work-stale-0000"}))
+
+    run_once(spool, FakeImporter())
+
+    assert receipt_of(done)["work_id"] == "work-1"
+
+
+@pytest.mark.parametrize(
+    "polling", [pytest.param(False, id="inotify"), pytest.param(True, id="polling")]
+)
+def test_watch_mode_picks_up_a_new_file_within_a_second(
+    spool: Spool, files: SpoolFiles, polling: bool
+) -> None:
+    first = files.add(FEED_A, minutes=1)
+    importer = FakeImporter()
+    stop = threading.Event()
+    with InstanceLock(spool, "watcher") as lock:
+        options = fast_options("watcher", rescan_interval=3600, polling=polling, poll_interval=0.1)
+        pipeline = Pipeline(spool, importer, options, lock)
+        thread = threading.Thread(target=pipeline.run, args=(stop,), kwargs={"watch": True})
+        thread.start()
+        try:
+            assert importer.wait_for(lambda i: len(i.accepted) == 1, timeout=5)
+            # Published atomically as the fetcher does; the rescan is an hour away.
+            second = files.add(FEED_B, minutes=2)
+            published = time.monotonic()
+            assert importer.wait_for(lambda i: len(i.accepted) == 2, timeout=1.0)
+            assert time.monotonic() - published < 1.0
+        finally:
+            stop.set()
+            thread.join(10)
+    assert not thread.is_alive()
+    assert spool.path_in("done", files.rel(first)).is_file()
+    assert spool.path_in("done", files.rel(second)).is_file()
+
+
+def test_periodic_rescan_finds_files_the_observer_missed(spool: Spool, files: SpoolFiles) -> None:
+    importer = FakeImporter()
+    stop = threading.Event()
+    with InstanceLock(spool, "rescanner") as lock:
+        # A poller that never polls stands for an observer that dropped its events.
+        options = fast_options("rescanner", rescan_interval=0.3, polling=True, poll_interval=3600)
+        pipeline = Pipeline(spool, importer, options, lock)
+        thread = threading.Thread(target=pipeline.run, args=(stop,), kwargs={"watch": True})
+        thread.start()
+        try:
+            files.add(FEED_A)
+            assert importer.wait_for(lambda i: len(i.accepted) == 1, timeout=5)
+        finally:
+            stop.set()
+            thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_backoff_grows_from_initial_to_max_with_jitter() -> None:
+    delays = [backoff_delay(n, 2.0, 60.0, 0.5) for n in range(1, 10)]
+    assert delays[0] >= 2.0
+    assert delays == sorted(delays)
+    assert max(delays) <= 60.0
+    assert backoff_delay(3, 2.0, 60.0, 0.0) != backoff_delay(3, 2.0, 60.0, 1.0)
+    assert backoff_delay(50, 2.0, 60.0, 0.0) >= 0.8 * 60.0

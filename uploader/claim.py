@@ -1,0 +1,225 @@
+"""Claiming spool files: one uploader instance owns ``processing/<instance>/``.
+
+A file is claimed by an atomic ``rename`` from ``incoming/<rel>`` to ``processing/<instance>/<rel>``
+on the same filesystem (REFERENCE §4): of two uploaders only one rename succeeds. While it runs, an
+instance holds an exclusive ``flock`` on ``processing/<instance>/.lock``; a claim folder whose lock
+is free belongs to a dead uploader and its files are put back into ``incoming/`` so nothing stays
+stuck after a kill -9.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import socket
+from pathlib import Path, PurePosixPath
+
+from shared.errors import DestinationExistsError, SpoolError
+from shared.spool import (
+    DONE,
+    FAILED,
+    INCOMING,
+    Spool,
+    move_no_replace,
+    sha256_file,
+    walk_bundles,
+)
+from uploader.errors import InstanceBusyError
+from uploader.settings import INSTANCE_ID_RE
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"
+
+
+def default_instance_id() -> str:
+    """This host's name made into one safe path component (stable across restarts)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", socket.gethostname()).strip(".-_")
+    name = name[:100] or "uploader"
+    if not INSTANCE_ID_RE.match(name):
+        name = f"uploader-{name}"[:100]
+    return name
+
+
+class InstanceLock:
+    """The exclusive lock of one instance's claim folder, held while the uploader runs."""
+
+    def __init__(self, spool: Spool, instance: str) -> None:
+        if not INSTANCE_ID_RE.match(instance):
+            raise ValueError(f"unsafe instance id {instance!r}")
+        self.spool = spool
+        self.instance = instance
+        self.directory = spool.processing / instance
+        self.path = self.directory / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`InstanceBusyError`; raises :class:`SpoolError` on I/O."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise SpoolError(f"cannot open claim lock: {exc.strerror or exc}", self.path) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise InstanceBusyError(self.instance, self.path) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            # Closing the descriptor drops the flock.
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> InstanceLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class ClaimLostError(Exception):
+    """Internal signal: another uploader claimed (or removed) the file first."""
+
+
+def claimed_path(spool: Spool, instance: str, rel: PurePosixPath) -> Path:
+    return spool.processing / instance / Path(*rel.parts)
+
+
+def claim(spool: Spool, instance: str, rel: PurePosixPath) -> Path:
+    """Move ``incoming/<rel>`` into this instance's claim folder; return the claimed path.
+
+    Raises :class:`ClaimLostError` if the file is gone (another uploader won the rename).
+    """
+    src = spool.path_in(INCOMING, rel)
+    dst = claimed_path(spool, instance, rel)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        # Only this instance writes into its own folder (we hold its lock), so a name already there
+        # is a leftover of ours: the rename below would replace it with same-named content.
+        os.rename(src, dst)
+    except FileNotFoundError:
+        raise ClaimLostError(str(rel)) from None
+    except OSError as exc:
+        raise SpoolError(f"cannot claim {rel}: {exc.strerror or exc}", src) from exc
+    return dst
+
+
+def _same_file_content(a: Path, b: Path) -> bool:
+    try:
+        return sha256_file(a) == sha256_file(b)
+    except OSError:
+        return False
+
+
+def release_claim(spool: Spool, claimed: Path, rel: PurePosixPath) -> bool:
+    """Put a claimed file back into ``incoming/<rel>`` without ever overwriting anything.
+
+    If ``incoming/<rel>`` (or ``done/<rel>``, or ``failed/<rel>``) already holds the same bytes the
+    claimed copy is a duplicate and is dropped. Returns False if the file had to stay where it is
+    (a same-named file with different bytes: both are kept for a human to look at).
+    """
+    for state in (DONE, FAILED):
+        other = spool.path_in(state, rel)
+        # A crash between link() and unlink() of move_no_replace leaves the file both in the
+        # outcome folder and in processing/: the outcome already happened, drop the claim copy.
+        if other.is_file() and not claimed.is_symlink() and _same_file_content(claimed, other):
+            claimed.unlink()
+            logger.info("dropped claim copy already in %s/", state, extra={"file": str(rel)})
+            return True
+    dst = spool.path_in(INCOMING, rel)
+    try:
+        move_no_replace(claimed, dst)
+        return True
+    except DestinationExistsError:
+        pass
+    if not claimed.is_symlink() and _same_file_content(claimed, dst):
+        claimed.unlink()
+        return True
+    logger.error(
+        "cannot put claimed file back: incoming/ holds different bytes under the same name",
+        extra={"file": str(rel), "claimed": str(claimed)},
+    )
+    return False
+
+
+def _lock_is_free(lock_path: Path) -> int | None:
+    """Open and lock ``lock_path``; return the fd if the lock was free, else None."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        logger.warning("cannot open claim lock %s: %s", lock_path, exc.strerror or exc)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release_all(spool: Spool, directory: Path) -> int:
+    moved = 0
+    for entry in walk_bundles(directory):
+        rel = entry.relative
+        try:
+            if release_claim(spool, entry.path, rel):
+                moved += 1
+        except (SpoolError, OSError) as exc:
+            logger.error("cannot reclaim %s: %s", entry.path, exc, extra={"file": str(rel)})
+    _prune_empty_dirs(directory)
+    return moved
+
+
+def _prune_empty_dirs(directory: Path) -> None:
+    for dirpath, _dirnames, _filenames in sorted(
+        os.walk(directory, followlinks=False), key=lambda t: len(t[0]), reverse=True
+    ):
+        if Path(dirpath) == directory:
+            continue
+        with contextlib.suppress(OSError):
+            Path(dirpath).rmdir()
+
+
+def reclaim(spool: Spool, lock: InstanceLock, *, own: bool) -> int:
+    """Put back into ``incoming/`` what dead uploaders (and, if ``own``, this one) left claimed.
+
+    ``own`` is for start-up only: while running, this instance's folder holds its work in flight.
+    Returns how many files were put back.
+    """
+    root = spool.processing
+    try:
+        names = sorted(p.name for p in root.iterdir())
+    except FileNotFoundError:
+        return 0
+    moved = 0
+    for name in names:
+        directory = root / name
+        if name.startswith(".") or directory.is_symlink() or not directory.is_dir():
+            continue
+        if name == lock.instance:
+            if own:
+                moved += _release_all(spool, directory)
+            continue
+        fd = _lock_is_free(directory / LOCK_NAME)
+        if fd is None:
+            continue
+        try:
+            count = _release_all(spool, directory)
+        finally:
+            os.close(fd)
+        if count:
+            logger.warning(
+                "reclaimed %d file(s) left by stopped uploader %r",
+                count,
+                name,
+                extra={"instance": name},
+            )
+        moved += count
+    return moved

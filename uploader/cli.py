@@ -1,0 +1,230 @@
+"""``ctx-uploader``: the uploader's command line.
+
+Settings are loaded here once and passed down; logging is configured here only; errors become
+:class:`click.ClickException` here only. ``status``, ``verify`` and ``replay`` load only
+:class:`SpoolSettings` and never import pycti.
+
+Exit codes of ``once``: 0 all imported, 1 some file failed, 3 files still pending (transient
+errors outlasted ``--max-wait``) or left untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from shared.config import load_settings
+from shared.errors import ConfigError, SharedError
+from shared.logsetup import configure_logging
+from shared.spool import Spool
+from uploader.claim import InstanceLock, default_instance_id
+from uploader.errors import UploaderError
+from uploader.importer import Importer
+from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
+from uploader.replay import Source, select
+from uploader.replay import replay as replay_files
+from uploader.report import status as spool_status
+from uploader.report import status_table
+from uploader.report import verify as verify_spool
+from uploader.settings import SpoolSettings, UploaderSettings
+
+ImporterFactory = Callable[[UploaderSettings], Importer]
+
+EXIT_FAILED = 1
+EXIT_PENDING = 3
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="config.yml to read (default: ./config.yml if present). Environment variables win.",
+)
+
+
+def _pycti_importer(settings: UploaderSettings) -> Importer:
+    # Imported here so that status/verify/replay work without pycti installed.
+    from uploader.opencti import PyctiImporter
+
+    return PyctiImporter(settings)
+
+
+def _load_spool_settings(config_path: Path | None) -> SpoolSettings:
+    try:
+        settings = load_settings(SpoolSettings, config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _load_uploader_settings(config_path: Path | None) -> UploaderSettings:
+    try:
+        settings = load_settings(UploaderSettings, config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    configure_logging(settings.log_level, secrets=[settings.opencti_token.get_secret_value()])
+    return settings
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``stop``: the current files finish, then the command exits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _run(
+    ctx: click.Context, config_path: Path | None, *, watch: bool, max_wait: float | None
+) -> RunSummary:
+    settings = _load_uploader_settings(config_path)
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    factory: ImporterFactory = obj.get("importer_factory", _pycti_importer)
+    stop: threading.Event = obj.get("stop") or threading.Event()
+    spool = Spool(settings.spool_dir)
+    instance = settings.instance_id or default_instance_id()
+    try:
+        spool.ensure()
+        with InstanceLock(spool, instance) as lock, _stop_on_signals(stop):
+            importer = factory(settings)
+            pipeline = Pipeline(
+                spool, importer, PipelineOptions.from_settings(settings, instance), lock
+            )
+            return pipeline.run(stop, watch=watch, max_wait=max_wait)
+    except (UploaderError, SharedError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _echo_summary(summary: RunSummary) -> None:
+    click.echo(
+        f"done {summary.done}, failed {summary.failed}, pending {len(summary.pending)}, "
+        f"left {len(summary.left)}, reclaimed {summary.reclaimed}"
+    )
+    for rel in summary.pending:
+        click.echo(f"pending: incoming/{rel}")
+    for rel in summary.left:
+        click.echo(f"left untouched: incoming/{rel}")
+
+
+@click.group()
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Import the CTX spool into OpenCTI: incoming/ → done/ or failed/."""
+    ctx.ensure_object(dict)
+
+
+@main.command()
+@config_option
+@click.option(
+    "--max-wait",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Seconds to keep retrying files the platform could not take (outage) before giving up; "
+    "they stay pending in incoming/.",
+)
+@click.pass_context
+def once(ctx: click.Context, config_path: Path | None, max_wait: float) -> None:
+    """Import everything in incoming/ (and reclaimed files), then exit.
+
+    Exit 0 if every file was imported, 1 if some failed, 3 if some are still pending.
+    """
+    summary = _run(ctx, config_path, watch=False, max_wait=max_wait)
+    _echo_summary(summary)
+    if summary.failed:
+        ctx.exit(EXIT_FAILED)
+    if summary.pending or summary.left:
+        ctx.exit(EXIT_PENDING)
+
+
+@main.command()
+@config_option
+@click.pass_context
+def watch(ctx: click.Context, config_path: Path | None) -> None:
+    """Import files as they arrive, until SIGTERM or SIGINT (then finish the current files)."""
+    summary = _run(ctx, config_path, watch=True, max_wait=None)
+    _echo_summary(summary)
+
+
+@main.command()
+@config_option
+@click.option(
+    "--from",
+    "source",
+    type=click.Choice(["failed", "done"]),
+    default="failed",
+    show_default=True,
+    help="Folder to move files out of.",
+)
+@click.option("--feed", default=None, help="Only files of this feed (UUID).")
+@click.argument("files", nargs=-1)
+def replay(config_path: Path | None, source: str, feed: str | None, files: tuple[str, ...]) -> None:
+    """Move files from failed/ (or done/) back into incoming/, never overwriting.
+
+    FILES are paths inside the folder (or relative to it, or bare file names); none means all.
+    A replayed failed file loses its .reason; a replayed done file keeps its .receipt in done/
+    until its new import replaces it.
+    """
+    settings = _load_spool_settings(config_path)
+    spool = Spool(settings.spool_dir)
+    src: Source = "done" if source == "done" else "failed"
+    try:
+        rels = select(spool, src, feed=feed.lower() if feed else None, files=files)
+        results = replay_files(spool, src, rels)
+    except (UploaderError, SharedError) as exc:
+        raise click.ClickException(str(exc)) from None
+    skipped = 0
+    for result in results:
+        if result.moved:
+            click.echo(f"moved {src}/{result.rel} -> incoming/{result.rel}")
+        else:
+            skipped += 1
+            click.echo(f"skipped {src}/{result.rel}: {result.reason}")
+    click.echo(f"{len(results) - skipped} moved, {skipped} skipped")
+    if skipped:
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Files and bytes per state and per feed, and the oldest pending file."""
+    settings = _load_spool_settings(config_path)
+    result = spool_status(Spool(settings.spool_dir))
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
+    else:
+        click.echo(status_table(result))
+
+
+@main.command()
+@config_option
+def verify(config_path: Path | None) -> None:
+    """Check every .json in every state against the SHA-256 in its name; exit 1 if any is bad."""
+    settings = _load_spool_settings(config_path)
+    checked, bad = verify_spool(Spool(settings.spool_dir))
+    for item in bad:
+        click.echo(f"BAD {item.path}: {item.problem}")
+    click.echo(f"{checked} checked, {len(bad)} bad")
+    if bad:
+        raise click.exceptions.Exit(EXIT_FAILED)

@@ -1,0 +1,172 @@
+"""Outcomes of one claimed file: ``done/`` with a receipt, ``failed/`` with a reason.
+
+Sidecars are ``<file name>.receipt`` and ``<file name>.reason`` (e.g. ``…_<sha256>.json.receipt``)
+beside the bundle. Order, so that a crash at any point loses nothing and never leaves a bundle in
+``done/`` without its receipt:
+
+1. if the destination already exists: identical bytes → the claim copy is a duplicate, replace
+   the sidecar and drop the copy; different bytes → never overwrite (``done`` turns into a
+   ``conflict`` failure);
+2. write the sidecar atomically (temp + fsync + rename + fsync of the folder);
+3. move the bundle with :func:`shared.spool.move_no_replace`.
+
+A crash after 2 leaves the bundle claimed: it is reclaimed into ``incoming/`` and imported again
+(OpenCTI upserts), and its new sidecar replaces the stale one. A crash inside 3 (after the link,
+before the unlink) leaves the same bytes in both places: reclaim drops the claim copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from shared.errors import DestinationExistsError, SpoolError
+from shared.spool import (
+    DONE,
+    FAILED,
+    REASON_SUFFIX,
+    RECEIPT_SUFFIX,
+    Spool,
+    fsync_dir,
+    move_no_replace,
+    sha256_file,
+    temp_name,
+)
+from uploader.importer import ImportReceipt
+
+logger = logging.getLogger(__name__)
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def sidecar_path(bundle_path: Path, suffix: str) -> Path:
+    """``<bundle file name><suffix>`` beside the bundle."""
+    return bundle_path.with_name(bundle_path.name + suffix)
+
+
+def write_sidecar(path: Path, document: dict[str, Any]) -> None:
+    """Atomically and durably write (or replace) a JSON sidecar.
+
+    Not :func:`shared.spool.publish_bytes`: that one keeps an existing file of the same size, and a
+    stale receipt from an interrupted earlier attempt must be replaced by the current one.
+    """
+    data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    directory = path.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / temp_name(path.name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        fsync_dir(directory)
+    except OSError as exc:
+        raise SpoolError(f"cannot write {path.name}: {exc.strerror or exc}", path) from exc
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a file goes to ``failed/``: the content of its ``.reason`` file."""
+
+    kind: str
+    message: str
+    attempts: int = 0
+    work_id: str | None = None
+    expected_sha256: str | None = None
+    actual_sha256: str | None = None
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    if a.is_symlink() or b.is_symlink():
+        return a.is_symlink() and b.is_symlink() and a.readlink() == b.readlink()
+    try:
+        return sha256_file(a) == sha256_file(b)
+    except OSError:
+        return False
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _place(claimed: Path, dst: Path, sidecar: Path, document: dict[str, Any]) -> None:
+    """Steps 1-3 of the module docstring; raises DestinationExistsError on different bytes."""
+    if _exists(dst):
+        if not _same_bytes(claimed, dst):
+            raise DestinationExistsError(f"{dst.name} already exists with different bytes", dst)
+        write_sidecar(sidecar, document)
+        claimed.unlink()
+        fsync_dir(claimed.parent)
+        return
+    write_sidecar(sidecar, document)
+    move_no_replace(claimed, dst)
+
+
+def mark_done(
+    spool: Spool,
+    claimed: Path,
+    rel: PurePosixPath,
+    receipt: ImportReceipt,
+    *,
+    instance: str,
+    sha256: str,
+    attempts: int,
+) -> Path:
+    """Move an accepted file to ``done/<rel>`` with its receipt; return the done path.
+
+    Raises :class:`DestinationExistsError` if ``done/<rel>`` holds different bytes.
+    """
+    dst = spool.path_in(DONE, rel)
+    document = {
+        "file": str(rel),
+        "work_id": receipt.work_id,
+        "connector_id": receipt.connector_id,
+        "pushes": receipt.pushes,
+        "objects": receipt.objects,
+        "imported_at": utc_now_iso(),
+        "instance": instance,
+        "sha256": sha256,
+        "attempts": attempts,
+    }
+    _place(claimed, dst, sidecar_path(dst, RECEIPT_SUFFIX), document)
+    return dst
+
+
+def mark_failed(
+    spool: Spool, claimed: Path, rel: PurePosixPath, failure: Failure, *, instance: str
+) -> Path:
+    """Move a refused file to ``failed/<rel>`` with its reason; return the failed path.
+
+    Raises :class:`DestinationExistsError` if ``failed/<rel>`` holds different bytes.
+    """
+    dst = spool.path_in(FAILED, rel)
+    document: dict[str, Any] = {
+        "file": str(rel),
+        "kind": failure.kind,
+        "message": failure.message,
+        "attempts": failure.attempts,
+        "failed_at": utc_now_iso(),
+        "work_id": failure.work_id,
+        "instance": instance,
+    }
+    if failure.expected_sha256 is not None:
+        document["sha256_expected"] = failure.expected_sha256
+    if failure.actual_sha256 is not None:
+        document["sha256_actual"] = failure.actual_sha256
+    _place(claimed, dst, sidecar_path(dst, REASON_SUFFIX), document)
+    return dst

@@ -1,0 +1,499 @@
+"""The spool pipeline: a scheduler thread and a pool of workers, one file per feed at a time.
+
+The scheduler owns all bookkeeping (pending files per feed, back-off, settle state is the only
+thing workers share) and is fed by one queue: paths from watchdog, the start-up scan and the
+rescans, and the results of the workers. Within a feed the files go strictly in name order (names
+sort by modified time), one at a time, so an older version never lands after a newer one; a file
+waiting for a retry or for a copy to settle holds back the later files of its feed only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import stat
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
+from shared.spool import INCOMING, Spool, walk_bundles
+from uploader.check import SpoolFile, check_bundle, check_stix, read_spool_file
+from uploader.claim import ClaimLostError, InstanceLock, claim, reclaim, release_claim
+from uploader.discover import start_observer
+from uploader.errors import (
+    BundleRejected,
+    PermanentImportError,
+    TransientImportError,
+)
+from uploader.importer import Importer
+from uploader.outcome import Failure, mark_done, mark_failed
+from uploader.settings import UploaderSettings
+
+logger = logging.getLogger(__name__)
+
+# Longest the scheduler sleeps without looking at the stop flag, deadlines and back-offs.
+_TICK = 0.25
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """The pipeline's knobs (from :class:`UploaderSettings` in production)."""
+
+    instance: str
+    concurrency: int = 2
+    settle_seconds: float = 5.0
+    retry_initial: float = 2.0
+    retry_max: float = 300.0
+    rescan_interval: float = 60.0
+    strict_stix: bool = False
+    polling: bool = False
+    poll_interval: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: UploaderSettings, instance: str) -> PipelineOptions:
+        return cls(
+            instance=instance,
+            concurrency=settings.concurrency,
+            settle_seconds=settings.settle_seconds,
+            retry_initial=settings.retry_initial,
+            retry_max=settings.retry_max,
+            rescan_interval=settings.rescan_interval,
+            strict_stix=settings.strict_stix,
+            polling=settings.polling,
+            poll_interval=settings.poll_interval,
+        )
+
+
+@dataclass
+class RunSummary:
+    """What one run did; ``pending`` files are back in ``incoming/``, ``left`` were not touched."""
+
+    done: int = 0
+    failed: int = 0
+    reclaimed: int = 0
+    pending: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and not self.pending and not self.left
+
+
+ResultKind = Literal["done", "failed", "retry", "settling", "gone", "left"]
+
+
+@dataclass(frozen=True)
+class _Result:
+    feed: str
+    rel: PurePosixPath
+    kind: ResultKind
+    delay: float = 0.0
+    attempts: int = 0
+
+
+@dataclass
+class _Feed:
+    pending: set[PurePosixPath] = field(default_factory=set)
+    busy: bool = False
+    not_before: float = 0.0
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float, rand: float) -> float:
+    """Exponential back-off with jitter: about ``initial * 2**(attempt-1)``, capped at ``maximum``."""
+    base = min(maximum, initial * 2.0 ** min(attempt - 1, 60))
+    if base < maximum:
+        return min(maximum, base * (1.0 + 0.25 * rand))
+    return maximum * (0.8 + 0.2 * rand)
+
+
+def work_name(feed_id: str, spool_file: SpoolFile) -> str:
+    """The OpenCTI work name of a file: says the feed and the report (or feed objects) it holds."""
+    modified = spool_file.name.modified.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"CTX {feed_id} {spool_file.name.subject} ({modified})"
+
+
+class Pipeline:
+    """Imports spool files through an :class:`Importer`, one OpenCTI work per file."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        importer: Importer,
+        options: PipelineOptions,
+        lock: InstanceLock,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if lock.instance != options.instance:
+            raise ValueError("the lock and the options name different instances")
+        self.spool = spool
+        self.importer = importer
+        self.options = options
+        self.lock = lock
+        self.clock = clock
+        self.rand = rand
+        self.events: queue.Queue[Path | _Result] = queue.Queue()
+        self._feeds: dict[str, _Feed] = {}
+        self._attempts: dict[PurePosixPath, int] = {}
+        self._ignored: set[PurePosixPath] = set()
+        self._settle: dict[PurePosixPath, tuple[tuple[int, int, str], float]] = {}
+        self._settle_lock = threading.Lock()
+        self._summary = RunSummary()
+
+    def run(
+        self, stop: threading.Event, *, watch: bool, max_wait: float | None = None
+    ) -> RunSummary:
+        """Import until ``stop`` is set (``watch``) or until nothing is left to do (once).
+
+        With ``max_wait`` a once-run gives up waiting for retries after that many seconds: the
+        files still pending are left in ``incoming/``. The lock must be held by the caller.
+        """
+        self.spool.ensure()
+        self._summary = RunSummary()
+        self._summary.reclaimed = reclaim(self.spool, self.lock, own=True)
+        observer = None
+        if watch:
+            # Watch first, then scan: a file published in between is seen at least once.
+            observer = start_observer(
+                self.spool.incoming,
+                self.events.put,
+                polling=self.options.polling,
+                poll_interval=self.options.poll_interval,
+            )
+        try:
+            self._scan(self.spool.incoming)
+            self._loop(stop, watch=watch, max_wait=max_wait)
+        finally:
+            if observer is not None:
+                observer.stop()
+                observer.join(timeout=10)
+            # Anything still claimed goes back to incoming/ for the next run (never lost).
+            reclaim(self.spool, self.lock, own=True)
+        summary = self._summary
+        summary.pending = sorted(str(rel) for feed in self._feeds.values() for rel in feed.pending)
+        return summary
+
+    def _loop(self, stop: threading.Event, *, watch: bool, max_wait: float | None) -> None:
+        start = self.clock()
+        deadline = None if max_wait is None else start + max_wait
+        next_rescan = start + self.options.rescan_interval
+        in_flight = 0
+        with ThreadPoolExecutor(
+            max_workers=self.options.concurrency, thread_name_prefix="uploader-worker"
+        ) as pool:
+            while True:
+                now = self.clock()
+                if watch and now >= next_rescan:
+                    self._rescan()
+                    next_rescan = now + self.options.rescan_interval
+                stopping = stop.is_set() or (deadline is not None and now >= deadline)
+                if not stopping:
+                    in_flight += self._dispatch(pool, self.options.concurrency - in_flight, now)
+                if in_flight == 0 and (stopping or (not watch and not self._has_pending())):
+                    return
+                timeout = self._next_wakeup(now, next_rescan if watch else None, deadline)
+                try:
+                    event = self.events.get(timeout=timeout)
+                except queue.Empty:
+                    continue
+                while True:
+                    if isinstance(event, _Result):
+                        in_flight -= 1
+                        self._apply(event)
+                    else:
+                        self._add_path(event)
+                    try:
+                        event = self.events.get_nowait()
+                    except queue.Empty:
+                        break
+
+    def _next_wakeup(self, now: float, next_rescan: float | None, deadline: float | None) -> float:
+        wake = now + _TICK
+        for feed in self._feeds.values():
+            if feed.pending and not feed.busy and feed.not_before > now:
+                wake = min(wake, feed.not_before)
+        for moment in (next_rescan, deadline):
+            if moment is not None:
+                wake = min(wake, moment)
+        return max(0.01, wake - now)
+
+    def _has_pending(self) -> bool:
+        return any(feed.pending for feed in self._feeds.values())
+
+    def _rescan(self) -> None:
+        count = reclaim(self.spool, self.lock, own=False)
+        self._summary.reclaimed += count
+        self._scan(self.spool.incoming)
+
+    def _scan(self, directory: Path) -> None:
+        base = self.spool.incoming
+        for entry in walk_bundles(directory):
+            self._add(PurePosixPath(entry.path.relative_to(base).as_posix()))
+
+    def _add_path(self, path: Path) -> None:
+        try:
+            rel = PurePosixPath(path.relative_to(self.spool.incoming).as_posix())
+        except ValueError:
+            return
+        if not rel.parts or any(part.startswith(".") for part in rel.parts):
+            return
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            # A folder moved in whole (or created before its watch was set): walk it.
+            self._scan(path)
+        elif path.name.endswith(".json"):
+            self._add(rel)
+
+    def _add(self, rel: PurePosixPath) -> None:
+        if rel in self._ignored:
+            return
+        feed_key = rel.parts[0] if len(rel.parts) > 1 else ""
+        self._feeds.setdefault(feed_key, _Feed()).pending.add(rel)
+
+    def _dispatch(self, pool: ThreadPoolExecutor, free: int, now: float) -> int:
+        ready = [
+            (min(feed.pending), key)
+            for key, feed in self._feeds.items()
+            if feed.pending and not feed.busy and feed.not_before <= now
+        ]
+        started = 0
+        for head, key in sorted(ready)[: max(0, free)]:
+            feed = self._feeds[key]
+            feed.busy = True
+            attempts = self._attempts.get(head, 0)
+            future = pool.submit(self._process_safely, key, head, attempts)
+            future.add_done_callback(self._forward(key, head, attempts))
+            started += 1
+        return started
+
+    def _forward(
+        self, key: str, rel: PurePosixPath, attempts: int
+    ) -> Callable[[Future[_Result]], None]:
+        def done(future: Future[_Result]) -> None:
+            exc = future.exception()
+            if exc is None:
+                self.events.put(future.result())
+            else:
+                # _process_safely catches everything; this is a last resort so the feed never
+                # stays busy forever.
+                logger.error("worker crashed on %s: %r", rel, exc, extra={"file": str(rel)})
+                delay = self._retry_delay(attempts + 1)
+                self.events.put(_Result(key, rel, "retry", delay, attempts + 1))
+
+        return done
+
+    def _apply(self, result: _Result) -> None:
+        feed = self._feeds[result.feed]
+        feed.busy = False
+        rel = result.rel
+        if result.kind in ("retry", "settling"):
+            self._attempts[rel] = result.attempts
+            feed.not_before = self.clock() + result.delay
+            return
+        feed.pending.discard(rel)
+        feed.not_before = 0.0
+        self._attempts.pop(rel, None)
+        with self._settle_lock:
+            self._settle.pop(rel, None)
+        if result.kind == "done":
+            self._summary.done += 1
+        elif result.kind == "failed":
+            self._summary.failed += 1
+        elif result.kind == "left":
+            self._ignored.add(rel)
+            self._summary.left.append(str(rel))
+
+    def _retry_delay(self, attempts: int) -> float:
+        return backoff_delay(
+            attempts, self.options.retry_initial, self.options.retry_max, self.rand()
+        )
+
+    def _process_safely(self, feed: str, rel: PurePosixPath, attempts: int) -> _Result:
+        try:
+            return self._process(feed, rel, attempts)
+        except Exception:
+            # Whatever went wrong (disk full, a bug), the file is not the culprit: put it back
+            # and retry later; the process keeps running.
+            attempts += 1
+            delay = self._retry_delay(attempts)
+            logger.exception(
+                "unexpected error on %s, retrying in %.1fs",
+                rel,
+                delay,
+                extra={"feed": feed, "file": str(rel)},
+            )
+            self._release_if_claimed(rel)
+            return _Result(feed, rel, "retry", delay, attempts)
+
+    def _release_if_claimed(self, rel: PurePosixPath) -> None:
+        claimed = self.lock.directory / Path(*rel.parts)
+        if claimed.exists() or claimed.is_symlink():
+            try:
+                release_claim(self.spool, claimed, rel)
+            except (SpoolError, OSError) as exc:
+                logger.error("cannot put %s back: %s", rel, exc, extra={"file": str(rel)})
+
+    def _process(self, feed: str, rel: PurePosixPath, attempts: int) -> _Result:
+        ctx = {"feed": feed, "file": str(rel)}
+        try:
+            src = self.spool.path_in(INCOMING, rel)
+        except UnsafeNameError as exc:
+            logger.error("left in incoming/: %s", exc, extra=ctx)
+            return _Result(feed, rel, "left")
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
+            return _Result(feed, rel, "gone")
+        if stat.S_ISLNK(st.st_mode):
+            return self._claim_and_fail(
+                feed, rel, Failure("symlink", "symbolic links are never followed")
+            )
+        if not stat.S_ISREG(st.st_mode):
+            logger.error("left in incoming/: not a regular file", extra=ctx)
+            return _Result(feed, rel, "left")
+        try:
+            spool_file = read_spool_file(src, rel)
+        except FileNotFoundError:
+            return _Result(feed, rel, "gone")
+        except BundleRejected as exc:
+            return self._claim_and_fail(feed, rel, Failure(exc.kind, str(exc)))
+        if not spool_file.digest_ok:
+            return self._settle_or_fail(feed, rel, spool_file, attempts)
+        with self._settle_lock:
+            self._settle.pop(rel, None)
+
+        try:
+            claimed = claim(self.spool, self.options.instance, rel)
+        except ClaimLostError:
+            return _Result(feed, rel, "gone")
+        after = os.lstat(claimed)
+        if (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) != (
+            *spool_file.inode,
+            spool_file.size,
+            spool_file.mtime_ns,
+        ):
+            # Replaced or written to between our read and our rename: read it again.
+            release_claim(self.spool, claimed, rel)
+            return _Result(feed, rel, "settling", 0.05, attempts)
+
+        try:
+            bundle = check_bundle(spool_file.data)
+            if self.options.strict_stix:
+                check_stix(bundle)
+        except BundleRejected as exc:
+            return self._fail(feed, claimed, rel, Failure(exc.kind, str(exc), attempts))
+
+        attempts += 1
+        name = work_name(spool_file.feed_id, spool_file)
+        try:
+            receipt = self.importer.import_bundle(name, spool_file.data)
+        except TransientImportError as exc:
+            release_claim(self.spool, claimed, rel)
+            delay = self._retry_delay(attempts)
+            logger.warning(
+                "import of %s failed (attempt %d), retrying in %.1fs: %s",
+                rel.name,
+                attempts,
+                delay,
+                exc,
+                extra={**ctx, "work_id": exc.work_id, "error": type(exc).__name__},
+            )
+            return _Result(feed, rel, "retry", delay, attempts)
+        except PermanentImportError as exc:
+            return self._fail(
+                feed,
+                claimed,
+                rel,
+                Failure("rejected", str(exc), attempts, work_id=exc.work_id),
+            )
+        try:
+            mark_done(
+                self.spool,
+                claimed,
+                rel,
+                receipt,
+                instance=self.options.instance,
+                sha256=spool_file.actual_sha256,
+                attempts=attempts,
+            )
+        except DestinationExistsError as exc:
+            return self._fail(
+                feed,
+                claimed,
+                rel,
+                Failure("conflict", f"done/ already holds different bytes: {exc}", attempts),
+            )
+        logger.info(
+            "imported %s",
+            rel.name,
+            extra={**ctx, "work_id": receipt.work_id, "objects": receipt.objects},
+        )
+        return _Result(feed, rel, "done", attempts=attempts)
+
+    def _settle_or_fail(
+        self, feed: str, rel: PurePosixPath, spool_file: SpoolFile, attempts: int
+    ) -> _Result:
+        """A digest mismatch: a copy in progress until the file stops changing, then corrupt."""
+        now = self.clock()
+        signature = (spool_file.size, spool_file.mtime_ns, spool_file.actual_sha256)
+        with self._settle_lock:
+            previous = self._settle.get(rel)
+            if previous is None or previous[0] != signature:
+                self._settle[rel] = (signature, now)
+                since = now
+            else:
+                since = previous[1]
+        waited = now - since
+        if waited >= self.options.settle_seconds:
+            return self._claim_and_fail(
+                feed,
+                rel,
+                Failure(
+                    "corrupt",
+                    f"SHA-256 does not match the name after {waited:.1f}s without change",
+                    attempts,
+                    expected_sha256=spool_file.name.sha256,
+                    actual_sha256=spool_file.actual_sha256,
+                ),
+            )
+        if previous is None:
+            logger.info(
+                "digest of %s does not match its name yet; waiting for it to settle",
+                rel.name,
+                extra={"feed": feed, "file": str(rel)},
+            )
+        delay = min(1.0, max(0.05, self.options.settle_seconds - waited))
+        return _Result(feed, rel, "settling", delay, attempts)
+
+    def _claim_and_fail(self, feed: str, rel: PurePosixPath, failure: Failure) -> _Result:
+        try:
+            claimed = claim(self.spool, self.options.instance, rel)
+        except ClaimLostError:
+            return _Result(feed, rel, "gone")
+        return self._fail(feed, claimed, rel, failure)
+
+    def _fail(self, feed: str, claimed: Path, rel: PurePosixPath, failure: Failure) -> _Result:
+        ctx = {"feed": feed, "file": str(rel), "kind": failure.kind}
+        try:
+            mark_failed(self.spool, claimed, rel, failure, instance=self.options.instance)
+        except DestinationExistsError:
+            logger.error(
+                "cannot fail %s: failed/ already holds different bytes; left in incoming/",
+                rel.name,
+                extra=ctx,
+            )
+            release_claim(self.spool, claimed, rel)
+            return _Result(feed, rel, "left")
+        logger.error("refused %s: %s", rel.name, failure.message, extra=ctx)
+        return _Result(feed, rel, "failed", attempts=failure.attempts)
