@@ -106,10 +106,16 @@ def _run(
         spool.ensure()
         with InstanceLock(spool, instance) as lock, _stop_on_signals(stop):
             importer = factory(settings)
-            pipeline = Pipeline(
-                spool, importer, PipelineOptions.from_settings(settings, instance), lock
-            )
-            return pipeline.run(stop, watch=watch, max_wait=max_wait)
+            try:
+                pipeline = Pipeline(
+                    spool, importer, PipelineOptions.from_settings(settings, instance), lock
+                )
+                return pipeline.run(stop, watch=watch, max_wait=max_wait)
+            finally:
+                # PyctiImporter.close() stops its ping thread (never unregisters the connector).
+                close = getattr(importer, "close", None)
+                if callable(close):
+                    close()
     except (UploaderError, SharedError) as exc:
         raise click.ClickException(str(exc)) from None
 
