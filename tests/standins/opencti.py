@@ -156,7 +156,7 @@ class OpenCTIStandIn:
         self.auth_failures = 0
         self._faults: list[Fault] = []
         self._port = port
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     # life cycle -------------------------------------------------------------------------------
@@ -189,6 +189,7 @@ class OpenCTIStandIn:
         if server is not None:
             server.shutdown()
             server.server_close()
+            server.drop_connections()
         if thread is not None:
             thread.join(timeout=10)
 
@@ -201,7 +202,10 @@ class OpenCTIStandIn:
         self._port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, name=f"opencti-standin-{self._port}", daemon=True
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"opencti-standin-{self._port}",
+            daemon=True,
         )
         self._thread.start()
 
@@ -536,6 +540,29 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     standin: OpenCTIStandIn
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open_connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.open_connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.open_connections.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """Cut kept-alive connections too: a platform that is down answers nothing."""
+        with self.connections_lock:
+            connections = list(self.open_connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -1,0 +1,109 @@
+"""The ``amqp`` queue protocol: pycti publishes to a real RabbitMQ; the messages are read back."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pika
+import pytest
+
+from tests.standins.opencti import AmqpConfig, OpenCTIStandIn
+from tests.standins.rabbitmq import RabbitMQNode
+from uploader.opencti import PyctiImporter
+
+pytestmark = pytest.mark.rabbitmq
+
+pytest_plugins = ["tests.standins.fixtures"]
+
+
+@pytest.fixture
+def amqp_standin(rabbitmq: RabbitMQNode) -> Iterator[OpenCTIStandIn]:
+    exchange = f"ctxtest.worker.{uuid.uuid4().hex[:8]}"
+    amqp = AmqpConfig(
+        host=rabbitmq.host,
+        port=rabbitmq.port,
+        user=rabbitmq.user,
+        password=rabbitmq.password,
+        push_exchange=exchange,
+    )
+    with OpenCTIStandIn("amqp-token-0001", amqp=amqp) as standin:
+        yield standin
+
+
+@pytest.fixture
+def channel(rabbitmq: RabbitMQNode) -> Iterator[Any]:
+    connection = pika.BlockingConnection(
+        pika.ConnectionParameters(
+            host=rabbitmq.host,
+            port=rabbitmq.port,
+            credentials=pika.PlainCredentials(rabbitmq.user, rabbitmq.password),
+        )
+    )
+    try:
+        yield connection.channel()
+    finally:
+        connection.close()
+
+
+def _drain(channel: Any, queue: str) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    while True:
+        method, _properties, body = channel.basic_get(queue=queue, auto_ack=True)
+        if method is None:
+            return messages
+        messages.append(json.loads(body))
+
+
+def test_amqp_push_reaches_rabbitmq_with_the_work_id(
+    pycti_env: None,
+    amqp_standin: OpenCTIStandIn,
+    channel: Any,
+    make_settings: Callable[..., Any],
+) -> None:
+    connector_id = str(uuid.uuid4())
+    exchange = amqp_standin.amqp.push_exchange
+    # What the platform declares for a registered connector: a direct exchange, the push queue
+    # bound with the connector's routing key.
+    channel.exchange_declare(exchange=exchange, exchange_type="direct", durable=True)
+    queue = f"push_{connector_id}"
+    channel.queue_declare(queue=queue, durable=True)
+    channel.queue_bind(queue=queue, exchange=exchange, routing_key=f"push_routing_{connector_id}")
+    objects = [
+        {
+            "type": "identity",
+            "spec_version": "2.1",
+            "id": f"identity--{uuid.uuid4()}",
+            "created": "2026-01-01T00:00:00.000Z",
+            "modified": "2026-01-01T00:00:00.000Z",
+            "name": f"org {i}",
+        }
+        for i in range(3)
+    ]
+    data = json.dumps({"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects})
+    settings = make_settings(
+        amqp_standin,
+        opencti_token="amqp-token-0001",
+        connector_id=connector_id,
+        queue_protocol="amqp",
+    )
+
+    with PyctiImporter(settings) as importer:
+        receipt = importer.import_bundle("amqp work", data.encode())
+
+    messages = _drain(channel, queue)
+    assert messages
+    assert {m["work_id"] for m in messages} == {receipt.work_id}
+    assert {m["bundle_type"] for m in messages} == {"QUEUE_BUNDLE"}
+    assert {m["applicant_id"] for m in messages} == {amqp_standin.connector_user_id}
+    received = [
+        obj for m in messages for obj in json.loads(base64.b64decode(m["content"]))["objects"]
+    ]
+    assert sorted(o["id"] for o in received) == sorted(o["id"] for o in objects)
+    assert not amqp_standin.pushes  # nothing went through the GraphQL push
+    work = amqp_standin.works[receipt.work_id]
+    assert work.expectations == len(messages)  # pycti's addExpectations before publishing
+    assert work.processed

@@ -1,0 +1,410 @@
+"""PyctiImporter with the real pycti helper against the OpenCTI stand-in."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.standins.fixtures import STANDIN_TOKEN
+from tests.standins.opencti import OpenCTIStandIn
+from uploader.errors import PermanentImportError, PlatformAuthError, TransientImportError
+from uploader.opencti import PyctiImporter, split_bundle
+
+pytest_plugins = ["tests.standins.fixtures"]
+
+
+def _identity(name: str, pad: int = 0) -> dict[str, Any]:
+    return {
+        "type": "identity",
+        "spec_version": "2.1",
+        "id": f"identity--{uuid.uuid4()}",
+        "created": "2026-01-01T00:00:00.000Z",
+        "modified": "2026-01-01T00:00:00.000Z",
+        "name": name,
+        "identity_class": "organization",
+        "description": "x" * pad,
+    }
+
+
+def _bundle(objects: list[dict[str, Any]]) -> bytes:
+    return json.dumps(
+        {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects}
+    ).encode()
+
+
+def _report_bundle(n: int = 3, pad: int = 0) -> tuple[bytes, list[dict[str, Any]]]:
+    identities = [_identity(f"org {i}", pad) for i in range(n)]
+    report = {
+        "type": "report",
+        "spec_version": "2.1",
+        "id": f"report--{uuid.uuid4()}",
+        "created": "2026-01-01T00:00:00.000Z",
+        "modified": "2026-01-01T00:00:00.000Z",
+        "name": "a report",
+        "published": "2026-01-01T00:00:00.000Z",
+        "object_refs": [i["id"] for i in identities],
+    }
+    objects = [report, *identities]
+    return _bundle(objects), objects
+
+
+def test_registration_shows_the_connector(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
+) -> None:
+    pycti_importer.connect()
+
+    [registration] = opencti_standin.registrations
+    assert registration["type"] == "EXTERNAL_IMPORT"
+    assert registration["id"] == pycti_importer.connector_id
+    assert registration["name"] == "Cyber Threat Exchange (spool)"
+    assert registration["scope"] == ["cyberthreatexchange"]  # pycti splits the scope on commas
+    assert opencti_standin.wait_for(lambda: len(opencti_standin.pings) >= 1)
+    ops = opencti_standin.operations()
+    assert ops[: ops.index("RegisterConnector") + 1][-1] == "RegisterConnector"
+    assert "healthCheck" in ops[: ops.index("RegisterConnector")]
+
+
+def test_one_import_is_one_work_with_exactly_the_bundles_objects(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
+) -> None:
+    data, objects = _report_bundle(3)
+
+    receipt = pycti_importer.import_bundle("feed F / report R", data)
+
+    assert receipt.connector_id == pycti_importer.connector_id
+    assert (receipt.pushes, receipt.objects) == (1, 4)
+    [work] = opencti_standin.works.values()
+    assert work.id == receipt.work_id
+    assert work.name == "feed F / report R"
+    assert work.processed and not work.in_error
+    [push] = opencti_standin.pushes
+    assert push.work_id == receipt.work_id
+    assert push.connector_id == pycti_importer.connector_id
+    assert push.bundle == json.loads(data)
+    assert sorted(json.dumps(o, sort_keys=True) for o in opencti_standin.objects()) == sorted(
+        json.dumps(o, sort_keys=True) for o in objects
+    )
+    ops = [op for op in opencti_standin.operations() if op not in ("healthCheck", "PingConnector")]
+    assert ops == ["RegisterConnector", "workAdd", "StixBundlePush", "workToProcessed"]
+
+
+def test_oversized_bundle_is_split_under_one_work_and_nothing_is_dropped(
+    pycti_env: None, opencti_standin: OpenCTIStandIn, make_settings: Callable[..., Any]
+) -> None:
+    limit = 16 * 1024
+    opencti_standin.max_body_bytes = limit  # the platform's body limit: every push must fit
+    data, objects = _report_bundle(60, pad=400)
+    assert len(data) > 2 * limit
+    with PyctiImporter(make_settings(opencti_standin, max_push_bytes=limit)) as importer:
+        receipt = importer.import_bundle("big", data)
+
+    pushes = opencti_standin.pushes_for(receipt.work_id)
+    assert receipt.pushes == len(pushes) > 2
+    assert len(opencti_standin.works) == 1
+    assert all(p.size < limit for p in pushes)
+    assert all(set(p.bundle) == {"type", "id", "objects"} for p in pushes)
+    assert all(p.bundle["type"] == "bundle" and p.bundle["objects"] for p in pushes)
+    received = [o["id"] for o in opencti_standin.objects()]
+    assert sorted(received) == sorted(o["id"] for o in objects)  # each once, none dropped
+    assert received[-1].startswith("report--")  # containers after what they refer to
+    assert not opencti_standin.rejected_pushes
+
+
+def test_split_refuses_a_single_object_over_the_limit() -> None:
+    data, _ = _report_bundle(1, pad=5000)
+    with pytest.raises(PermanentImportError, match="over UPLOADER_MAX_PUSH_BYTES"):
+        split_bundle(data, 4096 + 1024)
+
+
+def test_wrong_token_is_a_platform_auth_error_and_the_process_lives(
+    pycti_env: None, opencti_standin: OpenCTIStandIn, make_settings: Callable[..., Any]
+) -> None:
+    hook = sys.excepthook
+    importer = PyctiImporter(make_settings(opencti_standin, opencti_token="wrong-token-123"))
+
+    with pytest.raises(PlatformAuthError) as info:
+        importer.import_bundle("w", _report_bundle()[0])
+
+    assert "wrong-token-123" not in str(info.value)
+    assert opencti_standin.auth_failures >= 1
+    assert not opencti_standin.registrations and not opencti_standin.pushes
+    assert sys.excepthook is hook  # pycti's killProgramHook is not left installed
+    importer.close()
+
+
+def test_pycti_excepthook_is_replaced_back_and_its_threads_are_daemons(
+    pycti_importer: PyctiImporter,
+) -> None:
+    hook = sys.excepthook
+    before = set(threading.enumerate())
+
+    pycti_importer.connect()
+
+    assert sys.excepthook is hook
+    started = set(threading.enumerate()) - before
+    assert started  # the ping thread
+    assert all(t.daemon for t in started)
+
+
+def test_platform_down_is_transient_then_back_up_works(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
+) -> None:
+    data, _ = _report_bundle()
+    port = opencti_standin.port
+    opencti_standin.go_down()
+    with pytest.raises(TransientImportError):
+        pycti_importer.import_bundle("w", data)  # before registration
+
+    opencti_standin.come_up()
+    assert opencti_standin.port == port
+    pycti_importer.import_bundle("w", data)
+
+    opencti_standin.go_down()
+    with pytest.raises(TransientImportError):
+        pycti_importer.import_bundle("w", data)  # registered, then the platform went away
+    opencti_standin.come_up()
+    receipt = pycti_importer.import_bundle("w", data)
+
+    assert len(opencti_standin.pushes_for(receipt.work_id)) == 1
+    assert not opencti_standin.deleted_connectors
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "marked"),
+    [
+        pytest.param({"status": 502}, TransientImportError, True, id="502"),
+        pytest.param({"status": 503}, TransientImportError, True, id="503"),
+        pytest.param({"status": 429}, TransientImportError, True, id="429"),
+        # Connection-level failures: the platform is probably unreachable, no in-error report.
+        pytest.param({"drop": True}, TransientImportError, False, id="dropped-connection"),
+        pytest.param(
+            {"graphql_error": "Lock timeout", "code": "LOCK_ERROR"},
+            TransientImportError,
+            True,
+            id="lock-timeout",
+        ),
+        pytest.param(
+            {"graphql_error": "Invalid bundle", "code": "UNSUPPORTED_ERROR"},
+            PermanentImportError,
+            True,
+            id="bundle-rejected",
+        ),
+        pytest.param({"status": 413}, PermanentImportError, True, id="413"),
+        pytest.param(
+            {"graphql_error": "You must be logged in to do this.", "code": "AUTH_REQUIRED"},
+            PlatformAuthError,
+            True,
+            id="auth-required",
+        ),
+    ],
+)
+def test_push_failures_are_classified(
+    pycti_importer: PyctiImporter,
+    opencti_standin: OpenCTIStandIn,
+    fault: dict[str, Any],
+    error: type[Exception],
+    marked: bool,
+) -> None:
+    pycti_importer.connect()
+    opencti_standin.fail("StixBundlePush", **fault)
+
+    with pytest.raises(error) as info:
+        pycti_importer.import_bundle("w", _report_bundle()[0])
+
+    assert type(info.value) is error
+    [work] = opencti_standin.works.values()
+    assert info.value.work_id == work.id  # type: ignore[attr-defined]
+    assert work.in_error is marked  # the work shows the failure in OpenCTI
+    receipt = pycti_importer.import_bundle("w", _report_bundle()[0])  # one fault only
+    assert receipt.pushes == 1
+
+
+def test_503_on_work_creation_is_transient_without_a_work(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
+) -> None:
+    pycti_importer.connect()
+    opencti_standin.fail("workAdd", status=503, times=2)
+
+    for _ in range(2):
+        with pytest.raises(TransientImportError) as info:
+            pycti_importer.import_bundle("w", _report_bundle()[0])
+        assert info.value.work_id is None
+
+    assert not opencti_standin.works and not opencti_standin.pushes
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b'{"type": "bundle", "id": "bundle--1", "objects": []}', id="empty"),
+        pytest.param(b'{"type": "report", "id": "report--1"}', id="not-a-bundle"),
+        pytest.param(b"{not json", id="not-json"),
+        pytest.param(b"\xff\xfe", id="not-utf8"),
+    ],
+)
+def test_bad_content_is_permanent_and_never_pushed(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn, data: bytes
+) -> None:
+    with pytest.raises(PermanentImportError):
+        pycti_importer.import_bundle("w", data)
+    assert not opencti_standin.pushes
+
+
+@pytest.mark.parametrize(
+    ("bundle", "cause"),
+    [
+        pytest.param(
+            '{"type": "bundle", "id": "bundle--1", "objects": []}',
+            "Invalid stix bundle",
+            id="empty",
+        ),
+        pytest.param(
+            '{"type": "report", "objects": [{"id": "x--1"}]}',
+            "Invalid stix bundle",
+            id="not-a-bundle",
+        ),
+    ],
+)
+def test_the_standin_refuses_what_the_platform_refuses_and_that_is_permanent(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn, bundle: str, cause: str
+) -> None:
+    pycti_importer.connect()
+    api = pycti_importer.helper.api
+
+    with pytest.raises(ValueError, match="Invalid bundle") as info:
+        api.send_bundle_to_api(connector_id=pycti_importer.connector_id, bundle=bundle)
+
+    assert opencti_standin.rejected_pushes[-1]["cause"] == cause
+    assert isinstance(pycti_importer._classify(info.value, None), PermanentImportError)
+
+
+def test_unknown_connector_push_is_refused_as_invalid_bundle(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
+) -> None:
+    pycti_importer.connect()
+    with pytest.raises(ValueError, match="Invalid bundle"):
+        pycti_importer.helper.api.send_bundle_to_api(
+            connector_id=str(uuid.uuid4()), bundle=_report_bundle()[0].decode()
+        )
+    assert opencti_standin.rejected_pushes[-1]["cause"] == "Invalid connector"
+
+
+def test_token_never_reaches_the_logs(
+    pycti_env: None,
+    opencti_standin: OpenCTIStandIn,
+    make_settings: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with PyctiImporter(make_settings(opencti_standin, log_level="debug")) as importer:
+        importer.import_bundle("w", _report_bundle()[0])
+        opencti_standin.fail("StixBundlePush", status=502)
+        with pytest.raises(TransientImportError) as info:
+            importer.import_bundle("w", _report_bundle()[0])
+    with (
+        PyctiImporter(make_settings(opencti_standin, opencti_token=STANDIN_TOKEN + "-bad")) as bad,
+        pytest.raises(PlatformAuthError) as auth,
+    ):
+        bad.connect()
+
+    assert "Pushing a bundle" in caplog.text  # pycti's debug/info lines were captured
+    assert STANDIN_TOKEN not in caplog.text
+    assert STANDIN_TOKEN not in str(info.value) and STANDIN_TOKEN not in str(auth.value)
+
+
+def test_helper_creation_keeps_the_clis_log_handlers(
+    pycti_importer: PyctiImporter,
+) -> None:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+
+    pycti_importer.connect()
+
+    assert root.handlers == handlers  # pycti's basicConfig(force=True) is undone
+    assert root.level == level
+
+
+@pytest.mark.parametrize(
+    "verify", [pytest.param(True, id="default-on"), pytest.param(False, id="off")]
+)
+def test_ssl_verify_is_passed_to_pycti(
+    pycti_env: None,
+    opencti_standin: OpenCTIStandIn,
+    make_settings: Callable[..., Any],
+    verify: bool,
+) -> None:
+    fields = {} if verify else {"opencti_ssl_verify": False}
+    with PyctiImporter(make_settings(opencti_standin, **fields)) as importer:
+        importer.connect()
+        assert importer.helper.opencti_ssl_verify is verify
+        assert importer.helper.api.ssl_verify is verify
+        assert importer.helper.api_impersonate.ssl_verify is verify
+
+
+def test_wait_for_work_polls_until_complete(
+    pycti_env: None, opencti_standin: OpenCTIStandIn, make_settings: Callable[..., Any]
+) -> None:
+    opencti_standin.complete_after_polls = 3
+    settings = make_settings(opencti_standin, wait_for_work=True, work_timeout=10)
+    with PyctiImporter(settings, work_poll_interval=0.01) as importer:
+        receipt = importer.import_bundle("w", _report_bundle()[0])
+
+    assert opencti_standin.works[receipt.work_id].polls == 4
+
+
+def test_wait_for_work_times_out_as_transient(
+    pycti_env: None, opencti_standin: OpenCTIStandIn, make_settings: Callable[..., Any]
+) -> None:
+    opencti_standin.work_status = "progress"
+    settings = make_settings(opencti_standin, wait_for_work=True, work_timeout=0.2)
+    with (
+        PyctiImporter(settings, work_poll_interval=0.01) as importer,
+        pytest.raises(TransientImportError, match="not complete") as info,
+    ):
+        importer.import_bundle("w", _report_bundle()[0])
+
+    assert info.value.work_id in opencti_standin.works
+
+
+def test_concurrent_imports_from_several_threads(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
+) -> None:
+    bundles = [_report_bundle(2)[0] for _ in range(8)]
+    receipts: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run(data: bytes) -> None:
+        try:
+            receipts.append(pycti_importer.import_bundle("w", data))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in bundles]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    assert not errors
+    assert len({r.work_id for r in receipts}) == 8
+    assert len(opencti_standin.pushes) == 8
+    assert all(opencti_standin.works[r.work_id].processed for r in receipts)
+    assert len(opencti_standin.registrations) == 1
+
+
+def test_close_never_unregisters_the_connector(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
+) -> None:
+    pycti_importer.import_bundle("w", _report_bundle()[0])
+    pycti_importer.close()
+
+    assert "ConnectorDeletionMutation" not in opencti_standin.operations()
+    assert not opencti_standin.deleted_connectors
+    assert len(opencti_standin.works) == 1
