@@ -170,6 +170,8 @@ class CTXClient:
         """GET a path under the base URL (or a same-host full URL) and return its JSON object."""
         url = self._url(path_or_url, feed_id)
         path = urlsplit(url).path
+        # Path and query only: the key travels in a header, and headers are never logged.
+        logger.debug("GET %s", path, extra={"params": dict(params or {})})
         self._limiter.acquire()
         try:
             response = self._session.get(url, params=params, timeout=self._timeout)

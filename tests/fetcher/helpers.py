@@ -14,7 +14,7 @@ from shared.spool import walk_bundles
 
 
 def invoke(args: list[str], env: dict[str, str]) -> Result:
-    return CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+    return CliRunner().invoke(main, args, env=env, catch_exceptions=False, prog_name="ctx-fetcher")
 
 
 def spool_files(spool_dir: Path) -> list[Path]:

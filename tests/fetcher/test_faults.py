@@ -1,0 +1,212 @@
+"""Faults: 429, 5xx, dropped connections, auth, subscriptions, malformed answers, hostile ids."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from fetcher.client import OBJECTS_PAGE_SIZE
+from tests.fetcher.helpers import cursors, invoke, spool_files
+from tests.standins.ctx import CTXStandIn
+
+
+def test_429_retry_after_is_honoured(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
+) -> None:
+    standin.inject("status", path_contains="/objects/", status=429, retry_after="1")
+
+    result = invoke(["once"], env)
+
+    assert result.exit_code == 0, result.output
+    asked = standin.queries("/objects/")
+    # The first objects request got the 429; its retry must wait the Retry-After second, far
+    # longer than the 0.01 s backoff the tests configure.
+    assert asked[1].path == asked[0].path and asked[1].query == asked[0].query
+    assert asked[1].at - asked[0].at >= 0.95
+    assert len(spool_files(spool_dir)) > 0
+
+
+def test_5xx_and_dropped_connections_recover(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
+) -> None:
+    standin.inject("status", path_contains="/subscriptions/", status=503)
+    standin.inject("status", path_contains="/objects/", status=502, times=2)
+    standin.inject("drop", path_contains="/bundle/", times=2)
+    standin.inject("status", path_contains="/bundle/", status=500)
+    standin.inject("latency", path_contains="/bundle/", delay=0.2, times=3)
+
+    result = invoke(["once"], env)
+
+    assert result.exit_code == 0, result.output
+    assert all(fault.times == 0 for fault in standin.faults)
+    feeds = standin.active_feed_ids
+    reports = [p for p in spool_files(spool_dir) if "_report--" in p.name]
+    assert len(reports) == sum(len(standin.feeds[f].report_ids) for f in feeds)
+
+
+def test_5xx_beyond_retries_fails_the_feed_and_keeps_its_cursor(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
+) -> None:
+    feed_id = standin.active_feed_ids[0]
+    standin.inject("status", path_contains=f"{feed_id}/objects/", status=503, times=100)
+
+    result = invoke(["once"], env)
+
+    assert result.exit_code == 1
+    assert f"feed {feed_id} failed: CTX answered 503" in result.output
+    assert not [k for k in cursors(spool_dir) if k[0] == feed_id]
+    other = standin.active_feed_ids[1]
+    assert (other, "reports") in cursors(spool_dir)
+
+
+def test_wrong_key_401_fails_every_feed_without_leaking_the_key(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
+) -> None:
+    env["CYBERTHREATEXCHANGE_API_KEY"] = "wrong-key-0123456789"
+
+    result = invoke(["once"], env)
+
+    assert result.exit_code == 1
+    for feed_id in standin.active_feed_ids:
+        assert f"feed {feed_id} failed: CTX refused /v1/subscriptions/ with 401" in result.output
+    assert "wrong-key-0123456789" not in result.output
+    assert spool_files(spool_dir) == []
+
+
+def test_inactive_and_unknown_feeds_fail_alone(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
+) -> None:
+    good = standin.active_feed_ids[0]
+    inactive = standin.inactive_feed_ids[0]
+    unknown = str(uuid.uuid4())
+    env["CYBERTHREATEXCHANGE_FEED_IDS"] = f"{inactive},{good},{unknown}"
+
+    result = invoke(["once"], env)
+
+    assert result.exit_code == 1
+    assert f"feed {inactive} failed: feed {inactive}" in result.output
+    assert "'inactive', not active" in result.output
+    assert f"feed {unknown} failed: feed {unknown} is not among the team's subscriptions" in (
+        result.output
+    )
+    assert f"feed {good} failed" not in result.output
+    written = {p.relative_to(spool_dir / "incoming").parts[0] for p in spool_files(spool_dir)}
+    assert written == {good}
+    # Nothing was asked of the feeds that may not be fetched.
+    assert not standin.queries(f"/v1/feeds/{inactive}/")
+    assert not standin.queries(f"/v1/feeds/{unknown}/")
+
+
+def test_malformed_json_fails_the_feed_without_moving_its_cursor(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
+) -> None:
+    assert invoke(["once"], env).exit_code == 0
+    saved = cursors(spool_dir)
+    before = set(spool_files(spool_dir))
+    feed_id = standin.active_feed_ids[0]
+    report_id = standin.update_report(feed_id)
+    standin.inject("malformed", path_contains=f"{report_id}/bundle/")
+
+    result = invoke(["once"], env)
+
+    assert result.exit_code == 1
+    assert f"feed {feed_id} failed: CTX answer for" in result.output
+    assert "is not valid JSON" in result.output
+    assert cursors(spool_dir)[(feed_id, "reports")] == saved[(feed_id, "reports")]
+    assert set(spool_files(spool_dir)) == before
+
+    assert invoke(["once"], env).exit_code == 0
+    assert len(set(spool_files(spool_dir)) - before) == 1
+
+
+def _outside_spool(tmp_path: Path, spool_dir: Path) -> list[Path]:
+    return [
+        p
+        for p in tmp_path.rglob("*")
+        if p.is_file() and spool_dir not in p.parents and not p.name.startswith(".")
+    ]
+
+
+def test_hostile_ids_are_refused(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path, tmp_path: Path
+) -> None:
+    hostile_feed, hostile_bundle_feed = standin.active_feed_ids
+    standin.add_raw(
+        hostile_feed,
+        {
+            "type": "report",
+            "spec_version": "2.1",
+            "id": "report--../../etc",
+            "created": "2025-01-01T00:00:00.000Z",
+            "modified": "2025-01-01T00:00:00.000Z",
+            "name": "escape",
+            "object_refs": [],
+        },
+    )
+    report_id = standin.feeds[hostile_bundle_feed].report_ids[0]
+    standin.add_to_bundle(
+        hostile_bundle_feed,
+        report_id,
+        {"type": "indicator", "id": "indicator--../../../x", "spec_version": "2.1"},
+    )
+
+    result = invoke(["once"], env)
+
+    assert result.exit_code == 1
+    assert "refusing STIX id 'report--../../etc'" in result.output
+    assert "refusing STIX id 'indicator--../../../x'" in result.output
+    assert _outside_spool(tmp_path, spool_dir) == []
+    for path in spool_files(spool_dir):
+        assert path.resolve().is_relative_to((spool_dir / "incoming").resolve())
+    assert not any(report_id in p.name for p in spool_files(spool_dir))
+    assert not [k for k in cursors(spool_dir) if k[0] == hostile_feed]
+
+
+def test_next_url_on_another_host_is_never_followed(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
+) -> None:
+    feed_id = standin.active_feed_ids[0]
+    # A full page sharing one timestamp makes the client take the server's ``next``.
+    standin.add_objects(feed_id, OBJECTS_PAGE_SIZE + 5)
+    standin.next_url_origin = "http://127.0.0.2:9"
+
+    result = invoke(["once"], env)
+
+    assert result.exit_code == 1
+    assert f"feed {feed_id} failed: refusing to follow a next link to another host" in (
+        result.output
+    )
+
+
+def test_next_url_on_the_same_host_is_followed(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
+) -> None:
+    feed_id = standin.active_feed_ids[0]
+    standin.add_objects(feed_id, OBJECTS_PAGE_SIZE + 5, same_record_time=True)
+    standin.next_url_origin = standin.base_url.rstrip("/")
+
+    result = invoke(["once"], env)
+
+    assert result.exit_code == 0, result.output
+    assert any(r.query.get("added_after") for r in standin.queries(f"{feed_id}/objects/"))
+
+
+def test_api_key_absent_from_logs_spool_and_state(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
+) -> None:
+    standin.inject("status", path_contains="/objects/", status=429, retry_after="0")
+    standin.inject("drop", path_contains="/bundle/")
+    standin.inject("malformed", path_contains="/bundle/")
+
+    result = invoke(["once"], env)
+    result2 = invoke(["once"], env)
+
+    assert "DEBUG" in result.output
+    assert result2.exit_code == 0
+    key = standin.api_key.encode()
+    assert key not in result.output.encode()
+    assert key not in result2.output.encode()
+    for path in spool_dir.rglob("*"):
+        if path.is_file():
+            assert key not in path.read_bytes(), path
+    assert all(r.had_key for r in standin.requests)
