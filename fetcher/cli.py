@@ -46,8 +46,12 @@ def _settings(config_path: Path | None) -> FetcherSettings:
 def _progress() -> Callable[[FeedResult], None] | None:
     if not sys.stdout.isatty():
         return None
+    current: list[str] = []
 
     def show(result: FeedResult) -> None:
+        if current and current[-1] != result.feed_id:
+            click.echo("")
+        current[:] = [result.feed_id]
         click.echo(
             f"\r{result.feed_id}: reports {result.reports_written} new, "
             f"{result.reports_unchanged} unchanged, objects files {result.objects_files_written}",
@@ -57,7 +61,7 @@ def _progress() -> Callable[[FeedResult], None] | None:
     return show
 
 
-def _one_pass(settings: FetcherSettings) -> list[FeedResult]:
+def _one_pass(settings: FetcherSettings, stop: threading.Event | None = None) -> list[FeedResult]:
     progress = _progress()
     spool = Spool(settings.spool_dir)
     try:
@@ -69,6 +73,7 @@ def _one_pass(settings: FetcherSettings) -> list[FeedResult]:
                 settings.feed_ids,
                 concurrency=settings.concurrency,
                 progress=progress,
+                stop=stop,
             )
     except (FetcherError, SpoolError) as exc:
         results = [FeedResult(feed_id, error=exc) for feed_id in settings.feed_ids]
@@ -97,7 +102,7 @@ def once(config_path: Path | None) -> None:
 @contextmanager
 def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
-        logger.info("signal %s received; stopping after the current pass", signum)
+        logger.info("signal %s received; stopping after the current feed", signum)
         stop.set()
 
     if threading.current_thread() is not threading.main_thread():
@@ -124,7 +129,7 @@ def run(config_path: Path | None, max_passes: int | None, interval_seconds: floa
     with _stop_on_signals(stop):
         while not stop.is_set():
             try:
-                results = _one_pass(settings)
+                results = _one_pass(settings, stop)
                 failed = sum(1 for r in results if not r.ok)
                 if failed:
                     logger.error("pass finished with %d failed feed(s)", failed)

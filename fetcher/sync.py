@@ -14,6 +14,7 @@ A cursor is saved only after every file it covers is published; a failing feed k
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -250,8 +251,12 @@ def run_pass(
     *,
     concurrency: int,
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> list[FeedResult]:
-    """One pass over every configured feed; each feed's failure stays that feed's."""
+    """One pass over every configured feed; each feed's failure stays that feed's.
+
+    When ``stop`` is set the pass ends after the current feed; the feeds left have no result.
+    """
     try:
         subscriptions: dict[str, Subscription] | None = {
             sub.feed_id: sub for sub in client.subscriptions()
@@ -261,6 +266,9 @@ def run_pass(
         subscriptions, failure = None, exc
     results = []
     for feed_id in feed_ids:
+        if stop is not None and stop.is_set():
+            logger.info("stop requested; feeds left for the next pass", extra={"feed_id": feed_id})
+            break
         if subscriptions is None:
             result = FeedResult(feed_id, error=failure)
         else:
