@@ -27,8 +27,10 @@ Where pycti is adapted, and why:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -60,6 +62,29 @@ PROBE_TIMEOUT = 30.0
 WORK_POLL_INTERVAL = 2.0
 
 _HEALTH_QUERY = "query healthCheck { about { version } }"
+
+# pycti reads these environment variables *before* its config dict, and treats an empty one
+# (``CONNECTOR_QUEUE_PROTOCOL=`` in a compose file) as unset, falling back to its own default
+# (amqp!). Our settings already resolved env-over-config.yml with the same names, so while the
+# helper is built they are hidden and the config dict is authoritative. ``MQ_*`` stay visible:
+# they are pycti's documented RabbitMQ overrides and have no setting of ours.
+_PYCTI_ENV_SHADOWED = (
+    "OPENCTI_URL",
+    "OPENCTI_TOKEN",
+    "OPENCTI_SSL_VERIFY",
+    "OPENCTI_JSON_LOGGING",
+    "CONNECTOR_ID",
+    "CONNECTOR_TYPE",
+    "CONNECTOR_NAME",
+    "CONNECTOR_SCOPE",
+    "CONNECTOR_LOG_LEVEL",
+    "CONNECTOR_QUEUE_PROTOCOL",
+    "QUEUE_PROTOCOL",
+    "CONNECTOR_RUN_AND_TERMINATE",
+    "CONNECTOR_VALIDATE_BEFORE_IMPORT",
+    "CONNECTOR_SEND_TO_DIRECTORY",
+    "CONNECTOR_SEND_TO_QUEUE",
+)
 
 # Text fragments of pycti/platform errors, checked in this order (first match wins). Auth comes first:
 # "Invalid connector" is wrapped by the platform in "Invalid bundle" when it gives the cause.
@@ -245,6 +270,7 @@ class PyctiImporter:
                 "run_and_terminate": False,
                 # No workbench/draft detour and no copy to a directory: straight to the queue.
                 "validate_before_import": False,
+                "send_to_queue": True,
                 "send_to_directory": False,
             },
         }
@@ -296,7 +322,8 @@ class PyctiImporter:
         saved_levels = {name: logging.getLogger(name).level for name in ("urllib3", "pika")}
         saved_hook = sys.excepthook
         try:
-            helper = OpenCTIConnectorHelper(self._pycti_config())
+            with _shadowed_env(_PYCTI_ENV_SHADOWED):
+                helper = OpenCTIConnectorHelper(self._pycti_config())
         except Exception as exc:  # noqa: BLE001 - pycti raises ValueError/requests errors/KeyError
             raise self._classify(exc, None) from None
         finally:
@@ -394,6 +421,17 @@ class PyctiImporter:
             f"work {work_id} not complete after {self._settings.work_timeout:g} s (status {status})",
             work_id=work_id,
         )
+
+
+@contextlib.contextmanager
+def _shadowed_env(names: tuple[str, ...]) -> Iterator[None]:
+    # os.environ is process-wide: this runs under the importer's lock and only for the helper's
+    # constructor; nothing else in the uploader reads these variables after start-up.
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def split_bundle(data: bytes, max_push_bytes: int) -> tuple[list[str], int]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.standins.opencti import OpenCTIStandIn
+from tests.standins.opencti import STANDIN_TOKEN, OpenCTIStandIn
 from tests.standins.rabbitmq import RabbitMQNode, RabbitMQUnavailableError, available, start_node
 
 __all__ = [
@@ -32,8 +32,6 @@ __all__ = [
     "pycti_importer",
     "rabbitmq",
 ]
-
-STANDIN_TOKEN = "standin-token-5e1f0c2a9b"
 
 _PYCTI_ENV_PREFIXES = ("OPENCTI_", "CONNECTOR_", "MQ_")
 

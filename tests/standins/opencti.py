@@ -35,6 +35,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 PLATFORM_VERSION = "6.5.10"
+#: The token the fixtures use (any string of 4+ characters works).
+STANDIN_TOKEN = "standin-token-5e1f0c2a9b"
 DEFAULT_MAX_BODY_BYTES = 50 * 1024 * 1024
 
 _OPERATION = re.compile(r"\b(query|mutation)\s+(\w+)")

@@ -17,6 +17,8 @@ from uploader.opencti import PyctiImporter
 
 pytestmark = pytest.mark.rabbitmq
 
+# The shared fixtures; constants come from tests.standins.opencti so this module is imported
+# by pytest as a plugin first (importing it directly would defeat assertion rewriting).
 pytest_plugins = ["tests.standins.fixtures"]
 
 

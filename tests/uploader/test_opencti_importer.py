@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import sys
 import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.standins.fixtures import STANDIN_TOKEN
-from tests.standins.opencti import OpenCTIStandIn
+from tests.standins.opencti import STANDIN_TOKEN, OpenCTIStandIn
 from uploader.errors import PermanentImportError, PlatformAuthError, TransientImportError
 from uploader.opencti import PyctiImporter, split_bundle
 
+# The shared fixtures; constants come from tests.standins.opencti so this module is imported
+# by pytest as a plugin first (importing it directly would defeat assertion rewriting).
 pytest_plugins = ["tests.standins.fixtures"]
 
 
@@ -408,3 +412,69 @@ def test_close_never_unregisters_the_connector(
     assert "ConnectorDeletionMutation" not in opencti_standin.operations()
     assert not opencti_standin.deleted_connectors
     assert len(opencti_standin.works) == 1
+
+
+def test_settings_win_over_pycti_env_variables_and_mq_overrides_stay(
+    pycti_env: None,
+    opencti_standin: OpenCTIStandIn,
+    make_settings: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # pycti reads these first; an empty one would make it fall back to amqp.
+    monkeypatch.setenv("CONNECTOR_QUEUE_PROTOCOL", "")
+    monkeypatch.setenv("OPENCTI_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("CONNECTOR_TYPE", "STREAM")
+    monkeypatch.setenv("MQ_HOST", "mq.example")
+
+    with PyctiImporter(make_settings(opencti_standin)) as importer:
+        receipt = importer.import_bundle("w", _report_bundle()[0])
+        helper = importer.helper
+
+    assert helper.queue_protocol == "api"
+    assert opencti_standin.registrations[0]["type"] == "EXTERNAL_IMPORT"
+    assert helper.connector_config["connection"]["host"] == "mq.example"
+    assert len(opencti_standin.pushes_for(receipt.work_id)) == 1
+    assert os.environ["CONNECTOR_QUEUE_PROTOCOL"] == ""  # the environment is given back
+
+
+def test_unreachable_rabbitmq_is_transient(
+    pycti_env: None, make_settings: Callable[..., Any]
+) -> None:
+    from tests.standins.opencti import AmqpConfig
+    from tests.standins.rabbitmq import free_port
+
+    amqp = AmqpConfig(host="127.0.0.1", port=free_port())
+    with (
+        OpenCTIStandIn("amqp-token-0002", amqp=amqp) as standin,
+        PyctiImporter(
+            make_settings(standin, opencti_token="amqp-token-0002", queue_protocol="amqp")
+        ) as importer,
+        pytest.raises(TransientImportError, match="RabbitMQ"),
+    ):
+        importer.import_bundle("w", _report_bundle()[0])
+
+
+def test_a_cli_process_exits_normally_without_close(
+    opencti_standin: OpenCTIStandIn, tmp_path: Any
+) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, uuid\n"
+        "from uploader.opencti import PyctiImporter\n"
+        "from uploader.settings import UploaderSettings\n"
+        f"s = UploaderSettings(opencti_url={opencti_standin.url!r}, opencti_token={STANDIN_TOKEN!r},"
+        " connector_id=str(uuid.uuid4()))\n"
+        "importer = PyctiImporter(s)\n"
+        f"print(importer.import_bundle('w', {_report_bundle()[0]!r}).work_id)\n"
+    )
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENCTI_", "CONNECTOR_", "MQ_"))
+    }
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in opencti_standin.works

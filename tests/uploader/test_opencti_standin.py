@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.standins.fixtures import STANDIN_TOKEN
-from tests.standins.opencti import OpenCTIStandIn
+from tests.standins.opencti import STANDIN_TOKEN, OpenCTIStandIn
 
 REGISTER = """mutation RegisterConnector($input: RegisterConnectorInput) {
   registerConnector(input: $input) { id connector_state config { push_exchange } connector_user_id }
@@ -22,6 +21,8 @@ PUSH = """mutation StixBundlePush($connectorId: String!, $bundle: String!, $work
 }"""
 HEALTH = "query healthCheck { about { version } }"
 
+# The shared fixtures; constants come from tests.standins.opencti so this module is imported
+# by pytest as a plugin first (importing it directly would defeat assertion rewriting).
 pytest_plugins = ["tests.standins.fixtures"]
 
 
