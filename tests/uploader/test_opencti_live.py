@@ -1,0 +1,52 @@
+"""Opt-in: one import into a real OpenCTI (REFERENCE §2), when OPENCTI_URL and OPENCTI_TOKEN are set.
+
+Registers a connector (``CONNECTOR_ID`` or a new UUID) named "ctx-uploader live test" and imports
+one identity under one work, waiting for the platform's workers to complete it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import pytest
+
+from uploader.opencti import PyctiImporter
+from uploader.settings import UploaderSettings
+
+pytestmark = [
+    pytest.mark.opencti_live,
+    pytest.mark.skipif(
+        not (os.environ.get("OPENCTI_URL") and os.environ.get("OPENCTI_TOKEN")),
+        reason="set OPENCTI_URL and OPENCTI_TOKEN to run against a real OpenCTI",
+    ),
+]
+
+
+def test_import_one_bundle_into_a_real_platform() -> None:
+    settings = UploaderSettings(
+        opencti_url=os.environ["OPENCTI_URL"],
+        opencti_token=os.environ["OPENCTI_TOKEN"],
+        opencti_ssl_verify=os.environ.get("OPENCTI_SSL_VERIFY", "true").lower() != "false",
+        connector_id=os.environ.get("CONNECTOR_ID") or str(uuid.uuid4()),
+        connector_name="ctx-uploader live test",
+        wait_for_work=True,
+        work_timeout=300,
+    )
+    identity = {
+        "type": "identity",
+        "spec_version": "2.1",
+        "id": f"identity--{uuid.uuid4()}",
+        "created": "2026-01-01T00:00:00.000Z",
+        "modified": "2026-01-01T00:00:00.000Z",
+        "name": f"ctx-uploader live test {uuid.uuid4().hex[:8]}",
+        "identity_class": "organization",
+    }
+    data = json.dumps({"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": [identity]})
+
+    with PyctiImporter(settings) as importer:
+        receipt = importer.import_bundle("ctx-uploader live test", data.encode())
+
+    assert receipt.work_id
+    assert (receipt.pushes, receipt.objects) == (1, 1)
