@@ -118,16 +118,38 @@ def _retry(settings: FetcherSettings) -> Retry:
     )
 
 
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.lower()
+
+
+class _KeySession(requests.Session):
+    """A session that drops the ``API-KEY`` header when a redirect leaves the base URL's origin.
+
+    requests strips only ``Authorization`` on such redirects; a custom key header would follow.
+    """
+
+    def __init__(self, origin: tuple[str, str]) -> None:
+        super().__init__()
+        self._ctx_origin = origin
+
+    def rebuild_auth(
+        self, prepared_request: requests.PreparedRequest, response: requests.Response
+    ) -> None:
+        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]
+        if _origin(prepared_request.url or "") != self._ctx_origin:
+            prepared_request.headers.pop("API-KEY", None)
+
+
 class CTXClient:
     """A client of the CTX API for one API key. Thread-safe for concurrent GETs."""
 
     def __init__(self, settings: FetcherSettings) -> None:
         self._base = settings.base_url
-        base = urlsplit(self._base)
-        self._origin = (base.scheme, base.netloc.lower())
+        self._origin = _origin(self._base)
         self._timeout = (settings.connect_timeout, settings.read_timeout)
         self._limiter = RateLimiter(settings.max_requests_per_second)
-        self._session = requests.Session()
+        self._session = _KeySession(self._origin)
         # trust_env stays on: HTTPS_PROXY / NO_PROXY / REQUESTS_CA_BUNDLE work as users expect.
         self._session.verify = settings.tls_verify
         self._session.headers["API-KEY"] = settings.api_key.get_secret_value()
@@ -151,7 +173,7 @@ class CTXClient:
         if not path_or_url.startswith(("http://", "https://")):
             return urljoin(self._base, path_or_url)
         target = urlsplit(path_or_url)
-        if (target.scheme, target.netloc.lower()) != self._origin:
+        if _origin(path_or_url) != self._origin:
             # The API-KEY header goes with every request of this session: never to another host.
             raise ForeignHostError(
                 f"refusing to follow a next link to another host ({target.netloc})",

@@ -276,9 +276,9 @@ def run_pass(
             if sub is None or not sub.active:
                 status = None if sub is None else sub.status
                 message = (
-                    f"feed {feed_id} is not among the team's subscriptions"
+                    "not among the team's subscriptions (see `ctx-fetcher feeds`)"
                     if sub is None
-                    else f"feed {feed_id} ({sub.name}) subscription is {status!r}, not active"
+                    else f"the subscription to {sub.name!r} is {status!r}, not active"
                 )
                 result = FeedResult(
                     feed_id, error=FeedNotSubscribedError(message, feed_id=feed_id, status=status)

@@ -84,11 +84,11 @@ def test_inactive_and_unknown_feeds_fail_alone(
     result = invoke(["once"], env)
 
     assert result.exit_code == 1
-    assert f"feed {inactive} failed: feed {inactive}" in result.output
-    assert "'inactive', not active" in result.output
-    assert f"feed {unknown} failed: feed {unknown} is not among the team's subscriptions" in (
-        result.output
+    assert (
+        f"feed {inactive} failed: the subscription to 'Stand-in feed 2 (inactive)' is 'inactive', not active"
+        in result.output
     )
+    assert f"feed {unknown} failed: not among the team's subscriptions" in (result.output)
     assert f"feed {good} failed" not in result.output
     written = {p.relative_to(spool_dir / "incoming").parts[0] for p in spool_files(spool_dir)}
     assert written == {good}
@@ -210,3 +210,21 @@ def test_api_key_absent_from_logs_spool_and_state(
         if path.is_file():
             assert key not in path.read_bytes(), path
     assert all(r.had_key for r in standin.requests)
+
+
+def test_redirect_to_another_host_does_not_carry_the_key(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
+) -> None:
+    # Same key on purpose: if the header followed the redirect, the other host would accept it.
+    with CTXStandIn(feeds=1, reports=1, seed=99, api_key=standin.api_key) as other:
+        other_origin = other.base_url.replace("127.0.0.1", "localhost")
+        standin.inject(
+            "redirect", path_contains="/subscriptions/", location=f"{other_origin}v1/subscriptions/"
+        )
+
+        result = invoke(["once"], env)
+
+        assert other.requests
+        assert not any(r.had_key for r in other.requests)
+    assert result.exit_code == 1
+    assert "401" in result.output

@@ -114,12 +114,13 @@ class Feed:
 class Fault:
     """A fault served instead of (or before) the normal answer, ``times`` times."""
 
-    kind: str  # "status" | "latency" | "drop" | "malformed"
+    kind: str  # "status" | "latency" | "drop" | "malformed" | "redirect"
     path_contains: str = ""
     times: int = 1
     status: int = 503
     retry_after: str | None = None
     delay: float = 0.0
+    location: str = ""
 
 
 @dataclass(frozen=True)
@@ -564,6 +565,9 @@ class CTXStandIn:
                 return
             elif fault.kind == "malformed":
                 req.send_raw(200, b'{"objects": [{"id": "report--', "application/json")
+                return
+            elif fault.kind == "redirect":
+                req.send_json(302, {"detail": "moved"}, {"Location": fault.location})
                 return
             elif fault.kind == "status":
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
