@@ -444,6 +444,12 @@ class OpenCTIStandIn:
                 cause=cause,
             )
         assert isinstance(bundle, dict)
+        if not work_id:
+            # Like sendStixBundle: a push without a work gets one of its own.
+            name = self.connectors[connector_id].get("name")
+            work_id = self._work_add(
+                {"connectorId": connector_id, "friendlyName": f"{name} run @ {_now()}"}, ""
+            )["data"]["workAdd"]["id"]
         self.pushes.append(Push(connector_id, work_id, bundle, len(text or "")))
         work = self.works.get(str(work_id)) if work_id else None
         if work is not None:
