@@ -43,8 +43,12 @@ def _settings(config_path: Path | None) -> FetcherSettings:
     return settings
 
 
+def _stdout_is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
 def _progress() -> Callable[[FeedResult], None] | None:
-    if not sys.stdout.isatty():
+    if not _stdout_is_tty():
         return None
     current: list[str] = []
 

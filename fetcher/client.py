@@ -16,6 +16,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
 from fetcher.errors import (
@@ -41,6 +42,7 @@ SUBSCRIPTIONS_PAGE_SIZE = 50
 MAX_PAGES = 100_000
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+MAX_RETRY_AFTER = 120.0
 
 JSONDict = dict[str, Any]
 Style = Literal["cursor", "page"]
@@ -105,8 +107,16 @@ class RateLimiter:
             time.sleep(wait)
 
 
+class _CappedRetry(Retry):
+    """urllib3's Retry with ``Retry-After`` capped, so a wild header cannot stall a pass for days."""
+
+    def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else min(seconds, MAX_RETRY_AFTER)
+
+
 def _retry(settings: FetcherSettings) -> Retry:
-    return Retry(
+    return _CappedRetry(
         total=settings.max_retries,
         backoff_factor=settings.backoff_factor,
         backoff_max=120,

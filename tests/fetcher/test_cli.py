@@ -142,3 +142,17 @@ def test_run_stops_cleanly_on_signal(
     assert len([p for p in written if "_report--" in p.name]) == len(
         standin.feeds[first].report_ids
     )
+
+
+@pytest.mark.parametrize("tty", [pytest.param(True, id="tty"), pytest.param(False, id="pipe")])
+def test_progress_only_on_a_terminal(
+    standin: CTXStandIn, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tty: bool
+) -> None:
+    monkeypatch.setattr("fetcher.cli._stdout_is_tty", lambda: tty)
+
+    result = invoke(["once"], env)
+
+    assert result.exit_code == 0
+    assert ("\r" in result.stdout) is tty
+    for feed_id in standin.active_feed_ids:
+        assert f"{feed_id}: reports written 8, unchanged 0" in result.stdout

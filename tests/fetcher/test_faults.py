@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import pytest
+
 from fetcher.client import OBJECTS_PAGE_SIZE
 from tests.fetcher.helpers import cursors, invoke, spool_files
 from tests.standins.ctx import CTXStandIn
@@ -228,3 +230,16 @@ def test_redirect_to_another_host_does_not_carry_the_key(
         assert not any(r.had_key for r in other.requests)
     assert result.exit_code == 1
     assert "401" in result.output
+
+
+def test_huge_retry_after_is_capped(
+    standin: CTXStandIn, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("fetcher.client.MAX_RETRY_AFTER", 0.5)
+    standin.inject("status", path_contains="/subscriptions/", status=503, retry_after="3600")
+
+    result = invoke(["once"], env)
+
+    assert result.exit_code == 0, result.output
+    first, second = standin.queries("/subscriptions/")[:2]
+    assert 0.45 <= second.at - first.at < 30

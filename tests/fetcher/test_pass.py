@@ -265,3 +265,21 @@ def test_whole_page_sharing_one_timestamp_ends_with_a_warning(
 
     assert result.exit_code == 0
     assert "whole page shares one _record_modified" in result.output
+
+
+def test_ledger_lost_after_publish_gives_no_duplicates(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
+) -> None:
+    # As if the fetcher crashed after publishing but before recording: the same content gives the
+    # same name, and publishing an existing name is a no-op.
+    assert invoke(["once"], env).exit_code == 0
+    before = sorted(spool_files(spool_dir))
+    with sqlite3.connect(spool_dir / ".fetcher" / "fetcher.sqlite3") as db:
+        for table in ("cursors", "reports", "objects"):
+            db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+
+    result = invoke(["once"], env)
+
+    assert result.exit_code == 0
+    assert sorted(spool_files(spool_dir)) == before
+    assert "reports written 0, unchanged 8" in result.stdout
