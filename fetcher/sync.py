@@ -139,10 +139,12 @@ class FeedSync:
             self.result.error = exc
         return self.result
 
-    def _publish(
-        self, objects: list[JSONDict], modified: datetime, subject: str
-    ) -> tuple[str, str, bool]:
-        data = canonical_json(make_bundle(objects))
+    @property
+    def _objects_path(self) -> str:
+        return f"/v1/feeds/{self.feed_id}/objects/"
+
+    def _publish(self, data: bytes, modified: datetime, subject: str) -> tuple[str, str, bool]:
+        """Publish bundle bytes under their content-addressed name: (sha256, relative path, new?)."""
         sha = sha256_bytes(data)
         rel = relative_path(self.feed_id, SpoolName(modified, subject, sha))
         written = publish_bytes(self.spool.path_in("incoming", rel), data)
@@ -171,24 +173,26 @@ class FeedSync:
         modified = report.get("modified")
         if not isinstance(modified, str):
             raise MalformedResponseError(
-                f"report {report_id} has no modified", path="objects/", feed_id=self.feed_id
+                f"report {report_id} has no modified", path=self._objects_path, feed_id=self.feed_id
             )
         try:
             when = parse_stix_timestamp(modified)
         except ValueError:
             raise MalformedResponseError(
-                f"report {report_id} has a bad modified", path="objects/", feed_id=self.feed_id
+                f"report {report_id} has a bad modified",
+                path=self._objects_path,
+                feed_id=self.feed_id,
             ) from None
         # The listing's version of the report is the one the cursor covers; the bundle answer may
         # lack the report or carry another version of it (REFERENCE §1).
         objects = [strip_bookkeeping(o) for o in related if o.get("id") != report_id]
         objects.append(strip_bookkeeping(report))
-        bundle_sha = sha256_bytes(canonical_json(make_bundle(objects)))
-        if self.ledger.report_sha(self.feed_id, report_id) == bundle_sha:
+        data = canonical_json(make_bundle(objects))
+        if self.ledger.report_sha(self.feed_id, report_id) == sha256_bytes(data):
             self.result.reports_unchanged += 1
             self._tick()
             return
-        sha, rel, written = self._publish(objects, when, report_id)
+        sha, rel, written = self._publish(data, when, report_id)
         self.ledger.record(
             self.feed_id, {o["id"]: object_sha(o) for o in objects}, report=(report_id, sha, rel)
         )
@@ -228,9 +232,10 @@ class FeedSync:
             stamps = [when for _, when in chunk if when is not None]
             if not stamps:
                 raise MalformedResponseError(
-                    "objects without any timestamp", path="objects/", feed_id=self.feed_id
+                    "objects without any timestamp", path=self._objects_path, feed_id=self.feed_id
                 )
-            _, rel, written = self._publish(objects, max(stamps)[1], FEED_OBJECTS_SUBJECT)
+            data = canonical_json(make_bundle(objects))
+            _, rel, written = self._publish(data, max(stamps)[1], FEED_OBJECTS_SUBJECT)
             self.ledger.record(self.feed_id, {o["id"]: object_sha(o) for o in objects})
             if written:
                 self.result.objects_files_written += 1
