@@ -27,7 +27,6 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -88,8 +87,6 @@ CUSTOM_KINDS = [
     "user-agent",
 ]
 ALL_KINDS = SDO_KINDS + SCO_KINDS + CUSTOM_KINDS
-# Kinds whose STIX definition requires object_refs.
-REF_KINDS = {"grouping", "note", "observed-data", "opinion"}
 
 
 def ts(when: datetime) -> str:
@@ -702,11 +699,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
-
-
-def iter_feed_objects(standin: CTXStandIn, feed_id: str) -> Iterator[dict[str, Any]]:
-    with standin._lock:
-        yield from list(standin.feeds[feed_id].objects.values())
 
 
 def main(argv: list[str] | None = None) -> None:
