@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck format clean
+.PHONY: install demo test lint typecheck format clean
 
 install: $(STAMP)
 
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[opencti,dev]'
 	touch $(STAMP)
+
+# The whole pipeline against local stand-ins of CTX and OpenCTI (tests/demo.py); leaves demo-spool/.
+demo: install
+	$(PY) -m tests.demo
 
 test: install
 	$(PY) -m pytest -q
@@ -29,4 +33,4 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache spool
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache spool demo-spool
