@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import sqlite3
 from pathlib import Path
@@ -283,3 +284,24 @@ def test_ledger_lost_after_publish_gives_no_duplicates(
     assert result.exit_code == 0
     assert sorted(spool_files(spool_dir)) == before
     assert "reports written 0, unchanged 8" in result.stdout
+
+
+@pytest.mark.parametrize("concurrency", [1, 8])
+def test_bundles_are_fetched_in_parallel_up_to_concurrency(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path, concurrency: int
+) -> None:
+    feed_id = standin.active_feed_ids[0]
+    env["CYBERTHREATEXCHANGE_FEED_IDS"] = feed_id
+    env["CYBERTHREATEXCHANGE_CONCURRENCY"] = str(concurrency)
+    delay = 0.5
+    standin.inject("latency", path_contains="/bundle/", delay=delay, times=8)
+
+    assert invoke(["once"], env).exit_code == 0
+
+    starts = sorted(r.at for r in standin.queries("/bundle/"))[:8]
+    if concurrency == 1:
+        assert all(b - a >= delay * 0.9 for a, b in itertools.pairwise(starts))
+    else:
+        # All eight were asked before the first answer could have come back.
+        assert starts[-1] - starts[0] < delay * 0.9
+    _check_spool_matches(standin, spool_dir, [feed_id])
