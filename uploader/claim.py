@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import socket
+import time
 from pathlib import Path, PurePosixPath
 
 from shared.errors import DestinationExistsError, SpoolError
@@ -33,6 +34,9 @@ from uploader.settings import INSTANCE_ID_RE
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+LOCK_WAIT_SECONDS = 5.0
+# Age after which a claim folder without a lock file is taken for a leftover.
+ORPHAN_SECONDS = 60.0
 
 
 def default_instance_id() -> str:
@@ -56,18 +60,27 @@ class InstanceLock:
         self.path = self.directory / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> None:
-        """Take the lock or raise :class:`InstanceBusyError`; raises :class:`SpoolError` on I/O."""
+    def acquire(self, wait: float | None = None) -> None:
+        """Take the lock or raise :class:`InstanceBusyError`; raises :class:`SpoolError` on I/O.
+
+        Waits up to ``wait`` (default :data:`LOCK_WAIT_SECONDS`) seconds: another uploader reclaiming this folder after a crash holds
+        the lock for as long as it takes to put the files back.
+        """
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             raise SpoolError(f"cannot open claim lock: {exc.strerror or exc}", self.path) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise InstanceBusyError(self.instance, self.path) from None
+        deadline = time.monotonic() + (LOCK_WAIT_SECONDS if wait is None else wait)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise InstanceBusyError(self.instance, self.path) from None
+                time.sleep(0.05)
         self._fd = fd
 
     def release(self) -> None:
@@ -151,8 +164,15 @@ def release_claim(spool: Spool, claimed: Path, rel: PurePosixPath) -> bool:
 
 def _lock_is_free(lock_path: Path) -> int | None:
     """Open and lock ``lock_path``; return the fd if the lock was free, else None."""
+    flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        # A folder without a lock file is either being set up by a starting uploader right now
+        # (mkdir comes just before the lock) or a leftover: only the latter is ours to take.
+        if time.time() - lock_path.parent.stat().st_mtime > ORPHAN_SECONDS:
+            flags |= os.O_CREAT
+        fd = os.open(lock_path, flags, 0o644)
+    except FileNotFoundError:
+        return None
     except OSError as exc:
         logger.warning("cannot open claim lock %s: %s", lock_path, exc.strerror or exc)
         return None

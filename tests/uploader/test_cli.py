@@ -151,10 +151,11 @@ def test_status_needs_no_opencti_settings(env: dict[str, str], files: SpoolFiles
 
 
 def test_a_second_uploader_with_the_same_instance_is_refused(
-    env: dict[str, str], spool: Spool
+    env: dict[str, str], spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from uploader.claim import InstanceLock
 
+    monkeypatch.setattr("uploader.claim.LOCK_WAIT_SECONDS", 0.2)
     with InstanceLock(spool, "cli"):
         result = invoke(["once"], env, FakeImporter())
     assert result.exit_code == 1

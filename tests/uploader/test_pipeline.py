@@ -369,11 +369,11 @@ def test_file_still_being_copied_is_imported_once_complete(spool: Spool, files: 
     importer = FakeImporter()
     result: list[object] = []
 
+    # Like cp: the final name appears first, the bytes follow.
+    target.write_bytes(data[:100])
+
     def copy_in_chunks() -> None:
-        # Like cp: the final name appears first, the bytes follow.
-        with target.open("wb") as fh:
-            fh.write(data[:100])
-            fh.flush()
+        with target.open("ab") as fh:
             assert waiter.seen.wait(10)
             for start in range(100, len(data), 1000):
                 fh.write(data[start : start + 1000])
@@ -455,9 +455,28 @@ def test_files_claimed_by_a_live_uploader_are_left_alone(spool: Spool, files: Sp
 
 def test_a_second_process_with_the_same_instance_refuses_to_start(spool: Spool) -> None:
     with InstanceLock(spool, "same"), pytest.raises(InstanceBusyError) as info:
-        InstanceLock(spool, "same").acquire()
+        InstanceLock(spool, "same").acquire(wait=0.2)
     assert info.value.instance == "same"
     assert "UPLOADER_INSTANCE_ID" in str(info.value)
+
+
+def test_a_claim_folder_being_set_up_is_not_taken_but_an_old_orphan_is(
+    spool: Spool, files: SpoolFiles
+) -> None:
+    starting = spool.processing / "starting"
+    starting.mkdir(parents=True)
+    orphan_file = files.add(FEED_A)
+    orphan = spool.processing / "orphan" / files.rel(orphan_file)
+    orphan.parent.mkdir(parents=True)
+    orphan_file.rename(orphan)
+    old = time.time() - 3600
+    os.utime(spool.processing / "orphan", (old, old))
+
+    summary = run_once(spool, FakeImporter())
+
+    assert summary.done == 1
+    assert not (starting / ".lock").exists()
+    InstanceLock(spool, "starting").acquire(wait=0)
 
 
 def test_done_destination_with_same_bytes_drops_the_copy_different_bytes_conflict(
