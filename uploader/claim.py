@@ -131,14 +131,17 @@ def _same_file_content(a: Path, b: Path) -> bool:
         return False
 
 
-def release_claim(spool: Spool, claimed: Path, rel: PurePosixPath) -> bool:
+def release_claim(
+    spool: Spool, claimed: Path, rel: PurePosixPath, *, after_crash: bool = False
+) -> bool:
     """Put a claimed file back into ``incoming/<rel>`` without ever overwriting anything.
 
-    If ``incoming/<rel>`` (or ``done/<rel>``, or ``failed/<rel>``) already holds the same bytes the
-    claimed copy is a duplicate and is dropped. Returns False if the file had to stay where it is
-    (a same-named file with different bytes: both are kept for a human to look at).
+    If ``incoming/<rel>`` already holds the same bytes the claimed copy is a duplicate and is
+    dropped; ``after_crash`` (reclaiming a dead uploader's files) also drops it when ``done/<rel>``
+    or ``failed/<rel>`` holds the same bytes. Returns False if the file had to stay where it is (a
+    same-named file with different bytes: both are kept for a human to look at).
     """
-    for state in (DONE, FAILED):
+    for state in (DONE, FAILED) if after_crash else ():
         other = spool.path_in(state, rel)
         # A crash between link() and unlink() of move_no_replace leaves the file both in the
         # outcome folder and in processing/: the outcome already happened, drop the claim copy.
@@ -189,7 +192,7 @@ def _release_all(spool: Spool, directory: Path) -> int:
     for entry in walk_bundles(directory):
         rel = entry.relative
         try:
-            if release_claim(spool, entry.path, rel):
+            if release_claim(spool, entry.path, rel, after_crash=True):
                 moved += 1
         except (SpoolError, OSError) as exc:
             logger.error("cannot reclaim %s: %s", entry.path, exc, extra={"file": str(rel)})

@@ -9,6 +9,7 @@ waiting for a retry or for a copy to settle holds back the later files of its fe
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import queue
@@ -100,9 +101,26 @@ class _Result:
 
 @dataclass
 class _Feed:
+    """One feed's pending files: a set, and a heap of the same names for the oldest in O(log n)."""
+
     pending: set[PurePosixPath] = field(default_factory=set)
+    heap: list[PurePosixPath] = field(default_factory=list)
     busy: bool = False
     not_before: float = 0.0
+
+    def add(self, rel: PurePosixPath) -> None:
+        if rel not in self.pending:
+            self.pending.add(rel)
+            heapq.heappush(self.heap, rel)
+
+    def discard(self, rel: PurePosixPath) -> None:
+        # Lazy deletion: head() drops names that are no longer pending.
+        self.pending.discard(rel)
+
+    def head(self) -> PurePosixPath:
+        while self.heap[0] not in self.pending:
+            heapq.heappop(self.heap)
+        return self.heap[0]
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rand: float) -> float:
@@ -259,11 +277,11 @@ class Pipeline:
         if rel in self._ignored:
             return
         feed_key = rel.parts[0] if len(rel.parts) > 1 else ""
-        self._feeds.setdefault(feed_key, _Feed()).pending.add(rel)
+        self._feeds.setdefault(feed_key, _Feed()).add(rel)
 
     def _dispatch(self, pool: ThreadPoolExecutor, free: int, now: float) -> int:
         ready = [
-            (min(feed.pending), key)
+            (feed.head(), key)
             for key, feed in self._feeds.items()
             if feed.pending and not feed.busy and feed.not_before <= now
         ]
@@ -301,7 +319,7 @@ class Pipeline:
             self._attempts[rel] = result.attempts
             feed.not_before = self.clock() + result.delay
             return
-        feed.pending.discard(rel)
+        feed.discard(rel)
         feed.not_before = 0.0
         self._attempts.pop(rel, None)
         with self._settle_lock:
@@ -350,6 +368,9 @@ class Pipeline:
             src = self.spool.path_in(INCOMING, rel)
         except UnsafeNameError as exc:
             logger.error("left in incoming/: %s", exc, extra=ctx)
+            return _Result(feed, rel, "left")
+        if self._under_symlinked_folder(rel):
+            logger.error("left in incoming/: inside a symlinked folder (never followed)", extra=ctx)
             return _Result(feed, rel, "left")
         try:
             st = os.lstat(src)
@@ -440,6 +461,18 @@ class Pipeline:
             extra={**ctx, "work_id": receipt.work_id, "objects": receipt.objects},
         )
         return _Result(feed, rel, "done", attempts=attempts)
+
+    def _under_symlinked_folder(self, rel: PurePosixPath) -> bool:
+        """True if a folder between ``incoming/`` and the file is a symlink (or not a folder)."""
+        folder = self.spool.incoming
+        for part in rel.parts[:-1]:
+            folder = folder / part
+            try:
+                if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                    return True
+            except FileNotFoundError:
+                return False
+        return False
 
     def _settle_or_fail(
         self, feed: str, rel: PurePosixPath, spool_file: SpoolFile, attempts: int

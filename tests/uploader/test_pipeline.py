@@ -164,6 +164,18 @@ def test_outage_outlasting_max_wait_leaves_files_pending_not_failed(
     assert len(importer.calls) >= 4
 
 
+def test_a_pending_file_is_never_dropped_because_an_outcome_copy_exists(
+    spool: Spool, files: SpoolFiles
+) -> None:
+    path = files.add(FEED_A)
+    publish_bytes(spool.path_in("failed", files.rel(path)), path.read_bytes())
+
+    summary = run_once(spool, FakeImporter(behaviour=transient_then_ok(10**6)), max_wait=0.3)
+
+    assert summary.pending == [files.rel(path)]
+    assert path.is_file()
+
+
 def test_permanent_rejection_goes_to_failed_with_reason(spool: Spool, files: SpoolFiles) -> None:
     path = files.add(FEED_A)
     importer = FakeImporter(behaviour=permanent())
