@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -56,6 +56,8 @@ class PipelineOptions:
     strict_stix: bool = False
     polling: bool = False
     poll_interval: float = 1.0
+    #: Masked in every reason file (defence in depth: importers should never echo the token).
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_settings(cls, settings: UploaderSettings, instance: str) -> PipelineOptions:
@@ -69,6 +71,7 @@ class PipelineOptions:
             strict_stix=settings.strict_stix,
             polling=settings.polling,
             poll_interval=settings.poll_interval,
+            secrets=(settings.opencti_token.get_secret_value(),),
         )
 
 
@@ -517,6 +520,11 @@ class Pipeline:
         return self._fail(feed, claimed, rel, failure)
 
     def _fail(self, feed: str, claimed: Path, rel: PurePosixPath, failure: Failure) -> _Result:
+        message = failure.message
+        for secret in self.options.secrets:
+            if secret:
+                message = message.replace(secret, "***")
+        failure = replace(failure, message=message)
         ctx = {"feed": feed, "file": str(rel), "kind": failure.kind}
         try:
             mark_failed(self.spool, claimed, rel, failure, instance=self.options.instance)

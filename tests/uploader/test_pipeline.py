@@ -26,7 +26,7 @@ from tests.uploader.conftest import (
     transient_then_ok,
 )
 from uploader.claim import InstanceLock
-from uploader.errors import InstanceBusyError
+from uploader.errors import InstanceBusyError, PermanentImportError
 from uploader.pipeline import Pipeline, backoff_delay
 
 
@@ -162,6 +162,41 @@ def test_outage_outlasting_max_wait_leaves_files_pending_not_failed(
     assert bundles_in(spool.failed) == []
     assert bundles_in(spool.processing) == []
     assert len(importer.calls) >= 4
+
+
+def test_no_secret_reaches_a_reason_file(spool: Spool, files: SpoolFiles) -> None:
+    path = files.add(FEED_A)
+
+    def leaky(name: str, data: bytes) -> None:
+        raise PermanentImportError("refused for token s3cret-token-value", work_id="w")
+
+    run_once(spool, FakeImporter(behaviour=leaky), secrets=("s3cret-token-value",))
+
+    failed = spool.path_in("failed", files.rel(path))
+    text = failed.with_name(failed.name + ".reason").read_text()
+    assert "s3cret-token-value" not in text
+    assert "refused for token ***" in text
+
+
+def test_a_crash_between_link_and_unlink_of_done_is_not_imported_again(
+    spool: Spool, files: SpoolFiles
+) -> None:
+    path = files.add(FEED_A)
+    rel = files.rel(path)
+    done = spool.path_in("done", rel)
+    publish_bytes(done, path.read_bytes())
+    done.with_name(done.name + ".receipt").write_text('{"work_id": "w-before-crash"}')
+    claimed = spool.processing / "dead" / rel
+    claimed.parent.mkdir(parents=True)
+    path.rename(claimed)
+    (spool.processing / "dead" / ".lock").touch()
+    importer = FakeImporter()
+
+    summary = run_once(spool, importer)
+
+    assert summary.ok and importer.calls == []
+    assert bundles_in(spool.processing) == [] and bundles_in(spool.incoming) == []
+    assert receipt_of(done)["work_id"] == "w-before-crash"
 
 
 def test_a_pending_file_is_never_dropped_because_an_outcome_copy_exists(
