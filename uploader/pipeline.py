@@ -250,14 +250,20 @@ class Pipeline:
         return any(feed.pending for feed in self._feeds.values())
 
     def _rescan(self) -> None:
-        count = reclaim(self.spool, self.lock, own=False)
-        self._summary.reclaimed += count
+        try:
+            self._summary.reclaimed += reclaim(self.spool, self.lock, own=False)
+        except (SpoolError, OSError) as exc:
+            logger.error("reclaiming stopped uploaders' files failed: %s", exc)
         self._scan(self.spool.incoming)
 
     def _scan(self, directory: Path) -> None:
         base = self.spool.incoming
-        for entry in walk_bundles(directory):
-            self._add(PurePosixPath(entry.path.relative_to(base).as_posix()))
+        try:
+            for entry in walk_bundles(directory):
+                self._add(PurePosixPath(entry.path.relative_to(base).as_posix()))
+        except OSError as exc:
+            # An unreadable folder must not stop the uploader; the next rescan tries again.
+            logger.error("cannot scan %s: %s", directory, exc.strerror or exc)
 
     def _add_path(self, path: Path) -> None:
         try:
@@ -268,7 +274,7 @@ class Pipeline:
             return
         try:
             st = os.lstat(path)
-        except FileNotFoundError:
+        except OSError:
             return
         if stat.S_ISDIR(st.st_mode):
             # A folder moved in whole (or created before its watch was set): walk it.
