@@ -240,3 +240,29 @@ def test_kill_9_mid_import_then_restart_loses_nothing(
     assert bundles(spool.processing) == [] and bundles(spool.incoming) == []
     assert bundles(spool.failed) == []
     assert expected_ids <= opencti_standin.object_ids()
+
+
+def test_watch_imports_new_files_and_stops_cleanly_on_sigterm(
+    spool: Spool,
+    files: SpoolFiles,
+    opencti_standin: OpenCTIStandIn,
+    uploader_env: dict[str, str],
+    launch: Any,
+) -> None:
+    first = files.add(FEED_A)
+    watcher = launch(["watch"], uploader_env)
+    assert wait_until(lambda: spool.path_in("done", files.rel(first)).is_file(), timeout=60), (
+        watcher.stderr
+    )
+    second = files.add(FEED_B)
+    assert wait_until(lambda: spool.path_in("done", files.rel(second)).is_file(), timeout=10), (
+        watcher.stderr
+    )
+    watcher.proc.send_signal(signal.SIGTERM)
+    code, out = watcher.finish(timeout=60)
+
+    assert code == 0, watcher.stderr
+    assert "done 2" in out
+    assert bundles(spool.processing) == []
+    # helper.stop() would have unregistered the connector and deleted its works.
+    assert opencti_standin.deleted_connectors == []
