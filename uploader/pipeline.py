@@ -165,7 +165,8 @@ class Pipeline:
         self._feeds: dict[str, _Feed] = {}
         self._attempts: dict[PurePosixPath, int] = {}
         self._ignored: set[PurePosixPath] = set()
-        self._settle: dict[PurePosixPath, tuple[tuple[int, int, str], float]] = {}
+        # rel → ((size, mtime_ns), since when unchanged, SHA-256 read at that size/mtime or "").
+        self._settle: dict[PurePosixPath, tuple[tuple[int, int], float, str]] = {}
         self._settle_lock = threading.Lock()
         self._summary = RunSummary()
 
@@ -392,6 +393,9 @@ class Pipeline:
         if not stat.S_ISREG(st.st_mode):
             logger.error("left in incoming/: not a regular file", extra=ctx)
             return _Result(feed, rel, "left")
+        wait = self._settling_without_reading(rel, st)
+        if wait is not None:
+            return _Result(feed, rel, "settling", wait, attempts)
         try:
             spool_file = read_spool_file(src, rel)
         except FileNotFoundError:
@@ -483,19 +487,37 @@ class Pipeline:
                 return False
         return False
 
+    def _settling_without_reading(self, rel: PurePosixPath, st: os.stat_result) -> float | None:
+        """For a file already seen with a wrong digest: how long to wait before reading it again.
+
+        Re-reading (and hashing) a large file every second while it is being copied is wasted
+        work: while its size or mtime still change, or while they have not changed but the
+        settle time is not up yet, a stat is enough. None: read it now.
+        """
+        now = self.clock()
+        signature = (st.st_size, st.st_mtime_ns)
+        with self._settle_lock:
+            previous = self._settle.get(rel)
+            if previous is None:
+                return None
+            if previous[0] != signature:
+                self._settle[rel] = (signature, now, "")
+                return min(0.2, max(0.05, self.options.settle_seconds))
+            waited = now - previous[1]
+            if previous[2] and waited < self.options.settle_seconds:
+                return min(1.0, max(0.05, self.options.settle_seconds - waited))
+        return None
+
     def _settle_or_fail(
         self, feed: str, rel: PurePosixPath, spool_file: SpoolFile, attempts: int
     ) -> _Result:
         """A digest mismatch: a copy in progress until the file stops changing, then corrupt."""
         now = self.clock()
-        signature = (spool_file.size, spool_file.mtime_ns, spool_file.actual_sha256)
+        signature = (spool_file.size, spool_file.mtime_ns)
         with self._settle_lock:
             previous = self._settle.get(rel)
-            if previous is None or previous[0] != signature:
-                self._settle[rel] = (signature, now)
-                since = now
-            else:
-                since = previous[1]
+            since = now if previous is None or previous[0] != signature else previous[1]
+            self._settle[rel] = (signature, since, spool_file.actual_sha256)
         waited = now - since
         if waited >= self.options.settle_seconds:
             return self._claim_and_fail(

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -25,6 +25,7 @@ from tests.uploader.conftest import (
     run_once,
     transient_then_ok,
 )
+from uploader.check import SpoolFile
 from uploader.claim import InstanceLock
 from uploader.errors import InstanceBusyError, PermanentImportError
 from uploader.pipeline import Pipeline, backoff_delay
@@ -95,10 +96,12 @@ def test_different_feeds_are_imported_in_parallel(spool: Spool, files: SpoolFile
     files.add(FEED_A)
     files.add(FEED_B)
     importer = FakeImporter()
-    # Each import waits until the other feed's import is running too: sequential would time out.
-    importer.behaviour = lambda name, data: (
-        importer.wait_for(lambda i: i.max_active >= 2, timeout=5) and None
-    )
+
+    def wait_for_the_other_feed(name: str, data: bytes) -> None:
+        # Sequential imports would wait here in vain (and the test would see max_active == 1).
+        importer.wait_for(lambda i: i.max_active >= 2, timeout=5)
+
+    importer.behaviour = wait_for_the_other_feed
 
     summary = run_once(spool, importer, concurrency=2)
 
@@ -401,6 +404,28 @@ def test_digest_mismatch_that_stays_is_failed_as_corrupt_after_settling(
     assert reason["kind"] == "corrupt"
     assert reason["sha256_expected"] == "a" * 64
     assert reason["sha256_actual"] == sha256_bytes(data)
+
+
+def test_an_unchanged_mismatched_file_is_not_reread_while_it_settles(
+    spool: Spool, files: SpoolFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uploader.pipeline
+
+    files.add(FEED_A, data=files.bundle_bytes("x"), digest="d" * 64)
+    reads: list[object] = []
+    real_read = uploader.pipeline.read_spool_file
+
+    def counting_read(path: Path, rel: PurePosixPath) -> SpoolFile:
+        reads.append(rel)
+        return real_read(path, rel)
+
+    monkeypatch.setattr(uploader.pipeline, "read_spool_file", counting_read)
+
+    summary = run_once(spool, FakeImporter(), settle_seconds=1.5)
+
+    assert summary.failed == 1
+    # Once when first seen, once more to confirm when the settle time is up.
+    assert len(reads) == 2
 
 
 def test_file_still_being_copied_is_imported_once_complete(spool: Spool, files: SpoolFiles) -> None:
