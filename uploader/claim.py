@@ -112,10 +112,12 @@ def claim(spool: Spool, instance: str, rel: PurePosixPath) -> Path:
     """
     src = spool.path_in(INCOMING, rel)
     dst = claimed_path(spool, instance, rel)
+    # Only this instance writes into its own folder (we hold its lock), so checking first is
+    # race-free; rename() would silently replace a leftover that could not be put back.
+    if dst.exists() or dst.is_symlink():
+        raise SpoolError(f"{rel} is already in this uploader's claim folder", dst)
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        # Only this instance writes into its own folder (we hold its lock), so a name already there
-        # is a leftover of ours: the rename below would replace it with same-named content.
         os.rename(src, dst)
     except FileNotFoundError:
         raise ClaimLostError(str(rel)) from None

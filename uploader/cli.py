@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,6 +98,11 @@ def _run(
     ctx: click.Context, config_path: Path | None, *, watch: bool, max_wait: float | None
 ) -> RunSummary:
     settings = _load_uploader_settings(config_path)
+    # watchdog's inotify thread warns when a folder is created while it is adding watches for its
+    # parent; the second watch just replaces the first (and the periodic rescan backs it up).
+    warnings.filterwarnings(
+        "ignore", message=r"Callback with id .* already exists", category=RuntimeWarning
+    )
     obj: dict[str, Any] = ctx.ensure_object(dict)
     factory: ImporterFactory = obj.get("importer_factory", _pycti_importer)
     stop: threading.Event = obj.get("stop") or threading.Event()

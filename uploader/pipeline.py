@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 # Longest the scheduler sleeps without looking at the stop flag, deadlines and back-offs.
 _TICK = 0.25
+# Seconds after a new folder appears in incoming/ before it is walked a second time.
+_NEW_FOLDER_RESCAN = 0.5
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ class Pipeline:
         self._settle: dict[PurePosixPath, tuple[tuple[int, int], float, str]] = {}
         self._settle_lock = threading.Lock()
         self._summary = RunSummary()
+        self._new_folders: list[tuple[float, Path]] = []
 
     def run(
         self, stop: threading.Event, *, watch: bool, max_wait: float | None = None
@@ -216,6 +219,7 @@ class Pipeline:
                 if watch and now >= next_rescan:
                     self._rescan()
                     next_rescan = now + self.options.rescan_interval
+                self._rescan_new_folders(now)
                 stopping = stop.is_set() or (deadline is not None and now >= deadline)
                 if not stopping:
                     in_flight += self._dispatch(pool, self.options.concurrency - in_flight, now)
@@ -236,6 +240,12 @@ class Pipeline:
                         event = self.events.get_nowait()
                     except queue.Empty:
                         break
+
+    def _rescan_new_folders(self, now: float) -> None:
+        due = [folder for when, folder in self._new_folders if when <= now]
+        self._new_folders = [(when, folder) for when, folder in self._new_folders if when > now]
+        for folder in due:
+            self._scan(folder)
 
     def _next_wakeup(self, now: float, next_rescan: float | None, deadline: float | None) -> float:
         wake = now + _TICK
@@ -278,8 +288,10 @@ class Pipeline:
         except OSError:
             return
         if stat.S_ISDIR(st.st_mode):
-            # A folder moved in whole (or created before its watch was set): walk it.
+            # A folder moved in whole (or created before its watch was set): walk it now, and
+            # once more shortly, for files that land in it before inotify watches it.
             self._scan(path)
+            self._new_folders.append((self.clock() + _NEW_FOLDER_RESCAN, path))
         elif path.name.endswith(".json"):
             self._add(rel)
 
