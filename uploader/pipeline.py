@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from watchdog.observers.api import BaseObserver
+
 from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
 from shared.spool import INCOMING, Spool, walk_bundles
 from uploader.check import SpoolFile, check_bundle, check_stix, read_spool_file
@@ -43,6 +45,8 @@ logger = logging.getLogger(__name__)
 _TICK = 0.25
 # Seconds after a new folder appears in incoming/ before it is walked a second time.
 _NEW_FOLDER_RESCAN = 0.5
+# Shortest time between two restarts of a watchdog observer that died.
+_OBSERVER_RESTART = 10.0
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,8 @@ class Pipeline:
         self._settle_lock = threading.Lock()
         self._summary = RunSummary()
         self._new_folders: list[tuple[float, Path]] = []
+        self._observer: BaseObserver | None = None
+        self._observer_started = 0.0
 
     def run(
         self, stop: threading.Event, *, watch: bool, max_wait: float | None = None
@@ -184,22 +190,17 @@ class Pipeline:
         self.spool.ensure()
         self._summary = RunSummary()
         self._summary.reclaimed = reclaim(self.spool, self.lock, own=True)
-        observer = None
         if watch:
             # Watch first, then scan: a file published in between is seen at least once.
-            observer = start_observer(
-                self.spool.incoming,
-                self.events.put,
-                polling=self.options.polling,
-                poll_interval=self.options.poll_interval,
-            )
+            self._start_observer()
         try:
             self._scan(self.spool.incoming)
             self._loop(stop, watch=watch, max_wait=max_wait)
         finally:
-            if observer is not None:
-                observer.stop()
-                observer.join(timeout=10)
+            if self._observer is not None:
+                self._observer.stop()
+                self._observer.join(timeout=10)
+                self._observer = None
             # Anything still claimed goes back to incoming/ for the next run (never lost).
             reclaim(self.spool, self.lock, own=True)
         summary = self._summary
@@ -220,6 +221,7 @@ class Pipeline:
                     self._rescan()
                     next_rescan = now + self.options.rescan_interval
                 self._rescan_new_folders(now)
+                self._keep_observer_alive(now)
                 stopping = stop.is_set() or (deadline is not None and now >= deadline)
                 if not stopping:
                     in_flight += self._dispatch(pool, self.options.concurrency - in_flight, now)
@@ -240,6 +242,29 @@ class Pipeline:
                         event = self.events.get_nowait()
                     except queue.Empty:
                         break
+
+    def _start_observer(self) -> None:
+        self._observer = start_observer(
+            self.spool.incoming,
+            self.events.put,
+            polling=self.options.polling,
+            poll_interval=self.options.poll_interval,
+        )
+        self._observer_started = self.clock()
+
+    def _keep_observer_alive(self, now: float) -> None:
+        """Restart a dead watchdog thread (inotify limits, a vanished folder), at most every 10 s."""
+        if self._observer is None or self._observer.is_alive():
+            return
+        if now - self._observer_started < _OBSERVER_RESTART:
+            return
+        logger.error("the file watcher stopped; restarting it and rescanning incoming/")
+        try:
+            self._start_observer()
+        except OSError as exc:
+            self._observer_started = now
+            logger.error("cannot restart the file watcher: %s", exc.strerror or exc)
+        self._scan(self.spool.incoming)
 
     def _rescan_new_folders(self, now: float) -> None:
         due = [folder for when, folder in self._new_folders if when <= now]

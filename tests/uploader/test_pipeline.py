@@ -24,6 +24,7 @@ from tests.uploader.conftest import (
     permanent,
     run_once,
     transient_then_ok,
+    wait_until,
 )
 from uploader.check import SpoolFile
 from uploader.claim import InstanceLock
@@ -615,6 +616,35 @@ def test_watch_mode_picks_up_a_new_file_within_a_second(
     assert not thread.is_alive()
     assert spool.path_in("done", files.rel(first)).is_file()
     assert spool.path_in("done", files.rel(second)).is_file()
+
+
+@pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")
+def test_a_dead_file_watcher_is_restarted(
+    spool: Spool, files: SpoolFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("uploader.pipeline._OBSERVER_RESTART", 0.2)
+    importer = FakeImporter()
+    stop = threading.Event()
+    with InstanceLock(spool, "restarter") as lock:
+        pipeline = Pipeline(spool, importer, fast_options("restarter", rescan_interval=3600), lock)
+        thread = threading.Thread(target=pipeline.run, args=(stop,), kwargs={"watch": True})
+        thread.start()
+        try:
+            assert wait_until(lambda: pipeline._observer is not None, timeout=5)
+            dead = pipeline._observer
+            assert dead is not None
+            dead.stop()
+            dead.join(5)
+            assert wait_until(
+                lambda: pipeline._observer is not dead and pipeline._observer is not None,
+                timeout=5,
+            )
+            files.add(FEED_A)
+            assert importer.wait_for(lambda i: len(i.accepted) == 1, timeout=2)
+        finally:
+            stop.set()
+            thread.join(10)
+    assert not thread.is_alive()
 
 
 def test_periodic_rescan_finds_files_the_observer_missed(spool: Spool, files: SpoolFiles) -> None:
