@@ -266,3 +266,43 @@ def test_watch_imports_new_files_and_stops_cleanly_on_sigterm(
     assert bundles(spool.processing) == []
     # helper.stop() would have unregistered the connector and deleted its works.
     assert opencti_standin.deleted_connectors == []
+
+
+def test_fetcher_then_uploader_puts_every_feed_object_into_opencti(
+    spool: Spool,
+    opencti_standin: OpenCTIStandIn,
+    uploader_env: dict[str, str],
+    launch: Any,
+    tmp_path: Path,
+) -> None:
+    from tests.standins.ctx import CTXStandIn
+
+    fetcher = Path(sys.executable).with_name("ctx-fetcher")
+    if not fetcher.exists():
+        pytest.skip("ctx-fetcher is not installed")
+    with CTXStandIn(feeds=2, reports=5, orphans=6, seed=3) as ctx:
+        fetch_env = {
+            **uploader_env,
+            "CYBERTHREATEXCHANGE_BASE_URL": ctx.base_url,
+            "CYBERTHREATEXCHANGE_API_KEY": ctx.api_key,
+            "CYBERTHREATEXCHANGE_FEED_IDS": ",".join(ctx.active_feed_ids),
+        }
+        fetched = subprocess.run(
+            [str(fetcher), "once"],
+            env=fetch_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert fetched.returncode == 0, fetched.stderr
+        expected = set().union(*(ctx.expected_ids(feed) for feed in ctx.active_feed_ids))
+    spooled = spool_object_ids(spool.incoming)
+    assert spooled == expected
+
+    code, out = launch(["once", "--max-wait", "60"], uploader_env).finish()
+
+    assert code == 0, out
+    assert bundles(spool.incoming) == [] and bundles(spool.failed) == []
+    assert spool_object_ids(spool.done) == expected
+    assert opencti_standin.object_ids() == expected
