@@ -151,8 +151,8 @@ def main(ctx: click.Context) -> None:
     type=click.FloatRange(min=0),
     default=300.0,
     show_default=True,
-    help="Seconds to keep retrying files the platform could not take (outage) before giving up; "
-    "they stay pending in incoming/.",
+    help="Give up after this many seconds without any file finishing (the platform is down or "
+    "refusing our token: every import is being retried); those files stay pending in incoming/.",
 )
 @click.pass_context
 def once(ctx: click.Context, config_path: Path | None, max_wait: float) -> None:

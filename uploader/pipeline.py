@@ -176,6 +176,7 @@ class Pipeline:
         self._settle_lock = threading.Lock()
         self._summary = RunSummary()
         self._new_folders: list[tuple[float, Path]] = []
+        self._gone = 0
         self._observer: BaseObserver | None = None
         self._observer_started = 0.0
 
@@ -184,8 +185,10 @@ class Pipeline:
     ) -> RunSummary:
         """Import until ``stop`` is set (``watch``) or until nothing is left to do (once).
 
-        With ``max_wait`` a once-run gives up waiting for retries after that many seconds: the
-        files still pending are left in ``incoming/``. The lock must be held by the caller.
+        With ``max_wait`` a run gives up after that many seconds without any file finishing (an
+        outage: every import is being retried): the files still pending are left in
+        ``incoming/``. A long but healthy run is never cut short. The lock must be held by the
+        caller.
         """
         self.spool.ensure()
         self._summary = RunSummary()
@@ -210,6 +213,7 @@ class Pipeline:
     def _loop(self, stop: threading.Event, *, watch: bool, max_wait: float | None) -> None:
         start = self.clock()
         deadline = None if max_wait is None else start + max_wait
+        finished = self._finished_count()
         next_rescan = start + self.options.rescan_interval
         in_flight = 0
         with ThreadPoolExecutor(
@@ -238,6 +242,9 @@ class Pipeline:
                         self._apply(event)
                     else:
                         self._add_path(event)
+                    if max_wait is not None and self._finished_count() != finished:
+                        finished = self._finished_count()
+                        deadline = self.clock() + max_wait
                     try:
                         event = self.events.get_nowait()
                     except queue.Empty:
@@ -265,6 +272,10 @@ class Pipeline:
             self._observer_started = now
             logger.error("cannot restart the file watcher: %s", exc.strerror or exc)
         self._scan(self.spool.incoming)
+
+    def _finished_count(self) -> int:
+        summary = self._summary
+        return summary.done + summary.failed + len(summary.left) + self._gone
 
     def _rescan_new_folders(self, now: float) -> None:
         due = [folder for when, folder in self._new_folders if when <= now]
@@ -371,6 +382,8 @@ class Pipeline:
         self._attempts.pop(rel, None)
         with self._settle_lock:
             self._settle.pop(rel, None)
+        if result.kind == "gone":
+            self._gone += 1
         if result.kind == "done":
             self._summary.done += 1
         elif result.kind == "failed":

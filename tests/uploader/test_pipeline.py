@@ -215,6 +215,16 @@ def test_a_pending_file_is_never_dropped_because_an_outcome_copy_exists(
     assert path.is_file()
 
 
+def test_max_wait_never_cuts_a_long_healthy_run_short(spool: Spool, files: SpoolFiles) -> None:
+    for _ in range(6):
+        files.add(FEED_A)
+    importer = FakeImporter(behaviour=lambda name, data: time.sleep(0.15))
+
+    summary = run_once(spool, importer, max_wait=0.4)
+
+    assert summary.ok and summary.done == 6
+
+
 def test_permanent_rejection_goes_to_failed_with_reason(spool: Spool, files: SpoolFiles) -> None:
     path = files.add(FEED_A)
     importer = FakeImporter(behaviour=permanent())
