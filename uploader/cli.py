@@ -53,7 +53,13 @@ config_option = click.option(
 
 def _pycti_importer(settings: UploaderSettings) -> Importer:
     # Imported here so that status/verify/replay work without pycti installed.
-    from uploader.opencti import PyctiImporter
+    try:
+        from uploader.opencti import PyctiImporter
+    except ImportError as exc:
+        raise click.ClickException(
+            f"cannot load pycti ({exc}); install the uploader with its 'opencti' extra "
+            "and a pycti version matching your platform"
+        ) from None
 
     return PyctiImporter(settings)
 

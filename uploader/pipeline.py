@@ -196,6 +196,12 @@ class Pipeline:
         if watch:
             # Watch first, then scan: a file published in between is seen at least once.
             self._start_observer()
+        logger.info(
+            "uploader %s started (%s)",
+            self.options.instance,
+            "watch" if watch else "once",
+            extra={"spool": str(self.spool.root), "reclaimed": self._summary.reclaimed},
+        )
         try:
             self._scan(self.spool.incoming)
             self._loop(stop, watch=watch, max_wait=max_wait)
@@ -208,6 +214,13 @@ class Pipeline:
             reclaim(self.spool, self.lock, own=True)
         summary = self._summary
         summary.pending = sorted(str(rel) for feed in self._feeds.values() for rel in feed.pending)
+        logger.info(
+            "uploader %s stopped: %d done, %d failed, %d pending",
+            self.options.instance,
+            summary.done,
+            summary.failed,
+            len(summary.pending),
+        )
         return summary
 
     def _loop(self, stop: threading.Event, *, watch: bool, max_wait: float | None) -> None:

@@ -390,3 +390,26 @@ def test_watch_finishes_the_current_file_on_sigterm_and_exits_zero(
     assert "done 1" in out
     assert spool.path_in("done", files.rel(path)).is_file()
     assert bundles(spool.processing) == []
+
+
+def test_once_without_pycti_is_a_clear_error(env: dict[str, str], files: SpoolFiles) -> None:
+    files.add(FEED_A)
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["pycti"] = None  # what an install without the 'opencti' extra looks like
+        from uploader.cli import main
+        main(["once", "--max-wait", "1"])
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "cannot load pycti" in proc.stderr
+    assert "Traceback" not in proc.stderr
