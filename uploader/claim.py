@@ -212,39 +212,76 @@ def _prune_empty_dirs(directory: Path) -> None:
             Path(dirpath).rmdir()
 
 
+def _claim_folders(spool: Spool) -> list[str]:
+    """Names of the instance folders in ``processing/`` (real folders only, never symlinks)."""
+    try:
+        names = sorted(p.name for p in spool.processing.iterdir())
+    except FileNotFoundError:
+        return []
+    return [
+        name
+        for name in names
+        if not name.startswith(".")
+        and not (spool.processing / name).is_symlink()
+        and (spool.processing / name).is_dir()
+    ]
+
+
+def reclaim_instance(spool: Spool, instance: str) -> int | None:
+    """Put back what the stopped uploader ``instance`` left claimed; None if it is still running."""
+    directory = spool.processing / instance
+    fd = _lock_is_free(directory / LOCK_NAME)
+    if fd is None:
+        return None
+    try:
+        count = _release_all(spool, directory)
+    finally:
+        os.close(fd)
+    if count:
+        logger.warning(
+            "reclaimed %d file(s) left by stopped uploader %r",
+            count,
+            instance,
+            extra={"instance": instance},
+        )
+    return count
+
+
 def reclaim(spool: Spool, lock: InstanceLock, *, own: bool) -> int:
     """Put back into ``incoming/`` what dead uploaders (and, if ``own``, this one) left claimed.
 
     ``own`` is for start-up only: while running, this instance's folder holds its work in flight.
     Returns how many files were put back.
     """
-    root = spool.processing
-    try:
-        names = sorted(p.name for p in root.iterdir())
-    except FileNotFoundError:
-        return 0
     moved = 0
-    for name in names:
-        directory = root / name
-        if name.startswith(".") or directory.is_symlink() or not directory.is_dir():
-            continue
+    for name in _claim_folders(spool):
         if name == lock.instance:
             if own:
-                moved += _release_all(spool, directory)
+                moved += _release_all(spool, spool.processing / name)
             continue
-        fd = _lock_is_free(directory / LOCK_NAME)
-        if fd is None:
-            continue
-        try:
-            count = _release_all(spool, directory)
-        finally:
-            os.close(fd)
-        if count:
-            logger.warning(
-                "reclaimed %d file(s) left by stopped uploader %r",
-                count,
-                name,
-                extra={"instance": name},
-            )
-        moved += count
+        moved += reclaim_instance(spool, name) or 0
     return moved
+
+
+def older_claim_elsewhere(
+    spool: Spool, rel: PurePosixPath, instance: str
+) -> tuple[str, PurePosixPath] | None:
+    """An older file of ``rel``'s feed claimed by another uploader: ``(its instance, its path)``.
+
+    Two uploaders on one spool must not let a newer version of a feed land before an older one
+    that the other is still importing; claim folders only hold files in flight, so this is cheap.
+    """
+    if len(rel.parts) < 2:
+        return None
+    feed = rel.parts[0]
+    for name in _claim_folders(spool):
+        if name == instance:
+            continue
+        feed_dir = spool.processing / name / feed
+        if feed_dir.is_symlink() or not feed_dir.is_dir():
+            continue
+        for entry in walk_bundles(feed_dir):
+            other = PurePosixPath(feed, *entry.relative.parts)
+            if other < rel:
+                return name, other
+    return None

@@ -28,7 +28,15 @@ from watchdog.observers.api import BaseObserver
 from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
 from shared.spool import INCOMING, Spool, walk_bundles
 from uploader.check import SpoolFile, check_bundle, check_stix, read_spool_file
-from uploader.claim import ClaimLostError, InstanceLock, claim, reclaim, release_claim
+from uploader.claim import (
+    ClaimLostError,
+    InstanceLock,
+    claim,
+    older_claim_elsewhere,
+    reclaim,
+    reclaim_instance,
+    release_claim,
+)
 from uploader.discover import start_observer
 from uploader.errors import (
     BundleRejected,
@@ -45,6 +53,8 @@ logger = logging.getLogger(__name__)
 _TICK = 0.25
 # Seconds after a new folder appears in incoming/ before it is walked a second time.
 _NEW_FOLDER_RESCAN = 0.5
+# Seconds between two looks at another uploader importing an older file of the same feed.
+_WAIT_FOR_OTHER = 0.5
 # Shortest time between two restarts of a watchdog observer that died.
 _OBSERVER_RESTART = 10.0
 
@@ -96,7 +106,7 @@ class RunSummary:
         return self.failed == 0 and not self.pending and not self.left
 
 
-ResultKind = Literal["done", "failed", "retry", "settling", "gone", "left"]
+ResultKind = Literal["done", "failed", "retry", "settling", "wait", "gone", "left"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,8 @@ class _Result:
     kind: ResultKind
     delay: float = 0.0
     attempts: int = 0
+    #: Walk the feed's folder again (files were put back into incoming/ behind our back).
+    rescan: bool = False
 
 
 @dataclass
@@ -386,7 +398,9 @@ class Pipeline:
         feed = self._feeds[result.feed]
         feed.busy = False
         rel = result.rel
-        if result.kind in ("retry", "settling"):
+        if result.rescan and len(rel.parts) > 1:
+            self._scan(self.spool.incoming / rel.parts[0])
+        if result.kind in ("retry", "settling", "wait"):
             self._attempts[rel] = result.attempts
             feed.not_before = self.clock() + result.delay
             return
@@ -456,6 +470,9 @@ class Pipeline:
         if not stat.S_ISREG(st.st_mode):
             logger.error("left in incoming/: not a regular file", extra=ctx)
             return _Result(feed, rel, "left")
+        blocked = self._older_claim_elsewhere(feed, rel, attempts)
+        if blocked is not None:
+            return blocked
         wait = self._settling_without_reading(rel, st)
         if wait is not None:
             return _Result(feed, rel, "settling", wait, attempts)
@@ -537,6 +554,25 @@ class Pipeline:
             extra={**ctx, "work_id": receipt.work_id, "objects": receipt.objects},
         )
         return _Result(feed, rel, "done", attempts=attempts)
+
+    def _older_claim_elsewhere(
+        self, feed: str, rel: PurePosixPath, attempts: int
+    ) -> _Result | None:
+        """Wait while another uploader imports an older file of this feed (order across uploaders)."""
+        blocker = older_claim_elsewhere(self.spool, rel, self.options.instance)
+        if blocker is None:
+            return None
+        holder, older = blocker
+        if reclaim_instance(self.spool, holder) is not None:
+            # It had died: its files are back in incoming/, the older one goes first.
+            return _Result(feed, rel, "wait", 0.0, attempts, rescan=True)
+        logger.debug(
+            "waiting for uploader %s to finish the older %s",
+            holder,
+            older.name,
+            extra={"feed": feed, "file": str(rel)},
+        )
+        return _Result(feed, rel, "wait", _WAIT_FOR_OTHER, attempts)
 
     def _under_symlinked_folder(self, rel: PurePosixPath) -> bool:
         """True if a folder between ``incoming/`` and the file is a symlink (or not a folder)."""

@@ -470,6 +470,7 @@ def test_file_still_being_copied_is_imported_once_complete(spool: Spool, files: 
     finally:
         writer.join(10)
         logging.getLogger("uploader.pipeline").removeHandler(waiter)
+        logging.getLogger("uploader.pipeline").setLevel(logging.NOTSET)
     summary = result[0]
     assert waiter.seen.is_set()
     assert summary.failed == 0 and summary.done == 2  # type: ignore[attr-defined]
@@ -523,6 +524,43 @@ def test_files_left_claimed_by_a_dead_uploader_or_by_us_are_reclaimed(
     assert len(importer.accepted) == 3
     assert bundles_in(spool.processing) == []
     assert len(bundles_in(spool.done)) == 3
+
+
+def test_an_older_file_another_uploader_is_importing_holds_back_its_feed(
+    spool: Spool, files: SpoolFiles
+) -> None:
+    older = files.add(FEED_A, minutes=1)
+    newer = files.add(FEED_A, minutes=2)
+    other_feed = files.add(FEED_B, minutes=3)
+    newer_bytes, other_bytes = newer.read_bytes(), other_feed.read_bytes()
+    waiter = RecordWaiter("waiting for uploader other")
+    pipeline_logger = logging.getLogger("uploader.pipeline")
+    pipeline_logger.addHandler(waiter)
+    pipeline_logger.setLevel(logging.DEBUG)
+    importer = FakeImporter()
+    results: list[object] = []
+    other = InstanceLock(spool, "other")
+    other.acquire()
+    try:
+        held = spool.processing / "other" / files.rel(older)
+        held.parent.mkdir(parents=True)
+        older.rename(held)
+        thread = threading.Thread(target=lambda: results.append(run_once(spool, importer)))
+        thread.start()
+        assert waiter.seen.wait(10)
+        assert importer.wait_for(lambda i: len(i.accepted) == 1, timeout=5)
+        # Only the other feed went ahead.
+        assert importer.accepted == [other_bytes]
+        # The other uploader finishes the older file.
+        publish_bytes(spool.path_in("done", files.rel(older)), held.read_bytes())
+        held.unlink()
+        thread.join(10)
+    finally:
+        other.release()
+        pipeline_logger.removeHandler(waiter)
+        pipeline_logger.setLevel(logging.NOTSET)
+    assert results
+    assert importer.accepted == [other_bytes, newer_bytes]
 
 
 def test_files_claimed_by_a_live_uploader_are_left_alone(spool: Spool, files: SpoolFiles) -> None:
