@@ -144,6 +144,12 @@ def mark_done(
         "attempts": attempts,
     }
     _place(claimed, dst, sidecar_path(dst, RECEIPT_SUFFIX), document)
+    # A reason left without its bundle by a crash during an earlier failing attempt would claim
+    # the file failed: it is stale now.
+    failed = spool.path_in(FAILED, rel)
+    if not _exists(failed):
+        with contextlib.suppress(FileNotFoundError):
+            sidecar_path(failed, REASON_SUFFIX).unlink()
     return dst
 
 

@@ -620,6 +620,20 @@ def test_done_destination_with_same_bytes_drops_the_copy_different_bytes_conflic
     assert bundles_in(spool.incoming) == [] and bundles_in(spool.processing) == []
 
 
+def test_a_stale_reason_without_its_file_is_removed_when_the_file_is_done(
+    spool: Spool, files: SpoolFiles
+) -> None:
+    path = files.add(FEED_A)
+    failed = spool.path_in("failed", files.rel(path))
+    stale = failed.with_name(failed.name + ".reason")
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"kind": "rejected"}')
+
+    assert run_once(spool, FakeImporter()).done == 1
+
+    assert not stale.exists()
+
+
 def test_a_stale_receipt_from_an_interrupted_attempt_is_replaced(
     spool: Spool, files: SpoolFiles
 ) -> None:
