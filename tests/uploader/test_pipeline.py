@@ -481,6 +481,7 @@ def test_file_still_being_copied_is_imported_once_complete(spool: Spool, files: 
 
 def test_two_pipelines_on_one_spool_import_each_file_once(spool: Spool, files: SpoolFiles) -> None:
     paths = [files.add(feed) for feed in (FEED_A, FEED_B, FEED_C) for _ in range(6)]
+    rel_of = {p.read_bytes(): files.rel(p) for p in paths}
     importer = FakeImporter(behaviour=lambda name, data: time.sleep(0.005))
     summaries: dict[str, object] = {}
 
@@ -499,6 +500,11 @@ def test_two_pipelines_on_one_spool_import_each_file_once(spool: Spool, files: S
     assert set(counts.values()) == {1}
     assert len(bundles_in(spool.done)) == len(paths)
     assert bundles_in(spool.incoming) == [] and bundles_in(spool.processing) == []
+    # Name order within each feed held across the two uploaders too.
+    landed = [rel_of[data] for data in importer.accepted]
+    for feed in (FEED_A, FEED_B, FEED_C):
+        of_feed = [rel for rel in landed if rel.startswith(feed)]
+        assert of_feed == sorted(of_feed)
 
 
 def test_files_left_claimed_by_a_dead_uploader_or_by_us_are_reclaimed(
