@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck format clean
+.PHONY: install demo test reliability bench lint typecheck format clean
 
 install: $(STAMP)
 
@@ -20,6 +20,14 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The full crash/outage/hostile-input suite (issue 5); `make test` runs a shorter version of it.
+reliability: install
+	CTX_RELIABILITY_FULL=1 $(PY) -m pytest -q tests/reliability
+
+# Benchmarks (not part of `make test`); writes BENCHMARKS.md.
+bench: install
+	$(PY) -m tests.bench
 
 lint: install
 	$(VENV)/bin/ruff check .
