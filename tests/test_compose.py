@@ -101,3 +101,11 @@ def test_default_pycti_pin_matches_pyproject() -> None:
     pin = re.search(r"^ARG PYCTI_VERSION=(\S+)$", dockerfile, re.M)
     assert pin is not None
     assert f'"pycti=={pin.group(1)}"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_config_sample_keys_are_settings() -> None:
+    doc = yaml.safe_load((COMPOSE / "config.yml.sample").read_text())
+    known = KNOWN["fetcher"] | KNOWN["uploader"]
+    keys = {f"{section}_{key}".upper() for section, values in doc.items() for key in values}
+    assert keys - known == set()
+    assert {"CYBERTHREATEXCHANGE_API_KEY", "OPENCTI_TOKEN", "CONNECTOR_ID", "SPOOL_DIR"} <= keys
