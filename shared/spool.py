@@ -11,6 +11,8 @@ Layout (relative to ``SPOOL_DIR``)::
 * ``<modified>`` is UTC ``%Y%m%dT%H%M%S%fZ`` so that names sort in modified order; the date folders
   come from the same time.
 * ``<sha256>`` is the hex SHA-256 of the file's exact bytes: a file can be checked by its name alone.
+* A signed file's name carries one more part before ``.json``: ``_<hmac>``, the HMAC-SHA256 of the
+  same bytes truncated to 32 hex digits (:mod:`shared.signing`). Unsigned names are unchanged.
 * Files are published atomically and durably (:func:`publish_bytes`): a hidden temp name in the same
   directory, fsync, rename, fsync of the directory. Readers ignore hidden names and anything that
   does not end in ``.json``, so they never see a partial bundle.
@@ -34,6 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
+from shared.signing import SIGNATURE_HEX_LENGTH, SIGNATURE_RE
 
 INCOMING = "incoming"
 PROCESSING = "processing"
@@ -58,7 +61,7 @@ _STIX_ID_RE = re.compile(rf"^{_STIX_TYPE}--{_UUID}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _NAME_RE = re.compile(
     rf"^(?P<modified>\d{{8}}T\d{{12}}Z)_(?P<subject>{FEED_OBJECTS_SUBJECT}|{_STIX_TYPE}--{_UUID})"
-    rf"_(?P<sha256>[0-9a-f]{{64}})\.json$"
+    rf"_(?P<sha256>[0-9a-f]{{64}})(?:_(?P<signature>[0-9a-f]{{{SIGNATURE_HEX_LENGTH}}}))?\.json$"
 )
 
 # Namespace of the deterministic bundle ids (uuid5 over the canonical objects).
@@ -109,23 +112,30 @@ def parse_stix_timestamp(value: str) -> datetime:
 
 @dataclass(frozen=True, order=True)
 class SpoolName:
-    """The parts of a bundle file name: ``<modified>_<subject>_<sha256>.json``."""
+    """The parts of a bundle file name: ``<modified>_<subject>_<sha256>[_<signature>].json``.
+
+    ``signature`` is the truncated HMAC of a signed file (:mod:`shared.signing`), None if unsigned.
+    """
 
     modified: datetime
     subject: str
     sha256: str
+    signature: str | None = None
 
     def __post_init__(self) -> None:
         if self.subject != FEED_OBJECTS_SUBJECT:
             check_stix_id(self.subject)
         check_sha256(self.sha256)
+        if self.signature is not None and not SIGNATURE_RE.match(self.signature):
+            raise UnsafeNameError("signature", self.signature)
         if self.modified.tzinfo is None:
             raise ValueError("SpoolName.modified must be timezone-aware")
 
     @property
     def filename(self) -> str:
         stamp = self.modified.astimezone(UTC).strftime(MODIFIED_FORMAT)
-        return f"{stamp}_{self.subject}_{self.sha256}{BUNDLE_SUFFIX}"
+        signed = "" if self.signature is None else f"_{self.signature}"
+        return f"{stamp}_{self.subject}_{self.sha256}{signed}{BUNDLE_SUFFIX}"
 
     @classmethod
     def parse(cls, filename: str) -> SpoolName:
@@ -134,7 +144,7 @@ class SpoolName:
         if not match:
             raise UnsafeNameError("spool file name", filename)
         modified = datetime.strptime(match["modified"], MODIFIED_FORMAT).replace(tzinfo=UTC)
-        return cls(modified, match["subject"], match["sha256"])
+        return cls(modified, match["subject"], match["sha256"], match["signature"])
 
 
 def relative_path(feed_id: str, name: SpoolName) -> PurePosixPath:
