@@ -243,17 +243,15 @@ def temp_name(final_name: str) -> str:
     return f".{final_name}.{secrets.token_hex(6)}.tmp"
 
 
-def publish_bytes(path: Path, data: bytes) -> bool:
-    """Atomically and durably write ``data`` to ``path``.
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably, replacing any existing file.
 
-    Returns False (and writes nothing) if ``path`` already exists with the same size, which for a
-    content-addressed name means the same bytes. Raises :class:`SpoolError` on any I/O failure,
-    leaving no partial file and no temp file behind.
+    A hidden temp file in the same directory is written, fsynced and renamed over ``path``, then
+    the directory is fsynced. Raises :class:`SpoolError` on any I/O failure, leaving no partial file
+    and no temp file behind.
     """
     directory = path.parent
     try:
-        if path.is_file() and path.stat().st_size == len(data):
-            return False
         _makedirs_durable(directory)
         tmp = directory / temp_name(path.name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
@@ -271,7 +269,21 @@ def publish_bytes(path: Path, data: bytes) -> bool:
             raise
         fsync_dir(directory)
     except OSError as exc:
+        raise SpoolError(f"cannot write {path.name}: {exc.strerror or exc}", path) from exc
+
+
+def publish_bytes(path: Path, data: bytes) -> bool:
+    """Publish ``data`` at its content-addressed ``path`` with :func:`write_atomic`.
+
+    Returns False (and writes nothing) if ``path`` already exists with the same size, which for a
+    content-addressed name means the same bytes.
+    """
+    try:
+        if path.is_file() and path.stat().st_size == len(data):
+            return False
+    except OSError as exc:
         raise SpoolError(f"cannot publish {path.name}: {exc.strerror or exc}", path) from exc
+    write_atomic(path, data)
     return True
 
 

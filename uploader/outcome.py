@@ -20,13 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from shared.errors import DestinationExistsError, SpoolError
+from shared.errors import DestinationExistsError
 from shared.spool import (
     DONE,
     FAILED,
@@ -36,7 +35,7 @@ from shared.spool import (
     fsync_dir,
     move_no_replace,
     sha256_file,
-    temp_name,
+    write_atomic,
 )
 from uploader.importer import ImportReceipt
 
@@ -55,28 +54,11 @@ def sidecar_path(bundle_path: Path, suffix: str) -> Path:
 def write_sidecar(path: Path, document: dict[str, Any]) -> None:
     """Atomically and durably write (or replace) a JSON sidecar.
 
-    Not :func:`shared.spool.publish_bytes`: that one keeps an existing file of the same size, and a
-    stale receipt from an interrupted earlier attempt must be replaced by the current one.
+    :func:`shared.spool.write_atomic`, not ``publish_bytes``: that one keeps an existing file of the
+    same size, and a stale receipt from an interrupted earlier attempt must be replaced.
     """
     data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    directory = path.parent
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / temp_name(path.name)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        fsync_dir(directory)
-    except OSError as exc:
-        raise SpoolError(f"cannot write {path.name}: {exc.strerror or exc}", path) from exc
+    write_atomic(path, data)
 
 
 @dataclass(frozen=True)
