@@ -1,4 +1,4 @@
-"""``ctx-fetcher``: CTX feeds into the spool (``once``, ``run``, ``feeds``)."""
+"""``ctx-fetcher``: CTX feeds into the spool (``once``, ``run``, ``feeds``, ``transfer``)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ import click
 
 from fetcher.client import CTXClient
 from fetcher.errors import FetcherError
-from fetcher.settings import FetcherSettings
+from fetcher.settings import FetcherSettings, SpoolStateSettings
 from fetcher.state import Ledger
 from fetcher.sync import FeedResult, run_pass
+from fetcher.transfer import manifest, mark, transfer_set, write_manifest
 from shared.config import load_settings
-from shared.errors import ConfigError, SpoolError
+from shared.errors import ConfigError, SharedError, SpoolError
 from shared.logsetup import configure_logging
+from shared.signing import SigningKey
 from shared.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -35,12 +37,20 @@ config_option = click.option(
 
 
 def _settings(config_path: Path | None) -> FetcherSettings:
+    return _settings_and_key(config_path)[0]
+
+
+def _settings_and_key(config_path: Path | None) -> tuple[FetcherSettings, SigningKey | None]:
     try:
         settings = load_settings(FetcherSettings, config_path)
-    except ConfigError as exc:
+        key = settings.load_signing_key()
+    except (ConfigError, SharedError) as exc:
         raise click.ClickException(str(exc)) from None
-    configure_logging(settings.log_level, secrets=[settings.api_key.get_secret_value()])
-    return settings
+    secrets = [settings.api_key.get_secret_value()]
+    if key is not None and key.mask_text is not None:
+        secrets.append(key.mask_text)
+    configure_logging(settings.log_level, secrets=secrets)
+    return settings, key
 
 
 def _stdout_is_tty() -> bool:
@@ -65,7 +75,9 @@ def _progress() -> Callable[[FeedResult], None] | None:
     return show
 
 
-def _one_pass(settings: FetcherSettings, stop: threading.Event | None = None) -> list[FeedResult]:
+def _one_pass(
+    settings: FetcherSettings, key: SigningKey | None, stop: threading.Event | None = None
+) -> list[FeedResult]:
     progress = _progress()
     spool = Spool(settings.spool_dir)
     try:
@@ -78,6 +90,7 @@ def _one_pass(settings: FetcherSettings, stop: threading.Event | None = None) ->
                 concurrency=settings.concurrency,
                 progress=progress,
                 stop=stop,
+                signing_key=key,
             )
     except (FetcherError, SpoolError) as exc:
         results = [FeedResult(feed_id, error=exc) for feed_id in settings.feed_ids]
@@ -97,8 +110,8 @@ def main() -> None:
 @config_option
 def once(config_path: Path | None) -> None:
     """One pass over every configured feed; exit 0 only if every feed succeeded."""
-    settings = _settings(config_path)
-    failed = [r for r in _one_pass(settings) if not r.ok]
+    settings, key = _settings_and_key(config_path)
+    failed = [r for r in _one_pass(settings, key) if not r.ok]
     if failed:
         raise click.ClickException("\n".join(f"feed {r.feed_id} failed: {r.error}" for r in failed))
 
@@ -126,14 +139,14 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 @click.option("--interval-seconds", type=click.FloatRange(min=0), default=None, hidden=True)
 def run(config_path: Path | None, max_passes: int | None, interval_seconds: float | None) -> None:
     """A pass now, then one every CYBERTHREATEXCHANGE_INTERVAL_HOURS, until SIGTERM/SIGINT."""
-    settings = _settings(config_path)
+    settings, key = _settings_and_key(config_path)
     interval = interval_seconds if interval_seconds is not None else settings.interval_hours * 3600
     stop = threading.Event()
     passes = 0
     with _stop_on_signals(stop):
         while not stop.is_set():
             try:
-                results = _one_pass(settings, stop)
+                results = _one_pass(settings, key, stop)
                 failed = sum(1 for r in results if not r.ok)
                 if failed:
                     logger.error("pass finished with %d failed feed(s)", failed)
@@ -170,3 +183,48 @@ def feeds(config_path: Path | None) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@main.command()
+@config_option
+@click.option("--all", "include_all", is_flag=True, help="List every file, even those marked.")
+@click.option(
+    "--manifest",
+    "manifest_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a `sha256sum -c` manifest of exactly the listed files (published atomically).",
+)
+@click.option("--mark", "mark_listed", is_flag=True, help="Record the listed files as transferred.")
+@click.option("-0", "--null", "null", is_flag=True, help="End each path with NUL, not newline.")
+def transfer(
+    config_path: Path | None,
+    include_all: bool,
+    manifest_path: Path | None,
+    mark_listed: bool,
+    null: bool,
+) -> None:
+    """List the files in incoming/ not yet marked as transferred, relative to SPOOL_DIR.
+
+    The list feeds `rsync --files-from=- SPOOL_DIR DEST` or `tar -C SPOOL_DIR -T -` (with -0: their
+    --from0/--null options). Nothing is marked unless --mark is given, and only after the list and
+    the manifest are written. No network: only the spool and the fetcher's state are used.
+    """
+    try:
+        settings = load_settings(SpoolStateSettings, config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    configure_logging(settings.log_level)
+    spool = Spool(settings.spool_dir)
+    try:
+        with Ledger(settings.effective_state_dir) as ledger:
+            paths = transfer_set(spool, ledger, include_all=include_all)
+            if manifest_path is not None:
+                write_manifest(manifest_path, manifest(spool, paths))
+            end = "\0" if null else "\n"
+            click.echo("".join(f"{path}{end}" for path in paths), nl=False)
+            if mark_listed:
+                marked = mark(ledger, paths)
+                logger.info("marked %d file(s) as transferred", marked)
+    except (FetcherError, SpoolError) as exc:
+        raise click.ClickException(str(exc)) from None

@@ -11,7 +11,9 @@ Tree::
     │   ├── MalformedResponseError  not JSON, wrong shape, or an id that may not become a path
     │   └── ForeignHostError     a ``next`` URL on another host; never followed (the key would leak)
     ├── FeedNotSubscribedError   a configured feed the team is not subscribed to, or not active
-    └── LedgerError              the cursor / dedup ledger could not be read or written (``path``)
+    ├── LedgerError              the cursor / dedup ledger could not be read or written (``path``)
+    └── TransferError            ``transfer`` cannot list a file: its bytes do not match its name,
+                                 or it cannot be read (``path``, relative to SPOOL_DIR)
 
 Spool failures are :class:`shared.errors.SpoolError` and pass through unchanged.
 """
@@ -81,3 +83,11 @@ class LedgerError(FetcherError):
     def __init__(self, message: str, *, path: Path, feed_id: str | None = None) -> None:
         self.path = path
         super().__init__(message, feed_id=feed_id)
+
+
+class TransferError(FetcherError):
+    """A file of a transfer set cannot be vouched for; ``path`` is relative to ``SPOOL_DIR``."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(message)

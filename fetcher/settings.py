@@ -4,14 +4,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr, field_validator
+from pydantic import SecretStr, ValidationInfo, field_validator
 
 from shared.config import LogLevel, SettingsBase, setting
 from shared.errors import UnsafeNameError
+from shared.signing import SigningKey, check_key_file, check_key_text, load_signing_key
 from shared.spool import FETCHER_STATE_DIRNAME, check_feed_id
 
 
-class FetcherSettings(SettingsBase):
+class SpoolStateSettings(SettingsBase):
+    """What ``transfer`` needs: the spool, the fetcher's state and the log level, no CTX."""
+
+    log_level: LogLevel = setting(
+        "info",
+        env="CONNECTOR_LOG_LEVEL",
+        description="Log level: debug, info, warn or error.",
+    )
+    spool_dir: Path = setting(
+        Path("spool"),
+        env="SPOOL_DIR",
+        description="The spool directory shared with the uploader.",
+    )
+    state_dir: Path | None = setting(
+        None,
+        env="CYBERTHREATEXCHANGE_STATE_DIR",
+        description=f"Where the fetcher keeps cursors, its dedup ledger and the transfer record (default SPOOL_DIR/{FETCHER_STATE_DIRNAME}).",
+    )
+
+    @property
+    def effective_state_dir(self) -> Path:
+        return (
+            self.state_dir if self.state_dir is not None else self.spool_dir / FETCHER_STATE_DIRNAME
+        )
+
+
+class FetcherSettings(SpoolStateSettings):
     """Everything the fetcher needs; nothing of the uploader's."""
 
     base_url: str = setting(
@@ -81,20 +108,15 @@ class FetcherSettings(SettingsBase):
         env="CYBERTHREATEXCHANGE_CA_BUNDLE",
         description="A CA bundle file to verify CTX with instead of the system's.",
     )
-    log_level: LogLevel = setting(
-        "info",
-        env="CONNECTOR_LOG_LEVEL",
-        description="Log level: debug, info, warn or error.",
-    )
-    spool_dir: Path = setting(
-        Path("spool"),
-        env="SPOOL_DIR",
-        description="The spool directory shared with the uploader.",
-    )
-    state_dir: Path | None = setting(
+    signing_key: SecretStr | None = setting(
         None,
-        env="CYBERTHREATEXCHANGE_STATE_DIR",
-        description=f"Where the fetcher keeps cursors and its dedup ledger (default SPOOL_DIR/{FETCHER_STATE_DIRNAME}).",
+        env="SPOOL_SIGNING_KEY",
+        description="Shared key (at least 32 characters) to sign every file with (HMAC-SHA256 in its name); the uploader needs the same key. Never logged.",
+    )
+    signing_key_file: Path | None = setting(
+        None,
+        env="SPOOL_SIGNING_KEY_FILE",
+        description="A file holding the signing key instead (its bytes, surrounding whitespace stripped); not with SPOOL_SIGNING_KEY.",
     )
 
     @field_validator("base_url")
@@ -137,11 +159,22 @@ class FetcherSettings(SettingsBase):
             raise ValueError(f"{value} is not a file")
         return value
 
-    @property
-    def effective_state_dir(self) -> Path:
-        return (
-            self.state_dir if self.state_dir is not None else self.spool_dir / FETCHER_STATE_DIRNAME
-        )
+    @field_validator("signing_key")
+    @classmethod
+    def _signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else SecretStr(check_key_text(value.get_secret_value()))
+
+    @field_validator("signing_key_file")
+    @classmethod
+    def _signing_key_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("signing_key") is not None:
+            raise ValueError("set SPOOL_SIGNING_KEY or SPOOL_SIGNING_KEY_FILE, not both")
+        return None if value is None else check_key_file(value)
+
+    def load_signing_key(self) -> SigningKey | None:
+        """The signing key (read from its file if configured so), or None: files go unsigned."""
+        secret = None if self.signing_key is None else self.signing_key.get_secret_value()
+        return load_signing_key(secret, self.signing_key_file)
 
     @property
     def tls_verify(self) -> bool | str:

@@ -9,6 +9,8 @@ Tables:
 * ``reports(feed_id, report_id, sha256, path)`` — the sha256 of the last report bundle written.
 * ``objects(feed_id, object_id, sha256)`` — the sha256 of each object's content as last written in
   any bundle, so feed-level bundles hold only what no written bundle carried yet.
+* ``transfers(path, sha256, marked_at)`` — files ``ctx-fetcher transfer --mark`` recorded as
+  carried across the air gap (path relative to ``SPOOL_DIR``); never read by the dedup.
 
 Entries are recorded only after the file is published: a crash in between makes the next pass
 publish the same content-addressed name again, which :func:`shared.spool.publish_bytes` turns into
@@ -36,6 +38,8 @@ CREATE TABLE IF NOT EXISTS reports (
 CREATE TABLE IF NOT EXISTS objects (
     feed_id TEXT NOT NULL, object_id TEXT NOT NULL, sha256 TEXT NOT NULL,
     PRIMARY KEY (feed_id, object_id));
+CREATE TABLE IF NOT EXISTS transfers (
+    path TEXT NOT NULL PRIMARY KEY, sha256 TEXT NOT NULL, marked_at TEXT NOT NULL);
 """
 
 
@@ -137,3 +141,21 @@ class Ledger:
                 )
             )
         self._write(statements)
+
+    def transferred(self) -> set[str]:
+        """Paths (relative to ``SPOOL_DIR``) recorded as transferred."""
+        return {str(row[0]) for row in self._query("SELECT path FROM transfers", ())}
+
+    def mark_transferred(self, files: Iterable[tuple[str, str]], marked_at: str) -> None:
+        """Record ``(path, sha256)`` pairs as transferred at ``marked_at`` (ISO time), in one go."""
+        self._write(
+            [
+                (
+                    "INSERT INTO transfers (path, sha256, marked_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256, "
+                    "marked_at = excluded.marked_at",
+                    (path, sha, marked_at),
+                )
+                for path, sha in files
+            ]
+        )

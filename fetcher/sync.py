@@ -25,6 +25,7 @@ from fetcher.errors import FeedNotSubscribedError, FetcherError, MalformedRespon
 from fetcher.listing import walk_objects
 from fetcher.state import Ledger
 from shared.errors import SpoolError
+from shared.signing import SigningKey
 from shared.spool import (
     FEED_OBJECTS_SUBJECT,
     Spool,
@@ -115,12 +116,14 @@ class FeedSync:
         *,
         concurrency: int,
         progress: Progress | None = None,
+        signing_key: SigningKey | None = None,
     ) -> None:
         self.client = client
         self.ledger = ledger
         self.spool = spool
         self.feed_id = check_feed_id(feed_id)
         self.concurrency = concurrency
+        self.signing_key = signing_key
         self.result = FeedResult(self.feed_id)
         self._progress = progress
 
@@ -144,9 +147,15 @@ class FeedSync:
         return f"/v1/feeds/{self.feed_id}/objects/"
 
     def _publish(self, data: bytes, modified: datetime, subject: str) -> tuple[str, str, bool]:
-        """Publish bundle bytes under their content-addressed name: (sha256, relative path, new?)."""
+        """Publish bundle bytes under their content-addressed name: (sha256, relative path, new?).
+
+        With a signing key the name also carries the bytes' HMAC (issue 7). Dedup is unaffected:
+        the ledger keys on the content's SHA-256, so turning signing on later writes no signed
+        duplicates of unchanged reports.
+        """
         sha = sha256_bytes(data)
-        rel = relative_path(self.feed_id, SpoolName(modified, subject, sha))
+        signature = None if self.signing_key is None else self.signing_key.sign(data)
+        rel = relative_path(self.feed_id, SpoolName(modified, subject, sha, signature))
         written = publish_bytes(self.spool.path_in("incoming", rel), data)
         return sha, str(rel), written
 
@@ -257,6 +266,7 @@ def run_pass(
     concurrency: int,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    signing_key: SigningKey | None = None,
 ) -> list[FeedResult]:
     """One pass over every configured feed; each feed's failure stays that feed's.
 
@@ -290,7 +300,13 @@ def run_pass(
                 )
             else:
                 result = FeedSync(
-                    client, ledger, spool, feed_id, concurrency=concurrency, progress=progress
+                    client,
+                    ledger,
+                    spool,
+                    feed_id,
+                    concurrency=concurrency,
+                    progress=progress,
+                    signing_key=signing_key,
                 ).run()
         if result.ok:
             logger.info("feed done: %s", result.summary(), extra={"feed_id": feed_id})

@@ -1,0 +1,102 @@
+"""The sending side of an air-gap transfer: which files to carry, and a manifest for them (issue 7).
+
+Pure spool operations, no network. A transfer set is every bundle file in ``incoming/`` that
+``ctx-fetcher transfer --mark`` has not recorded yet (or all of them), named by its path relative to
+``SPOOL_DIR`` (``incoming/<feed>/<YYYY>/<MM>/<DD>/<name>.json``) so that the list feeds
+``rsync --files-from`` and ``tar -T`` run from ``SPOOL_DIR``, and the manifest is checked by
+``sha256sum -c`` from there or by ``ctx-uploader verify --manifest`` on the receiving side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+from fetcher.errors import TransferError
+from fetcher.state import Ledger
+from shared.errors import SpoolError, UnsafeNameError
+from shared.spool import (
+    INCOMING,
+    Spool,
+    fsync_dir,
+    parse_relative_path,
+    sha256_file,
+    temp_name,
+    walk_bundles,
+)
+
+
+def transfer_set(spool: Spool, ledger: Ledger, *, include_all: bool = False) -> list[str]:
+    """Paths of the bundle files in ``incoming/`` not yet marked transferred, in name order.
+
+    Hidden and non-``.json`` names (temp files), symlinks and names that are not spool names are
+    never listed: the receiving uploader would refuse them anyway.
+    """
+    done = set() if include_all else ledger.transferred()
+    paths = []
+    for entry in walk_bundles(spool.incoming):
+        if entry.is_symlink:
+            continue
+        try:
+            parse_relative_path(entry.relative)
+        except UnsafeNameError:
+            continue
+        path = str(PurePosixPath(INCOMING) / entry.relative)
+        if path not in done:
+            paths.append(path)
+    return paths
+
+
+def _name_sha256(path: str) -> str:
+    return parse_relative_path(PurePosixPath(*PurePosixPath(path).parts[1:]))[1].sha256
+
+
+def manifest(spool: Spool, paths: Iterable[str]) -> bytes:
+    """A ``sha256sum -c`` manifest of ``paths``: ``<sha256>  <path>`` per line.
+
+    Each file is read and hashed: a file whose bytes do not match the SHA-256 in its name raises
+    :class:`TransferError` rather than being vouched for.
+    """
+    lines = []
+    for path in paths:
+        try:
+            actual = sha256_file(spool.root / path)
+        except OSError as exc:
+            raise TransferError(f"cannot read {path}: {exc.strerror or exc}", path=path) from None
+        if actual != _name_sha256(path):
+            raise TransferError(
+                f"{path}: SHA-256 is {actual}, not the one in its name; not listing it", path=path
+            )
+        lines.append(f"{actual}  {path}\n")
+    return "".join(lines).encode("utf-8")
+
+
+def write_manifest(target: Path, data: bytes) -> None:
+    """Publish ``data`` at ``target`` atomically: a hidden temp beside it, fsync, rename, fsync."""
+    directory = target.parent
+    tmp = directory / temp_name(target.name)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        fsync_dir(directory)
+    except OSError as exc:
+        raise SpoolError(f"cannot write {target}: {exc.strerror or exc}", target) from exc
+
+
+def mark(ledger: Ledger, paths: Iterable[str]) -> int:
+    """Record ``paths`` as transferred; returns how many."""
+    items = [(path, _name_sha256(path)) for path in paths]
+    ledger.mark_transferred(items, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    return len(items)
