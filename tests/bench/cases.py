@@ -1,0 +1,552 @@
+"""The benchmarks of issue 6. Each returns a :class:`Result` with its rows for BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from shared.spool import SpoolName, publish_bytes, relative_path, sha256_bytes
+from tests.bench.harness import (
+    FEED_IDS,
+    TOKEN,
+    Child,
+    Series,
+    TimedOpenCTI,
+    base_env,
+    log,
+    max_rate,
+    rss_mib,
+    small_bundle,
+    tool,
+    uploader_env,
+    write_spool_files,
+)
+from tests.standins.ctx import CTXStandIn, ts
+
+
+@dataclass
+class Row:
+    """One line of the summary table."""
+
+    benchmark: str
+    target: str
+    measured: str
+    ok: bool | None  # None: a figure without a target
+
+
+@dataclass
+class Result:
+    name: str
+    rows: list[Row] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Options:
+    work: Path
+    runs: int
+    quick: bool
+
+
+# Fetch ------------------------------------------------------------------------------------------
+
+FETCH_REPORTS = 200
+FETCH_LATENCY = 0.02
+FETCH_RATE_LIMIT = 100.0
+
+
+def _fetch_once(
+    opts: Options, ctx: CTXStandIn, feed: str, tag: str, **settings: str
+) -> tuple[Child, list[float], Path]:
+    spool = opts.work / f"fetch-{tag}-{uuid.uuid4().hex[:8]}"
+    env = {
+        **base_env(),
+        "CYBERTHREATEXCHANGE_BASE_URL": ctx.base_url,
+        "CYBERTHREATEXCHANGE_API_KEY": ctx.api_key,
+        "CYBERTHREATEXCHANGE_FEED_IDS": feed,
+        "SPOOL_DIR": str(spool),
+        "CONNECTOR_LOG_LEVEL": "warn",
+        **settings,
+    }
+    mark = len(ctx.requests)
+    child = Child([tool("ctx-fetcher"), "once"], env, opts.work / f"fetch-{tag}.log")
+    rc = child.wait()
+    if rc != 0:
+        raise RuntimeError(f"ctx-fetcher once exited {rc}:\n{child.tail()}")
+    times = [r.at for r in ctx.requests[mark:]]
+    return child, times, spool
+
+
+def bench_fetch(opts: Options) -> Result:
+    result = Result("fetch")
+    runs = opts.runs
+    with CTXStandIn(feeds=1, reports=FETCH_REPORTS, orphans=20, seed=11) as ctx:
+        feed = ctx.active_feed_ids[0]
+        ctx.inject("latency", times=10**9, delay=FETCH_LATENCY)
+        walls: dict[str, list[float]] = {"default": [], "c1": [], "limited": []}
+        windows: dict[str, list[float]] = {"default": [], "c1": [], "limited": []}
+        rates: list[float] = []
+        requests = 0
+        for run in range(runs):
+            for tag, settings in (
+                ("default", {}),
+                ("c1", {"CYBERTHREATEXCHANGE_CONCURRENCY": "1"}),
+                (
+                    "limited",
+                    {"CYBERTHREATEXCHANGE_MAX_REQUESTS_PER_SECOND": f"{FETCH_RATE_LIMIT:g}"},
+                ),
+            ):
+                child, times, spool = _fetch_once(opts, ctx, feed, tag, **settings)
+                files = len(list((spool / "incoming").rglob("*_report--*.json")))
+                if files != FETCH_REPORTS:
+                    raise RuntimeError(f"fetch wrote {files} report files, not {FETCH_REPORTS}")
+                walls[tag].append(child.wall)
+                windows[tag].append(max(times) - min(times))
+                requests = len(times)
+                if tag == "limited":
+                    rates.append(max_rate(times))
+                shutil.rmtree(spool)
+                log(f"fetch run {run + 1}/{runs} {tag}: {child.wall:.2f}s, {len(times)} requests")
+    wall = {k: Series(v) for k, v in walls.items()}
+    window = {k: Series(v) for k, v in windows.items()}
+    ratio = Series([c / d for c, d in zip(walls["c1"], walls["default"], strict=True)])
+    ratio_window = Series([c / d for c, d in zip(windows["c1"], windows["default"], strict=True)])
+    peak_rate = max(rates)
+    result.rows.append(
+        Row(
+            "Fetch: default vs CONCURRENCY=1",
+            "≥ 4×",
+            f"{ratio.median:.2f}× ({wall['default'].median:.2f} s vs {wall['c1'].median:.2f} s)",
+            ratio.median >= 4,
+        )
+    )
+    result.rows.append(
+        Row(
+            f"Fetch: MAX_REQUESTS_PER_SECOND={FETCH_RATE_LIMIT:g}",
+            f"max observed ≤ {FETCH_RATE_LIMIT:g}/s",
+            f"{peak_rate:.0f}/s (any 1 s window)",
+            peak_rate <= FETCH_RATE_LIMIT,
+        )
+    )
+    result.details += [
+        f"{FETCH_REPORTS} reports (+20 orphans, {requests} requests per pass) from the CTX stand-in, "
+        f"{FETCH_LATENCY * 1000:.0f} ms added to every request; `ctx-fetcher once` as a child "
+        "process (start-up included, the same for every set-up); a fresh spool and ledger per run.",
+        "",
+        "| set-up | wall time (process) | first → last request |",
+        "| --- | --- | --- |",
+        f"| default (CONCURRENCY=8) | {wall['default'].fmt()} | {window['default'].fmt()} |",
+        f"| CONCURRENCY=1 | {wall['c1'].fmt()} | {window['c1'].fmt()} |",
+        f"| default + MAX_REQUESTS_PER_SECOND={FETCH_RATE_LIMIT:g} | {wall['limited'].fmt()} | {window['limited'].fmt()} |",
+        "",
+        f"Speed-up default vs CONCURRENCY=1: {ratio.fmt('×')} on wall time, "
+        f"{ratio_window.fmt('×')} on the request window.",
+        f"Highest request rate with the limit, over any 1 s window: "
+        f"{', '.join(f'{r:.0f}/s' for r in rates)}.",
+    ]
+    return result
+
+
+# Upload -----------------------------------------------------------------------------------------
+
+UPLOAD_FILES = 1000
+UPLOAD_FEEDS = 4
+
+
+def _upload_once(opts: Options, tag: str, argv_for: Any, **extra: str) -> tuple[float, float]:
+    spool = opts.work / f"upload-{tag}-{uuid.uuid4().hex[:8]}"
+    write_spool_files(spool / "incoming", UPLOAD_FILES, feeds=UPLOAD_FEEDS, seed=f"u{tag}")
+    with TimedOpenCTI(TOKEN, keep_bundles=False) as standin:
+        env = uploader_env(spool, standin, **extra)
+        child = Child(argv_for(spool), env, opts.work / f"upload-{tag}.log")
+        rc = child.wait()
+        if rc != 0:
+            raise RuntimeError(f"{tag} exited {rc}:\n{child.tail()}")
+        if len(standin.push_times) != UPLOAD_FILES:
+            raise RuntimeError(f"{tag}: {len(standin.push_times)} pushes, not {UPLOAD_FILES}")
+        first, last = standin.first("workAdd"), standin.last("workToProcessed")
+        assert first is not None and last is not None
+    shutil.rmtree(spool)
+    return last - first, child.wall
+
+
+def bench_upload(opts: Options) -> Result:
+    result = Result("upload")
+    setups: dict[str, tuple[Any, dict[str, str]]] = {
+        "bare": (
+            lambda spool: [sys.executable, "-m", "tests.bench.bareloop", str(spool / "incoming")],
+            {},
+        ),
+        "ours": (lambda spool: [tool("ctx-uploader"), "once"], {}),
+        "ours-c4": (lambda spool: [tool("ctx-uploader"), "once"], {"UPLOADER_CONCURRENCY": "4"}),
+    }
+    window: dict[str, list[float]] = {k: [] for k in setups}
+    wall: dict[str, list[float]] = {k: [] for k in setups}
+    for run in range(opts.runs):
+        for tag, (argv_for, extra) in setups.items():
+            w, t = _upload_once(opts, tag, argv_for, **extra)
+            window[tag].append(w)
+            wall[tag].append(t)
+            log(f"upload run {run + 1}/{opts.runs} {tag}: {w:.2f}s window, {t:.2f}s wall")
+    thr = {k: Series([UPLOAD_FILES / w for w in v]) for k, v in window.items()}
+    ratio = Series([b / o for b, o in zip(window["bare"], window["ours"], strict=True)])
+    ratio4 = Series([b / o for b, o in zip(window["bare"], window["ours-c4"], strict=True)])
+    result.rows.append(
+        Row(
+            "Upload: ours (default) vs bare pycti loop",
+            "≥ 1.0×",
+            f"{ratio.median:.2f}× ({thr['ours'].median:.0f} vs {thr['bare'].median:.0f} files/s)",
+            ratio.median >= 1.0,
+        )
+    )
+    result.rows.append(
+        Row(
+            "Upload: ours, 4 feeds in parallel, vs bare loop",
+            "stretch ≥ 2×",
+            f"{ratio4.median:.2f}× ({thr['ours-c4'].median:.0f} files/s)",
+            ratio4.median >= 2.0,
+        )
+    )
+    result.details += [
+        f"{UPLOAD_FILES} small files (~900 bytes: a report and an indicator) over {UPLOAD_FEEDS} feeds, "
+        "to the OpenCTI stand-in (a fresh one per run). Throughput = files / (first `workAdd` → "
+        "last `workToProcessed` received by the stand-in): process start-up, pycti import and "
+        "connector registration are excluded for both sides alike. Ours is `ctx-uploader once` "
+        "(digest check, claim, receipt, durable moves to done/ included); the bare loop is "
+        "`tests/bench/bareloop.py` (read the file, initiate_work, send_stix2_bundle, to_processed).",
+        "",
+        "| set-up | files/s | window | process wall time |",
+        "| --- | --- | --- | --- |",
+        f"| bare pycti loop | {thr['bare'].fmt('files/s', 0)} | {Series(window['bare']).fmt()} | {Series(wall['bare']).fmt()} |",
+        f"| ctx-uploader once (CONCURRENCY=2) | {thr['ours'].fmt('files/s', 0)} | {Series(window['ours']).fmt()} | {Series(wall['ours']).fmt()} |",
+        f"| ctx-uploader once (CONCURRENCY=4) | {thr['ours-c4'].fmt('files/s', 0)} | {Series(window['ours-c4']).fmt()} | {Series(wall['ours-c4']).fmt()} |",
+        "",
+        f"Ratio ours/bare (throughput): {ratio.fmt('×')}; with 4 feeds in parallel: {ratio4.fmt('×')}.",
+    ]
+    return result
+
+
+# Watch latency ----------------------------------------------------------------------------------
+
+WATCH_FEED = FEED_IDS[0]
+
+
+def _watch_samples(opts: Options, polling: bool, samples: int) -> list[float]:
+    spool = opts.work / f"watch-{'poll' if polling else 'inotify'}-{uuid.uuid4().hex[:8]}"
+    (spool / "incoming").mkdir(parents=True)
+    latencies = []
+    with TimedOpenCTI(TOKEN) as standin:
+        env = uploader_env(
+            spool,
+            standin,
+            CONNECTOR_LOG_LEVEL="info",
+            UPLOADER_POLLING="true" if polling else "false",
+            UPLOADER_POLL_INTERVAL="1.0",
+        )
+        child = Child([tool("ctx-uploader"), "watch"], env, opts.work / "watch.log")
+        try:
+            if not child.wait_for_text("watching", 60):
+                raise RuntimeError(f"watch did not start:\n{child.tail()}")
+            base = datetime(2025, 6, 1, tzinfo=UTC)
+            for i in range(samples + 1):  # the first one is a warm-up (pycti connects lazily)
+                bundle_id, data = small_bundle(i, f"w{polling}{uuid.uuid4().hex[:6]}")
+                name = SpoolName(
+                    base + timedelta(seconds=i), f"report--{uuid.uuid4()}", sha256_bytes(data)
+                )
+                path = spool / "incoming" / Path(*relative_path(WATCH_FEED, name).parts)
+                publish_bytes(path, data)
+                published = time.monotonic()
+                received = standin.wait_push(bundle_id, 30)
+                if received is None:
+                    raise RuntimeError(f"no push for sample {i}:\n{child.tail()}")
+                if i:
+                    latencies.append(received - published)
+                time.sleep(0.15)
+        finally:
+            child.signal(signal.SIGTERM)
+            child.wait(60)
+    shutil.rmtree(spool)
+    return latencies
+
+
+def bench_watch(opts: Options) -> Result:
+    result = Result("watch")
+    n_inotify = 10 if opts.quick else 30
+    n_poll = 5 if opts.quick else 12
+    inotify = Series(_watch_samples(opts, False, n_inotify))
+    log(f"watch inotify: median {inotify.median * 1000:.0f} ms")
+    polling = Series(_watch_samples(opts, True, n_poll))
+    log(f"watch polling: median {polling.median * 1000:.0f} ms")
+    result.rows.append(
+        Row(
+            "Watch latency, inotify (publish → push received)",
+            "median ≤ 250 ms",
+            f"{inotify.median * 1000:.0f} ms (max {inotify.spread[1] * 1000:.0f} ms)",
+            inotify.median <= 0.25,
+        )
+    )
+    result.rows.append(
+        Row(
+            "Watch latency, polling every 1.0 s",
+            "(figure only)",
+            f"{polling.median * 1000:.0f} ms (max {polling.spread[1] * 1000:.0f} ms)",
+            None,
+        )
+    )
+    result.details += [
+        "`ctx-uploader watch` as a child process; the bench publishes one small file at a time into "
+        "`incoming/` with `publish_bytes` (temp file, fsync, rename, fsync of the folder: what the "
+        "fetcher does) and times from its return to the push received by the OpenCTI stand-in. "
+        "One warm-up file first (pycti registers the connector on the first file).",
+        "",
+        f"- inotify: {Series([v * 1000 for v in inotify.values]).fmt('ms', 0)}",
+        f"- polling (UPLOADER_POLL_INTERVAL=1.0): {Series([v * 1000 for v in polling.values]).fmt('ms', 0)}",
+    ]
+    return result
+
+
+# Scale ------------------------------------------------------------------------------------------
+
+
+def bench_scale(opts: Options) -> Result:
+    result = Result("scale")
+    count = 20_000 if opts.quick else 100_000
+    feeds = 10
+    spool = opts.work / "scale"
+    if spool.exists():
+        shutil.rmtree(spool)
+    started = time.monotonic()
+    write_spool_files(spool / "incoming", count, feeds=feeds, seed="s")
+    gen_time = time.monotonic() - started
+    log(f"scale: {count} files generated in {gen_time:.1f}s")
+    first_push: list[float] = []
+    peaks: list[float] = []
+    for run in range(opts.runs):
+        with TimedOpenCTI(TOKEN, keep_bundles=False) as standin:
+            env = uploader_env(spool, standin)
+            child = Child([tool("ctx-uploader"), "watch"], env, opts.work / "scale-watch.log")
+            try:
+                when = standin.wait_push(None, 120)
+                if when is None:
+                    raise RuntimeError(f"no push within 120 s:\n{child.tail()}")
+                first_push.append(when - child.started)
+                time.sleep(3)  # importing at full speed for a while
+            finally:
+                child.signal(signal.SIGTERM)
+                child.wait(120)
+            peaks.append(rss_mib(child.peak_rss_kib))
+            log(
+                f"scale run {run + 1}: first push after {first_push[-1]:.2f}s, peak {peaks[-1]:.0f} MiB, {len(standin.push_times)} pushed"
+            )
+    status_wall: list[float] = []
+    status_rss: list[float] = []
+    env = {**base_env(), "SPOOL_DIR": str(spool), "CONNECTOR_LOG_LEVEL": "warn"}
+    for _ in range(opts.runs):
+        child = Child([tool("ctx-uploader"), "status"], env, opts.work / "scale-status.log")
+        if child.wait(300) != 0:
+            raise RuntimeError(f"status failed:\n{child.tail()}")
+        status_wall.append(child.wall)
+        status_rss.append(rss_mib(child.peak_rss_kib))
+    log(f"scale status: {Series(status_wall).median:.2f}s")
+
+    # Memory against the number of files already in done/: the same 300 new files, once with an
+    # empty done/, once with every generated file moved into done/.
+    shutil.rmtree(spool / "done", ignore_errors=True)
+    shutil.rmtree(spool / "processing", ignore_errors=True)
+    (spool / "incoming").rename(spool / "done")
+    in_done = sum(1 for _ in (spool / "done").rglob("*.json"))
+    empty = opts.work / "scale-empty"
+    shutil.rmtree(empty, ignore_errors=True)
+    rss_by: dict[str, list[float]] = {
+        "empty": [],
+        "full": [],
+        "status-empty": [],
+        "status-full": [],
+    }
+    for run in range(opts.runs):
+        for tag, root in (("empty", empty), ("full", spool)):
+            write_spool_files(root / "incoming", 300, feeds=3, seed=f"d{run}")
+            with TimedOpenCTI(TOKEN, keep_bundles=False) as standin:
+                child = Child(
+                    [tool("ctx-uploader"), "once"],
+                    uploader_env(root, standin),
+                    opts.work / "scale-once.log",
+                )
+                if child.wait(300) != 0:
+                    raise RuntimeError(f"once failed:\n{child.tail()}")
+            rss_by[tag].append(rss_mib(child.peak_rss_kib))
+            env = {**base_env(), "SPOOL_DIR": str(root), "CONNECTOR_LOG_LEVEL": "warn"}
+            child = Child([tool("ctx-uploader"), "status"], env, opts.work / "scale-status.log")
+            child.wait(300)
+            rss_by[f"status-{tag}"].append(rss_mib(child.peak_rss_kib))
+    grow = Series([f - e for f, e in zip(rss_by["full"], rss_by["empty"], strict=True)])
+    grow_status = Series(
+        [f - e for f, e in zip(rss_by["status-full"], rss_by["status-empty"], strict=True)]
+    )
+    shutil.rmtree(spool)
+    shutil.rmtree(empty)
+
+    fp, sw = Series(first_push), Series(status_wall)
+    peak = Series(peaks)
+    result.rows += [
+        Row(
+            f"Scale: {count:,} files, uploader start → first push",
+            "≤ 3 s",
+            f"{fp.median:.2f} s",
+            fp.median <= 3,
+        ),
+        Row(
+            f"Scale: `ctx-uploader status` on {count:,} files",
+            "≤ 5 s",
+            f"{sw.median:.2f} s",
+            sw.median <= 5,
+        ),
+        Row(
+            "Scale: uploader peak RSS",
+            "≤ 300 MB",
+            f"{max(peaks):.0f} MiB (worst run)",
+            max(peaks) * 1.048576 <= 300,
+        ),
+        Row(
+            f"Scale: uploader memory with {in_done:,} files in done/ vs none",
+            "no growth",
+            f"{grow.median:+.1f} MiB",
+            grow.median <= 5,
+        ),
+    ]
+    result.details += [
+        f"{count:,} small valid bundles over {feeds} feeds, named per the contract, generated in "
+        f"{gen_time:.1f} s (plain writes). `ctx-uploader watch` as a child process: time from "
+        "process start (fork) to the first push received by the stand-in (Python start-up, pycti "
+        "import and connector registration included); it then imports for 3 s and is stopped with "
+        "SIGTERM; peak RSS from `wait4` (ru_maxrss) of the uploader process.",
+        "",
+        f"- start → first push: {fp.fmt()}",
+        f"- uploader peak RSS: {peak.fmt('MiB', 0)}",
+        f"- `ctx-uploader status`: {sw.fmt()}, peak RSS {Series(status_rss).fmt('MiB', 0)}",
+        f"- 300 new files, `ctx-uploader once` peak RSS with {in_done:,} files in done/: "
+        f"{Series(rss_by['full']).fmt('MiB', 1)}; with an empty done/: {Series(rss_by['empty']).fmt('MiB', 1)} "
+        f"(difference {grow.fmt('MiB', 1)})",
+        f"- `ctx-uploader status` peak RSS with {in_done:,} files in done/: "
+        f"{Series(rss_by['status-full']).fmt('MiB', 1)}; with 300 files: {Series(rss_by['status-empty']).fmt('MiB', 1)} "
+        f"(difference {grow_status.fmt('MiB', 1)})",
+    ]
+    return result
+
+
+# Big bundle -------------------------------------------------------------------------------------
+
+
+def _grow_report(ctx: CTXStandIn, feed_id: str, target_bytes: int) -> int:
+    """Give the feed's first report ~``target_bytes`` of related indicators (~4 KB each)."""
+    feed = ctx.feeds[feed_id]
+    report = feed.objects[feed.report_ids[0]]
+    identity = report["created_by_ref"]
+    words = ["lateral", "movement", "beacon", "loader", "dropper", "persistence", "exfiltration", "staging", "credential", "access", "phishing", "lure", "macro", "payload", "sideloading"]
+    record = datetime(2025, 4, 1, tzinfo=UTC)
+    made = 0
+    size = 0
+    while size < target_bytes:
+        stamp = ts(record + timedelta(seconds=made))
+        ident = f"indicator--{uuid.uuid5(uuid.NAMESPACE_URL, f'big-{made}')}"
+        text = " ".join(words[(made + k) % len(words)] for k in range(420))
+        obj = {
+            "type": "indicator",
+            "spec_version": "2.1",
+            "id": ident,
+            "created": stamp,
+            "modified": stamp,
+            "created_by_ref": identity,
+            "name": f"big indicator {made}",
+            "description": text,
+            "indicator_types": ["malicious-activity"],
+            "pattern": f"[ipv4-addr:value = '198.18.{made // 250 % 250}.{made % 250}']",
+            "pattern_type": "stix",
+            "valid_from": stamp,
+            "labels": ["bench", "big-bundle"],
+            "_record_created": stamp,
+            "_record_modified": stamp,
+        }
+        feed.objects[ident] = obj
+        report["object_refs"].append(ident)
+        size += len(json.dumps(obj))
+        made += 1
+    # The report changed after its objects: newest record time, so listing order stays sane.
+    report["_record_modified"] = ts(record + timedelta(seconds=made + 1))
+    return made
+
+
+def bench_big(opts: Options) -> Result:
+    result = Result("big")
+    target = (10 if opts.quick else 40) * 1024 * 1024
+    fetch_ratio: list[float] = []
+    upload_ratio: list[float] = []
+    sizes: list[int] = []
+    fetch_rss: list[float] = []
+    upload_rss: list[float] = []
+    with CTXStandIn(feeds=1, reports=1, orphans=0, seed=5) as ctx:
+        feed = ctx.active_feed_ids[0]
+        objects = _grow_report(ctx, feed, target)
+        for run in range(max(2, opts.runs - 1)):
+            child, _times, spool = _fetch_once(opts, ctx, feed, "big")
+            files = sorted((spool / "incoming").rglob("*.json"), key=lambda p: p.stat().st_size)
+            size = files[-1].stat().st_size
+            sizes.append(size)
+            fetch_rss.append(rss_mib(child.peak_rss_kib))
+            fetch_ratio.append(child.peak_rss_kib * 1024 / size)  # type: ignore[operator]
+            with TimedOpenCTI(TOKEN, keep_bundles=False) as standin:
+                up = Child(
+                    [tool("ctx-uploader"), "once"],
+                    uploader_env(spool, standin),
+                    opts.work / "big-upload.log",
+                )
+                if up.wait(600) != 0:
+                    raise RuntimeError(f"upload of the big bundle failed:\n{up.tail()}")
+            upload_rss.append(rss_mib(up.peak_rss_kib))
+            upload_ratio.append(up.peak_rss_kib * 1024 / size)  # type: ignore[operator]
+            log(
+                f"big run {run + 1}: file {size / 2**20:.1f} MiB, fetch {fetch_rss[-1]:.0f} MiB ({child.wall:.1f}s), upload {upload_rss[-1]:.0f} MiB ({up.wall:.1f}s)"
+            )
+            shutil.rmtree(spool)
+    fr, ur = Series(fetch_ratio), Series(upload_ratio)
+    mib = sizes[0] / 2**20
+    result.rows += [
+        Row(
+            f"Big bundle ({mib:.0f} MiB): fetcher peak RSS",
+            "≤ 4× file size",
+            f"{max(fetch_ratio):.1f}× ({max(fetch_rss):.0f} MiB)",
+            max(fetch_ratio) <= 4,
+        ),
+        Row(
+            f"Big bundle ({mib:.0f} MiB): uploader peak RSS",
+            "≤ 4× file size",
+            f"{max(upload_ratio):.1f}× ({max(upload_rss):.0f} MiB)",
+            max(upload_ratio) <= 4,
+        ),
+    ]
+    result.details += [
+        f"One report whose bundle holds {objects:,} indicators of ~4 KB ({mib:.1f} MiB file), served by "
+        "the CTX stand-in in 100-object bundle pages; `ctx-fetcher once` then `ctx-uploader once` "
+        "(one push: under UPLOADER_MAX_PUSH_BYTES) as child processes; peak RSS from `wait4`.",
+        "",
+        f"- fetcher peak RSS / file size: {fr.fmt('×', 2)} ({Series(fetch_rss).fmt('MiB', 0)})",
+        f"- uploader peak RSS / file size: {ur.fmt('×', 2)} ({Series(upload_rss).fmt('MiB', 0)})",
+    ]
+    return result
+
+
+BENCHMARKS = {
+    "fetch": bench_fetch,
+    "upload": bench_upload,
+    "watch": bench_watch,
+    "scale": bench_scale,
+    "big": bench_big,
+}

@@ -1,0 +1,299 @@
+"""Shared pieces of the benchmarks: stand-ins that time what they receive, child processes whose
+peak RSS is measured exactly (``wait4``), fast spool generation, and statistics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from shared.spool import SpoolName, relative_path, sha256_bytes
+from tests.standins.opencti import OpenCTIStandIn, _Request
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "bench-opencti-token-4d2c"
+
+
+def tool(name: str) -> str:
+    local = BIN / name
+    return str(local) if local.exists() else name
+
+
+class TimedOpenCTI(OpenCTIStandIn):
+    """The OpenCTI stand-in, plus the monotonic time of every request and of every accepted push.
+
+    ``keep_bundles=False`` drops each pushed bundle after recording it (its id and object count are
+    kept), so a 100,000-file run does not hold every bundle in the bench's memory.
+    """
+
+    def __init__(self, *args: Any, keep_bundles: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keep_bundles = keep_bundles
+        self.times: list[tuple[float, str]] = []
+        #: (time received, bundle id) of every accepted push.
+        self.push_times: list[tuple[float, str]] = []
+        self.pushed = threading.Condition(self.lock)
+
+    def answer(self, request: _Request, authorised: bool) -> tuple[int, dict[str, Any]]:
+        received = time.monotonic()
+        with self.lock:
+            before = len(self.pushes)
+            result = super().answer(request, authorised)
+            self.times.append((received, request.operation))
+            if len(self.pushes) > before:
+                push = self.pushes[-1]
+                self.push_times.append((received, str(push.bundle.get("id"))))
+                if not self.keep_bundles:
+                    push.bundle = {"id": push.bundle.get("id"), "objects": []}
+                self.pushed.notify_all()
+        return result
+
+    def first(self, operation: str) -> float | None:
+        with self.lock:
+            return next((t for t, op in self.times if op == operation), None)
+
+    def last(self, operation: str) -> float | None:
+        with self.lock:
+            return next((t for t, op in reversed(self.times) if op == operation), None)
+
+    def wait_push(self, bundle_id: str | None, timeout: float) -> float | None:
+        """Time the push of ``bundle_id`` (None: any push) was received, waiting up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+
+        def found() -> float | None:
+            for when, ident in self.push_times:
+                if bundle_id is None or ident == bundle_id:
+                    return when
+            return None
+
+        with self.pushed:
+            while True:
+                when = found()
+                if when is not None:
+                    return when
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.pushed.wait(min(left, 0.05))
+
+
+@dataclass
+class Child:
+    """A child process; :meth:`wait` reaps it with ``wait4`` to read its exact peak RSS."""
+
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] = field(init=False)
+    started: float = field(init=False)
+    ended: float | None = None
+    peak_rss_kib: int | None = None
+    returncode: int | None = None
+
+    def __post_init__(self) -> None:
+        self._log = self.log.open("ab")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        if self.returncode is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 600) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                pid, status, usage = os.wait4(self.proc.pid, 0)
+                break
+            time.sleep(0.005)
+        self.ended = time.monotonic()
+        self.returncode = os.waitstatus_to_exitcode(status)
+        # Popen must not try to reap it again.
+        self.proc.returncode = self.returncode
+        self.peak_rss_kib = usage.ru_maxrss  # KiB on Linux
+        self._log.close()
+        return self.returncode
+
+    @property
+    def wall(self) -> float:
+        assert self.ended is not None
+        return self.ended - self.started
+
+    def tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_for_text(self, needle: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log.read_text(errors="replace"):
+                return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.02)
+        return False
+
+
+def base_env() -> dict[str, str]:
+    prefixes = ("OPENCTI_", "CONNECTOR_", "MQ_", "UPLOADER_", "SPOOL_", "CYBERTHREATEXCHANGE_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
+def uploader_env(spool: Path, opencti: OpenCTIStandIn, **extra: str) -> dict[str, str]:
+    env = {
+        **base_env(),
+        "SPOOL_DIR": str(spool),
+        "OPENCTI_URL": opencti.url,
+        "OPENCTI_TOKEN": opencti.token,
+        "CONNECTOR_ID": str(uuid.uuid4()),
+        "CONNECTOR_LOG_LEVEL": "warn",
+        "UPLOADER_INSTANCE_ID": "bench",
+        "UPLOADER_RETRY_INITIAL": "0.2",
+        "UPLOADER_RETRY_MAX": "1",
+    }
+    env.update(extra)
+    return env
+
+
+# Spool generation ------------------------------------------------------------------------------
+
+FEED_IDS = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench-feed-{i}")) for i in range(64)]
+BASE_TIME = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def small_bundle(index: int, seed: str = "b") -> tuple[str, bytes]:
+    """A small valid STIX bundle (a report and one indicator, ~900 bytes): (bundle id, bytes)."""
+    ind = f"indicator--{uuid.uuid5(uuid.NAMESPACE_URL, f'{seed}-i-{index}')}"
+    rep = f"report--{uuid.uuid5(uuid.NAMESPACE_URL, f'{seed}-r-{index}')}"
+    bundle_id = f"bundle--{uuid.uuid5(uuid.NAMESPACE_URL, f'{seed}-b-{index}')}"
+    stamp = "2025-01-01T00:00:00.000Z"
+    bundle = {
+        "type": "bundle",
+        "id": bundle_id,
+        "objects": [
+            {
+                "type": "indicator",
+                "spec_version": "2.1",
+                "id": ind,
+                "created": stamp,
+                "modified": stamp,
+                "name": f"bench indicator {index}",
+                "pattern": f"[ipv4-addr:value = '10.{index % 250}.{index // 250 % 250}.1']",
+                "pattern_type": "stix",
+                "valid_from": stamp,
+            },
+            {
+                "type": "report",
+                "spec_version": "2.1",
+                "id": rep,
+                "created": stamp,
+                "modified": stamp,
+                "name": f"bench report {index}",
+                "published": stamp,
+                "object_refs": [ind],
+            },
+        ],
+    }
+    return bundle_id, json.dumps(bundle, sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_spool_files(
+    state_dir: Path,
+    count: int,
+    *,
+    feeds: int,
+    seed: str = "b",
+    durable: bool = False,
+    per_day: int = 2000,
+) -> list[tuple[Path, str]]:
+    """``count`` small bundles named per the contract, spread round-robin over ``feeds`` feeds.
+
+    Plain writes (no fsync) unless ``durable``: this is test data, generated fast. Returns (path,
+    bundle id) of every file in name order within each feed.
+    """
+    made: list[tuple[Path, str]] = []
+    dirs: set[Path] = set()
+    for i in range(count):
+        feed = FEED_IDS[i % feeds]
+        n = i // feeds
+        modified = BASE_TIME + timedelta(days=n // per_day, microseconds=n % per_day)
+        bundle_id, data = small_bundle(i, seed)
+        subject = f"report--{uuid.uuid5(uuid.NAMESPACE_URL, f'{seed}-r-{i}')}"
+        rel = relative_path(feed, SpoolName(modified, subject, sha256_bytes(data)))
+        path = state_dir.joinpath(*rel.parts)
+        if path.parent not in dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            dirs.add(path.parent)
+        with path.open("wb") as fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        made.append((path, bundle_id))
+    return made
+
+
+# Statistics ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    """Several runs of one measurement."""
+
+    values: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        return min(self.values), max(self.values)
+
+    def fmt(self, unit: str = "s", digits: int = 2) -> str:
+        lo, hi = self.spread
+        return f"{self.median:.{digits}f} {unit} (min {lo:.{digits}f}, max {hi:.{digits}f}, n={len(self.values)})"
+
+
+def repeat(runs: int, fn: Callable[[int], float]) -> Series:
+    return Series([fn(i) for i in range(runs)])
+
+
+def max_rate(times: Sequence[float], window: float = 1.0) -> float:
+    """The most requests seen in any ``window``-second interval, per second."""
+    ordered = sorted(times)
+    best = 0
+    j = 0
+    for i, start in enumerate(ordered):
+        while j < len(ordered) and ordered[j] < start + window:
+            j += 1
+        best = max(best, j - i)
+    return best / window
+
+
+def rss_mib(kib: int | None) -> float:
+    return (kib or 0) / 1024
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
