@@ -89,9 +89,9 @@ class SigningKey:
         """True if ``signature`` is the signature of ``data`` (constant-time comparison)."""
         return hmac.compare_digest(self.sign(data), signature)
 
-    def verify_mac(self, mac: hmac.HMAC, signature: str) -> bool:
-        """True if ``signature`` matches a MAC fed with the file's bytes (constant time)."""
-        return hmac.compare_digest(signature_of(mac), signature)
+    def verify_mac_hex(self, mac_hex: str, signature: str) -> bool:
+        """True if ``signature`` matches the full hex MAC of a file's bytes (constant time)."""
+        return hmac.compare_digest(mac_hex[:SIGNATURE_HEX_LENGTH], signature)
 
     def sign_file(self, path: Path) -> str:
         """The signature of a file's bytes, read in chunks (never follows a final symlink)."""

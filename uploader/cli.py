@@ -1,7 +1,7 @@
 """``ctx-uploader``: the uploader's command line.
 
 Settings are loaded here once and passed down; logging is configured here only; errors become
-:class:`click.ClickException` here only. ``status``, ``verify`` and ``replay`` load only
+:class:`click.ClickException` here only. ``status``, ``verify``, ``replay`` and ``prune`` load only
 :class:`SpoolSettings` and never import pycti.
 
 Exit codes of ``once``: 0 all imported, 1 some file failed, 3 files still pending (transient
@@ -25,15 +25,19 @@ import click
 from shared.config import load_settings
 from shared.errors import ConfigError, SharedError
 from shared.logsetup import configure_logging
+from shared.signing import SigningKey
 from shared.spool import Spool
 from uploader.claim import InstanceLock, default_instance_id
 from uploader.errors import UploaderError
 from uploader.importer import Importer
 from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
+from uploader.prune import candidates as prune_candidates
+from uploader.prune import parse_duration
+from uploader.prune import remove as prune_remove
 from uploader.replay import Source, select
 from uploader.replay import replay as replay_files
 from uploader.report import status as spool_status
-from uploader.report import status_table
+from uploader.report import status_table, verify_manifest
 from uploader.report import verify as verify_spool
 from uploader.settings import SpoolSettings, UploaderSettings
 
@@ -64,22 +68,48 @@ def _pycti_importer(settings: UploaderSettings) -> Importer:
     return PyctiImporter(settings)
 
 
+def _signing_key(settings: SpoolSettings) -> SigningKey | None:
+    try:
+        return settings.load_signing_key()
+    except SharedError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _key_secrets(key: SigningKey | None) -> list[str]:
+    return [key.mask_text] if key is not None and key.mask_text is not None else []
+
+
 def _load_spool_settings(config_path: Path | None) -> SpoolSettings:
+    return _spool_settings_and_key(config_path)[0]
+
+
+def _spool_settings_and_key(config_path: Path | None) -> tuple[SpoolSettings, SigningKey | None]:
     try:
         settings = load_settings(SpoolSettings, config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    configure_logging(settings.log_level)
-    return settings
+    key = _signing_key(settings)
+    configure_logging(settings.log_level, secrets=_key_secrets(key))
+    return settings, key
 
 
 def _load_uploader_settings(config_path: Path | None) -> UploaderSettings:
+    return _uploader_settings_and_key(config_path)[0]
+
+
+def _uploader_settings_and_key(
+    config_path: Path | None,
+) -> tuple[UploaderSettings, SigningKey | None]:
     try:
         settings = load_settings(UploaderSettings, config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    configure_logging(settings.log_level, secrets=[settings.opencti_token.get_secret_value()])
-    return settings
+    key = _signing_key(settings)
+    configure_logging(
+        settings.log_level,
+        secrets=[settings.opencti_token.get_secret_value(), *_key_secrets(key)],
+    )
+    return settings, key
 
 
 @contextmanager
@@ -103,7 +133,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 def _run(
     ctx: click.Context, config_path: Path | None, *, watch: bool, max_wait: float | None
 ) -> RunSummary:
-    settings = _load_uploader_settings(config_path)
+    settings, key = _uploader_settings_and_key(config_path)
     # watchdog's inotify thread warns when a folder is created while it is adding watches for its
     # parent; the second watch just replaces the first (and the periodic rescan backs it up).
     warnings.filterwarnings(
@@ -119,9 +149,8 @@ def _run(
         with InstanceLock(spool, instance) as lock, _stop_on_signals(stop):
             importer = factory(settings)
             try:
-                pipeline = Pipeline(
-                    spool, importer, PipelineOptions.from_settings(settings, instance), lock
-                )
+                options = PipelineOptions.from_settings(settings, instance, signing_key=key)
+                pipeline = Pipeline(spool, importer, options, lock)
                 return pipeline.run(stop, watch=watch, max_wait=max_wait)
             finally:
                 # PyctiImporter.close() stops its ping thread (never unregisters the connector).
@@ -237,12 +266,73 @@ def status(config_path: Path | None, as_json: bool) -> None:
 
 @main.command()
 @config_option
-def verify(config_path: Path | None) -> None:
-    """Check every .json in every state against the SHA-256 in its name; exit 1 if any is bad."""
-    settings = _load_spool_settings(config_path)
-    checked, bad = verify_spool(Spool(settings.spool_dir))
+@click.option(
+    "--manifest",
+    "manifest_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Check the files a `ctx-fetcher transfer --manifest` lists instead: each must be in "
+    "some state of the spool with the listed SHA-256.",
+)
+def verify(config_path: Path | None, manifest_path: Path | None) -> None:
+    """Check every .json in every state against the SHA-256 in its name; exit 1 if any is bad.
+
+    With SPOOL_SIGNING_KEY(_FILE) set, unsigned and wrongly signed files are bad too. With
+    --manifest, only the manifest's files are checked, wherever they are now (incoming/,
+    processing/, done/ or failed/); a file in none of them is reported missing.
+    """
+    settings, key = _spool_settings_and_key(config_path)
+    spool = Spool(settings.spool_dir)
+    if manifest_path is None:
+        checked, bad = verify_spool(spool, key)
+    else:
+        try:
+            checked, bad = verify_manifest(spool, manifest_path, key)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.ClickException(f"cannot read the manifest {manifest_path}: {exc}") from None
     for item in bad:
-        click.echo(f"BAD {item.path}: {item.problem}")
+        click.echo(
+            f"{'MISSING' if item.problem.startswith('missing') else 'BAD'} {item.path}: {item.problem}"
+        )
     click.echo(f"{checked} checked, {len(bad)} bad")
     if bad:
         raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command()
+@config_option
+@click.option(
+    "--older-than",
+    required=True,
+    callback=_duration,
+    help="Age of the files to remove: a whole number with s, m, h or d (45s, 90m, 12h, 30d).",
+)
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+def prune(config_path: Path | None, older_than: float, dry_run: bool) -> None:
+    """Remove files (and their receipts) from done/ imported longer ago than --older-than.
+
+    The age is the receipt's imported_at (the file's mtime without a receipt). Never touches
+    incoming/, processing/ or failed/; removes date folders left empty.
+    """
+    settings = _load_spool_settings(config_path)
+    spool = Spool(settings.spool_dir)
+    total = 0
+    count = 0
+    verb = "would remove" if dry_run else "removed"
+    try:
+        for item in prune_candidates(spool, older_than):
+            if not dry_run:
+                prune_remove(spool, item)
+            count += 1
+            total += item.bytes
+            click.echo(f"{verb} {item.display} ({item.bytes} bytes)")
+    except SharedError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{count} file(s), {total} bytes {'would be removed' if dry_run else 'removed'}")

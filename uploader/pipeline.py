@@ -26,6 +26,7 @@ from typing import Literal
 from watchdog.observers.api import BaseObserver
 
 from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
+from shared.signing import SigningKey
 from shared.spool import INCOMING, Spool, walk_bundles
 from uploader.check import SpoolFile, check_bundle, check_stix, read_spool_file
 from uploader.claim import (
@@ -74,9 +75,13 @@ class PipelineOptions:
     poll_interval: float = 1.0
     #: Masked in every reason file (defence in depth: importers should never echo the token).
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    #: With a key, only files signed with it are imported (issue 7); without, none are checked.
+    signing_key: SigningKey | None = field(default=None, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: UploaderSettings, instance: str) -> PipelineOptions:
+    def from_settings(
+        cls, settings: UploaderSettings, instance: str, signing_key: SigningKey | None = None
+    ) -> PipelineOptions:
         return cls(
             instance=instance,
             concurrency=settings.concurrency,
@@ -88,6 +93,7 @@ class PipelineOptions:
             polling=settings.polling,
             poll_interval=settings.poll_interval,
             secrets=(settings.opencti_token.get_secret_value(),),
+            signing_key=signing_key,
         )
 
 
@@ -191,6 +197,7 @@ class Pipeline:
         self._gone = 0
         self._observer: BaseObserver | None = None
         self._observer_started = 0.0
+        self._unverified_noted = threading.Event()
 
     def run(
         self, stop: threading.Event, *, watch: bool, max_wait: float | None = None
@@ -486,6 +493,11 @@ class Pipeline:
             return self._settle_or_fail(feed, rel, spool_file, attempts)
         with self._settle_lock:
             self._settle.pop(rel, None)
+        # Only now that the bytes match the SHA-256 in the name (a copy in progress has settled)
+        # is the signature checked: a mismatch then is final.
+        refusal = self._signature_refusal(feed, rel, spool_file, attempts)
+        if refusal is not None:
+            return self._claim_and_fail(feed, rel, refusal)
 
         try:
             claimed = claim(self.spool, self.options.instance, rel)
@@ -554,6 +566,32 @@ class Pipeline:
             extra={**ctx, "work_id": receipt.work_id, "objects": receipt.objects},
         )
         return _Result(feed, rel, "done", attempts=attempts)
+
+    def _signature_refusal(
+        self, feed: str, rel: PurePosixPath, spool_file: SpoolFile, attempts: int
+    ) -> Failure | None:
+        """Why a complete file's signature is refused (``unsigned``, ``bad-signature``), or None."""
+        key = self.options.signing_key
+        signature = spool_file.name.signature
+        if key is None:
+            if signature is not None and not self._unverified_noted.is_set():
+                self._unverified_noted.set()
+                logger.info(
+                    "signed files seen but no SPOOL_SIGNING_KEY is set: signatures are not "
+                    "being verified",
+                    extra={"feed": feed, "file": str(rel)},
+                )
+            return None
+        if signature is None:
+            return Failure("unsigned", "the name carries no signature and a key is set", attempts)
+        if not key.verify(spool_file.data, signature):
+            return Failure(
+                "bad-signature",
+                "the signature in the name is not the HMAC of the bytes under our key "
+                "(another key, or altered bytes and name)",
+                attempts,
+            )
+        return None
 
     def _older_claim_elsewhere(
         self, feed: str, rel: PurePosixPath, attempts: int
