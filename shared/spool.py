@@ -25,6 +25,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -37,6 +38,8 @@ from typing import Any
 
 from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
 from shared.signing import SIGNATURE_HEX_LENGTH, SIGNATURE_RE
+
+logger = logging.getLogger(__name__)
 
 INCOMING = "incoming"
 PROCESSING = "processing"
@@ -329,6 +332,9 @@ def walk_bundles(root: Path) -> Iterator[SpoolEntry]:
     Hidden names (temp files, rsync's ``.name.XXXXXX``) and non-``.json`` names are skipped;
     symlinked files are yielded with ``is_symlink`` set so the caller can refuse them; symlinked
     directories are never entered. Order is by path, so within a feed by modified time.
+
+    A folder below ``root`` that cannot be listed (permissions, I/O error) is logged and skipped:
+    one bad folder must not hide every file walked after it (issue 5). ``root`` itself raises.
     """
     stack: list[tuple[Path, PurePosixPath]] = [(root, PurePosixPath())]
     while stack:
@@ -339,6 +345,16 @@ def walk_bundles(root: Path) -> Iterator[SpoolEntry]:
         except FileNotFoundError:
             continue
         except NotADirectoryError:
+            continue
+        except OSError as exc:
+            if directory == root:
+                raise
+            logger.error(
+                "cannot list %s, skipping it: %s",
+                directory,
+                exc.strerror or exc,
+                extra={"dir": str(rel)},
+            )
             continue
         files = []
         for entry in entries:

@@ -161,6 +161,30 @@ def test_walk_skips_hidden_and_reports_symlinks(tmp_path: Path) -> None:
     assert found == [("a.json", False), ("b.json", False), ("link.json", True)]
 
 
+def test_walk_skips_an_unlistable_folder_and_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 5: a folder the uploader may not list (mode 000) aborted the whole walk, so every
+    # file after it stayed unseen. Tests run as root, so the refusal is simulated.
+    root = tmp_path / "incoming"
+    for feed in ("a", "b", "c"):
+        (root / feed).mkdir(parents=True)
+        (root / feed / f"{feed}.json").write_text("{}")
+    real_scandir = os.scandir
+
+    def scandir(path: object) -> object:
+        if str(path) == str(root / "b"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(spool.os, "scandir", scandir)
+    found = [e.relative.as_posix() for e in spool.walk_bundles(root)]
+    assert found == ["a/a.json", "c/c.json"]
+    monkeypatch.setattr(spool.os, "scandir", lambda path: scandir(root / "b"))
+    with pytest.raises(PermissionError):
+        list(spool.walk_bundles(root))
+
+
 def test_path_in_refuses_escape(tmp_path: Path) -> None:
     s = spool.Spool(tmp_path)
     assert s.path_in(spool.DONE, "a/b.json") == tmp_path / "done" / "a" / "b.json"
