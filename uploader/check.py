@@ -95,6 +95,10 @@ def check_bundle(data: bytes) -> dict[str, Any]:
         bundle = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BundleRejected("not-json", f"not JSON: {exc.msg} at line {exc.lineno}") from None
+    except RecursionError:
+        # Deeply nested arrays/objects exhaust the parser's stack: the content is at fault, and
+        # left to the retry loop the file would never leave incoming/ (issue 5).
+        raise BundleRejected("not-json", "JSON nested too deeply to parse") from None
     if not isinstance(bundle, dict) or bundle.get("type") != "bundle":
         raise BundleRejected("not-a-bundle", "top level is not an object with type 'bundle'")
     objects = bundle.get("objects")

@@ -372,6 +372,21 @@ def test_hidden_temp_and_non_json_files_are_ignored(spool: Spool, files: SpoolFi
     assert bundles_in(spool.failed) == []
 
 
+def test_deeply_nested_json_fails_instead_of_retrying_forever(
+    spool: Spool, files: SpoolFiles
+) -> None:
+    # Issue 5: json.loads raised RecursionError, which the pipeline took for an unexpected error
+    # and retried forever; the file never left incoming/.
+    depth = 100_000
+    data = b'{"type":"bundle","objects":[' + b"[" * depth + b"]" * depth + b"]}"
+    path = files.add(FEED_A, data=data)
+    importer = FakeImporter()
+    summary = run_once(spool, importer, max_wait=5)
+    assert summary.failed == 1 and summary.pending == []
+    assert reason_of(spool.path_in("failed", files.rel(path)))["kind"] == "not-json"
+    assert importer.calls == []
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_unreadable_file_is_refused(spool: Spool, files: SpoolFiles) -> None:
     path = files.add(FEED_A)
