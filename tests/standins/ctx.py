@@ -679,6 +679,9 @@ class CTXStandIn:
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "CTXStandIn/1.0"
+    # Headers and body are two writes: without TCP_NODELAY the body can wait for a delayed ACK
+    # (see the OpenCTI stand-in); latency is what inject("latency") adds, nothing more.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         self.server.standin.handle(self)  # type: ignore[attr-defined]
