@@ -9,6 +9,7 @@ waiting for a retry or for a copy to settle holds back the later files of its fe
 
 from __future__ import annotations
 
+import errno
 import heapq
 import logging
 import os
@@ -697,6 +698,20 @@ class Pipeline:
             logger.error(
                 "cannot fail %s: failed/ already holds different bytes; left in incoming/",
                 rel.name,
+                extra=ctx,
+            )
+            release_claim(self.spool, claimed, rel)
+            return _Result(feed, rel, "left")
+        except SpoolError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, OSError) and cause.errno == errno.ENAMETOOLONG):
+                raise
+            # A name near the 255-byte limit leaves no room for ``.reason`` (and its temp name):
+            # retrying could never succeed (issue 5), so the file stays where it is, refused.
+            logger.error(
+                "refused %s: %s; the name is too long for a reason file, left in incoming/",
+                rel.name,
+                failure.message,
                 extra=ctx,
             )
             release_claim(self.spool, claimed, rel)

@@ -387,6 +387,20 @@ def test_deeply_nested_json_fails_instead_of_retrying_forever(
     assert importer.calls == []
 
 
+def test_name_too_long_for_a_reason_file_is_left_not_retried_forever(spool: Spool) -> None:
+    # Issue 5: a 250-character name cannot get its ``.reason`` sidecar (NAME_MAX is 255); the
+    # refusal raised SpoolError and the file was retried forever.
+    path = spool.incoming / FEED_A / "2024" / "05" / "01" / ("a" * 250 + ".json")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"{}")
+    importer = FakeImporter()
+    summary = run_once(spool, importer, max_wait=5)
+    assert summary.failed == 0 and summary.pending == []
+    assert len(summary.left) == 1
+    assert path.read_bytes() == b"{}"
+    assert bundles_in(spool.processing) == [] and bundles_in(spool.failed) == []
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_unreadable_file_is_refused(spool: Spool, files: SpoolFiles) -> None:
     path = files.add(FEED_A)
