@@ -322,3 +322,67 @@ def _files(root: Path) -> Iterator[Path]:
             path = Path(dirpath, name)
             if path.is_file() and not path.is_symlink():
                 yield path
+
+
+def bundle_bytes(seed: str, n: int = 3) -> bytes:
+    """A small valid report bundle with deterministic ids, as the fetcher would write it."""
+    import uuid
+
+    from shared.spool import canonical_json, make_bundle
+
+    objects: list[dict[str, Any]] = []
+    for i in range(n):
+        objects.append(
+            {
+                "type": "indicator",
+                "spec_version": "2.1",
+                "id": f"indicator--{uuid.uuid5(uuid.NAMESPACE_URL, f'{seed}-{i}')}",
+                "created": "2024-05-01T10:00:00.000Z",
+                "modified": "2024-05-01T10:00:00.000Z",
+                "name": f"indicator {seed} {i}",
+                "pattern": "[ipv4-addr:value = '10.0.0.1']",
+                "pattern_type": "stix",
+                "valid_from": "2024-05-01T10:00:00Z",
+            }
+        )
+    return canonical_json(make_bundle(objects))
+
+
+def fill_spool(spool_dir: Path, feeds: int, per_feed: int, tag: str = "") -> dict[str, str]:
+    """Publish ``feeds * per_feed`` bundles into ``incoming/``; returns {relative path: bundle id}."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from shared.spool import publish_bytes, relative_path, sha256_bytes
+
+    out: dict[str, str] = {}
+    for f in range(feeds):
+        feed = str(uuid.uuid5(uuid.NAMESPACE_URL, f"reliability-feed-{tag}-{f}"))
+        for i in range(per_feed):
+            seed = f"{tag}-{f}-{i}"
+            data = bundle_bytes(seed)
+            name = SpoolName(
+                datetime(2024, 5, 1, tzinfo=UTC) + timedelta(minutes=i),
+                f"report--{uuid.uuid5(uuid.NAMESPACE_URL, seed)}",
+                sha256_bytes(data),
+            )
+            rel = relative_path(feed, name)
+            publish_bytes(spool_dir / "incoming" / rel, data)
+            out[rel.as_posix()] = json.loads(data)["id"]
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process, from ``/proc/<pid>/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def states_of(spool_dir: Path) -> dict[str, list[str]]:
+    """Bundles per state; ``processing`` relative to each instance folder."""
+    out = {s: bundles(spool_dir / s) for s in ("incoming", "done", "failed")}
+    out["processing"] = [
+        rel.split("/", 1)[1] for rel in bundles(spool_dir / "processing") if "/" in rel
+    ]
+    return out
