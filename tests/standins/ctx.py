@@ -111,13 +111,15 @@ class Feed:
 class Fault:
     """A fault served instead of (or before) the normal answer, ``times`` times."""
 
-    kind: str  # "status" | "latency" | "drop" | "malformed" | "redirect"
+    kind: str  # "status" | "latency" | "drop" | "malformed" | "redirect" | "truncated"
     path_contains: str = ""
     times: int = 1
     status: int = 503
     retry_after: str | None = None
     delay: float = 0.0
     location: str = ""
+    #: "truncated": the Content-Length announced; the body is cut short after 64 KiB and closed.
+    announced: int = 0
 
 
 @dataclass(frozen=True)
@@ -566,6 +568,9 @@ class CTXStandIn:
             elif fault.kind == "redirect":
                 req.send_json(302, {"detail": "moved"}, {"Location": fault.location})
                 return
+            elif fault.kind == "truncated":
+                req.send_truncated(fault.announced)
+                return
             elif fault.kind == "status":
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
                 req.send_json(fault.status, {"detail": "injected fault"}, headers)
@@ -696,6 +701,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def send_truncated(self, announced: int) -> None:
+        """A 200 answer announcing ``announced`` bytes of objects that stops after 64 KiB."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(announced))
+        self.end_headers()
+        filler = b'{"type": "indicator", "id": "indicator--00000000-0000-4000-8000-000000000000"},'
+        body = b'{"objects": [' + filler * (65536 // len(filler))
+        self.wfile.write(body[: max(0, announced - 1)])
+        self.wfile.flush()
+        self.close_connection = True
 
     def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         self.send_raw(status, json.dumps(body).encode(), "application/json", headers)
