@@ -193,7 +193,7 @@ def build_cases(root: Path, outside: Path) -> Builder:
     b.content(
         "duplicate-json-keys",
         b'{"type":"bundle","type":"bundle","id":"'
-        + bundle_id.encode()
+        + bundle_id.replace("5b", "6c").encode()
         + b'","objects":'
         + json.dumps([ind]).encode()
         + b"}",
