@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import subprocess
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -236,3 +237,24 @@ def test_verify_manifest_bad_lines(
 
     assert result.exit_code == 1
     assert expected in result.output
+
+
+def test_transfer_lists_only_spool_bundles(fetch_env: dict[str, str], tmp_path: Path) -> None:
+    spool_dir = Path(fetch_env["SPOOL_DIR"])
+    assert fetcher(["once"], fetch_env).exit_code == 0
+    real = spool_paths(spool_dir)
+    folder = (spool_dir / real[0]).parent
+    (folder / f".{Path(real[0]).name}.abc123.tmp").write_bytes(b"{")  # a copy in progress
+    (folder / "notes.json").write_text("{}")  # not a spool name
+    (folder / Path(real[1]).name.replace(".json", ".json.receipt")).write_text("{}")
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    # A symlink under a valid spool name (another SHA-256) is never listed either.
+    _feed, name = parse_relative_path(PurePosixPath(*PurePosixPath(real[0]).parts[1:]))
+    link = folder / replace(name, sha256="0" * 64).filename
+    link.symlink_to(outside)
+
+    listed = fetcher(["transfer"], {"SPOOL_DIR": str(spool_dir)})
+
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.splitlines() == real
