@@ -258,3 +258,30 @@ def test_transfer_lists_only_spool_bundles(fetch_env: dict[str, str], tmp_path: 
 
     assert listed.exit_code == 0, listed.output
     assert listed.stdout.splitlines() == real
+
+
+@pytest.mark.parametrize(
+    ("extra", "variables"),
+    [
+        pytest.param({"SPOOL_SIGNING_KEY": "too-short"}, ["SPOOL_SIGNING_KEY"], id="too-short"),
+        pytest.param(
+            {"SPOOL_SIGNING_KEY": KEY, "SPOOL_SIGNING_KEY_FILE": "KEYFILE"},
+            ["SPOOL_SIGNING_KEY", "SPOOL_SIGNING_KEY_FILE"],
+            id="both",
+        ),
+    ],
+)
+def test_fetcher_key_settings_errors_write_nothing(
+    fetch_env: dict[str, str], tmp_path: Path, extra: dict[str, str], variables: list[str]
+) -> None:
+    key_file = tmp_path / "spool.key"
+    key_file.write_text(KEY)
+    env = {**fetch_env, **{k: str(key_file) if v == "KEYFILE" else v for k, v in extra.items()}}
+
+    result = fetcher(["once"], env)
+
+    assert result.exit_code != 0
+    for variable in variables:
+        assert variable in result.output
+    assert KEY not in result.output and "too-short" not in result.output
+    assert not Path(fetch_env["SPOOL_DIR"]).exists()
