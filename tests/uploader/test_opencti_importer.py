@@ -478,3 +478,35 @@ def test_a_cli_process_exits_normally_without_close(
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in opencti_standin.works
+
+
+def test_concurrent_imports_keep_each_push_in_its_own_work(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
+) -> None:
+    # Imports are not serialised (issue 6): slow pushes make the threads' calls interleave, and
+    # every work must still get exactly its own bundle and be marked processed.
+    opencti_standin.slow(0.05, "StixBundlePush", times=12)
+    bundles = [_report_bundle(3)[0] for _ in range(12)]
+    receipts: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def run(data: bytes) -> None:
+        try:
+            receipt = pycti_importer.import_bundle("w", data)
+            receipts[json.loads(data)["id"]] = receipt
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in bundles]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    assert not errors
+    assert len(receipts) == 12
+    for bundle_id, receipt in receipts.items():
+        pushes = opencti_standin.pushes_for(receipt.work_id)
+        assert [p.bundle["id"] for p in pushes] == [bundle_id]
+        assert opencti_standin.works[receipt.work_id].processed
+    assert len(opencti_standin.registrations) == 1
