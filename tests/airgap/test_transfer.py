@@ -12,9 +12,10 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from shared.signing import SigningKey
-from shared.spool import Spool, parse_relative_path, walk_bundles
+from shared.spool import Spool, parse_relative_path, sha256_file, walk_bundles
 from tests.airgap.conftest import KEY, fetcher, uploader
 from tests.standins.ctx import CTXStandIn
+from tests.uploader.conftest import FEED_A, FEED_B, SpoolFiles
 
 needs_rsync = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed")
 
@@ -285,3 +286,31 @@ def test_fetcher_key_settings_errors_write_nothing(
         assert variable in result.output
     assert KEY not in result.output and "too-short" not in result.output
     assert not Path(fetch_env["SPOOL_DIR"]).exists()
+
+
+def test_verify_manifest_finds_files_in_every_state(
+    spool: Spool, files: SpoolFiles, uploader_env: dict[str, str], tmp_path: Path
+) -> None:
+    placed = {
+        "incoming": files.add(FEED_A),
+        "done": files.add(FEED_A, state="done"),
+        "failed": files.add(FEED_B, state="failed"),
+    }
+    claimed_src = files.add(FEED_B)
+    rel = claimed_src.relative_to(spool.incoming)
+    claimed = spool.processing / "other-uploader" / rel
+    claimed.parent.mkdir(parents=True)
+    claimed_src.rename(claimed)
+    lines = [
+        f"{sha256_file(path)}  incoming/{path.relative_to(spool.state_dir(state)).as_posix()}"
+        for state, path in placed.items()
+    ]
+    # sha256sum's binary-mode form ("<sha> *<path>") is accepted too.
+    lines.append(f"{sha256_file(claimed)} *incoming/{rel.as_posix()}")
+    manifest = tmp_path / "m.sha256"
+    manifest.write_text("\n".join(lines) + "\n")
+
+    result = uploader(["verify", "--manifest", str(manifest)], uploader_env)
+
+    assert result.exit_code == 0, result.output
+    assert "4 checked, 0 bad" in result.output
