@@ -28,7 +28,7 @@ from watchdog.observers.api import BaseObserver
 
 from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
 from shared.signing import SigningKey
-from shared.spool import INCOMING, Spool, walk_bundles
+from shared.spool import INCOMING, Spool, walk_bundle_paths
 from uploader.check import SpoolFile, check_bundle, check_stix, read_spool_file
 from uploader.claim import (
     ClaimLostError,
@@ -337,10 +337,12 @@ class Pipeline:
         self._scan(self.spool.incoming)
 
     def _scan(self, directory: Path) -> None:
-        base = self.spool.incoming
+        prefix = directory.relative_to(self.spool.incoming).as_posix()
+        prefix = "" if prefix == "." else f"{prefix}/"
         try:
-            for entry in walk_bundles(directory):
-                self._add(PurePosixPath(entry.path.relative_to(base).as_posix()))
+            # Strings, one path object per file: the start-up scan of 100,000 files (issue 6).
+            for _path, rel, _is_symlink in walk_bundle_paths(directory):
+                self._add(PurePosixPath(prefix + rel))
         except OSError as exc:
             # An unreadable folder must not stop the uploader; the next rescan tries again.
             logger.error("cannot scan %s: %s", directory, exc.strerror or exc)
