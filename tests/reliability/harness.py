@@ -16,12 +16,23 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from shared.spool import SpoolName, parse_relative_path, walk_bundles
+from shared.spool import (
+    SpoolName,
+    canonical_json,
+    make_bundle,
+    parse_relative_path,
+    publish_bytes,
+    relative_path,
+    sha256_bytes,
+    walk_bundles,
+)
 
 FULL = os.environ.get("CTX_RELIABILITY_FULL") == "1"
 BIN = Path(sys.executable).parent
@@ -326,10 +337,6 @@ def _files(root: Path) -> Iterator[Path]:
 
 def bundle_bytes(seed: str, n: int = 3) -> bytes:
     """A small valid report bundle with deterministic ids, as the fetcher would write it."""
-    import uuid
-
-    from shared.spool import canonical_json, make_bundle
-
     objects: list[dict[str, Any]] = []
     for i in range(n):
         objects.append(
@@ -350,11 +357,6 @@ def bundle_bytes(seed: str, n: int = 3) -> bytes:
 
 def fill_spool(spool_dir: Path, feeds: int, per_feed: int, tag: str = "") -> dict[str, str]:
     """Publish ``feeds * per_feed`` bundles into ``incoming/``; returns {relative path: bundle id}."""
-    import uuid
-    from datetime import UTC, datetime, timedelta
-
-    from shared.spool import publish_bytes, relative_path, sha256_bytes
-
     out: dict[str, str] = {}
     for f in range(feeds):
         feed = str(uuid.uuid5(uuid.NAMESPACE_URL, f"reliability-feed-{tag}-{f}"))

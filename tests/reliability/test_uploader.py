@@ -23,6 +23,11 @@ def pushes_by_bundle(opencti: OpenCTIStandIn) -> Counter[str]:
         return Counter(str(p.bundle.get("id")) for p in opencti.pushes)
 
 
+def mid_flight(spool_dir: Path, done_at_least: int) -> bool:
+    states = harness.states_of(spool_dir)
+    return len(states["done"]) >= done_at_least and bool(states["processing"])
+
+
 @pytest.mark.timeout(900)
 def test_uploader_sigkill_mid_import_then_restart(opencti: OpenCTIStandIn, tmp_path: Path) -> None:
     rng = random.Random(5)
@@ -30,17 +35,22 @@ def test_uploader_sigkill_mid_import_then_restart(opencti: OpenCTIStandIn, tmp_p
     problems: list[str] = []
     for run in range(KILLS):
         spool_dir = tmp_path / f"run{run}" / "spool"
-        expected = harness.fill_spool(spool_dir, feeds=3, per_feed=4, tag=f"kill{run}")
+        expected = harness.fill_spool(spool_dir, feeds=3, per_feed=6, tag=f"kill{run}")
         files += len(expected)
         env = harness.uploader_env(opencti.url, spool_dir, "first")
         # Every push takes a while, so that the kill lands while files are claimed.
         opencti.slow(0.15, "StixBundlePush", times=10**6)
         first = harness.uploader(["watch"], env, spool_dir.parent)
-        assert harness.wait_until(lambda: "workAdd" in opencti.operations(), timeout=60)
-        time.sleep(rng.uniform(0.0, 2.5))
+        # Seeded kill point: after a random number of files are done, while others are claimed
+        # (a work created, a push in flight), a random fraction of a push later.
+        target = rng.randrange(0, len(expected) - 3)
+        assert harness.wait_until(lambda d=spool_dir, t=target: mid_flight(d, t), timeout=60), (
+            first.text()[-3000:]
+        )
+        time.sleep(rng.uniform(0.0, 0.15))
         claimed = harness.states_of(spool_dir)["processing"]
-        mid_import += bool(claimed)
         first.kill()
+        mid_import += bool(claimed)
         opencti.clear_faults()
         # Half the restarts reuse the dead instance's name, half are another uploader.
         again_env = {**env, "UPLOADER_INSTANCE_ID": "first" if run % 2 else "second"}
@@ -78,7 +88,7 @@ def test_uploader_sigkill_mid_import_then_restart(opencti: OpenCTIStandIn, tmp_p
     )
     assert problems == []
     assert lost == 0 and duplicated == 0 and wrong == 0
-    assert mid_import >= max(1, KILLS // 2)
+    assert mid_import >= max(1, KILLS * 3 // 4)
 
 
 OUTAGE_SECONDS = harness.runs(6, 20)
