@@ -9,6 +9,7 @@ waiting for a retry or for a copy to settle holds back the later files of its fe
 
 from __future__ import annotations
 
+import collections
 import errno
 import heapq
 import logging
@@ -28,7 +29,7 @@ from watchdog.observers.api import BaseObserver
 
 from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
 from shared.signing import SigningKey
-from shared.spool import INCOMING, Spool, walk_bundle_paths
+from shared.spool import BUNDLE_SUFFIX, INCOMING, Spool, walk_bundle_paths
 from uploader.check import SpoolFile, check_bundle, check_stix, read_spool_file
 from uploader.claim import (
     ClaimLostError,
@@ -198,6 +199,12 @@ class Pipeline:
         self._gone = 0
         self._observer: BaseObserver | None = None
         self._observer_started = 0.0
+        # Feed folders of incoming/ the start-up scan has not walked yet, walked one per turn of
+        # the loop so the first feeds import while the others are still being listed (a spool
+        # of 100,000 files took seconds to list before the first push; issue 6). A feed is never
+        # dispatched before its folder was walked: its oldest file may not be known yet.
+        self._startup: collections.deque[Path] = collections.deque()
+        self._unscanned: set[str] = set()
         self._unverified_noted = threading.Event()
 
     def run(
@@ -223,7 +230,7 @@ class Pipeline:
             extra={"spool": str(self.spool.root), "reclaimed": self._summary.reclaimed},
         )
         try:
-            self._scan(self.spool.incoming)
+            self._queue_startup_scan()
             self._loop(stop, watch=watch, max_wait=max_wait)
         finally:
             if self._observer is not None:
@@ -259,12 +266,17 @@ class Pipeline:
                     next_rescan = now + self.options.rescan_interval
                 self._rescan_new_folders(now)
                 self._keep_observer_alive(now)
+                self._scan_next_startup_folder()
                 stopping = stop.is_set() or (deadline is not None and now >= deadline)
                 if not stopping:
                     in_flight += self._dispatch(pool, self.options.concurrency - in_flight, now)
-                if in_flight == 0 and (stopping or (not watch and not self._has_pending())):
+                if in_flight == 0 and (
+                    stopping or (not watch and not self._has_pending() and not self._startup)
+                ):
                     return
                 timeout = self._next_wakeup(now, next_rescan if watch else None, deadline)
+                if self._startup:
+                    timeout = 0.0
                 try:
                     event = self.events.get(timeout=timeout)
                 except queue.Empty:
@@ -282,6 +294,30 @@ class Pipeline:
                         event = self.events.get_nowait()
                     except queue.Empty:
                         break
+
+    def _queue_startup_scan(self) -> None:
+        """List ``incoming/``: files at its top are added now, folders are walked by the loop."""
+        incoming = self.spool.incoming
+        try:
+            with os.scandir(incoming) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            logger.error("cannot scan %s: %s", incoming, exc.strerror or exc)
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                self._startup.append(Path(entry.path))
+                self._unscanned.add(entry.name)
+            elif entry.name.endswith(BUNDLE_SUFFIX):
+                self._add(PurePosixPath(entry.name))
+
+    def _scan_next_startup_folder(self) -> None:
+        if self._startup:
+            folder = self._startup.popleft()
+            self._scan(folder)
+            self._unscanned.discard(folder.name)
 
     def _start_observer(self) -> None:
         self._observer = start_observer(
@@ -376,7 +412,10 @@ class Pipeline:
         ready = [
             (feed.head(), key)
             for key, feed in self._feeds.items()
-            if feed.pending and not feed.busy and feed.not_before <= now
+            if feed.pending
+            and not feed.busy
+            and feed.not_before <= now
+            and key not in self._unscanned
         ]
         started = 0
         for head, key in sorted(ready)[: max(0, free)]:
