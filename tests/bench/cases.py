@@ -450,7 +450,23 @@ def _grow_report(ctx: CTXStandIn, feed_id: str, target_bytes: int) -> int:
     feed = ctx.feeds[feed_id]
     report = feed.objects[feed.report_ids[0]]
     identity = report["created_by_ref"]
-    words = ["lateral", "movement", "beacon", "loader", "dropper", "persistence", "exfiltration", "staging", "credential", "access", "phishing", "lure", "macro", "payload", "sideloading"]
+    words = [
+        "lateral",
+        "movement",
+        "beacon",
+        "loader",
+        "dropper",
+        "persistence",
+        "exfiltration",
+        "staging",
+        "credential",
+        "access",
+        "phishing",
+        "lure",
+        "macro",
+        "payload",
+        "sideloading",
+    ]
     record = datetime(2025, 4, 1, tzinfo=UTC)
     made = 0
     size = 0
@@ -508,8 +524,11 @@ def bench_big(opts: Options) -> Result:
                     uploader_env(spool, standin),
                     opts.work / "big-upload.log",
                 )
-                if up.wait(600) != 0:
-                    raise RuntimeError(f"upload of the big bundle failed:\n{up.tail()}")
+                up.wait(600)
+            # Exit status 1 is expected: the feed-level objects file of this feed holds only
+            # objects pycti's splitter drops ("Nothing to import"); what counts is the big file.
+            if not list((spool / "done").rglob(files[-1].name)):
+                raise RuntimeError(f"the big bundle did not reach done/:\n{up.tail()}")
             upload_rss.append(rss_mib(up.peak_rss_kib))
             upload_ratio.append(up.peak_rss_kib * 1024 / size)  # type: ignore[operator]
             log(
