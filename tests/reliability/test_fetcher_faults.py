@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -236,6 +238,62 @@ def test_disk_full_while_writing(
     assert "Traceback" not in first.stderr, first.stderr[-3000:]
     assert watch.partial == [] and overruns == [] and temps == []
     assert got == baseline
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("size", [pytest.param("24k", id="24KB"), pytest.param("80k", id="80KB")])
+def test_spool_filesystem_full_while_writing(
+    ctx: CTXStandIn, baseline: set[str], tmp_path: Path, size: str
+) -> None:
+    """incoming/ on a tiny tmpfs (root only): the spool itself runs out of space (ENOSPC)."""
+    spool_dir = tmp_path / "spool"
+    incoming = spool_dir / "incoming"
+    if os.geteuid() != 0 or not _mount_tmpfs(incoming, size):
+        pytest.skip("needs root and a tmpfs mount")
+    try:
+        env = harness.fetcher_env(ctx.base_url, ctx.active_feed_ids, spool_dir)
+        with PartialWatch(incoming) as watch:
+            first = harness.fetcher(["once"], env, tmp_path)
+            code = first.wait(120)
+            overruns = cursor_overruns(ctx, spool_dir)
+            temps = [p for p in incoming.rglob(".*") if p.is_file()]
+            written = set(harness.bundles(incoming))
+            # Space freed (a bigger filesystem): the next pass gets everything.
+            subprocess.run(["mount", "-o", "remount,size=64m", str(incoming)], check=True)
+            second = harness.fetcher(["once"], env, tmp_path)
+            assert second.wait(120) == 0, second.text()[-3000:]
+        got = set(harness.bundles(incoming))
+        message = first.stdout + first.stderr
+        clear = "No space left on device" in message
+        record(
+            Row(
+                f"Spool filesystem full while the fetcher writes ({size.upper()}B tmpfs)",
+                1,
+                1,
+                len(got),
+                len(baseline - got),
+                len(got - baseline),
+                len(watch.partial) + len(overruns) + len(temps) + (not clear) + (code == 0),
+                note=f"{len(written)} files fitted",
+            )
+        )
+        assert code == 1, message[-3000:]
+        assert clear, message[-3000:]
+        assert "Traceback" not in first.stderr, first.stderr[-3000:]
+        assert watch.partial == [] and overruns == [] and temps == []
+        assert got == baseline
+    finally:
+        subprocess.run(["umount", "-l", str(incoming)], check=False)
 
 
 def _tree(root: Path, skip: Path) -> set[str]:
