@@ -38,10 +38,10 @@ from shared.spool import (
     FEED_OBJECTS_SUBJECT,
     Spool,
     SpoolName,
+    bundle_json,
     canonical_json,
     check_feed_id,
     check_stix_id,
-    make_bundle,
     parse_stix_timestamp,
     publish_bytes,
     relative_path,
@@ -277,7 +277,7 @@ class FeedSync:
         # lack the report or carry another version of it (REFERENCE §1).
         objects = [strip_bookkeeping(o) for o in related if o.get("id") != report_id]
         objects.append(strip_bookkeeping(report))
-        data = canonical_json(make_bundle(objects))
+        data = bundle_json(objects)
         if self.ledger.report_sha(self.feed_id, report_id) == sha256_bytes(data):
             self.result.reports_unchanged += 1
             self._tick()
@@ -323,7 +323,7 @@ class FeedSync:
                 raise MalformedResponseError(
                     "objects without any timestamp", path=self._objects_path, feed_id=self.feed_id
                 )
-            data = canonical_json(make_bundle(objects))
+            data = bundle_json(objects)
             _, rel, written = self._publish(data, max(stamps)[1], FEED_OBJECTS_SUBJECT)
             self.ledger.record(self.feed_id, {o["id"]: object_sha(o) for o in objects})
             if written:

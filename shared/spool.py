@@ -215,6 +215,35 @@ def make_bundle(objects: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return {"type": "bundle", "id": bundle_id, "objects": [obj for _, obj in ordered]}
 
 
+def bundle_json(objects: Iterable[dict[str, Any]]) -> bytes:
+    """``canonical_json(make_bundle(objects))``, serialising every object only once.
+
+    The same bytes (sorted keys, same order, same deterministic id), built from each object's
+    canonical bytes instead of serialising the whole bundle again: for a 40 MB report bundle that is
+    two fewer copies of it in memory at once (issue 6).
+    """
+    keys: dict[bytes, tuple[str, str]] = {}
+    for obj in objects:
+        data = canonical_json(obj)
+        if data not in keys:
+            keys[data] = (str(obj.get("id", "")), str(obj.get("modified", "")))
+    ordered = sorted(keys, key=lambda k: (*keys[k], k))
+    keys.clear()
+    digest = hashlib.sha256(b"[")
+    pieces: list[bytes] = [b""]
+    for index, data in enumerate(ordered):
+        if index:
+            digest.update(b",")
+            pieces.append(b",")
+        digest.update(data)
+        pieces.append(data)
+    digest.update(b"]")
+    bundle_id = f"bundle--{uuid.uuid5(BUNDLE_NAMESPACE, digest.hexdigest())}"
+    pieces[0] = b'{"id":"' + bundle_id.encode("ascii") + b'","objects":['
+    pieces.append(b'],"type":"bundle"}')
+    return b"".join(pieces)
+
+
 def fsync_dir(path: Path) -> None:
     """fsync a directory so that a rename or create inside it survives a crash."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))

@@ -202,3 +202,23 @@ def test_sha256_file_refuses_symlink(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         spool.sha256_file(link)
     assert os.path.exists(link)
+
+
+def test_bundle_json_is_canonical_json_of_make_bundle() -> None:
+    # The fetcher writes bundle_json(objects) (issue 6, memory): it must stay byte-identical to
+    # the canonical serialisation of make_bundle, or unchanged reports would look new.
+    objects = [
+        {"type": "indicator", "id": "indicator--b", "modified": "2024-01-02T00:00:00Z", "n": "é✓"},
+        {
+            "type": "indicator",
+            "id": "indicator--a",
+            "modified": "2024-01-01T00:00:00Z",
+            "q": 'a"\\',
+        },
+        {"type": "indicator", "id": "indicator--a", "modified": "2024-01-01T00:00:00Z", "q": "x"},
+        {"type": "identity", "id": "identity--c", "nested": {"z": 1, "a": [2, {"b": None}]}},
+        {"type": "indicator", "id": "indicator--b", "modified": "2024-01-02T00:00:00Z", "n": "é✓"},
+        {"type": "x-no-id", "value": "\n\t"},
+    ]
+    assert spool.bundle_json(objects) == spool.canonical_json(spool.make_bundle(objects))
+    assert spool.bundle_json(objects[:1]) == spool.canonical_json(spool.make_bundle(objects[:1]))
