@@ -451,11 +451,14 @@ def split_bundle(data: bytes, max_push_bytes: int) -> tuple[list[str], int]:
     :class:`PermanentImportError`.
     """
     parsed = _parse_bundle(data)
-    text = data.decode("utf-8")
     objects: list[dict[str, Any]] = parsed["objects"]
     budget = max_push_bytes - PUSH_ENVELOPE_BYTES
-    if _pushed_size(text) <= budget:
-        return [text], len(objects)
+    if pushed_size_of(data) <= budget:
+        # Counted on the bytes and the parse dropped first: a 40 MB file no longer has its
+        # parse, its text and its escaped copy in memory at once (issue 6).
+        count = len(objects)
+        del parsed, objects
+        return [data.decode("utf-8")], count
     bundle_id = str(parsed.get("id") or f"bundle--{uuid.uuid4()}")
     head = _pushed_size(json.dumps({"type": "bundle", "id": bundle_id, "objects": []}))
     chunks: list[str] = []
@@ -502,6 +505,20 @@ def _rank(obj: Mapping[str, Any]) -> int:
 def _chunk(bundle_id: str, index: int, objects: list[str]) -> str:
     chunk_id = f"bundle--{uuid.uuid5(uuid.NAMESPACE_URL, f'{bundle_id}/{index}')}"
     return f'{{"type":"bundle","id":"{chunk_id}","objects":[{",".join(objects)}]}}'
+
+
+#: Every byte but the control characters (which JSON escapes).
+_NOT_CONTROL = bytes(range(32, 256))
+#: Control characters JSON escapes with two characters (\b \t \n \f \r); the others take six.
+_SHORT_ESCAPES = frozenset(b"\b\t\n\f\r")
+
+
+def pushed_size_of(data: bytes) -> int:
+    """``_pushed_size(data.decode())`` without building the escaped copy (UTF-8 ``data``)."""
+    extra = data.count(b'"') + data.count(b"\\")
+    for byte in data.translate(None, _NOT_CONTROL):
+        extra += 1 if byte in _SHORT_ESCAPES else 5
+    return len(data) + 2 + extra
 
 
 def _pushed_size(text: str) -> int:

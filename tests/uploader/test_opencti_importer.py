@@ -510,3 +510,18 @@ def test_concurrent_imports_keep_each_push_in_its_own_work(
         assert [p.bundle["id"] for p in pushes] == [bundle_id]
         assert opencti_standin.works[receipt.work_id].processed
     assert len(opencti_standin.registrations) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('{"a":"plain"}', id="plain"),
+        pytest.param('{"q":"say \\"hi\\" \\\\ back"}', id="quotes-backslashes"),
+        pytest.param('{"u":"é✓ \u2028 \x7f"}', id="non-ascii"),
+        pytest.param('{"c":"\b\t\n\f\r \x00\x01\x1f"}', id="control-characters"),
+    ],
+)
+def test_pushed_size_of_bytes_matches_the_escaped_text(text: str) -> None:
+    from uploader.opencti import _pushed_size, pushed_size_of
+
+    assert pushed_size_of(text.encode("utf-8")) == _pushed_size(text)
