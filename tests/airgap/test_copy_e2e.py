@@ -33,7 +33,7 @@ pytest_plugins = ["tests.standins.fixtures"]
 pytestmark = pytest.mark.skipif(not UPLOADER.exists(), reason="ctx-uploader is not installed")
 
 FILES_PER_FEED = 100
-SETTLE_SECONDS = 2.0
+SETTLE_SECONDS = 3.0
 CHUNK_PAUSE = 0.2
 
 
