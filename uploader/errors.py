@@ -9,7 +9,8 @@ Tree::
     │   └── PermanentImportError         the platform refused the content: the file goes to failed/
     ├── BundleRejected                   the file itself is bad before any import (``kind``: corrupt,
     │                                    not-json, not-a-bundle, empty, invalid-bundle, symlink,
-    │                                    invalid-name, invalid-stix, unreadable, conflict)
+    │                                    invalid-name, invalid-stix, unreadable, conflict,
+    │                                    unsigned, bad-signature)
     ├── InstanceBusyError                another process holds this instance's claim lock (``instance``,
     │                                    ``path``)
     └── ReplayError                      a file asked for by ``replay`` is not in the source state
