@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import re
 import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -191,3 +194,57 @@ def test_uploaders_sharing_a_spool_import_each_file_once(
         )
     )
     assert lost == 0 and duplicated == 0 and wrong == 0
+
+
+@pytest.mark.timeout(300)
+def test_uploader_spool_full_then_space_freed(opencti: OpenCTIStandIn, tmp_path: Path) -> None:
+    """The whole spool on a small tmpfs filled up: receipts cannot be written; nothing fails."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(spool_dir)],
+        capture_output=True,
+        check=False,
+    )
+    if os.geteuid() != 0 or mounted.returncode != 0:
+        pytest.skip("needs root and a tmpfs mount")
+    try:
+        expected = harness.fill_spool(spool_dir, feeds=2, per_feed=4, tag="full")
+        for state in ("done", "failed", "processing"):
+            (spool_dir / state).mkdir()
+        filler = spool_dir / "filler"
+        with contextlib.suppress(OSError), filler.open("wb", buffering=0) as fh:
+            while True:
+                fh.write(b"\0" * 4096)
+        env = harness.uploader_env(opencti.url, spool_dir, "full")
+        proc = harness.uploader(["watch"], env, tmp_path)
+        assert proc.wait_for_line("No space left on device", timeout=60), proc.text()[-3000:]
+        failed_while_full = harness.states_of(spool_dir)["failed"]
+        filler.unlink()
+        assert harness.wait_until(
+            lambda: len(harness.states_of(spool_dir)["done"]) == len(expected), timeout=60
+        ), proc.text()[-3000:]
+        proc.proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        states = harness.states_of(spool_dir)
+        receipts = [r for r in states["done"] if (spool_dir / "done" / f"{r}.receipt").is_file()]
+        temps = [str(p) for p in spool_dir.rglob(".*.tmp")]
+        record(
+            Row(
+                "Uploader spool full (2 MB tmpfs), then space freed",
+                1,
+                1,
+                len(expected),
+                len(set(expected) - set(states["done"])),
+                len(states["done"]) - len(set(states["done"])),
+                len(failed_while_full) + len(states["failed"]) + len(temps),
+                note="receipts fail with ENOSPC; files stay pending, then done",
+            )
+        )
+        assert code == 0, proc.text()[-3000:]
+        assert failed_while_full == [] and states["failed"] == []
+        assert sorted(states["done"]) == sorted(expected) and len(receipts) == len(expected)
+        assert states["incoming"] == [] and states["processing"] == []
+        assert temps == []
+    finally:
+        subprocess.run(["umount", "-l", str(spool_dir)], check=False)
