@@ -19,8 +19,9 @@ a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ class Ledger:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / DB_NAME
+        self._pending: list[tuple[str, tuple[Any, ...]]] | None = None
         try:
             Path(state_dir).mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -73,7 +75,31 @@ class Ledger:
         except sqlite3.Error as exc:
             raise LedgerError(f"fetcher state query failed: {exc}", path=self.path) from None
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Writes made inside are committed in one transaction when it ends, even by an error.
+
+        One durable commit per page of reports instead of one per report (make bench, issue 6:
+        the per-report commits were a third of the time the pass spent writing files). Safe for
+        the same reason recording after publishing is: an entry missing after a crash only
+        makes the next pass publish the same name again, a no-op. Reads inside do not see the
+        writes not committed yet.
+        """
+        if self._pending is not None:
+            yield
+            return
+        self._pending = []
+        try:
+            yield
+        finally:
+            pending, self._pending = self._pending, None
+            if pending:
+                self._write(pending)
+
     def _write(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> None:
+        if self._pending is not None:
+            self._pending.extend(statements)
+            return
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:

@@ -195,8 +195,9 @@ class FeedSync:
 
     def run(self) -> FeedResult:
         """Run the pass; errors end up in ``result.error``, never raised."""
-        objects_walk = self._walk(OBJECTS_CURSOR, None)
+        objects_walk: _ReadAhead | Iterator[Batch] | None = None
         try:
+            objects_walk = self._walk(OBJECTS_CURSOR, None)
             self._reports()
             self._orphans(objects_walk)
         except (FetcherError, SpoolError) as exc:
@@ -249,14 +250,16 @@ class FeedSync:
             futures: list[Future[list[JSONDict]]] = [
                 pool.submit(self.client.bundle, self.feed_id, report["id"]) for report in reports
             ]
-            try:
-                for report, future in zip(reports, futures, strict=True):
-                    self._write_report(report, future.result())
-            finally:
-                for future in futures:
-                    future.cancel()
-            if batch.safe_cursor is not None:
-                self.ledger.set_cursor(self.feed_id, REPORTS_CURSOR, batch.safe_cursor)
+            # The page's ledger entries and its cursor go in one commit (Ledger.batch).
+            with self.ledger.batch():
+                try:
+                    for report, future in zip(reports, futures, strict=True):
+                        self._write_report(report, future.result())
+                finally:
+                    for future in futures:
+                        future.cancel()
+                if batch.safe_cursor is not None:
+                    self.ledger.set_cursor(self.feed_id, REPORTS_CURSOR, batch.safe_cursor)
 
     def _write_report(self, report: JSONDict, related: list[JSONDict]) -> None:
         report_id = check_stix_id(report["id"])
