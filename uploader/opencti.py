@@ -40,6 +40,7 @@ from typing import Any
 
 import requests
 from pycti import OpenCTIConnectorHelper
+from pycti.utils.opencti_stix2_splitter import is_id_supported
 from requests.adapters import HTTPAdapter
 
 from uploader.errors import (
@@ -223,6 +224,21 @@ class PyctiImporter:
         work_id: str | None = None
         try:
             work_id = helper.api.work.initiate_work(helper.connect_id, work_name)
+            if not chunks:
+                # Every object is of a type OpenCTI does not import (a feed-level file of
+                # extension definitions, say): pycti would raise "Nothing to import" and the file
+                # would be failed although nothing is wrong with it. The work says so instead.
+                helper.api.work.to_processed(
+                    work_id,
+                    f"ctx-uploader: none of the {objects} objects is of a type OpenCTI imports",
+                )
+                logger.warning(
+                    "no object of this file is of a type OpenCTI imports",
+                    extra={"work_id": work_id, "objects": objects},
+                )
+                return ImportReceipt(
+                    work_id=str(work_id), connector_id=self.connector_id, pushes=0, objects=objects
+                )
             for chunk in chunks:
                 helper.send_stix2_bundle(
                     chunk,
@@ -448,10 +464,15 @@ def split_bundle(data: bytes, max_push_bytes: int) -> tuple[list[str], int]:
     Returns ``(bundle_texts, number_of_objects)``. A bundle that fits is sent as the file's exact
     text; a bigger one is cut into whole objects (referenced objects first, containers last), each
     chunk a ``{type, id, objects}`` bundle. Nothing is dropped: one object alone over the limit is a
-    :class:`PermanentImportError`.
+    :class:`PermanentImportError`. A chunk holding only objects of types pycti does not import
+    (``extension-definition``, unknown custom types) is not sent, because pycti refuses it with
+    "Nothing to import" (pycti drops such objects from any push anyway). So no text at all means
+    the file has nothing OpenCTI imports.
     """
     parsed = _parse_bundle(data)
     objects: list[dict[str, Any]] = parsed["objects"]
+    if not any(_importable(obj) for obj in objects):
+        return [], len(objects)
     budget = max_push_bytes - PUSH_ENVELOPE_BYTES
     if pushed_size_of(data) <= budget:
         # Counted on the bytes and the parse dropped first: a 40 MB file no longer has its
@@ -464,6 +485,7 @@ def split_bundle(data: bytes, max_push_bytes: int) -> tuple[list[str], int]:
     chunks: list[str] = []
     current: list[str] = []
     size = head
+    current_importable = False
     for obj in sorted(objects, key=_rank):
         obj_text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
         obj_size = _pushed_size(obj_text) + 1
@@ -472,13 +494,20 @@ def split_bundle(data: bytes, max_push_bytes: int) -> tuple[list[str], int]:
                 f"object {obj.get('id')} alone is {obj_size} bytes, over UPLOADER_MAX_PUSH_BYTES={max_push_bytes}"
             )
         if current and size + obj_size > budget:
-            chunks.append(_chunk(bundle_id, len(chunks), current))
-            current, size = [], head
+            if current_importable:
+                chunks.append(_chunk(bundle_id, len(chunks), current))
+            current, size, current_importable = [], head, False
         current.append(obj_text)
         size += obj_size
-    if current:
+        current_importable = current_importable or _importable(obj)
+    if current and current_importable:
         chunks.append(_chunk(bundle_id, len(chunks), current))
     return chunks, len(objects)
+
+
+def _importable(obj: Mapping[str, Any]) -> bool:
+    # pycti's splitter keeps only the types OpenCTI imports (its ``is_id_supported``).
+    return bool(is_id_supported(str(obj.get("id", ""))))
 
 
 def _parse_bundle(data: bytes) -> dict[str, Any]:

@@ -127,6 +127,50 @@ def test_split_refuses_a_single_object_over_the_limit() -> None:
         split_bundle(data, 4096 + 1024)
 
 
+def _extension_definition(pad: int = 0) -> dict[str, Any]:
+    return {
+        "type": "extension-definition",
+        "spec_version": "2.1",
+        "id": f"extension-definition--{uuid.uuid4()}",
+        "created": "2026-01-01T00:00:00.000Z",
+        "modified": "2026-01-01T00:00:00.000Z",
+        "created_by_ref": f"identity--{uuid.uuid4()}",
+        "name": "cryptocurrency-wallet",
+        "schema": "https://example.invalid/schema.json" + "#" * pad,
+        "version": "1.0",
+        "extension_types": ["new-sco"],
+    }
+
+
+def test_a_file_with_nothing_importable_is_one_processed_work_without_a_push(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
+) -> None:
+    # A feed-level file can hold only extension definitions, which OpenCTI does not import:
+    # pycti would raise "Nothing to import" and the file would be failed for nothing.
+    data = _bundle([_extension_definition(), _extension_definition()])
+
+    receipt = pycti_importer.import_bundle("feed F / objects", data)
+
+    assert (receipt.pushes, receipt.objects) == (0, 2)
+    [work] = opencti_standin.works.values()
+    assert work.id == receipt.work_id
+    assert work.processed and not work.in_error
+    assert opencti_standin.pushes == []
+
+
+def test_split_never_sends_a_chunk_with_nothing_importable() -> None:
+    identity = _identity("the only importable object")
+    definitions = [_extension_definition(pad=1500) for _ in range(8)]
+    data = _bundle([*definitions, identity])
+
+    chunks, count = split_bundle(data, 4096 + 8000)
+
+    assert count == 9
+    kinds = [{o["type"] for o in json.loads(c)["objects"]} for c in chunks]
+    assert all("identity" in k or k - {"extension-definition"} for k in kinds), kinds
+    assert sum("identity" in k for k in kinds) == 1
+
+
 def test_wrong_token_is_a_platform_auth_error_and_the_process_lives(
     pycti_env: None, opencti_standin: OpenCTIStandIn, make_settings: Callable[..., Any]
 ) -> None:
