@@ -45,12 +45,15 @@ from shared.spool import (
     parse_stix_timestamp,
     publish_bytes,
     relative_path,
+    remove_stale_temps,
     sha256_bytes,
 )
 
 logger = logging.getLogger(__name__)
 
 OBJECTS_PER_FILE = 1000
+# A temp file this old belongs to a write that died: publishing one file takes milliseconds.
+STALE_TEMP_SECONDS = 15 * 60
 REPORTS_CURSOR = "reports"
 OBJECTS_CURSOR = "objects"
 
@@ -364,6 +367,10 @@ def run_pass(
         subscriptions, failure = None, exc
     results = []
     for feed_id in feed_ids:
+        # Temp files of a fetcher killed mid-write (issue 5): removed before they travel anywhere.
+        stale = remove_stale_temps(spool.incoming / check_feed_id(feed_id), STALE_TEMP_SECONDS)
+        if stale:
+            logger.info("removed stale temp files", extra={"feed_id": feed_id, "count": stale})
         if stop is not None and stop.is_set():
             logger.info("stop requested; feeds left for the next pass", extra={"feed_id": feed_id})
             break

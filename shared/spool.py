@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import secrets
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -273,6 +274,43 @@ def _makedirs_durable(path: Path) -> None:
 def temp_name(final_name: str) -> str:
     """A hidden temp name next to ``final_name`` that no reader takes for a bundle."""
     return f".{final_name}.{secrets.token_hex(6)}.tmp"
+
+
+_TEMP_NAME_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+
+
+def remove_stale_temps(root: Path, older_than: float) -> int:
+    """Delete our own temp files (:func:`temp_name`) under ``root`` older than ``older_than`` s.
+
+    A writer killed between creating its temp file and the rename leaves it behind; no reader
+    takes it for a bundle, but ``rsync -a`` would carry it across the gap. Only names of exactly
+    our pattern are touched (never rsync's ``.name.XXXXXX`` of a copy in progress), and only old
+    ones, so a write in progress is never disturbed. Returns how many were removed.
+    """
+    cutoff = time.time() - older_than
+    removed = 0
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif (
+                    _TEMP_NAME_RE.match(entry.name)
+                    and entry.is_file(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_mtime < cutoff
+                ):
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                continue
+    return removed
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -293,7 +295,9 @@ def test_bundles_are_fetched_in_parallel_up_to_concurrency(
     feed_id = standin.active_feed_ids[0]
     env["CYBERTHREATEXCHANGE_FEED_IDS"] = feed_id
     env["CYBERTHREATEXCHANGE_CONCURRENCY"] = str(concurrency)
-    delay = 0.5
+    # Long enough in the parallel case that a loaded machine (CI runs other suites' servers too)
+    # cannot spread eight thread starts over it; a sequential fetcher would need 8 × delay.
+    delay = 0.5 if concurrency == 1 else 2.0
     standin.inject("latency", path_contains="/bundle/", delay=delay, times=8)
 
     assert invoke(["once"], env).exit_code == 0
@@ -305,3 +309,24 @@ def test_bundles_are_fetched_in_parallel_up_to_concurrency(
         # All eight were asked before the first answer could have come back.
         assert starts[-1] - starts[0] < delay * 0.9
     _check_spool_matches(standin, spool_dir, [feed_id])
+
+
+def test_a_pass_removes_temp_files_left_by_a_killed_write(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
+) -> None:
+    assert invoke(["once"], env).exit_code == 0
+    [first, *_] = spool_files(spool_dir)
+    stale = first.parent / f".{first.name}.0123456789ab.tmp"
+    fresh = first.parent / f".{first.name}.ba9876543210.tmp"
+    rsync_temp = first.parent / f".{first.name}.Xy12Zq"
+    for path in (stale, fresh, rsync_temp):
+        path.write_bytes(b'{"type":"bun')
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    os.utime(rsync_temp, (hour_ago, hour_ago))
+
+    assert invoke(["once"], env).exit_code == 0
+
+    assert not stale.exists()
+    assert fresh.exists(), "a temp file of a write that may still be running is left alone"
+    assert rsync_temp.exists(), "only the fetcher's own temp names are touched"

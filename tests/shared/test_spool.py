@@ -222,3 +222,21 @@ def test_bundle_json_is_canonical_json_of_make_bundle() -> None:
     ]
     assert spool.bundle_json(objects) == spool.canonical_json(spool.make_bundle(objects))
     assert spool.bundle_json(objects[:1]) == spool.canonical_json(spool.make_bundle(objects[:1]))
+
+
+def test_remove_stale_temps_touches_only_old_own_temp_names(tmp_path: Path) -> None:
+    day = tmp_path / "incoming" / FEED / "2024" / "05" / "01"
+    day.mkdir(parents=True)
+    old = day / spool.temp_name("a.json")
+    new = day / spool.temp_name("b.json")
+    rsync = day / ".c.json.Ab3dE9"
+    bundle = day / "d.json"
+    for path in (old, new, rsync, bundle):
+        path.write_text("{}")
+    for path in (old, rsync, bundle):
+        os.utime(path, (0, 0))
+
+    assert spool.remove_stale_temps(tmp_path / "incoming", older_than=60) == 1
+
+    assert not old.exists()
+    assert new.exists() and rsync.exists() and bundle.exists()
