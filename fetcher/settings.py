@@ -4,27 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr, ValidationInfo, field_validator
+from pydantic import SecretStr, field_validator
 
-from shared.config import LogLevel, SettingsBase, setting
+from shared.config import CommonSettings, setting
 from shared.errors import UnsafeNameError
-from shared.signing import SigningKey, check_key_file, check_key_text, load_signing_key
 from shared.spool import FETCHER_STATE_DIRNAME, check_feed_id
 
 
-class SpoolStateSettings(SettingsBase):
+class SpoolStateSettings(CommonSettings):
     """What ``transfer`` needs: the spool, the fetcher's state and the log level, no CTX."""
 
-    log_level: LogLevel = setting(
-        "info",
-        env="CONNECTOR_LOG_LEVEL",
-        description="Log level: debug, info, warn or error.",
-    )
-    spool_dir: Path = setting(
-        Path("spool"),
-        env="SPOOL_DIR",
-        description="The spool directory shared with the uploader.",
-    )
     state_dir: Path | None = setting(
         None,
         env="CYBERTHREATEXCHANGE_STATE_DIR",
@@ -108,16 +97,6 @@ class FetcherSettings(SpoolStateSettings):
         env="CYBERTHREATEXCHANGE_CA_BUNDLE",
         description="A CA bundle file to verify CTX with instead of the system's.",
     )
-    signing_key: SecretStr | None = setting(
-        None,
-        env="SPOOL_SIGNING_KEY",
-        description="Shared key (at least 32 characters) to sign every file with (HMAC-SHA256 in its name); the uploader needs the same key. Never logged.",
-    )
-    signing_key_file: Path | None = setting(
-        None,
-        env="SPOOL_SIGNING_KEY_FILE",
-        description="A file holding the signing key instead (its bytes, surrounding whitespace stripped); not with SPOOL_SIGNING_KEY.",
-    )
 
     @field_validator("base_url")
     @classmethod
@@ -158,23 +137,6 @@ class FetcherSettings(SpoolStateSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"{value} is not a file")
         return value
-
-    @field_validator("signing_key")
-    @classmethod
-    def _signing_key(cls, value: SecretStr | None) -> SecretStr | None:
-        return None if value is None else SecretStr(check_key_text(value.get_secret_value()))
-
-    @field_validator("signing_key_file")
-    @classmethod
-    def _signing_key_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is not None and info.data.get("signing_key") is not None:
-            raise ValueError("set SPOOL_SIGNING_KEY or SPOOL_SIGNING_KEY_FILE, not both")
-        return None if value is None else check_key_file(value)
-
-    def load_signing_key(self) -> SigningKey | None:
-        """The signing key (read from its file if configured so), or None: files go unsigned."""
-        secret = None if self.signing_key is None else self.signing_key.get_secret_value()
-        return load_signing_key(secret, self.signing_key_file)
 
     @property
     def tls_verify(self) -> bool | str:

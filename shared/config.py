@@ -18,9 +18,18 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from shared.errors import ConfigError, ConfigProblem
+from shared.signing import SigningKey, check_key_file, check_key_text, load_signing_key
 
 LogLevel = Literal["debug", "info", "warn", "warning", "error"]
 
@@ -38,6 +47,48 @@ class SettingsBase(BaseModel):
 def setting(default: Any = ..., *, env: str, description: str, **kwargs: Any) -> Any:
     """A settings field read from environment variable ``env`` (and its derived config.yml key)."""
     return Field(default, validation_alias=env, description=description, **kwargs)
+
+
+class CommonSettings(SettingsBase):
+    """The settings both halves share: the spool, its signing key and the log level."""
+
+    log_level: LogLevel = setting(
+        "info",
+        env="CONNECTOR_LOG_LEVEL",
+        description="Log level: debug, info, warn or error.",
+    )
+    spool_dir: Path = setting(
+        Path("spool"),
+        env="SPOOL_DIR",
+        description="The spool directory shared by the fetcher and the uploader (incoming/, processing/, done/, failed/).",
+    )
+    signing_key: SecretStr | None = setting(
+        None,
+        env="SPOOL_SIGNING_KEY",
+        description="Shared key (at least 32 characters) for HMAC-SHA256 signatures in file names: the fetcher signs every file; the uploader sends unsigned or wrongly signed files to failed/ and `verify` reports them. Unset: no signing, no checks. Same key on both sides. Never logged.",
+    )
+    signing_key_file: Path | None = setting(
+        None,
+        env="SPOOL_SIGNING_KEY_FILE",
+        description="A file holding the signing key instead (its bytes, surrounding whitespace stripped); not with SPOOL_SIGNING_KEY.",
+    )
+
+    @field_validator("signing_key")
+    @classmethod
+    def _signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else SecretStr(check_key_text(value.get_secret_value()))
+
+    @field_validator("signing_key_file")
+    @classmethod
+    def _signing_key_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("signing_key") is not None:
+            raise ValueError("set SPOOL_SIGNING_KEY or SPOOL_SIGNING_KEY_FILE, not both")
+        return None if value is None else check_key_file(value)
+
+    def load_signing_key(self) -> SigningKey | None:
+        """The signing key (read from its file if configured so), or None: no signing, no checks."""
+        secret = None if self.signing_key is None else self.signing_key.get_secret_value()
+        return load_signing_key(secret, self.signing_key_file)
 
 
 def config_key(env_name: str) -> str:

@@ -4,59 +4,19 @@ from __future__ import annotations
 
 import re
 import uuid
-from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr, ValidationInfo, field_validator
+from pydantic import SecretStr, field_validator
 
-from shared.config import LogLevel, SettingsBase, setting
-from shared.signing import SigningKey, check_key_file, check_key_text, load_signing_key
+from shared.config import CommonSettings, setting
 
 # A claim folder name: one safe path component (no separators, no leading dot, no "..").
 INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class SpoolSettings(SettingsBase):
+class SpoolSettings(CommonSettings):
     """What ``status``, ``verify``, ``replay`` and ``prune`` need: the spool, the signing key and
     the log level, no OpenCTI."""
-
-    log_level: LogLevel = setting(
-        "info",
-        env="CONNECTOR_LOG_LEVEL",
-        description="Log level: debug, info, warn or error.",
-    )
-    spool_dir: Path = setting(
-        Path("spool"),
-        env="SPOOL_DIR",
-        description="The spool directory (incoming/, processing/, done/, failed/).",
-    )
-    signing_key: SecretStr | None = setting(
-        None,
-        env="SPOOL_SIGNING_KEY",
-        description="The fetcher's signing key (at least 32 characters): files without a valid signature go to failed/ and `verify` reports them. Unset: signatures are not checked. Never logged.",
-    )
-    signing_key_file: Path | None = setting(
-        None,
-        env="SPOOL_SIGNING_KEY_FILE",
-        description="A file holding the signing key instead (its bytes, surrounding whitespace stripped); not with SPOOL_SIGNING_KEY.",
-    )
-
-    @field_validator("signing_key")
-    @classmethod
-    def _signing_key(cls, value: SecretStr | None) -> SecretStr | None:
-        return None if value is None else SecretStr(check_key_text(value.get_secret_value()))
-
-    @field_validator("signing_key_file")
-    @classmethod
-    def _signing_key_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is not None and info.data.get("signing_key") is not None:
-            raise ValueError("set SPOOL_SIGNING_KEY or SPOOL_SIGNING_KEY_FILE, not both")
-        return None if value is None else check_key_file(value)
-
-    def load_signing_key(self) -> SigningKey | None:
-        """The signing key (read from its file if configured so), or None: nothing is checked."""
-        secret = None if self.signing_key is None else self.signing_key.get_secret_value()
-        return load_signing_key(secret, self.signing_key_file)
 
 
 class UploaderSettings(SpoolSettings):
