@@ -18,12 +18,12 @@ from fetcher.errors import FetcherError
 from fetcher.settings import FetcherSettings, SpoolStateSettings
 from fetcher.state import Ledger
 from fetcher.sync import FeedResult, run_pass
-from fetcher.transfer import manifest, mark, transfer_set, write_manifest
+from fetcher.transfer import manifest, mark, transfer_set
 from shared.config import load_settings
 from shared.errors import ConfigError, SharedError, SpoolError
 from shared.logsetup import configure_logging
 from shared.signing import SigningKey
-from shared.spool import Spool
+from shared.spool import Spool, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def transfer(
         with Ledger(settings.effective_state_dir) as ledger:
             paths = transfer_set(spool, ledger, include_all=include_all)
             if manifest_path is not None:
-                write_manifest(manifest_path, manifest(spool, paths))
+                write_atomic(manifest_path, manifest(spool, paths))
             end = "\0" if null else "\n"
             click.echo("".join(f"{path}{end}" for path in paths), nl=False)
             if mark_listed:

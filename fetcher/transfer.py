@@ -9,22 +9,18 @@ Pure spool operations, no network. A transfer set is every bundle file in ``inco
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from fetcher.errors import TransferError
 from fetcher.state import Ledger
-from shared.errors import SpoolError, UnsafeNameError
+from shared.errors import UnsafeNameError
 from shared.spool import (
     INCOMING,
     Spool,
-    fsync_dir,
     parse_relative_path,
     sha256_file,
-    temp_name,
     walk_bundles,
 )
 
@@ -72,27 +68,6 @@ def manifest(spool: Spool, paths: Iterable[str]) -> bytes:
             )
         lines.append(f"{actual}  {path}\n")
     return "".join(lines).encode("utf-8")
-
-
-def write_manifest(target: Path, data: bytes) -> None:
-    """Publish ``data`` at ``target`` atomically: a hidden temp beside it, fsync, rename, fsync."""
-    directory = target.parent
-    tmp = directory / temp_name(target.name)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        fsync_dir(directory)
-    except OSError as exc:
-        raise SpoolError(f"cannot write {target}: {exc.strerror or exc}", target) from exc
 
 
 def mark(ledger: Ledger, paths: Iterable[str]) -> int:
