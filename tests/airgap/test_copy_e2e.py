@@ -165,6 +165,9 @@ def test_copy_into_watched_incoming_imports_each_file_once_and_complete(
     slow_rel, slow_data = slow_file(tmp_path, signing_key)
     expected[slow_rel] = slow_data
     command = copy_command(method, source, spool, tmp_path)
+    # The slow writer's folders exist before the copy starts: `cp -r` fails with EEXIST when
+    # another writer creates a folder between its own stat and mkdir (seen once in CI).
+    (spool.incoming / slow_rel).parent.mkdir(parents=True, exist_ok=True)
 
     copy = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     write_slowly(spool.incoming / slow_rel, slow_data, uploader)
