@@ -2,7 +2,8 @@
 
 This is the only module that imports pycti (STYLE §1). Per file it follows the diode-import
 connector's sequence (REFERENCE §2): ``initiate_work`` → ``send_stix2_bundle(work_id=...)`` (once per
-chunk when the file is larger than ``max_push_bytes``) → ``to_processed``.
+chunk when the file is larger than ``max_push_bytes``; its api-protocol core, see below) →
+``to_processed``.
 
 Where pycti is adapted, and why:
 
@@ -23,6 +24,12 @@ Where pycti is adapted, and why:
   (:class:`PlatformAuthError`) from a platform that is down or starting (:class:`TransientImportError`).
 * pycti turns a non-200 answer into ``ValueError(body)`` and loses the status code; a response hook
   on pycti's session remembers the last status per thread so 413/429/5xx are classified by code.
+* In the ``api`` protocol ``send_stix2_bundle`` runs pycti's splitter only to count expectations and
+  to refuse a bundle with nothing importable, then pushes the text unchanged with
+  ``api.send_bundle_to_api``. :func:`split_bundle` makes the same importability check, so the
+  uploader calls ``send_bundle_to_api`` itself and saves the splitter's parse and copies (several
+  times the file in memory, and CPU on every file). ``amqp`` still goes through
+  ``send_stix2_bundle``, whose split is what gets published.
 """
 
 from __future__ import annotations
@@ -240,6 +247,14 @@ class PyctiImporter:
                     work_id=str(work_id), connector_id=self.connector_id, pushes=0, objects=objects
                 )
             for chunk in chunks:
+                if self._settings.queue_protocol == "api":
+                    # What send_stix2_bundle does in the api protocol, minus its splitter: that
+                    # only counts and refuses chunks with nothing importable (checked already by
+                    # split_bundle) and parses and copies the whole bundle again (issue 6).
+                    helper.api.send_bundle_to_api(
+                        connector_id=helper.connector_id, bundle=chunk, work_id=work_id
+                    )
+                    continue
                 helper.send_stix2_bundle(
                     chunk,
                     work_id=work_id,
