@@ -290,10 +290,11 @@ class CTXClient:
 
     def bundle(self, feed_id: str, object_id: str) -> list[JSONDict]:
         """Every object of ``v1/feeds/{feed}/objects/{id}/bundle/``, all pages."""
-        object_id = check_stix_id(object_id)
-        return [obj for page in self._bundle_pages(feed_id, object_id) for obj in page.objects]
+        return [obj for page in self.bundle_pages(feed_id, object_id) for obj in page.objects]
 
-    def _bundle_pages(self, feed_id: str, object_id: str) -> Iterator[Page]:
+    def bundle_pages(self, feed_id: str, object_id: str) -> Iterator[Page]:
+        """The pages of ``v1/feeds/{feed}/objects/{id}/bundle/``, each asked for when needed."""
+        object_id = check_stix_id(object_id)
         sub_path = f"objects/{object_id}/bundle/"
         # Both styles' parameters on the first request; the answer's shape says which one applies.
         page = self.objects_page(

@@ -13,8 +13,9 @@ objects already yielded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from fetcher.client import OBJECTS_PAGE_SIZE, CTXClient, JSONDict, Page
@@ -37,6 +38,33 @@ class Batch:
     objects: list[JSONDict]
     safe_cursor: str | None
     final: bool = False
+
+
+@dataclass
+class Bound:
+    """The moving upper end of one segment of a cursor-style walk (:mod:`fetcher.segments`).
+
+    A walk covers ``_record_modified`` in ``(its start, until]``; ``until`` is None while the
+    segment is the last one, open-ended. :meth:`cut_at` sets it once, only at or above what the
+    walk has already yielded, so no object is ever yielded by two segments.
+    """
+
+    #: Newest ``_record_modified`` yielded so far.
+    position: datetime | None = None
+    until: tuple[datetime, str] | None = None
+    #: The walk ended (its final batch was made): it can no longer be cut.
+    ended: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def cut_at(self, when: datetime, raw: str) -> bool:
+        """Make ``raw`` the end of this segment if nothing beyond it was yielded yet."""
+        with self.lock:
+            if self.ended or self.until is not None:
+                return False
+            if self.position is not None and when < self.position:
+                return False
+            self.until = (when, raw)
+            return True
 
 
 def record_time(obj: JSONDict, *, path: str, feed_id: str) -> tuple[datetime, str]:
@@ -66,9 +94,20 @@ def _updated_time(obj: JSONDict) -> tuple[datetime, str] | None:
 
 
 def walk_objects(
-    client: CTXClient, feed_id: str, cursor: str | None, types: str | None = None
+    client: CTXClient,
+    feed_id: str,
+    cursor: str | None,
+    types: str | None = None,
+    *,
+    bound: Bound | None = None,
+    on_style: Callable[[str], None] | None = None,
 ) -> Iterator[Batch]:
-    """Yield every object of ``feed_id`` updated after ``cursor``, page by page, then a final batch."""
+    """Yield every object of ``feed_id`` updated after ``cursor``, page by page, then a final batch.
+
+    With a ``bound`` (cursor style only) the walk stops at ``bound.until`` once that is set, and
+    its last batch carries that as the safe cursor (not ``final``). ``on_style`` is told the
+    pagination style as soon as the first answer shows it.
+    """
     path = f"v1/feeds/{feed_id}/objects/"
     params: dict[str, str | int] = {
         "limit": OBJECTS_PAGE_SIZE,
@@ -83,10 +122,26 @@ def walk_objects(
         params["added_after"] = cursor
         params["updated_since"] = cursor
     page = client.objects_page(feed_id, params)
+    if on_style is not None:
+        on_style(page.style)
     if page.style == "page":
         yield from _walk_numbered(client, feed_id, page, params, cursor)
     else:
-        yield from _walk_cursor(client, feed_id, page, types, cursor, path)
+        yield from _walk_cursor(client, feed_id, page, types, cursor, path, bound)
+
+
+def walk_segment(
+    client: CTXClient, feed_id: str, after: str, types: str | None, bound: Bound
+) -> Iterator[Batch]:
+    """A cursor-style walk of ``(after, bound.until]`` (the rest of the listing while open)."""
+    path = f"v1/feeds/{feed_id}/objects/"
+    params: dict[str, str | int] = {"added_after": after, "limit": OBJECTS_PAGE_SIZE}
+    if types:
+        params["types"] = types
+    page = client.objects_page(feed_id, params)
+    if page.style != "cursor":
+        raise MalformedResponseError("pagination style changed mid-walk", path=path)
+    yield from _walk_cursor(client, feed_id, page, types, after, path, bound)
 
 
 def _walk_numbered(
@@ -119,6 +174,17 @@ def _walk_numbered(
     raise MalformedResponseError("too many pages", path=f"v1/feeds/{feed_id}/objects/")
 
 
+def _end(bound: Bound | None, cursor: str | None) -> Batch:
+    """The last batch of a walk: ``final`` when open-ended, else the segment's end as cursor."""
+    if bound is None:
+        return Batch([], cursor, final=True)
+    with bound.lock:
+        bound.ended = True
+        if bound.until is None:
+            return Batch([], cursor, final=True)
+        return Batch([], bound.until[1])
+
+
 def _walk_cursor(
     client: CTXClient,
     feed_id: str,
@@ -126,13 +192,40 @@ def _walk_cursor(
     types: str | None,
     cursor: str | None,
     path: str,
+    bound: Bound | None = None,
 ) -> Iterator[Batch]:
     seen: dict[str, datetime] = {}
     for _ in range(MAX_PAGES):
         if not page.objects:
-            yield Batch([], cursor, final=True)
+            yield _end(bound, cursor)
             return
         stamps = [record_time(obj, path=path, feed_id=feed_id) for obj in page.objects]
+        if bound is not None:
+            with bound.lock:
+                # Read the end and record progress in one step: cut_at() either happened
+                # before (this page is trimmed) or sees the position and cuts above it.
+                until = bound.until
+                beyond = until is not None and any(when > until[0] for when, _ in stamps)
+                kept = [
+                    (obj, stamp)
+                    for obj, stamp in zip(page.objects, stamps, strict=True)
+                    if until is None or stamp[0] <= until[0]
+                ]
+                if kept:
+                    newest = max(when for _, (when, _) in kept)
+                    if bound.position is None or newest > bound.position:
+                        bound.position = newest
+                if beyond:
+                    bound.ended = True
+            if beyond:
+                # Sorted ascending: objects past the end are on this page, so everything up to
+                # the end after ``cursor`` is here too. The segment is complete.
+                assert until is not None
+                yield Batch(
+                    [o for o, (_, raw) in kept if seen.get(f"{o['id']}|{raw}") is None],
+                    until[1],
+                )
+                return
         fresh = [
             obj
             for obj, (when, raw) in zip(page.objects, stamps, strict=True)
@@ -160,12 +253,12 @@ def _walk_cursor(
             else:
                 next_cursor = page.next or last[1]
         if cursor is not None and next_cursor == cursor and not fresh:
-            yield Batch([], cursor, final=True)
+            yield _end(bound, cursor)
             return
-        bound = parse_stix_timestamp(next_cursor)
+        floor = parse_stix_timestamp(next_cursor)
         for obj, (when, raw) in zip(page.objects, stamps, strict=True):
             seen[f"{obj['id']}|{raw}"] = when
-        seen = {key: when for key, when in seen.items() if when > bound}
+        seen = {key: when for key, when in seen.items() if when > floor}
         yield Batch(fresh, next_cursor)
         cursor = next_cursor
         if follow_url is not None:

@@ -20,6 +20,8 @@ chain alone as 56% of a default pass of 200 reports.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import logging
 import queue
 import threading
@@ -27,26 +29,31 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path, PurePosixPath
 
 from fetcher.client import CTXClient, JSONDict, Subscription
 from fetcher.errors import FeedNotSubscribedError, FetcherError, MalformedResponseError
 from fetcher.listing import Batch, walk_objects
+from fetcher.segments import SegmentedWalk
 from fetcher.state import Ledger
 from shared.errors import SpoolError
-from shared.signing import SigningKey
+from shared.signing import SigningKey, signature_of
 from shared.spool import (
     FEED_OBJECTS_SUBJECT,
+    BundleBuilder,
     Spool,
     SpoolName,
-    bundle_json,
     canonical_json,
     check_feed_id,
     check_stix_id,
+    discard_staged,
     parse_stix_timestamp,
     publish_bytes,
+    publish_staged,
     relative_path,
     remove_stale_temps,
     sha256_bytes,
+    stage_bytes,
 )
 
 logger = logging.getLogger(__name__)
@@ -169,6 +176,36 @@ class _ReadAhead:
         self._thread.join(timeout=30)
 
 
+#: Pages of reports whose bundles are being fetched while an earlier page is written.
+REPORT_PAGES_AHEAD = 1
+
+
+@dataclass
+class _Prepared:
+    """A report bundle built in a pool thread: staged on disk if new, else kept in memory."""
+
+    report_id: str
+    sha: str
+    rel: PurePosixPath
+    object_shas: dict[str, str]
+    staged: Path | None = None
+    pieces: list[bytes] | None = None
+
+
+@dataclass
+class _PageOfReports:
+    batch: Batch
+    reports: list[JSONDict]
+    futures: list[Future[_Prepared]]
+
+
+def _cutting(walk: Iterator[Batch], objects: SegmentedWalk) -> Iterator[Batch]:
+    for batch in walk:
+        if batch.safe_cursor is not None:
+            objects.cut_at(batch.safe_cursor)
+        yield batch
+
+
 class FeedSync:
     """One pass over one feed."""
 
@@ -198,28 +235,54 @@ class FeedSync:
 
     def run(self) -> FeedResult:
         """Run the pass; errors end up in ``result.error``, never raised."""
-        objects_walk: _ReadAhead | Iterator[Batch] | None = None
+        objects_walk: SegmentedWalk | Iterator[Batch] | None = None
         try:
-            objects_walk = self._walk(OBJECTS_CURSOR, None)
-            self._reports()
+            objects_walk = self._objects_walk()
+            self._reports(objects_walk if isinstance(objects_walk, SegmentedWalk) else None)
             self._orphans(objects_walk)
         except (FetcherError, SpoolError) as exc:
             if isinstance(exc, FetcherError) and exc.feed_id is None:
                 exc.feed_id = self.feed_id
             self.result.error = exc
         finally:
-            if isinstance(objects_walk, _ReadAhead):
+            if isinstance(objects_walk, SegmentedWalk):
+                logger.debug(
+                    "objects listing read in %d segment(s)",
+                    objects_walk.segments,
+                    extra={"feed_id": self.feed_id},
+                )
                 objects_walk.close()
         return self.result
 
-    def _walk(self, cursor_name: str, types: str | None) -> _ReadAhead | Iterator[Batch]:
-        """The listing walk from the saved cursor; read ahead in a thread if concurrency > 1."""
-        cursor = self.ledger.cursor(self.feed_id, cursor_name)
-        walk = walk_objects(self.client, self.feed_id, cursor, types=types)
+    def _objects_walk(self) -> SegmentedWalk | Iterator[Batch]:
+        """The objects listing from its cursor: segments in parallel if concurrency > 1."""
+        cursor = self.ledger.cursor(self.feed_id, OBJECTS_CURSOR)
+        if self.concurrency <= 1:
+            return walk_objects(self.client, self.feed_id, cursor)
+        return SegmentedWalk(
+            self.client,
+            self.feed_id,
+            cursor,
+            types=None,
+            workers=self.concurrency,
+            depth=READ_AHEAD_PAGES,
+            budget=READ_AHEAD_PAGES,
+        )
+
+    def _reports_walk(self, objects: SegmentedWalk | None) -> _ReadAhead | Iterator[Batch]:
+        """The reports listing from its cursor; read ahead in a thread if concurrency > 1.
+
+        Each page's cursor read ahead also starts a segment of the objects listing there
+        (:mod:`fetcher.segments`).
+        """
+        cursor = self.ledger.cursor(self.feed_id, REPORTS_CURSOR)
+        walk = walk_objects(self.client, self.feed_id, cursor, types="report")
         if self.concurrency <= 1:
             # CONCURRENCY=1 means one request at a time, listings included.
             return walk
-        return _ReadAhead(walk, READ_AHEAD_PAGES, f"ctx-{cursor_name}-listing")
+        if objects is not None:
+            walk = _cutting(walk, objects)
+        return _ReadAhead(walk, READ_AHEAD_PAGES, "ctx-reports-listing")
 
     @property
     def _objects_path(self) -> str:
@@ -238,33 +301,75 @@ class FeedSync:
         written = publish_bytes(self.spool.path_in("incoming", rel), data)
         return sha, str(rel), written
 
-    def _reports(self) -> None:
-        walk = self._walk(REPORTS_CURSOR, "report")
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="ctx-bundle") as pool:
-            try:
-                self._report_batches(pool, walk)
-            finally:
-                if isinstance(walk, _ReadAhead):
-                    walk.close()
+    def _reports(self, objects: SegmentedWalk | None) -> None:
+        walk = self._reports_walk(objects)
+        self._unpublished: set[Future[_Prepared]] = set()
+        try:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="ctx-bundle") as pool:
+                try:
+                    self._report_batches(pool, walk)
+                finally:
+                    if isinstance(walk, _ReadAhead):
+                        walk.close()
+        finally:
+            # After a failure: files staged by bundles that were never published (the pool has
+            # finished every task by now).
+            for future in self._unpublished:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    staged = future.result().staged
+                    if staged is not None:
+                        discard_staged(staged)
 
     def _report_batches(self, pool: ThreadPoolExecutor, walk: _ReadAhead | Iterator[Batch]) -> None:
-        for batch in walk:
-            reports = [obj for obj in batch.objects if obj["type"] == "report"]
-            futures: list[Future[list[JSONDict]]] = [
-                pool.submit(self.client.bundle, self.feed_id, report["id"]) for report in reports
-            ]
-            # The page's ledger entries and its cursor go in one commit (Ledger.batch).
-            with self.ledger.batch():
-                try:
-                    for report, future in zip(reports, futures, strict=True):
-                        self._write_report(report, future.result())
-                finally:
-                    for future in futures:
-                        future.cancel()
-                if batch.safe_cursor is not None:
-                    self.ledger.set_cursor(self.feed_id, REPORTS_CURSOR, batch.safe_cursor)
+        # The bundles of the next page are asked for before this page's files are written, so
+        # the pool never waits for the writes (issue 6: with fsyncs, writing a page took as long
+        # as fetching it). Files are still written strictly in listing order.
+        ahead: collections.deque[_PageOfReports] = collections.deque()
+        try:
+            for batch in walk:
+                reports = [obj for obj in batch.objects if obj["type"] == "report"]
+                futures = [
+                    pool.submit(
+                        self._prepare,
+                        report,
+                        # A hint: the ledger as committed now (earlier pages may still change it).
+                        self.ledger.report_sha(self.feed_id, str(report["id"])),
+                    )
+                    for report in reports
+                ]
+                self._unpublished.update(futures)
+                ahead.append(_PageOfReports(batch, reports, futures))
+                if len(ahead) > REPORT_PAGES_AHEAD:
+                    self._write_page(ahead.popleft())
+            while ahead:
+                self._write_page(ahead.popleft())
+        finally:
+            for page in ahead:
+                for future in page.futures:
+                    future.cancel()
 
-    def _write_report(self, report: JSONDict, related: list[JSONDict]) -> None:
+    def _write_page(self, page: _PageOfReports) -> None:
+        # The page's ledger entries and its cursor go in one commit (Ledger.batch).
+        with self.ledger.batch():
+            try:
+                for future in page.futures:
+                    prepared = future.result()
+                    self._unpublished.discard(future)
+                    self._write_report(prepared)
+            finally:
+                for future in page.futures:
+                    future.cancel()
+            if page.batch.safe_cursor is not None:
+                self.ledger.set_cursor(self.feed_id, REPORTS_CURSOR, page.batch.safe_cursor)
+
+    def _prepare(self, report: JSONDict, known_sha: str | None) -> _Prepared:
+        """In a pool thread: fetch the report's bundle, build its file, stage it if it is new.
+
+        The bytes are written and fsynced here, in parallel; :meth:`_write_report` only renames
+        them into place, in listing order (issue 6: the main thread's fsyncs were the pass's
+        bottleneck). ``known_sha`` is the ledger's entry when the page was read: a bundle equal to
+        it is most likely unchanged and is not staged.
+        """
         report_id = check_stix_id(report["id"])
         modified = report.get("modified")
         if not isinstance(modified, str):
@@ -279,18 +384,52 @@ class FeedSync:
                 path=self._objects_path,
                 feed_id=self.feed_id,
             ) from None
-        # The listing's version of the report is the one the cursor covers; the bundle answer may
-        # lack the report or carry another version of it (REFERENCE §1).
-        objects = [strip_bookkeeping(o) for o in related if o.get("id") != report_id]
-        objects.append(strip_bookkeeping(report))
-        data = bundle_json(objects)
-        if self.ledger.report_sha(self.feed_id, report_id) == sha256_bytes(data):
+        # Each page of the answer is reduced to canonical bytes as it arrives: the objects of a
+        # 40 MB bundle never exist as dicts all at once (issue 6, big bundle).
+        builder = BundleBuilder()
+        for page in self.client.bundle_pages(self.feed_id, report_id):
+            for obj in page.objects:
+                # The listing's version of the report is the one the cursor covers; the bundle
+                # answer may lack the report or carry another version of it (REFERENCE §1).
+                if obj.get("id") != report_id:
+                    builder.add(strip_bookkeeping(obj))
+        builder.add(strip_bookkeeping(report))
+        object_shas = builder.object_shas
+        pieces = builder.chunks()
+        digest = hashlib.sha256()
+        mac = None if self.signing_key is None else self.signing_key.new_mac()
+        for piece in pieces:
+            digest.update(piece)
+            if mac is not None:
+                mac.update(piece)
+        sha = digest.hexdigest()
+        # With a signing key the name also carries the bytes' HMAC (issue 7). Dedup is unaffected:
+        # the ledger keys on the content's SHA-256.
+        signature = None if mac is None else signature_of(mac)
+        rel = relative_path(self.feed_id, SpoolName(when, report_id, sha, signature))
+        if sha == known_sha:
+            return _Prepared(report_id, sha, rel, object_shas, pieces=pieces)
+        staged = stage_bytes(self.spool.path_in("incoming", rel), pieces)
+        return _Prepared(report_id, sha, rel, object_shas, staged=staged)
+
+    def _write_report(self, prepared: _Prepared) -> None:
+        """Publish one prepared report bundle unless the ledger has it; record it."""
+        if self.ledger.report_sha(self.feed_id, prepared.report_id) == prepared.sha:
+            if prepared.staged is not None:
+                discard_staged(prepared.staged)
             self.result.reports_unchanged += 1
             self._tick()
             return
-        sha, rel, written = self._publish(data, when, report_id)
+        path = self.spool.path_in("incoming", prepared.rel)
+        if prepared.staged is not None:
+            written = publish_staged(prepared.staged, path)
+        else:
+            # The hint said unchanged but an earlier page of this pass recorded another version.
+            assert prepared.pieces is not None
+            written = publish_bytes(path, b"".join(prepared.pieces))
+        rel = str(prepared.rel)
         self.ledger.record(
-            self.feed_id, {o["id"]: object_sha(o) for o in objects}, report=(report_id, sha, rel)
+            self.feed_id, prepared.object_shas, report=(prepared.report_id, prepared.sha, rel)
         )
         if written:
             self.result.reports_written += 1
@@ -300,7 +439,7 @@ class FeedSync:
             self.result.reports_unchanged += 1
         self._tick()
 
-    def _orphans(self, walk: _ReadAhead | Iterator[Batch]) -> None:
+    def _orphans(self, walk: SegmentedWalk | Iterator[Batch]) -> None:
         pending: dict[str, tuple[JSONDict, tuple[int, datetime] | None]] = {}
         for batch in walk:
             for obj in batch.objects:
@@ -329,9 +468,12 @@ class FeedSync:
                 raise MalformedResponseError(
                     "objects without any timestamp", path=self._objects_path, feed_id=self.feed_id
                 )
-            data = bundle_json(objects)
+            builder = BundleBuilder()
+            for obj in objects:
+                builder.add(obj)
+            data = b"".join(builder.chunks())
             _, rel, written = self._publish(data, max(stamps)[1], FEED_OBJECTS_SUBJECT)
-            self.ledger.record(self.feed_id, {o["id"]: object_sha(o) for o in objects})
+            self.ledger.record(self.feed_id, builder.object_shas)
             if written:
                 self.result.objects_files_written += 1
                 self.result.objects_written += len(objects)

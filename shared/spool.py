@@ -31,7 +31,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -223,26 +223,48 @@ def bundle_json(objects: Iterable[dict[str, Any]]) -> bytes:
     canonical bytes instead of serialising the whole bundle again: for a 40 MB report bundle that is
     two fewer copies of it in memory at once (issue 6).
     """
-    keys: dict[bytes, tuple[str, str]] = {}
+    builder = BundleBuilder()
     for obj in objects:
+        builder.add(obj)
+    return b"".join(builder.chunks())
+
+
+class BundleBuilder:
+    """:func:`bundle_json` fed one object at a time; only each object's canonical bytes are kept.
+
+    A report bundle of 40 MB then never exists as dicts all at once: each page of the CTX answer
+    is reduced to bytes as it arrives (issue 6, big bundle). ``object_shas`` maps every id to the
+    SHA-256 of its canonical bytes (the last object of an id wins): what the fetcher's ledger keeps.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[bytes, tuple[str, str]] = {}
+        self.object_shas: dict[str, str] = {}
+
+    def add(self, obj: dict[str, Any]) -> None:
         data = canonical_json(obj)
-        if data not in keys:
-            keys[data] = (str(obj.get("id", "")), str(obj.get("modified", "")))
-    ordered = sorted(keys, key=lambda k: (*keys[k], k))
-    keys.clear()
-    digest = hashlib.sha256(b"[")
-    pieces: list[bytes] = [b""]
-    for index, data in enumerate(ordered):
-        if index:
-            digest.update(b",")
-            pieces.append(b",")
-        digest.update(data)
-        pieces.append(data)
-    digest.update(b"]")
-    bundle_id = f"bundle--{uuid.uuid5(BUNDLE_NAMESPACE, digest.hexdigest())}"
-    pieces[0] = b'{"id":"' + bundle_id.encode("ascii") + b'","objects":['
-    pieces.append(b'],"type":"bundle"}')
-    return b"".join(pieces)
+        self.object_shas[str(obj.get("id", ""))] = sha256_bytes(data)
+        if data not in self._keys:
+            self._keys[data] = (str(obj.get("id", "")), str(obj.get("modified", "")))
+
+    def chunks(self) -> list[bytes]:
+        """The bundle's bytes in pieces (joined, they are :func:`bundle_json`'s); empties the builder."""
+        keys, self._keys = self._keys, {}
+        ordered = sorted(keys, key=lambda k: (*keys[k], k))
+        keys.clear()
+        digest = hashlib.sha256(b"[")
+        pieces: list[bytes] = [b""]
+        for index, data in enumerate(ordered):
+            if index:
+                digest.update(b",")
+                pieces.append(b",")
+            digest.update(data)
+            pieces.append(data)
+        digest.update(b"]")
+        bundle_id = f"bundle--{uuid.uuid5(BUNDLE_NAMESPACE, digest.hexdigest())}"
+        pieces[0] = b'{"id":"' + bundle_id.encode("ascii") + b'","objects":['
+        pieces.append(b'],"type":"bundle"}')
+        return pieces
 
 
 def fsync_dir(path: Path) -> None:
@@ -313,12 +335,36 @@ def remove_stale_temps(root: Path, older_than: float) -> int:
     return removed
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     """Write ``data`` to ``path`` atomically and durably, replacing any existing file.
 
     A hidden temp file in the same directory is written, fsynced and renamed over ``path``, then
     the directory is fsynced. Raises :class:`SpoolError` on any I/O failure, leaving no partial file
     and no temp file behind.
+
+    ``sync_dir=False`` leaves the directory's fsync to the caller, who must fsync that directory
+    after a later operation in it (the uploader's receipt and the bundle moved beside it: one
+    directory fsync makes both durable, issue 6). The file's own bytes are always fsynced before the
+    rename, so the name never points at a partial file after a crash.
+    """
+    tmp = stage_bytes(path, data)
+    try:
+        os.replace(tmp, path)
+        if sync_dir:
+            fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise SpoolError(f"cannot write {path.name}: {exc.strerror or exc}", path) from exc
+
+
+def stage_bytes(path: Path, data: bytes | Sequence[bytes]) -> Path:
+    """Write ``data`` durably to a hidden temp file beside ``path``; return the temp file.
+
+    The first half of :func:`write_atomic`, for writers that stage files in parallel and publish
+    them in order with :func:`publish_staged` (the fetcher: issue 6). Raises :class:`SpoolError`,
+    leaving no temp file behind. A temp file a crash leaves is removed by
+    :func:`remove_stale_temps`.
     """
     directory = path.parent
     try:
@@ -326,20 +372,68 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp = directory / temp_name(path.name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                view = memoryview(data)
-                for start in range(0, len(view), _CHUNK):
-                    fh.write(view[start : start + _CHUNK])
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            try:
+                _write_all(fd, [data] if isinstance(data, bytes) else data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        fsync_dir(directory)
     except OSError as exc:
         raise SpoolError(f"cannot write {path.name}: {exc.strerror or exc}", path) from exc
+    return tmp
+
+
+def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
+    """Write ``pieces`` one after the other, small ones gathered into writes of about 1 MiB."""
+    group: list[bytes] = []
+    size = 0
+    for piece in [*pieces, b""]:
+        if piece and len(piece) < _CHUNK:
+            group.append(piece)
+            size += len(piece)
+            if size < _CHUNK:
+                continue
+        if group:
+            _write_view(fd, memoryview(b"".join(group)))
+            group, size = [], 0
+        if len(piece) >= _CHUNK:
+            _write_view(fd, memoryview(piece))
+
+
+def _write_view(fd: int, view: memoryview) -> None:
+    written = 0
+    while written < len(view):
+        written += os.write(fd, view[written : written + _CHUNK])
+
+
+def publish_staged(tmp: Path, path: Path) -> bool:
+    """Rename a :func:`stage_bytes` temp file to its content-addressed ``path`` and fsync the folder.
+
+    Returns False (and drops the temp file) if ``path`` already exists with the same size, as
+    :func:`publish_bytes` does. Raises :class:`SpoolError`; the temp file is gone either way.
+    """
+    published = False
+    try:
+        size = tmp.stat().st_size
+        if not (path.is_file() and path.stat().st_size == size):
+            os.replace(tmp, path)
+            published = True
+            fsync_dir(path.parent)
+    except OSError as exc:
+        raise SpoolError(f"cannot publish {path.name}: {exc.strerror or exc}", path) from exc
+    finally:
+        if not published:
+            discard_staged(tmp)
+    return published
+
+
+def discard_staged(tmp: Path) -> None:
+    """Drop a :func:`stage_bytes` temp file that will not be published."""
+    with contextlib.suppress(OSError):
+        tmp.unlink()
 
 
 def publish_bytes(path: Path, data: bytes) -> bool:
@@ -357,11 +451,16 @@ def publish_bytes(path: Path, data: bytes) -> bool:
     return True
 
 
-def move_no_replace(src: Path, dst: Path) -> None:
+def move_no_replace(src: Path, dst: Path, *, sync_source: bool = True) -> None:
     """Move ``src`` to ``dst`` durably without ever overwriting ``dst``.
 
     Uses link+unlink (atomic no-replace) where the filesystem has hard links, else a checked rename.
     Raises :class:`DestinationExistsError` if ``dst`` exists, :class:`SpoolError` on I/O errors.
+
+    ``dst``'s folder is always fsynced. ``sync_source=False`` skips the fsync of ``src``'s folder
+    for callers whose readers treat a copy left in both places by a crash as a duplicate (the
+    uploader's claim folder: reclaim drops a claimed copy whose bytes are already in done/ or
+    failed/); the removal still reaches the disk with the filesystem's next commit.
     """
     try:
         _makedirs_durable(dst.parent)
@@ -378,7 +477,7 @@ def move_no_replace(src: Path, dst: Path) -> None:
         else:
             os.unlink(src)
         fsync_dir(dst.parent)
-        if src.parent != dst.parent:
+        if sync_source and src.parent != dst.parent:
             fsync_dir(src.parent)
     except OSError as exc:
         raise SpoolError(f"cannot move {src.name}: {exc.strerror or exc}", src) from exc

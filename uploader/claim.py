@@ -114,11 +114,16 @@ def claim(spool: Spool, instance: str, rel: PurePosixPath) -> Path:
     dst = claimed_path(spool, instance, rel)
     # Only this instance writes into its own folder (we hold its lock), so checking first is
     # race-free; rename() would silently replace a leftover that could not be put back.
-    if dst.exists() or dst.is_symlink():
+    if os.path.lexists(dst):
         raise SpoolError(f"{rel} is already in this uploader's claim folder", dst)
     try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(src, dst)
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            # The claim folders are made on first use (one failed rename per new folder, not a
+            # mkdir per file: issue 6). A missing source raises again below.
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src, dst)
     except FileNotFoundError:
         raise ClaimLostError(str(rel)) from None
     except OSError as exc:
@@ -215,16 +220,15 @@ def _prune_empty_dirs(directory: Path) -> None:
 def _claim_folders(spool: Spool) -> list[str]:
     """Names of the instance folders in ``processing/`` (real folders only, never symlinks)."""
     try:
-        names = sorted(p.name for p in spool.processing.iterdir())
+        # One listing, no stat per folder (asked for every file: issue 6).
+        with os.scandir(spool.processing) as it:
+            return sorted(
+                entry.name
+                for entry in it
+                if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)
+            )
     except FileNotFoundError:
         return []
-    return [
-        name
-        for name in names
-        if not name.startswith(".")
-        and not (spool.processing / name).is_symlink()
-        and (spool.processing / name).is_dir()
-    ]
 
 
 def reclaim_instance(spool: Spool, instance: str) -> int | None:

@@ -38,6 +38,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -50,7 +51,9 @@ from pycti import OpenCTIConnectorHelper
 from pycti.utils.opencti_stix2_splitter import is_id_supported
 from requests.adapters import HTTPAdapter
 
+from uploader.check import scan_bundle
 from uploader.errors import (
+    BundleRejected,
     ImportFailure,
     PermanentImportError,
     PlatformAuthError,
@@ -251,12 +254,10 @@ class PyctiImporter:
                     # What send_stix2_bundle does in the api protocol, minus its splitter: that
                     # only counts and refuses chunks with nothing importable (checked already by
                     # split_bundle) and parses and copies the whole bundle again (issue 6).
-                    helper.api.send_bundle_to_api(
-                        connector_id=helper.connector_id, bundle=chunk, work_id=work_id
-                    )
+                    push_bundle(helper.api, helper.connector_id, chunk, str(work_id))
                     continue
                 helper.send_stix2_bundle(
-                    chunk,
+                    chunk.decode("utf-8"),
                     work_id=work_id,
                     # The spool file is the newest version of its objects (REFERENCE §4).
                     update=True,
@@ -370,6 +371,7 @@ class PyctiImporter:
             root.setLevel(saved_level)
             for name, level in saved_levels.items():
                 logging.getLogger(name).setLevel(level)
+        _resolve_environment_once(helper.api)
         helper.api.session.hooks["response"].append(self._remember_status)
         # One kept-alive connection per feed thread, plus the ping thread (requests' default
         # pool of 10 would drop connections above UPLOADER_CONCURRENCY=9).
@@ -462,6 +464,24 @@ class PyctiImporter:
         )
 
 
+def _resolve_environment_once(api: Any) -> None:
+    """Read the proxy and CA-bundle variables once, at start-up, instead of on every request.
+
+    With ``trust_env`` on, requests looks up ``*_PROXY``/``NO_PROXY`` (decoding the whole
+    environment), ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` and ``~/.netrc`` on every call: about a
+    quarter of the uploader's CPU per file (three pycti calls per file; issue 6, make bench). The
+    answer cannot change for the one OpenCTI URL, so it is resolved here and the session stops
+    looking. ``~/.netrc`` is dropped on purpose: pycti authenticates with its bearer header, which
+    a netrc entry for the host would have replaced.
+    """
+    session: requests.Session = api.session
+    resolved = session.merge_environment_settings(api.api_url, {}, None, api.ssl_verify, None)
+    session.proxies.update(resolved["proxies"])
+    # True becomes the CA bundle the environment names (if any); False stays False.
+    api.ssl_verify = resolved["verify"]
+    session.trust_env = False
+
+
 @contextlib.contextmanager
 def _shadowed_env(names: tuple[str, ...]) -> Iterator[None]:
     # os.environ is process-wide: this runs under the importer's lock and only for the helper's
@@ -473,31 +493,34 @@ def _shadowed_env(names: tuple[str, ...]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def split_bundle(data: bytes, max_push_bytes: int) -> tuple[list[str], int]:
-    """The bundle as one or more bundle texts, each under ``max_push_bytes`` once in a push.
+def split_bundle(data: bytes, max_push_bytes: int) -> tuple[list[bytes], int]:
+    """The bundle as one or more bundle texts (UTF-8), each under ``max_push_bytes`` once in a push.
 
     Returns ``(bundle_texts, number_of_objects)``. A bundle that fits is sent as the file's exact
-    text; a bigger one is cut into whole objects (referenced objects first, containers last), each
-    chunk a ``{type, id, objects}`` bundle. Nothing is dropped: one object alone over the limit is a
-    :class:`PermanentImportError`. A chunk holding only objects of types pycti does not import
-    (``extension-definition``, unknown custom types) is not sent, because pycti refuses it with
-    "Nothing to import" (pycti drops such objects from any push anyway). So no text at all means
-    the file has nothing OpenCTI imports.
+    bytes, checked one object at a time (:func:`uploader.check.scan_bundle`: a 40 MB file is never
+    held parsed, issue 6); a bigger one is parsed and cut into whole objects (referenced objects
+    first, containers last), each chunk a ``{type, id, objects}`` bundle. Nothing is dropped: one
+    object alone over the limit is a :class:`PermanentImportError`. A chunk holding only objects of
+    types pycti does not import (``extension-definition``, unknown custom types) is not sent,
+    because pycti refuses it with "Nothing to import" (pycti drops such objects from any push
+    anyway). So no text at all means the file has nothing OpenCTI imports.
     """
+    budget = max_push_bytes - PUSH_ENVELOPE_BYTES
+    if pushed_size_of(data) <= budget:
+        try:
+            scan = scan_bundle(data)
+        except BundleRejected as exc:
+            raise PermanentImportError(f"not a usable STIX bundle: {exc}") from None
+        if not any(is_id_supported(ident) for ident in scan.ids):
+            return [], scan.objects
+        return [data], scan.objects
     parsed = _parse_bundle(data)
     objects: list[dict[str, Any]] = parsed["objects"]
     if not any(_importable(obj) for obj in objects):
         return [], len(objects)
-    budget = max_push_bytes - PUSH_ENVELOPE_BYTES
-    if pushed_size_of(data) <= budget:
-        # Counted on the bytes and the parse dropped first: a 40 MB file no longer has its
-        # parse, its text and its escaped copy in memory at once (issue 6).
-        count = len(objects)
-        del parsed, objects
-        return [data.decode("utf-8")], count
     bundle_id = str(parsed.get("id") or f"bundle--{uuid.uuid4()}")
     head = _pushed_size(json.dumps({"type": "bundle", "id": bundle_id, "objects": []}))
-    chunks: list[str] = []
+    chunks: list[bytes] = []
     current: list[str] = []
     size = head
     current_importable = False
@@ -518,6 +541,119 @@ def split_bundle(data: bytes, max_push_bytes: int) -> tuple[list[str], int]:
     if current and current_importable:
         chunks.append(_chunk(bundle_id, len(chunks), current))
     return chunks, len(objects)
+
+
+#: pycti's ``send_bundle_to_api`` mutation, word for word (pycti 6.5.10 to 6.8).
+PUSH_MUTATION = (
+    "mutation StixBundlePush($connectorId: String!, $bundle: String!, $work_id: String) {"
+    " stixBundlePush(connectorId: $connectorId, bundle: $bundle, work_id: $work_id) }"
+)
+#: Bodies up to this size are built in memory; bigger ones are streamed (:class:`PushBody`).
+STREAM_PUSH_BYTES = 1 << 20
+#: pycti's own timeout for every request (``query``).
+PUSH_TIMEOUT = 300
+
+
+def push_bundle(api: Any, connector_id: str, bundle: bytes, work_id: str) -> None:
+    """``api.send_bundle_to_api(connector_id=..., bundle=..., work_id=...)`` without its copies.
+
+    pycti's version takes the bundle as text and has requests serialise it into the GraphQL
+    request: the file's bytes, its text, the escaped text and the encoded body are all in memory
+    during the push (about four times a 40 MB file, issue 6). Here the request is the same mutation
+    on pycti's own session, headers, TLS and proxy settings, but its body is written from the
+    file's bytes as it is sent, escaped a slice at a time. Errors are raised as pycti's ``query``
+    raises them (``ValueError`` of the answer), so they are classified the same way.
+    """
+    body = PushBody(connector_id, bundle, work_id)
+    headers = {**api.request_headers, "Content-Type": "application/json"}
+    response = api.session.post(
+        api.api_url,
+        data=body.as_bytes() if len(body) <= STREAM_PUSH_BYTES else body,
+        headers=headers,
+        verify=api.ssl_verify,
+        cert=api.cert,
+        proxies=api.proxies,
+        timeout=PUSH_TIMEOUT,
+    )
+    if response.status_code != 200:
+        raise ValueError(response.text)
+    result = response.json()
+    if "errors" in result:
+        # pycti's query(): the first error's name (or message) and message, plus its data.
+        error = result["errors"][0]
+        detail = {
+            "name": error.get("name", error.get("message")),
+            "error_message": error.get("message"),
+        }
+        data = dict(error.get("data") or {})
+        data.pop("input", None)
+        raise ValueError({**detail, **data})
+
+
+class PushBody:
+    """The JSON body of one push, produced from the bundle's bytes slice by slice.
+
+    A file-like object of known length (requests sends it with a ``Content-Length``): ``read``
+    returns the next piece whatever size is asked for. JSON escaping works byte by byte (quote,
+    backslash and control characters are all ASCII, never part of a UTF-8 sequence), so slicing
+    anywhere is safe, and the length is known up front from :func:`pushed_size_of`.
+    """
+
+    def __init__(self, connector_id: str, bundle: bytes, work_id: str) -> None:
+        variables_head = json.dumps({"connectorId": connector_id, "work_id": work_id})[:-1]
+        self._head = (
+            f'{{"query": {json.dumps(PUSH_MUTATION)}, "variables": {variables_head}, "bundle": "'
+        ).encode()
+        self._tail = b'"}}'
+        self._bundle = memoryview(bundle)
+        self._length = len(self._head) + pushed_size_of(bundle) - 2 + len(self._tail)
+        self._offset = -1  # -1: the head is next
+        self._sent = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, size: int = -1) -> bytes:
+        if self._offset < 0:
+            self._offset = 0
+            piece = self._head
+        elif self._offset < len(self._bundle):
+            chunk = self._bundle[self._offset : self._offset + STREAM_PUSH_BYTES]
+            self._offset += len(chunk)
+            piece = escape_json_bytes(bytes(chunk))
+        elif self._offset == len(self._bundle):
+            self._offset += 1
+            piece = self._tail
+        else:
+            piece = b""
+        self._sent += len(piece)
+        if not piece and self._sent != self._length:
+            raise RuntimeError(f"push body is {self._sent} bytes, {self._length} announced")
+        return piece
+
+    def as_bytes(self) -> bytes:
+        return b"".join(iter(lambda: self.read(), b""))
+
+
+_ESCAPED_CONTROL = {
+    bytes([code]): {
+        8: b"\\b",
+        9: b"\\t",
+        10: b"\\n",
+        12: b"\\f",
+        13: b"\\r",
+    }.get(code, f"\\u{code:04x}".encode())
+    for code in range(32)
+}
+_CONTROL_RE = re.compile(rb"[\x00-\x1f]")
+
+
+def escape_json_bytes(data: bytes) -> bytes:
+    """The inside of a JSON string holding UTF-8 ``data`` (quote, backslash, controls escaped)."""
+    escaped = data.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+    if escaped.translate(None, _NOT_CONTROL):
+        escaped = _CONTROL_RE.sub(lambda match: _ESCAPED_CONTROL[match.group()], escaped)
+    return escaped
 
 
 def _importable(obj: Mapping[str, Any]) -> bool:
@@ -546,9 +682,9 @@ def _rank(obj: Mapping[str, Any]) -> int:
     return _TYPE_RANK.get(str(obj.get("type")), 2)
 
 
-def _chunk(bundle_id: str, index: int, objects: list[str]) -> str:
+def _chunk(bundle_id: str, index: int, objects: list[str]) -> bytes:
     chunk_id = f"bundle--{uuid.uuid5(uuid.NAMESPACE_URL, f'{bundle_id}/{index}')}"
-    return f'{{"type":"bundle","id":"{chunk_id}","objects":[{",".join(objects)}]}}'
+    return f'{{"type":"bundle","id":"{chunk_id}","objects":[{",".join(objects)}]}}'.encode()
 
 
 #: Every byte but the control characters (which JSON escapes).

@@ -7,8 +7,9 @@ beside the bundle. Order, so that a crash at any point loses nothing and never l
 1. if the destination already exists: identical bytes → the claim copy is a duplicate, replace
    the sidecar and drop the copy; different bytes → never overwrite (``done`` turns into a
    ``conflict`` failure);
-2. write the sidecar atomically (temp + fsync + rename + fsync of the folder);
-3. move the bundle with :func:`shared.spool.move_no_replace`.
+2. write the sidecar atomically (temp + fsync + rename);
+3. move the bundle with :func:`shared.spool.move_no_replace`, whose fsync of the destination
+   folder makes the sidecar's rename and the bundle's link durable together.
 
 A crash after 2 leaves the bundle claimed: it is reclaimed into ``incoming/`` and imported again
 (OpenCTI upserts), and its new sidecar replaces the stale one. A crash inside 3 (after the link,
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -51,14 +53,28 @@ def sidecar_path(bundle_path: Path, suffix: str) -> Path:
     return bundle_path.with_name(bundle_path.name + suffix)
 
 
-def write_sidecar(path: Path, document: dict[str, Any]) -> None:
+def write_sidecar(path: Path, document: dict[str, Any], *, sync_dir: bool = True) -> None:
     """Atomically and durably write (or replace) a JSON sidecar.
 
     :func:`shared.spool.write_atomic`, not ``publish_bytes``: that one keeps an existing file of the
-    same size, and a stale receipt from an interrupted earlier attempt must be replaced.
+    same size, and a stale receipt from an interrupted earlier attempt must be replaced. With
+    ``sync_dir=False`` the caller fsyncs the folder after its next step there.
     """
-    data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    write_atomic(path, data)
+    write_atomic(path, sidecar_bytes(document), sync_dir=sync_dir)
+
+
+def sidecar_bytes(document: dict[str, Any]) -> bytes:
+    """``json.dumps(document, indent=2, sort_keys=True)`` plus a newline, for flat documents fast.
+
+    ``indent`` makes json use its pure-Python encoder, a tenth of a millisecond per file on the
+    upload path (issue 6); sidecars hold only scalars, whose indented form is the compact one.
+    """
+    if not document or any(isinstance(value, dict | list) for value in document.values()):
+        return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    lines = ",\n".join(
+        f"  {json.dumps(key)}: {json.dumps(document[key])}" for key in sorted(document)
+    )
+    return ("{\n" + lines + "\n}\n").encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -83,7 +99,11 @@ def _same_bytes(a: Path, b: Path) -> bool:
 
 
 def _exists(path: Path) -> bool:
-    return path.exists() or path.is_symlink()
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _place(claimed: Path, dst: Path, sidecar: Path, document: dict[str, Any]) -> None:
@@ -95,8 +115,14 @@ def _place(claimed: Path, dst: Path, sidecar: Path, document: dict[str, Any]) ->
         claimed.unlink()
         fsync_dir(claimed.parent)
         return
-    write_sidecar(sidecar, document)
-    move_no_replace(claimed, dst)
+    # Two fsyncs per file instead of four (issue 6): the sidecar's bytes are fsynced before its
+    # rename, and the one fsync of the folder after the bundle's link makes the sidecar's rename
+    # and the link durable together. Journaled filesystems commit a folder's entries in the order
+    # they were made, so the bundle never survives a crash without its sidecar. The claim folder
+    # is not fsynced: a claimed copy that a crash brings back beside the moved bundle is dropped
+    # by reclaim, which finds the same bytes in done/ or failed/ (claim.release_claim).
+    write_sidecar(sidecar, document, sync_dir=False)
+    move_no_replace(claimed, dst, sync_source=False)
 
 
 def mark_done(
@@ -129,9 +155,11 @@ def mark_done(
     # A reason left without its bundle by a crash during an earlier failing attempt would claim
     # the file failed: it is stale now.
     failed = spool.path_in(FAILED, rel)
-    if not _exists(failed):
+    reason = sidecar_path(failed, REASON_SUFFIX)
+    # The reason is looked for first: it is almost never there (one syscall per file, issue 6).
+    if _exists(reason) and not _exists(failed):
         with contextlib.suppress(FileNotFoundError):
-            sidecar_path(failed, REASON_SUFFIX).unlink()
+            reason.unlink()
     return dst
 
 

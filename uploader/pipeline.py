@@ -3,8 +3,15 @@
 The scheduler owns all bookkeeping (pending files per feed, back-off, settle state is the only
 thing workers share) and is fed by one queue: paths from watchdog, the start-up scan and the
 rescans, and the results of the workers. Within a feed the files go strictly in name order (names
-sort by modified time), one at a time, so an older version never lands after a newer one; a file
-waiting for a retry or for a copy to settle holds back the later files of its feed only.
+sort by modified time), one import at a time, so an older version never lands after a newer one; a
+file waiting for a retry or for a copy to settle holds back the later files of its feed only.
+
+A feed's next file starts as soon as OpenCTI has accepted the previous one: the worker tells the
+scheduler (an ``imported`` result) and then moves the file to ``done/`` with its receipt while the
+next import runs (issue 6: the durable moves cost about as much as the platform calls). A move that
+fails after the import is retried in place, never by importing again, so order is kept; only if
+the uploader stops first does the file go back to ``incoming/`` (imported again by the next run,
+like any file claimed at a crash).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from watchdog.observers.api import BaseObserver
 from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
 from shared.signing import SigningKey
 from shared.spool import BUNDLE_SUFFIX, INCOMING, Spool, walk_bundle_paths
-from uploader.check import SpoolFile, check_bundle, check_stix, read_spool_file
+from uploader.check import SpoolFile, check_bundle, check_stix, read_spool_file, scan_bundle
 from uploader.claim import (
     ClaimLostError,
     InstanceLock,
@@ -46,7 +53,7 @@ from uploader.errors import (
     PermanentImportError,
     TransientImportError,
 )
-from uploader.importer import Importer
+from uploader.importer import Importer, ImportReceipt
 from uploader.outcome import Failure, mark_done, mark_failed
 from uploader.settings import UploaderSettings
 
@@ -114,7 +121,7 @@ class RunSummary:
         return self.failed == 0 and not self.pending and not self.left
 
 
-ResultKind = Literal["done", "failed", "retry", "settling", "wait", "gone", "left"]
+ResultKind = Literal["done", "failed", "retry", "settling", "wait", "gone", "left", "imported"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,8 @@ class _Result:
     attempts: int = 0
     #: Walk the feed's folder again (files were put back into incoming/ behind our back).
     rescan: bool = False
+    #: The final result of a file whose ``imported`` result already freed its feed.
+    released: bool = False
 
 
 @dataclass
@@ -206,6 +215,10 @@ class Pipeline:
         self._startup: collections.deque[Path] = collections.deque()
         self._unscanned: set[str] = set()
         self._unverified_noted = threading.Event()
+        # Files imported whose move to done/ (or failed/) is still running in a worker.
+        self._finishing = 0
+        # Set when the run is stopping: workers retrying a move after an import give up.
+        self._stopping = threading.Event()
 
     def run(
         self, stop: threading.Event, *, watch: bool, max_wait: float | None = None
@@ -219,6 +232,8 @@ class Pipeline:
         """
         self.spool.ensure()
         self._summary = RunSummary()
+        self._stopping.clear()
+        self._finishing = 0
         self._summary.reclaimed = reclaim(self.spool, self.lock, own=True)
         if watch:
             # Watch first, then scan: a file published in between is seen at least once.
@@ -255,9 +270,11 @@ class Pipeline:
         deadline = None if max_wait is None else start + max_wait
         finished = self._finished_count()
         next_rescan = start + self.options.rescan_interval
+        # Imports running (at most ``concurrency``); a worker that finishes a file after its
+        # import no longer counts, so the pool has room for as many of those again.
         in_flight = 0
         with ThreadPoolExecutor(
-            max_workers=self.options.concurrency, thread_name_prefix="uploader-worker"
+            max_workers=2 * self.options.concurrency, thread_name_prefix="uploader-worker"
         ) as pool:
             while True:
                 now = self.clock()
@@ -268,10 +285,14 @@ class Pipeline:
                 self._keep_observer_alive(now)
                 self._scan_next_startup_folder()
                 stopping = stop.is_set() or (deadline is not None and now >= deadline)
-                if not stopping:
+                if stopping:
+                    self._stopping.set()
+                else:
                     in_flight += self._dispatch(pool, self.options.concurrency - in_flight, now)
-                if in_flight == 0 and (
-                    stopping or (not watch and not self._has_pending() and not self._startup)
+                if (
+                    in_flight == 0
+                    and self._finishing == 0
+                    and (stopping or (not watch and not self._has_pending() and not self._startup))
                 ):
                     return
                 timeout = self._next_wakeup(now, next_rescan if watch else None, deadline)
@@ -283,7 +304,13 @@ class Pipeline:
                     continue
                 while True:
                     if isinstance(event, _Result):
-                        in_flight -= 1
+                        if event.kind == "imported":
+                            in_flight -= 1
+                            self._finishing += 1
+                        elif event.released:
+                            self._finishing -= 1
+                        else:
+                            in_flight -= 1
                         self._apply(event)
                     else:
                         self._add_path(event)
@@ -445,8 +472,18 @@ class Pipeline:
 
     def _apply(self, result: _Result) -> None:
         feed = self._feeds[result.feed]
-        feed.busy = False
         rel = result.rel
+        if result.released:
+            # The feed went on at ``imported``; only the count is left (or, if the move after the
+            # import gave up at stop, the file is pending again: it goes back to incoming/).
+            self._count(result, feed)
+            return
+        feed.busy = False
+        if result.kind == "imported":
+            feed.discard(rel)
+            feed.not_before = 0.0
+            self._attempts.pop(rel, None)
+            return
         if result.rescan and len(rel.parts) > 1:
             self._scan(self.spool.incoming / rel.parts[0])
         if result.kind in ("retry", "settling", "wait"):
@@ -458,9 +495,15 @@ class Pipeline:
         self._attempts.pop(rel, None)
         with self._settle_lock:
             self._settle.pop(rel, None)
-        if result.kind == "gone":
+        self._count(result, feed)
+
+    def _count(self, result: _Result, feed: _Feed) -> None:
+        rel = result.rel
+        if result.kind == "retry":
+            feed.add(rel)
+        elif result.kind == "gone":
             self._gone += 1
-        if result.kind == "done":
+        elif result.kind == "done":
             self._summary.done += 1
         elif result.kind == "failed":
             self._summary.failed += 1
@@ -556,12 +599,11 @@ class Pipeline:
             return _Result(feed, rel, "settling", 0.05, attempts)
 
         try:
-            bundle = check_bundle(spool_file.data)
             if self.options.strict_stix:
-                check_stix(bundle)
-            # The parsed bundle is not needed any more: dropped before the import, which parses
-            # again (a 40 MB file is ~50 MB parsed; issue 6).
-            del bundle
+                check_stix(check_bundle(spool_file.data))
+            else:
+                # One object at a time for big files: the parsed bundle is never held (issue 6).
+                scan_bundle(spool_file.data)
         except BundleRejected as exc:
             return self._fail(feed, claimed, rel, Failure(exc.kind, str(exc), attempts))
 
@@ -588,6 +630,60 @@ class Pipeline:
                 rel,
                 Failure("rejected", str(exc), attempts, work_id=exc.work_id),
             )
+        # OpenCTI has the file: the feed's next file may start (module docstring).
+        self.events.put(_Result(feed, rel, "imported", attempts=attempts))
+        return self._finish(feed, claimed, rel, spool_file, receipt, attempts)
+
+    def _finish(
+        self,
+        feed: str,
+        claimed: Path,
+        rel: PurePosixPath,
+        spool_file: SpoolFile,
+        receipt: ImportReceipt,
+        attempts: int,
+    ) -> _Result:
+        """Move an imported file to done/ (or failed/ on a conflict), retrying until it works.
+
+        Never raises and never imports again: a newer file of the feed may be importing already.
+        """
+        ctx = {"feed": feed, "file": str(rel), "work_id": receipt.work_id}
+        tries = 0
+        while True:
+            if tries and not os.path.lexists(claimed):
+                # An earlier try moved it and failed on a later step (a stale reason's removal).
+                return _Result(feed, rel, "done", attempts=attempts, released=True)
+            try:
+                result = self._record_done(feed, claimed, rel, spool_file, receipt, attempts)
+                return replace(result, released=True)
+            except Exception as exc:  # noqa: BLE001 - disk full, EIO: the file is not at fault
+                tries += 1
+                delay = self._retry_delay(tries)
+                logger.error(
+                    "imported %s, but recording it failed (%s); trying again in %.1fs",
+                    rel.name,
+                    exc,
+                    delay,
+                    extra=ctx,
+                )
+                if self._stopping.wait(delay):
+                    logger.error(
+                        "stopping before %s could be moved to done/: it goes back to incoming/ "
+                        "and the next run imports it again",
+                        rel.name,
+                        extra=ctx,
+                    )
+                    return _Result(feed, rel, "retry", attempts=attempts, released=True)
+
+    def _record_done(
+        self,
+        feed: str,
+        claimed: Path,
+        rel: PurePosixPath,
+        spool_file: SpoolFile,
+        receipt: ImportReceipt,
+        attempts: int,
+    ) -> _Result:
         try:
             mark_done(
                 self.spool,
@@ -608,7 +704,12 @@ class Pipeline:
         logger.info(
             "imported %s",
             rel.name,
-            extra={**ctx, "work_id": receipt.work_id, "objects": receipt.objects},
+            extra={
+                "feed": feed,
+                "file": str(rel),
+                "work_id": receipt.work_id,
+                "objects": receipt.objects,
+            },
         )
         return _Result(feed, rel, "done", attempts=attempts)
 

@@ -362,7 +362,7 @@ def test_token_never_reaches_the_logs(
     ):
         bad.connect()
 
-    assert "Pushing a bundle" in caplog.text  # pycti's debug/info lines were captured
+    assert "Initiate work" in caplog.text  # pycti's debug/info lines were captured
     assert STANDIN_TOKEN not in caplog.text
     assert STANDIN_TOKEN not in str(info.value) and STANDIN_TOKEN not in str(auth.value)
 
@@ -392,8 +392,38 @@ def test_ssl_verify_is_passed_to_pycti(
     with PyctiImporter(make_settings(opencti_standin, **fields)) as importer:
         importer.connect()
         assert importer.helper.opencti_ssl_verify is verify
-        assert importer.helper.api.ssl_verify is verify
         assert importer.helper.api_impersonate.ssl_verify is verify
+        # On: True, or the CA bundle the environment names (resolved once, as requests would).
+        env_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        expected = (env_bundle or True) if verify else False
+        assert importer.helper.api.ssl_verify == expected
+
+
+def test_environment_is_resolved_once_at_connect(
+    pycti_env: None,
+    opencti_standin: OpenCTIStandIn,
+    make_settings: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # What requests would read on every call (issue 6): the CA bundle and the proxy variables,
+    # here a proxy that does not exist and a NO_PROXY that exempts the platform.
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not read: the platform is plain http here\n")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with PyctiImporter(make_settings(opencti_standin)) as importer:
+        importer.connect()
+        session = importer.helper.api.session
+        assert session.trust_env is False
+        assert importer.helper.api.ssl_verify == str(bundle)
+        assert "http" not in session.proxies  # NO_PROXY applied once for the platform's URL
+        # A variable changed later is no longer read: the import still bypasses the proxy.
+        monkeypatch.delenv("NO_PROXY")
+        receipt = importer.import_bundle("env once", _report_bundle()[0])
+    assert receipt.pushes == 1
+    assert len(opencti_standin.pushes) == 1
 
 
 def test_wait_for_work_polls_until_complete(
