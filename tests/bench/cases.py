@@ -444,7 +444,7 @@ def bench_scale(opts: Options) -> Result:
         f"{gen_time:.1f} s (plain writes). `ctx-uploader watch` as a child process: time from "
         "process start (fork) to the first push received by the stand-in (Python start-up, pycti "
         "import and connector registration included); it then imports for 3 s and is stopped with "
-        "SIGTERM; peak RSS from `wait4` (ru_maxrss) of the uploader process.",
+        "SIGTERM; peak RSS is the uploader process's own VmHWM (read until it exits; see harness.Child).",
         "",
         f"- start → first push: {fp.fmt()}",
         f"- uploader peak RSS: {peak.fmt('MiB', 0)}",
@@ -597,7 +597,7 @@ def bench_big(opts: Options) -> Result:
     result.details += [
         f"One report whose bundle holds {objects:,} indicators of ~4 KB ({mib:.1f} MiB file), served by "
         "the CTX stand-in in 100-object bundle pages; `ctx-fetcher once` then `ctx-uploader once` "
-        "(one push: under UPLOADER_MAX_PUSH_BYTES) as child processes; peak RSS from `wait4`.",
+        "(one push: under UPLOADER_MAX_PUSH_BYTES) as child processes; peak RSS is each process's own VmHWM (read until it exits; see harness.Child).",
         "",
         f"- fetcher peak RSS / file size: {fr.fmt('×', 2)} ({Series(fetch_rss).fmt('MiB', 0)})",
         f"- uploader peak RSS / file size: {ur.fmt('×', 2)} ({Series(upload_rss).fmt('MiB', 0)})",
