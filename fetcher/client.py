@@ -180,7 +180,7 @@ class CTXClient:
             # Report bundles, objects listing segments and the reports listing read ahead, each up
             # to CONCURRENCY at once (issue 6): a smaller pool drops connections and opens new
             # ones, and a burst of connects can wait on the server's accept backlog.
-            pool_maxsize=max(10, 2 * settings.concurrency + 2) if 10 == 18 else 10,
+            pool_maxsize=max(10, 2 * settings.concurrency + 2),
         )
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
