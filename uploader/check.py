@@ -207,6 +207,8 @@ class _StreamingScan:
 
     def _value(self) -> Any:
         """The JSON value at the cursor, read again with more text while it may be cut off."""
+        if self._peek() is None:  # raw_decode does not skip whitespace itself
+            raise _UnsureError
         while True:
             try:
                 value, end = _DECODER.raw_decode(self.buf, self.pos)

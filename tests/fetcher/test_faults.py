@@ -244,3 +244,22 @@ def test_huge_retry_after_is_capped(
     assert result.exit_code == 0, result.output
     first, second = standin.queries("/subscriptions/")[:2]
     assert 0.45 <= second.at - first.at < 30
+
+
+def test_a_failed_bundle_leaves_no_staged_file_behind(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
+) -> None:
+    # Report files are staged (written and fsynced under a hidden name) in the pool threads and
+    # published in order (issue 6): when the first bundle fails, the later ones already staged
+    # are never published and must not stay behind.
+    feed_id = standin.active_feed_ids[0]
+    first = standin.feeds[feed_id].report_ids[0]
+    standin.inject("status", path_contains=f"{first}/bundle/", status=503, times=100)
+
+    result = invoke(["once"], {**env, "CYBERTHREATEXCHANGE_FEED_IDS": feed_id})
+
+    assert result.exit_code == 1
+    feed_dir = spool_dir / "incoming" / feed_id
+    assert [p for p in feed_dir.rglob("*") if p.is_file()] == []
+    bundles = [r for r in standin.requests if "/bundle/" in r.path and first not in r.path]
+    assert bundles  # the other bundles were fetched (and staged) meanwhile

@@ -240,3 +240,65 @@ def test_remove_stale_temps_touches_only_old_own_temp_names(tmp_path: Path) -> N
 
     assert not old.exists()
     assert new.exists() and rsync.exists() and bundle.exists()
+
+
+def test_staged_bytes_are_published_in_place_once(tmp_path: Path) -> None:
+    # The fetcher stages report files in its pool threads and publishes them in order (issue 6).
+    target = tmp_path / "incoming" / FEED / "2024" / "05" / "01" / "f.json"
+    pieces = [b'{"objects":[', b"1", b",", b"2" * (3 << 20), b"]}"]
+    staged = spool.stage_bytes(target, pieces)
+    assert staged.parent == target.parent and staged.name.startswith(".")
+    assert staged.read_bytes() == b"".join(pieces)
+    assert not target.exists()  # nothing visible before the publish
+
+    assert spool.publish_staged(staged, target) is True
+    assert target.read_bytes() == b"".join(pieces)
+    assert not staged.exists()
+
+    again = spool.stage_bytes(target, b"".join(pieces))
+    assert spool.publish_staged(again, target) is False  # content-addressed: already there
+    assert not again.exists()
+    dropped = spool.stage_bytes(target, b"other")
+    spool.discard_staged(dropped)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["f.json"]
+
+
+def test_bundle_builder_matches_bundle_json_and_each_objects_sha() -> None:
+    objects = [
+        {"type": "indicator", "id": "indicator--b", "modified": "2024-01-02T00:00:00Z", "n": "é"},
+        {"type": "indicator", "id": "indicator--a", "modified": "2024-01-01T00:00:00Z", "q": 1},
+        {"type": "indicator", "id": "indicator--a", "modified": "2024-01-01T00:00:00Z", "q": 2},
+        {"type": "indicator", "id": "indicator--b", "modified": "2024-01-02T00:00:00Z", "n": "é"},
+    ]
+    builder = spool.BundleBuilder()
+    for obj in objects:
+        builder.add(obj)
+    assert b"".join(builder.chunks()) == spool.bundle_json(objects)
+    # The ledger's entry per id: the SHA-256 of the last object of that id, canonically.
+    assert builder.object_shas == {
+        "indicator--a": spool.sha256_bytes(spool.canonical_json(objects[2])),
+        "indicator--b": spool.sha256_bytes(spool.canonical_json(objects[3])),
+    }
+
+
+@pytest.mark.parametrize(
+    ("sync_source", "synced"),
+    [
+        pytest.param(True, {"a", "b"}, id="default-syncs-both-folders"),
+        pytest.param(False, {"b"}, id="claim-folder-not-synced"),
+    ],
+)
+def test_move_syncs_the_source_folder_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_source: bool, synced: set[str]
+) -> None:
+    src = tmp_path / "a" / "f.json"
+    src.parent.mkdir()
+    src.write_bytes(b"one")
+    (tmp_path / "b").mkdir()
+    calls: list[str] = []
+    real = spool.fsync_dir
+    monkeypatch.setattr(spool, "fsync_dir", lambda path: calls.append(path.name) or real(path))
+
+    spool.move_no_replace(src, tmp_path / "b" / "f.json", sync_source=sync_source)
+
+    assert set(calls) == synced

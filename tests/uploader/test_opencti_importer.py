@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -15,9 +16,17 @@ from typing import Any
 
 import pytest
 
+import uploader.opencti
 from tests.standins.opencti import STANDIN_TOKEN, OpenCTIStandIn
 from uploader.errors import PermanentImportError, PlatformAuthError, TransientImportError
-from uploader.opencti import PyctiImporter, split_bundle
+from uploader.opencti import (
+    PushBody,
+    PyctiImporter,
+    escape_json_bytes,
+    push_bundle,
+    pushed_size_of,
+    split_bundle,
+)
 
 # The shared fixtures; constants come from tests.standins.opencti so this module is imported
 # by pytest as a plugin first (importing it directly would defeat assertion rewriting).
@@ -328,9 +337,70 @@ def test_the_standin_refuses_what_the_platform_refuses_and_that_is_permanent(
 
     with pytest.raises(ValueError, match="Invalid bundle") as info:
         api.send_bundle_to_api(connector_id=pycti_importer.connector_id, bundle=bundle)
-
     assert opencti_standin.rejected_pushes[-1]["cause"] == cause
     assert isinstance(pycti_importer._classify(info.value, None), PermanentImportError)
+
+    # The uploader's own push (push_bundle, issue 6) is refused and raises exactly as pycti's.
+    with pytest.raises(ValueError, match="Invalid bundle") as ours:
+        push_bundle(api, pycti_importer.connector_id, bundle.encode(), "work-1")
+    assert ours.value.args == info.value.args
+    assert opencti_standin.rejected_pushes[-1]["cause"] == cause
+
+
+def test_escaping_and_push_body_match_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(5)
+    alphabet = [
+        '"',
+        "\\",
+        "\n",
+        "\t",
+        "\x00",
+        "\x1f",
+        "\x7f",
+        "a",
+        "é",
+        "😀",
+        "\b",
+        "\f",
+        "\r",
+        "/",
+    ]
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        data = text.encode()
+        assert json.loads(f'"{escape_json_bytes(data).decode()}"') == text
+        assert len(escape_json_bytes(data)) + 2 == pushed_size_of(data)
+        body = PushBody("connector-1", data, "work-1")
+        sent = body.as_bytes()
+        assert len(sent) == len(body)
+        assert json.loads(sent)["variables"] == {
+            "connectorId": "connector-1",
+            "work_id": "work-1",
+            "bundle": text,
+        }
+    # Slices cut through multi-byte characters: the body is still the same JSON.
+    monkeypatch.setattr(uploader.opencti, "STREAM_PUSH_BYTES", 3)
+    data = ('{"a": "x\\"y\n' + "é😀" * 30 + '"}').encode()
+    body = PushBody("c", data, "w")
+    assert json.loads(body.as_bytes())["variables"]["bundle"] == data.decode()
+
+
+def test_a_streamed_push_reaches_the_platform_whole(
+    pycti_importer: PyctiImporter,
+    opencti_standin: OpenCTIStandIn,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Bodies over STREAM_PUSH_BYTES are sent from the file's bytes as they are escaped (a 40 MB
+    # file is never held as text and request body too); made small here to take that path.
+    monkeypatch.setattr(uploader.opencti, "STREAM_PUSH_BYTES", 512)
+    data, objects = _report_bundle(20, pad=100)
+    assert len(data) > 4 * 512
+
+    receipt = pycti_importer.import_bundle("streamed", data)
+
+    [push] = opencti_standin.pushes_for(receipt.work_id)
+    assert push.bundle == json.loads(data)
+    assert receipt.objects == len(objects)
 
 
 def test_unknown_connector_push_is_refused_as_invalid_bundle(

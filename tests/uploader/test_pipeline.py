@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from shared.errors import SpoolError
 from shared.spool import Spool, publish_bytes, sha256_bytes, walk_bundles
 from tests.uploader.conftest import (
     FEED_A,
@@ -26,9 +27,11 @@ from tests.uploader.conftest import (
     transient_then_ok,
     wait_until,
 )
+from uploader import pipeline as pipeline_module
 from uploader.check import SpoolFile
 from uploader.claim import InstanceLock
 from uploader.errors import InstanceBusyError, PermanentImportError
+from uploader.outcome import sidecar_bytes
 from uploader.pipeline import Pipeline, backoff_delay
 
 
@@ -769,3 +772,92 @@ def test_backoff_grows_from_initial_to_max_with_jitter() -> None:
     assert max(delays) <= 60.0
     assert backoff_delay(3, 2.0, 60.0, 0.0) != backoff_delay(3, 2.0, 60.0, 1.0)
     assert backoff_delay(50, 2.0, 60.0, 0.0) >= 0.8 * 60.0
+
+
+def test_a_feeds_next_import_starts_while_the_previous_file_is_being_recorded(
+    spool: Spool, files: SpoolFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 6: the move to done/ (two fsyncs) no longer holds the feed back. The first file's
+    # move waits until the second file's import has started: without the early release this
+    # would never happen and the move would give up waiting.
+    first, second = (files.add(FEED_A, minutes=m) for m in (1, 2))
+    importer = FakeImporter()
+    real_mark_done = pipeline_module.mark_done
+    overlapped: list[bool] = []
+
+    def slow_mark_done(*args: object, **kwargs: object) -> Path:
+        if str(args[2]) == files.rel(first):
+            overlapped.append(importer.wait_for(lambda imp: len(imp.calls) >= 2, timeout=10))
+        return real_mark_done(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline_module, "mark_done", slow_mark_done)
+
+    summary = run_once(spool, importer)
+
+    assert overlapped == [True]
+    assert summary.done == 2
+    # Still strictly in name order, one import at a time.
+    assert importer.accepted == [
+        spool.path_in("done", files.rel(p)).read_bytes() for p in (first, second)
+    ]
+    assert importer.max_active == 1
+
+
+def test_a_failed_move_after_the_import_is_retried_not_imported_again(
+    spool: Spool, files: SpoolFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = files.add(FEED_A)
+    importer = FakeImporter()
+    real_mark_done = pipeline_module.mark_done
+    failures = [SpoolError("disk full (fake)"), SpoolError("disk full (fake)")]
+
+    def flaky_mark_done(*args: object, **kwargs: object) -> Path:
+        if failures:
+            raise failures.pop()
+        return real_mark_done(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline_module, "mark_done", flaky_mark_done)
+
+    summary = run_once(spool, importer)
+
+    assert summary.done == 1 and summary.failed == 0
+    assert len(importer.calls) == 1  # imported once; only the move was tried again
+    done = spool.path_in("done", files.rel(path))
+    assert receipt_of(done)["work_id"] == "work-1"
+
+
+def test_a_move_still_failing_at_stop_puts_the_file_back_for_the_next_run(
+    spool: Spool, files: SpoolFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = files.add(FEED_A)
+    importer = FakeImporter()
+    stop = threading.Event()
+
+    def failing_mark_done(*args: object, **kwargs: object) -> Path:
+        stop.set()  # the uploader is asked to stop while the move keeps failing
+        raise SpoolError("disk full (fake)")
+
+    monkeypatch.setattr(pipeline_module, "mark_done", failing_mark_done)
+
+    with InstanceLock(spool, "test") as lock:
+        summary = Pipeline(spool, importer, fast_options(), lock).run(stop, watch=True)
+
+    assert summary.done == 0 and summary.failed == 0
+    assert summary.pending == [files.rel(path)]
+    assert path.exists()  # back in incoming/, imported again by the next run (at least once)
+    assert bundles_in(spool.processing) == []
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param({"file": "a/b.json", "work_id": None, "attempts": 2, "ok": True}, id="flat"),
+        pytest.param({"message": 'quote " back \\ newline \n é ✓', "n": 1.5}, id="escapes"),
+        pytest.param({"nested": {"a": [1, 2]}}, id="nested"),
+        pytest.param({}, id="empty"),
+    ],
+)
+def test_sidecars_are_the_indented_json_they_always_were(document: dict[str, object]) -> None:
+    # Written without json's slow indenting encoder (issue 6), byte for byte the same.
+    expected = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+    assert sidecar_bytes(document) == expected

@@ -1,0 +1,133 @@
+"""uploader.check.scan_bundle: check_bundle's verdicts, one object at a time (issue 6)."""
+
+from __future__ import annotations
+
+import json
+import random
+import tracemalloc
+from typing import Any
+
+import pytest
+
+import uploader.check as check
+from uploader.check import BundleScan, check_bundle, scan_bundle
+from uploader.errors import BundleRejected
+
+
+def _verdict(data: bytes, *, streaming: bool) -> tuple[Any, ...]:
+    try:
+        if streaming:
+            return ("ok", scan_bundle(data, streaming_from=0))
+        bundle = check_bundle(data)
+        return ("ok", BundleScan(len(bundle["objects"]), [o["id"] for o in bundle["objects"]]))
+    except BundleRejected as exc:
+        return ("refused", exc.kind, str(exc))
+
+
+def _good(n: int = 20) -> str:
+    rng = random.Random(n)
+    objects = [
+        {
+            "type": "indicator",
+            "id": f"indicator--{i}",
+            "pattern": "x" * rng.randint(0, 40),
+            "n": i / 3,
+        }
+        for i in range(n)
+    ]
+    return json.dumps({"type": "bundle", "id": "bundle--1", "objects": objects})
+
+
+HOSTILE = [
+    b'{"type":"bundle","objects":[]}',
+    b'{"type":"bundle"}',
+    b'{"objects":[{"type":"a","id":"b"}]}',
+    b'{"type":"bundle","objects":null}',
+    b'{"type":"bundle","objects":{}}',
+    b'{"type":"bundle","objects":[1]}',
+    b'{"type":"bundle","objects":[{"type":1,"id":"x"}]}',
+    b"[1,2]",
+    b"[1,2",
+    b"\xef\xbb\xbf{}",
+    b'{"type":"bundle","type":"x","objects":[{"type":"a","id":"b"}]}',
+    b'{"type":"bundle","objects":[{"type":"a","id":"b"}],"objects":[]}',
+    b'{"type":"bundle","objects":[{"type":"a","id":"b"}]} trailing',
+    b'{"type":"bundle","objects":[{"type":"a","id":"b"}],"n":12}',
+    b'{"type":"bundle","objects":[' + b"[" * 5000 + b"]" * 5000 + b"]}",
+    b'{"type":"bundle","objects":[{"type":"a","id":"b"}]}\xff',
+    b'{"type":"bundle","objects":[{"type":"a","id":"\xc3"}]}',
+    b'  {"type" : "bundle" , "objects" : [ {"type":"a","id":"b"} , {"type":"a","id":"c"} ] }\n',
+    b"",
+    b"{",
+]
+
+
+def _mutants(count: int) -> list[bytes]:
+    rng = random.Random(7)
+    good = _good()
+    out = []
+    for _ in range(count):
+        text = list(good)
+        i = rng.randrange(len(text))
+        roll = rng.random()
+        if roll < 0.3:
+            del text[i]
+        elif roll < 0.6:
+            text.insert(i, rng.choice('{}[],:"\\ \n0aé'))
+        elif roll < 0.8:
+            text[i] = rng.choice('{}[],:"0a')
+        else:
+            text = text[:i]
+        out.append("".join(text).encode())
+    return out
+
+
+@pytest.mark.parametrize("slice_size", [1, 7, 4096])
+def test_streaming_scan_gives_check_bundles_verdict(
+    monkeypatch: pytest.MonkeyPatch, slice_size: int
+) -> None:
+    # Any refusal, kind and message, must be check_bundle's: the streaming reader hands every
+    # doubt to it. Tiny slices put every value across a slice boundary at least once.
+    monkeypatch.setattr(check, "_SLICE", slice_size)
+    cases = [_good().encode(), json.dumps(json.loads(_good()), indent=2).encode(), *HOSTILE]
+    cases += _mutants(600)
+    for data in cases:
+        assert _verdict(data, streaming=True) == _verdict(data, streaming=False), data[:120]
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_streaming_scan_reads_valid_bundles_without_the_full_parse(
+    monkeypatch: pytest.MonkeyPatch, indent: int | None
+) -> None:
+    def no_full_parse(data: bytes) -> dict[str, Any]:
+        raise AssertionError("the streaming scan fell back to check_bundle")
+
+    data = json.dumps(json.loads(_good(50)), indent=indent).encode()
+    monkeypatch.setattr(check, "_SLICE", 64)
+    monkeypatch.setattr(check, "check_bundle", no_full_parse)
+
+    scan = scan_bundle(data, streaming_from=0)
+
+    assert scan.objects == 50 and scan.ids[0] == "indicator--0"
+
+
+def test_streaming_scan_of_a_big_file_holds_about_a_slice() -> None:
+    objects = [
+        {"type": "indicator", "id": f"indicator--{i}", "pattern": "[x:y = '" + "z" * 4000 + "']"}
+        for i in range(2000)
+    ]
+    data = json.dumps({"type": "bundle", "id": "bundle--big", "objects": objects}).encode()
+    del objects
+    assert len(data) > 8_000_000
+
+    tracemalloc.start()
+    try:
+        scan = scan_bundle(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert scan.objects == 2000 and scan.ids[-1] == "indicator--1999"
+    # A full parse holds the text and every object (several times the file); the scan holds a
+    # slice of text, one object and the ids.
+    assert peak < 4 * check._SLICE, peak
