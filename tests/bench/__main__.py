@@ -23,11 +23,92 @@ from tests.bench.harness import REPO, log
 NOTES = """\
 ## Findings and fixes
 
-Profiles: py-spy (`py-spy record -f raw --threads`) on the child processes, tracemalloc for pycti's
-share of the big-bundle peak. Each fix is a commit whose message gives its before/after, measured
-side by side in one session.
+Profiles: py-spy (`py-spy record -f raw --threads`, with `--gil` for who holds the interpreter
+lock) on the child processes, getrusage (CPU and context switches) of the children, tracemalloc,
+and timing wrappers around the suspects. Each fix below was measured side by side with the code
+before it in one session; commit messages give the figures.
 
-Fixed:
+### 2026-11-30
+
+Measurement:
+
+- Peak RSS was read from `wait4`'s `ru_maxrss`, which Linux carries from the parent into a child
+  across `vfork`/`exec`: every child "peaked" at least at the bench process's own high-water mark
+  (a child running `pass` from a 500 MiB parent reports 513 MiB). Peaks are now each child's own
+  `VmHWM`, read every 5 ms until it exits. Re-measured with the corrected harness, the code before
+  this session's changes still gave 5.2x (fetcher) and 6.2x (uploader) for the big bundle: those
+  figures were real.
+
+Fetch (2.84x to about 5x of CONCURRENCY=1):
+
+- The objects listing, a chain of 79 round trips, is now walked in segments of time at once
+  (`fetcher/segments.py`): `added_after=T` can start a walk anywhere, each segment stops where the
+  next begins, so nothing is skipped or yielded twice, and segments are handed on in time order
+  (same batches and cursors as one walk). The cut points are the reports listing's cursors, read
+  ahead anyway: CTX adds a report with the objects it refers to. The chain became about six
+  segments of 15-17 requests.
+- With the listing parallel, the main thread's writes were the bottleneck: each report file was
+  written, fsynced and its folder fsynced in turn (3.5 ms per file). Files are now built and
+  staged (written and fsynced under a hidden name) in the pool threads, and only renamed into
+  place, in listing order, by the main thread; the next page's bundles are asked for before the
+  current page's files are renamed.
+- The CTX stand-in sorted the whole feed under its lock on every listing request (1.1 ms): with 17
+  requests in flight it, not the fetcher, set the pace. It now picks only the page it answers.
+- The rate limiter spaced requests exactly 1/rate apart; with requests always waiting (listings in
+  parallel) the server saw 101 in one second with a limit of 100. Requests are now 2% further apart
+  (98/s with a limit of 100).
+
+Upload (0.55-0.65x to about 0.8x of the bare loop; still a miss):
+
+- pycti's requests session read the proxy and CA variables (and ~/.netrc) from the environment on
+  every request: a quarter of the uploader's CPU per file (500 imports in one thread: 2.57 to
+  1.87 ms of CPU per file). Resolved once when the connector registers.
+- A feed's next file now starts as soon as OpenCTI accepted the previous one; the move to done/
+  runs meanwhile (and is retried in place, never by importing again, if it fails). At
+  UPLOADER_CONCURRENCY=1 this alone took 118 to 236 files/s.
+- Two fsyncs per done file instead of four: the receipt's folder and the bundle's link share one
+  folder fsync, and the claim folder is not fsynced (reclaim drops a claimed copy whose bytes are
+  already in done/). Fewer system calls per file: one read of the known size, no mkdir per claim,
+  one folder listing for other uploaders' claims, receipts without json's pure-Python indenting.
+
+Big bundle (fetcher 5.2x to 2.9x, uploader 6.2x to 3.2x of a 39 MiB file):
+
+- Fetcher: each page of the bundle answer is reduced to each object's canonical bytes as it
+  arrives (`shared.spool.BundleBuilder`, which also gives the ledger's per-object SHA-256 without a
+  second serialisation); the file is staged from those pieces without joining them.
+- Uploader: files of 1 MiB or more are checked one object at a time over slices of text
+  (`uploader.check.scan_bundle`, which hands anything unusual to the full parser so refusals are
+  unchanged); in the `api` protocol the push body is written from the file's bytes as it is sent
+  (`uploader.opencti.PushBody`: the same mutation on pycti's session), instead of pycti building
+  the text, the escaped text and the encoded body of a 40 MB file at once.
+
+Tried and not kept:
+
+- A separate process for the done/ bookkeeping, so its system calls would not hand the
+  interpreter lock back and forth with the importing threads: within noise (0.82x vs 0.78x of the
+  bare loop over four alternating rounds).
+- Imports in worker processes, one per feed in flight: 1.04x median over four rounds (threads:
+  0.78x), because two processes use both cores. Not adopted: every worker is another interpreter
+  with pycti loaded (about 75 MiB), which counted honestly breaks the big-bundle memory target, and
+  each adds pycti's start-up and a registration; against a platform that takes milliseconds to
+  answer, threads already overlap the waits (the figure-only row above).
+
+Missed, and why:
+
+- Upload 1.0x (and the stretch 2x): on these two cores the comparison is CPU-bound, with the
+  OpenCTI stand-in on the same machine answering in about a millisecond. The bare loop is one
+  thread that never waits for the interpreter lock; the uploader has importing threads and the
+  durable move to done/ running beside them, and each of the move's system calls hands the lock to
+  an importing thread and back (getrusage: about 60 voluntary context switches per file, against 3
+  for the bare loop). With the move removed (an experiment, not a product) the same pipeline ran
+  at 1.05-1.17x of the bare loop; with 5 ms per platform answer it runs at about 1.9x (row above).
+  No fsync was dropped to get closer.
+- Big bundle pushed in 8 MiB pieces (figure only): splitting still parses the whole bundle.
+
+### 2026-11-28 (first full run)
+
+Fixed then:
+
 
 - Stand-ins: answers were two writes without TCP_NODELAY, so every kept-alive request to the
   OpenCTI stand-in waited 40 ms for a delayed ACK (44 ms per request before, 1.8 ms after). The
@@ -54,26 +135,6 @@ Fixed:
   the feeds already listed (start to first push, median 5.5 s to 2.6 s).
 - Big bundle, uploader: the parsed copy from the checks lived through the import and the push size
   was computed on an escaped copy of the text (383 MiB to 331 MiB).
-
-Missed, and why:
-
-- Fetch 4x: the objects listing is a cursor chain (~79 requests of 50 objects, with re-asks from the
-  last fully seen timestamp), one round trip after the other at any concurrency: with 20 ms added
-  per request it alone is over 2 s, against ~8.7 s for the whole pass at CONCURRENCY=1. Besides,
-  the main thread publishes the files in order (fsync of each file and of its folder); the
-  report-bundle phase on its own scales better (see its ratio above). Parallel per-type listings
-  would shorten the chain but cannot cover unknown custom types, so they were not done.
-- Upload 1.0x: per file, the uploader process spends about twice the CPU of the bare loop (1,000
-  files: user 4.8 s + sys 1.7 s against 3.3 s + 0.4 s): the receipt and the durable move to done/
-  (four fsyncs: receipt, its folder, done/ folder, claim folder; ~1.3 ms per file), reading and
-  hashing, the claim rename and the checks; pycti and requests cost the same on both sides. On two
-  cores shared with the stand-in and other test suites, two feed threads contend for the GIL, so
-  feeds in parallel do not double the rate. No fsync was dropped.
-- Big bundle: pycti's send_stix2_bundle parses the 40 MB text in its splitter and keeps ~93 MiB of
-  split output while the request body is serialised (~130 MiB peak, tracemalloc), on top of the
-  file's bytes and text (~80 MiB) and the ~75 MiB of an idle uploader with pycti loaded. Smaller
-  pushes (UPLOADER_MAX_PUSH_BYTES) lower it (figure above) but stay over 4x. The fetcher holds the
-  bundle's objects as Python dicts (~50 MiB) plus their canonical bytes and the file's bytes.
 """
 
 
