@@ -163,8 +163,8 @@ def bench_fetch(opts: Options) -> Result:
         f"The {FETCH_REPORTS} report-bundle requests alone (first → last): "
         f"{Series(bundle_windows['default']).fmt()} by default, "
         f"{Series(bundle_windows['c1']).fmt()} at CONCURRENCY=1: {ratio_bundles.fmt('×')}. "
-        f"The objects listing is a cursor chain of {chain} requests, one round trip after the "
-        "other whatever the concurrency: it bounds the whole pass.",
+        f"The objects listing takes {chain} requests: one chain of round trips at "
+        "CONCURRENCY=1, segments of time read at once by default (fetcher/segments.py).",
         "",
         f"Highest request rate with the limit, over any 1 s window: "
         f"{', '.join(f'{r:.0f}/s' for r in rates)}.",
