@@ -135,13 +135,29 @@ def walk_segment(
 ) -> Iterator[Batch]:
     """A cursor-style walk of ``(after, bound.until]`` (the rest of the listing while open)."""
     path = f"v1/feeds/{feed_id}/objects/"
-    params: dict[str, str | int] = {"added_after": after, "limit": OBJECTS_PAGE_SIZE}
+    page = _cursor_page(client, feed_id, after, types, path)
+    yield from _walk_cursor(client, feed_id, page, types, after, path, bound)
+
+
+def _cursor_page(
+    client: CTXClient, feed_id: str, cursor: str, types: str | None, path: str
+) -> Page:
+    """The page after ``cursor`` in the cursor style (any other answer: the style changed)."""
+    params: dict[str, str | int] = {"added_after": cursor, "limit": OBJECTS_PAGE_SIZE}
     if types:
         params["types"] = types
     page = client.objects_page(feed_id, params)
     if page.style != "cursor":
         raise MalformedResponseError("pagination style changed mid-walk", path=path)
-    yield from _walk_cursor(client, feed_id, page, types, after, path, bound)
+    return page
+
+
+def batch_of(item: object) -> Batch:
+    """An item a read-ahead thread queued: its batch, or the walk's error, raised here."""
+    if isinstance(item, BaseException):
+        raise item
+    assert isinstance(item, Batch)
+    return item
 
 
 def _walk_numbered(
@@ -263,11 +279,8 @@ def _walk_cursor(
         cursor = next_cursor
         if follow_url is not None:
             page = client.objects_page(feed_id, url=follow_url)
+            if page.style != "cursor":
+                raise MalformedResponseError("pagination style changed mid-walk", path=path)
         else:
-            params: dict[str, str | int] = {"added_after": cursor, "limit": OBJECTS_PAGE_SIZE}
-            if types:
-                params["types"] = types
-            page = client.objects_page(feed_id, params)
-        if page.style != "cursor":
-            raise MalformedResponseError("pagination style changed mid-walk", path=path)
+            page = _cursor_page(client, feed_id, cursor, types, path)
     raise MalformedResponseError("too many pages", path=path)

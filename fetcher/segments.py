@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fetcher.client import CTXClient
-from fetcher.listing import Batch, Bound, walk_objects, walk_segment
+from fetcher.listing import Batch, Bound, batch_of, walk_objects, walk_segment
 from shared.spool import parse_stix_timestamp
 
 logger = logging.getLogger(__name__)
@@ -171,10 +171,7 @@ class SegmentedWalk:
                     self._held -= len(self._segments[self._head].pages)
                     self._cond.notify_all()
                 continue
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, Batch)
-            yield item
+            yield batch_of(item)
 
     def close(self) -> None:
         self._stop.set()

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 
 from fetcher.client import CTXClient, JSONDict, Subscription
 from fetcher.errors import FeedNotSubscribedError, FetcherError, MalformedResponseError
-from fetcher.listing import Batch, walk_objects
+from fetcher.listing import Batch, batch_of, walk_objects
 from fetcher.segments import SegmentedWalk
 from fetcher.state import Ledger
 from shared.errors import SpoolError
@@ -166,10 +166,7 @@ class _ReadAhead:
             item = self._queue.get()
             if item is self._END:
                 return
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, Batch)
-            yield item
+            yield batch_of(item)
 
     def close(self) -> None:
         self._stop.set()

@@ -137,6 +137,18 @@ class _Result:
     released: bool = False
 
 
+@dataclass(frozen=True)
+class _Imported:
+    """A file OpenCTI accepted, still in the claim folder until it is moved to done/."""
+
+    feed: str
+    claimed: Path
+    rel: PurePosixPath
+    sha256: str
+    receipt: ImportReceipt
+    attempts: int
+
+
 @dataclass
 class _Feed:
     """One feed's pending files: a set, and a heap of the same names for the oldest in O(log n)."""
@@ -632,30 +644,24 @@ class Pipeline:
             )
         # OpenCTI has the file: the feed's next file may start (module docstring).
         self.events.put(_Result(feed, rel, "imported", attempts=attempts))
-        return self._finish(feed, claimed, rel, spool_file, receipt, attempts)
+        return self._finish(
+            _Imported(feed, claimed, rel, spool_file.actual_sha256, receipt, attempts)
+        )
 
-    def _finish(
-        self,
-        feed: str,
-        claimed: Path,
-        rel: PurePosixPath,
-        spool_file: SpoolFile,
-        receipt: ImportReceipt,
-        attempts: int,
-    ) -> _Result:
+    def _finish(self, imported: _Imported) -> _Result:
         """Move an imported file to done/ (or failed/ on a conflict), retrying until it works.
 
         Never raises and never imports again: a newer file of the feed may be importing already.
         """
-        ctx = {"feed": feed, "file": str(rel), "work_id": receipt.work_id}
+        feed, rel, attempts = imported.feed, imported.rel, imported.attempts
+        ctx = {"feed": feed, "file": str(rel), "work_id": imported.receipt.work_id}
         tries = 0
         while True:
-            if tries and not os.path.lexists(claimed):
+            if tries and not os.path.lexists(imported.claimed):
                 # An earlier try moved it and failed on a later step (a stale reason's removal).
                 return _Result(feed, rel, "done", attempts=attempts, released=True)
             try:
-                result = self._record_done(feed, claimed, rel, spool_file, receipt, attempts)
-                return replace(result, released=True)
+                return replace(self._record_done(imported), released=True)
             except Exception as exc:  # noqa: BLE001 - disk full, EIO: the file is not at fault
                 tries += 1
                 delay = self._retry_delay(tries)
@@ -675,15 +681,14 @@ class Pipeline:
                     )
                     return _Result(feed, rel, "retry", attempts=attempts, released=True)
 
-    def _record_done(
-        self,
-        feed: str,
-        claimed: Path,
-        rel: PurePosixPath,
-        spool_file: SpoolFile,
-        receipt: ImportReceipt,
-        attempts: int,
-    ) -> _Result:
+    def _record_done(self, imported: _Imported) -> _Result:
+        feed, claimed, rel, attempts = (
+            imported.feed,
+            imported.claimed,
+            imported.rel,
+            imported.attempts,
+        )
+        receipt = imported.receipt
         try:
             mark_done(
                 self.spool,
@@ -691,7 +696,7 @@ class Pipeline:
                 rel,
                 receipt,
                 instance=self.options.instance,
-                sha256=spool_file.actual_sha256,
+                sha256=imported.sha256,
                 attempts=attempts,
             )
         except DestinationExistsError as exc:
