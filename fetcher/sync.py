@@ -225,6 +225,8 @@ class FeedSync:
         self.signing_key = signing_key
         self.result = FeedResult(self.feed_id)
         self._progress = progress
+        # Bundles prepared (maybe staged on disk) whose files are not published yet.
+        self._unpublished: set[Future[_Prepared]] = set()
 
     def _tick(self) -> None:
         if self._progress is not None:
@@ -300,7 +302,7 @@ class FeedSync:
 
     def _reports(self, objects: SegmentedWalk | None) -> None:
         walk = self._reports_walk(objects)
-        self._unpublished: set[Future[_Prepared]] = set()
+        self._unpublished.clear()
         try:
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="ctx-bundle") as pool:
                 try:
