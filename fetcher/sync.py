@@ -25,7 +25,7 @@ import hashlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -287,16 +287,28 @@ class FeedSync:
     def _objects_path(self) -> str:
         return f"/v1/feeds/{self.feed_id}/objects/"
 
-    def _publish(self, data: bytes, modified: datetime, subject: str) -> tuple[str, str, bool]:
-        """Publish bundle bytes under their content-addressed name: (sha256, relative path, new?).
+    def _name(
+        self, pieces: Sequence[bytes], modified: datetime, subject: str
+    ) -> tuple[str, PurePosixPath]:
+        """The SHA-256 and content-addressed relative path of bundle bytes given in pieces.
 
         With a signing key the name also carries the bytes' HMAC (issue 7). Dedup is unaffected:
         the ledger keys on the content's SHA-256, so turning signing on later writes no signed
         duplicates of unchanged reports.
         """
-        sha = sha256_bytes(data)
-        signature = None if self.signing_key is None else self.signing_key.sign(data)
-        rel = relative_path(self.feed_id, SpoolName(modified, subject, sha, signature))
+        digest = hashlib.sha256()
+        mac = None if self.signing_key is None else self.signing_key.new_mac()
+        for piece in pieces:
+            digest.update(piece)
+            if mac is not None:
+                mac.update(piece)
+        sha = digest.hexdigest()
+        signature = None if mac is None else signature_of(mac)
+        return sha, relative_path(self.feed_id, SpoolName(modified, subject, sha, signature))
+
+    def _publish(self, data: bytes, modified: datetime, subject: str) -> tuple[str, str, bool]:
+        """Publish bundle bytes under their name (:meth:`_name`): (sha256, relative path, new?)."""
+        sha, rel = self._name([data], modified, subject)
         written = publish_bytes(self.spool.path_in("incoming", rel), data)
         return sha, str(rel), written
 
@@ -395,17 +407,7 @@ class FeedSync:
         builder.add(strip_bookkeeping(report))
         object_shas = builder.object_shas
         pieces = builder.chunks()
-        digest = hashlib.sha256()
-        mac = None if self.signing_key is None else self.signing_key.new_mac()
-        for piece in pieces:
-            digest.update(piece)
-            if mac is not None:
-                mac.update(piece)
-        sha = digest.hexdigest()
-        # With a signing key the name also carries the bytes' HMAC (issue 7). Dedup is unaffected:
-        # the ledger keys on the content's SHA-256.
-        signature = None if mac is None else signature_of(mac)
-        rel = relative_path(self.feed_id, SpoolName(when, report_id, sha, signature))
+        sha, rel = self._name(pieces, when, report_id)
         if sha == known_sha:
             return _Prepared(report_id, sha, rel, object_shas, pieces=pieces)
         staged = stage_bytes(self.spool.path_in("incoming", rel), pieces)

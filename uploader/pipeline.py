@@ -682,13 +682,13 @@ class Pipeline:
                     return _Result(feed, rel, "retry", attempts=attempts, released=True)
 
     def _record_done(self, imported: _Imported) -> _Result:
-        feed, claimed, rel, attempts = (
+        feed, claimed, rel, receipt = (
             imported.feed,
             imported.claimed,
             imported.rel,
-            imported.attempts,
+            imported.receipt,
         )
-        receipt = imported.receipt
+        attempts = imported.attempts
         try:
             mark_done(
                 self.spool,
