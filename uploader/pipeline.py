@@ -54,6 +54,7 @@ from uploader.errors import (
     TransientImportError,
 )
 from uploader.importer import Importer, ImportReceipt
+from uploader.mover import AnswerKind, MoveJob, Mover
 from uploader.outcome import Failure, mark_done, mark_failed
 from uploader.settings import UploaderSettings
 
@@ -86,6 +87,9 @@ class PipelineOptions:
     secrets: tuple[str, ...] = field(default=(), repr=False)
     #: With a key, only files signed with it are imported (issue 7); without, none are checked.
     signing_key: SigningKey | None = field(default=None, repr=False)
+    #: Move imported files to done/ in a helper process (:mod:`uploader.mover`); off, the
+    #: importing threads move them. The command line turns it on (UPLOADER_MOVE_PROCESS).
+    move_process: bool = False
 
     @classmethod
     def from_settings(
@@ -103,6 +107,7 @@ class PipelineOptions:
             poll_interval=settings.poll_interval,
             secrets=(settings.opencti_token.get_secret_value(),),
             signing_key=signing_key,
+            move_process=settings.move_process,
         )
 
 
@@ -231,6 +236,8 @@ class Pipeline:
         self._finishing = 0
         # Set when the run is stopping: workers retrying a move after an import give up.
         self._stopping = threading.Event()
+        # The helper process that moves imported files to done/ (options.move_process).
+        self._mover: Mover | None = None
 
     def run(
         self, stop: threading.Event, *, watch: bool, max_wait: float | None = None
@@ -247,6 +254,8 @@ class Pipeline:
         self._stopping.clear()
         self._finishing = 0
         self._summary.reclaimed = reclaim(self.spool, self.lock, own=True)
+        if self.options.move_process:
+            self._start_mover()
         if watch:
             # Watch first, then scan: a file published in between is seen at least once.
             self._start_observer()
@@ -264,6 +273,11 @@ class Pipeline:
                 self._observer.stop()
                 self._observer.join(timeout=10)
                 self._observer = None
+            if self._mover is not None:
+                # Every file it was given is answered by now (the loop waits for them), unless
+                # the loop ended on an error: it answers those before it exits.
+                self._mover.close()
+                self._mover = None
             # Anything still claimed goes back to incoming/ for the next run (never lost).
             reclaim(self.spool, self.lock, own=True)
         summary = self._summary
@@ -468,11 +482,13 @@ class Pipeline:
 
     def _forward(
         self, key: str, rel: PurePosixPath, attempts: int
-    ) -> Callable[[Future[_Result]], None]:
-        def done(future: Future[_Result]) -> None:
+    ) -> Callable[[Future[_Result | None]], None]:
+        def done(future: Future[_Result | None]) -> None:
             exc = future.exception()
             if exc is None:
-                self.events.put(future.result())
+                result = future.result()
+                if result is not None:  # None: the mover answers for the file later
+                    self.events.put(result)
             else:
                 # _process_safely catches everything; this is a last resort so the feed never
                 # stays busy forever.
@@ -528,7 +544,7 @@ class Pipeline:
             attempts, self.options.retry_initial, self.options.retry_max, self.rand()
         )
 
-    def _process_safely(self, feed: str, rel: PurePosixPath, attempts: int) -> _Result:
+    def _process_safely(self, feed: str, rel: PurePosixPath, attempts: int) -> _Result | None:
         try:
             return self._process(feed, rel, attempts)
         except Exception:
@@ -553,7 +569,8 @@ class Pipeline:
             except (SpoolError, OSError) as exc:
                 logger.error("cannot put %s back: %s", rel, exc, extra={"file": str(rel)})
 
-    def _process(self, feed: str, rel: PurePosixPath, attempts: int) -> _Result:
+    def _process(self, feed: str, rel: PurePosixPath, attempts: int) -> _Result | None:
+        """Import one file; None when the mover process moves it (its answer comes later)."""
         ctx = {"feed": feed, "file": str(rel)}
         try:
             src = self.spool.path_in(INCOMING, rel)
@@ -642,22 +659,71 @@ class Pipeline:
                 rel,
                 Failure("rejected", str(exc), attempts, work_id=exc.work_id),
             )
-        # OpenCTI has the file: the feed's next file may start (module docstring).
+        # OpenCTI has the file: the feed's next file may start (module docstring). Queued before
+        # the file goes to the mover, so its answer never comes before this.
         self.events.put(_Result(feed, rel, "imported", attempts=attempts))
-        return self._finish(
-            _Imported(feed, claimed, rel, spool_file.actual_sha256, receipt, attempts)
-        )
+        imported = _Imported(feed, claimed, rel, spool_file.actual_sha256, receipt, attempts)
+        mover = self._mover
+        if mover is not None and mover.send(
+            imported, MoveJob(claimed, rel, receipt, imported.sha256, attempts)
+        ):
+            return None
+        return self._finish(imported)
 
-    def _finish(self, imported: _Imported) -> _Result:
+    def _start_mover(self) -> None:
+        try:
+            self._mover = Mover(self.spool.root, self.options.instance, self._moved)
+        except OSError as exc:
+            logger.warning(
+                "cannot start the mover process (%s); imported files are moved by the uploader "
+                "itself",
+                exc.strerror or exc,
+            )
+            self._mover = None
+
+    def _moved(self, token: object, kind: AnswerKind, message: str) -> None:
+        """The mover's answer for an imported file (called from the mover's reader thread)."""
+        assert isinstance(token, _Imported)
+        imported = token
+        if kind == "done":
+            self._log_imported(imported)
+            self.events.put(
+                _Result(
+                    imported.feed, imported.rel, "done", attempts=imported.attempts, released=True
+                )
+            )
+            return
+        if kind == "error":
+            logger.warning(
+                "the mover could not move %s (%s); the uploader tries itself",
+                imported.rel.name,
+                message,
+                extra={"feed": imported.feed, "file": str(imported.rel)},
+            )
+        # A conflict is refused by _record_done again (done/ still holds different bytes); an
+        # error or a mover that died is retried here, never imported again. In a thread of its
+        # own: this is the reader of every other answer.
+        threading.Thread(
+            target=self._finish_here,
+            args=(imported, kind == "lost"),
+            name="uploader-finish",
+            daemon=True,
+        ).start()
+
+    def _finish_here(self, imported: _Imported, maybe_moved: bool) -> None:
+        self.events.put(self._finish(imported, maybe_moved=maybe_moved))
+
+    def _finish(self, imported: _Imported, *, maybe_moved: bool = False) -> _Result:
         """Move an imported file to done/ (or failed/ on a conflict), retrying until it works.
 
         Never raises and never imports again: a newer file of the feed may be importing already.
+        ``maybe_moved``: an earlier attempt (a mover that died) may have moved it already.
         """
         feed, rel, attempts = imported.feed, imported.rel, imported.attempts
         ctx = {"feed": feed, "file": str(rel), "work_id": imported.receipt.work_id}
         tries = 0
         while True:
-            if tries and not os.path.lexists(imported.claimed):
+            if (tries or maybe_moved) and not os.path.lexists(imported.claimed):
                 # An earlier try moved it and failed on a later step (a stale reason's removal).
                 return _Result(feed, rel, "done", attempts=attempts, released=True)
             try:
@@ -706,17 +772,21 @@ class Pipeline:
                 rel,
                 Failure("conflict", f"done/ already holds different bytes: {exc}", attempts),
             )
+        self._log_imported(imported)
+        return _Result(feed, rel, "done", attempts=attempts)
+
+    @staticmethod
+    def _log_imported(imported: _Imported) -> None:
         logger.info(
             "imported %s",
-            rel.name,
+            imported.rel.name,
             extra={
-                "feed": feed,
-                "file": str(rel),
-                "work_id": receipt.work_id,
-                "objects": receipt.objects,
+                "feed": imported.feed,
+                "file": str(imported.rel),
+                "work_id": imported.receipt.work_id,
+                "objects": imported.receipt.objects,
             },
         )
-        return _Result(feed, rel, "done", attempts=attempts)
 
     def _signature_refusal(
         self, feed: str, rel: PurePosixPath, spool_file: SpoolFile, attempts: int

@@ -113,6 +113,11 @@ class UploaderSettings(SpoolSettings):
         description="With UPLOADER_WAIT_FOR_WORK, seconds to wait for a work to complete before retrying.",
         gt=0,
     )
+    move_process: bool = setting(
+        True,
+        env="UPLOADER_MOVE_PROCESS",
+        description="Move imported files to done/ in a helper process beside the imports (faster); false: the importing threads move them.",
+    )
     strict_stix: bool = setting(
         False,
         env="UPLOADER_STRICT_STIX",
