@@ -216,16 +216,23 @@ def bench_upload(opts: Options) -> Result:
         ),
         "ours": (lambda spool: [tool("ctx-uploader"), "once"], {}),
         "ours-c4": (lambda spool: [tool("ctx-uploader"), "once"], {"UPLOADER_CONCURRENCY": "4"}),
+        # The moves to done/ in the importing process itself (before uploader/mover.py).
+        "ours-inproc": (
+            lambda spool: [tool("ctx-uploader"), "once"],
+            {"UPLOADER_MOVE_PROCESS": "false"},
+        ),
     }
     window: dict[str, list[float]] = {k: [] for k in setups}
     wall: dict[str, list[float]] = {k: [] for k in setups}
     slow: dict[str, list[float]] = {"bare": [], "ours": []}
-    for run in range(opts.runs):
+    # The noisiest comparison (a few seconds each, CPU-bound on a shared machine): more pairs.
+    runs = opts.runs if opts.quick else max(5, opts.runs)
+    for run in range(runs):
         for tag, (argv_for, extra) in setups.items():
             w, t = _upload_once(opts, tag, argv_for, **extra)
             window[tag].append(w)
             wall[tag].append(t)
-            log(f"upload run {run + 1}/{opts.runs} {tag}: {w:.2f}s window, {t:.2f}s wall")
+            log(f"upload run {run + 1}/{runs} {tag}: {w:.2f}s window, {t:.2f}s wall")
         # A platform that takes a few milliseconds to answer, as a real one does (figure only).
         for tag in slow:
             argv_for, extra = setups[tag]
@@ -239,11 +246,14 @@ def bench_upload(opts: Options) -> Result:
             )
             slow[tag].append(w)
             log(
-                f"upload run {run + 1}/{opts.runs} {tag}, {UPLOAD_LATENCY * 1000:.0f} ms platform: {w:.2f}s window"
+                f"upload run {run + 1}/{runs} {tag}, {UPLOAD_LATENCY * 1000:.0f} ms platform: {w:.2f}s window"
             )
     thr = {k: Series([UPLOAD_FILES / w for w in v]) for k, v in window.items()}
     ratio = Series([b / o for b, o in zip(window["bare"], window["ours"], strict=True)])
     ratio4 = Series([b / o for b, o in zip(window["bare"], window["ours-c4"], strict=True)])
+    ratio_inproc = Series(
+        [b / o for b, o in zip(window["bare"], window["ours-inproc"], strict=True)]
+    )
     ratio_slow = Series([b / o for b, o in zip(slow["bare"], slow["ours"], strict=True)])
     result.rows.append(
         Row(
@@ -259,6 +269,14 @@ def bench_upload(opts: Options) -> Result:
             "stretch ≥ 2×",
             f"{ratio4.median:.2f}× ({thr['ours-c4'].median:.0f} files/s)",
             ratio4.median >= 2.0,
+        )
+    )
+    result.rows.append(
+        Row(
+            "Upload: ours with UPLOADER_MOVE_PROCESS=false vs bare loop",
+            "(figure only)",
+            f"{ratio_inproc.median:.2f}× ({thr['ours-inproc'].median:.0f} files/s)",
+            None,
         )
     )
     result.rows.append(
@@ -283,8 +301,10 @@ def bench_upload(opts: Options) -> Result:
         f"| bare pycti loop | {thr['bare'].fmt('files/s', 0)} | {Series(window['bare']).fmt()} | {Series(wall['bare']).fmt()} |",
         f"| ctx-uploader once (CONCURRENCY=2) | {thr['ours'].fmt('files/s', 0)} | {Series(window['ours']).fmt()} | {Series(wall['ours']).fmt()} |",
         f"| ctx-uploader once (CONCURRENCY=4) | {thr['ours-c4'].fmt('files/s', 0)} | {Series(window['ours-c4']).fmt()} | {Series(wall['ours-c4']).fmt()} |",
+        f"| ctx-uploader once, UPLOADER_MOVE_PROCESS=false | {thr['ours-inproc'].fmt('files/s', 0)} | {Series(window['ours-inproc']).fmt()} | {Series(wall['ours-inproc']).fmt()} |",
         "",
-        f"Ratio ours/bare (throughput): {ratio.fmt('×')}; with 4 feeds in parallel: {ratio4.fmt('×')}.",
+        f"Ratio ours/bare (throughput, each run's pair): {ratio.fmt('×')}; with 4 feeds in parallel: "
+        f"{ratio4.fmt('×')}; with the moves in the importing process: {ratio_inproc.fmt('×')}.",
         "",
         f"With {UPLOAD_LATENCY * 1000:.0f} ms added to every answer of the stand-in (a platform on "
         f"the network rather than on loopback), {UPLOAD_SLOW_FILES} files: bare loop "
@@ -400,10 +420,11 @@ def bench_scale(opts: Options) -> Result:
                     raise RuntimeError(f"no push within 120 s:\n{child.tail()}")
                 first_push.append(when - child.started)
                 time.sleep(3)  # importing at full speed for a while
+                child.sample_helpers()
             finally:
                 child.signal(signal.SIGTERM)
                 child.wait(120)
-            peaks.append(rss_mib(child.peak_rss_kib))
+            peaks.append(rss_mib(child.tree_peak_kib))
             log(
                 f"scale run {run + 1}: first push after {first_push[-1]:.2f}s, peak {peaks[-1]:.0f} MiB, {len(standin.push_times)} pushed"
             )
@@ -443,7 +464,7 @@ def bench_scale(opts: Options) -> Result:
                 )
                 if child.wait(300) != 0:
                     raise RuntimeError(f"once failed:\n{child.tail()}")
-            rss_by[tag].append(rss_mib(child.peak_rss_kib))
+            rss_by[tag].append(rss_mib(child.tree_peak_kib))
             env = {**base_env(), "SPOOL_DIR": str(root), "CONNECTOR_LOG_LEVEL": "warn"}
             child = Child([tool("ctx-uploader"), "status"], env, opts.work / "scale-status.log")
             child.wait(300)
@@ -488,7 +509,8 @@ def bench_scale(opts: Options) -> Result:
         f"{gen_time:.1f} s (plain writes). `ctx-uploader watch` as a child process: time from "
         "process start (fork) to the first push received by the stand-in (Python start-up, pycti "
         "import and connector registration included); it then imports for 3 s and is stopped with "
-        "SIGTERM; peak RSS is the uploader process's own VmHWM (read until it exits; see harness.Child).",
+        "SIGTERM; the uploader's peak RSS is its own VmHWM plus its mover process's (uploader/mover.py), "
+        "each read until it exits (see harness.Child).",
         "",
         f"- start → first push: {fp.fmt()}",
         f"- uploader peak RSS: {peak.fmt('MiB', 0)}",
@@ -594,8 +616,8 @@ def bench_big(opts: Options) -> Result:
             # feed's other files too).
             if not list((spool / "done").rglob(files[-1].name)):
                 raise RuntimeError(f"the big bundle did not reach done/:\n{up.tail()}")
-            upload_rss.append(rss_mib(up.peak_rss_kib))
-            upload_ratio.append(up.peak_rss_kib * 1024 / size)  # type: ignore[operator]
+            upload_rss.append(rss_mib(up.tree_peak_kib))
+            upload_ratio.append(up.tree_peak_kib * 1024 / size)
             # The same file again (replayed from done/), pushed in 8 MiB pieces under one work.
             env = {**base_env(), "SPOOL_DIR": str(spool), "CONNECTOR_LOG_LEVEL": "warn"}
             replay = Child(
@@ -611,7 +633,7 @@ def bench_big(opts: Options) -> Result:
                     opts.work / "big-upload-split.log",
                 )
                 split.wait(600)
-            split_rss.append(rss_mib(split.peak_rss_kib))
+            split_rss.append(rss_mib(split.tree_peak_kib))
             log(
                 f"big run {run + 1}: file {size / 2**20:.1f} MiB, fetch {fetch_rss[-1]:.0f} MiB ({child.wall:.1f}s), upload {upload_rss[-1]:.0f} MiB ({up.wall:.1f}s)"
             )
@@ -641,7 +663,9 @@ def bench_big(opts: Options) -> Result:
     result.details += [
         f"One report whose bundle holds {objects:,} indicators of ~4 KB ({mib:.1f} MiB file), served by "
         "the CTX stand-in in 100-object bundle pages; `ctx-fetcher once` then `ctx-uploader once` "
-        "(one push: under UPLOADER_MAX_PUSH_BYTES) as child processes; peak RSS is each process's own VmHWM (read until it exits; see harness.Child).",
+        "(one push: under UPLOADER_MAX_PUSH_BYTES) as child processes; peak RSS is each process's own "
+        "VmHWM, the uploader's plus its mover process's (uploader/mover.py), read until it exits (see "
+        "harness.Child).",
         "",
         f"- fetcher peak RSS / file size: {fr.fmt('×', 2)} ({Series(fetch_rss).fmt('MiB', 0)})",
         f"- uploader peak RSS / file size: {ur.fmt('×', 2)} ({Series(upload_rss).fmt('MiB', 0)})",

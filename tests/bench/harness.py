@@ -101,6 +101,18 @@ def vm_hwm_kib(pid: int) -> int | None:
     return None
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of ``pid`` (every thread's), [] once it is gone."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as fh:
+                found.extend(int(p) for p in fh.read().split())
+    except (OSError, ValueError):
+        pass
+    return found
+
+
 @dataclass
 class Child:
     """A child process whose peak RSS is measured while it runs (:meth:`wait`).
@@ -119,6 +131,8 @@ class Child:
     started: float = field(init=False)
     ended: float | None = None
     peak_rss_kib: int | None = None
+    #: Peak ``VmHWM`` of each process the child started (the uploader's mover), by pid.
+    helper_peaks_kib: dict[int, int] = field(default_factory=dict)
     #: ``ru_maxrss`` from ``wait4``, kept for comparison only (see the class docstring).
     wait4_maxrss_kib: int | None = None
     returncode: int | None = None
@@ -141,6 +155,7 @@ class Child:
         hwm = 0
         while True:
             hwm = max(hwm, vm_hwm_kib(self.proc.pid) or 0)
+            self.sample_helpers()
             pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -157,6 +172,18 @@ class Child:
         self.peak_rss_kib = hwm or usage.ru_maxrss
         self._log.close()
         return self.returncode
+
+    def sample_helpers(self) -> None:
+        """Record the peak RSS of the processes the child runs now (they may end before it)."""
+        for helper in child_pids(self.proc.pid):
+            peak = vm_hwm_kib(helper) or 0
+            self.helper_peaks_kib[helper] = max(self.helper_peaks_kib.get(helper, 0), peak)
+
+    @property
+    def tree_peak_kib(self) -> int:
+        """The child's peak plus the peak of every process it started (all at once, at worst)."""
+        assert self.peak_rss_kib is not None
+        return self.peak_rss_kib + sum(self.helper_peaks_kib.values())
 
     @property
     def wall(self) -> float:
