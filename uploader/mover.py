@@ -88,6 +88,7 @@ class Mover:
     ) -> None:
         self._on_answer = on_answer
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._pending: dict[int, object] = {}
         self._next_id = 0
         self._alive = True
@@ -130,23 +131,27 @@ class Mover:
             job_id = self._next_id
             self._next_id += 1
             self._pending[job_id] = token
-            try:
-                # One write of a whole line under the lock: jobs never interleave.
+        try:
+            # Its own lock, so the reader never waits behind a write to a full pipe: whole lines,
+            # never interleaved.
+            with self._write_lock:
                 self._stdin.write(str(job_id).encode() + b" " + line)
                 self._stdin.flush()
-            except (OSError, ValueError):
-                del self._pending[job_id]
+        except (OSError, ValueError):
+            with self._lock:
                 self._alive = False
-                logger.error("the mover process is gone; files are moved by the uploader itself")
-                return False
+                # If the reader saw the mover end first, it answered "lost" for this job already.
+                mine = self._pending.pop(job_id, None) is not None
+            logger.error("the mover process is gone; files are moved by the uploader itself")
+            return not mine
         return True
 
     def close(self) -> None:
         """End the mover's input, wait for it to answer what it has, and for it to exit."""
         with self._lock:
             self._alive = False
-            with contextlib.suppress(OSError, ValueError):
-                self._stdin.close()
+        with self._write_lock, contextlib.suppress(OSError, ValueError):
+            self._stdin.close()
         try:
             self._proc.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
