@@ -293,7 +293,8 @@ def bench_upload(opts: Options) -> Result:
         "to the OpenCTI stand-in (a fresh one per run). Throughput = files / (first `workAdd` → "
         "last `workToProcessed` received by the stand-in): process start-up, pycti import and "
         "connector registration are excluded for both sides alike. Ours is `ctx-uploader once` "
-        "(digest check, claim, receipt, durable moves to done/ included); the bare loop is "
+        "(digest check, claim, receipt, durable moves to done/ included; the moves run in its mover "
+        "process unless UPLOADER_MOVE_PROCESS=false); the bare loop is "
         "`tests/bench/bareloop.py` (read the file, initiate_work, send_stix2_bundle, to_processed).",
         "",
         "| set-up | files/s | window | process wall time |",
