@@ -174,10 +174,15 @@ class Child:
         return self.returncode
 
     def sample_helpers(self) -> None:
-        """Record the peak RSS of the processes the child runs now (they may end before it)."""
+        """Record the peak RSS of the processes the child runs now (they may end before it).
+
+        The last value read, not the largest: between fork and exec a child still shares its
+        parent's memory and reports the parent's peak; after exec its own peak only grows.
+        """
         for helper in child_pids(self.proc.pid):
-            peak = vm_hwm_kib(helper) or 0
-            self.helper_peaks_kib[helper] = max(self.helper_peaks_kib.get(helper, 0), peak)
+            peak = vm_hwm_kib(helper)
+            if peak:
+                self.helper_peaks_kib[helper] = peak
 
     @property
     def tree_peak_kib(self) -> int:
