@@ -92,6 +92,8 @@ class Mover:
         self._pending: dict[int, object] = {}
         self._next_id = 0
         self._alive = True
+        if not sys.executable:
+            raise OSError("no Python interpreter to start the mover with (sys.executable)")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "uploader.mover", str(spool_root), instance],
             stdin=subprocess.PIPE,

@@ -673,11 +673,12 @@ class Pipeline:
     def _start_mover(self) -> None:
         try:
             self._mover = Mover(self.spool.root, self.options.instance, self._moved)
-        except OSError as exc:
+        except (OSError, ValueError, TypeError) as exc:
+            # No interpreter to start (an embedded Python), no process left (EAGAIN), no memory.
             logger.warning(
                 "cannot start the mover process (%s); imported files are moved by the uploader "
                 "itself",
-                exc.strerror or exc,
+                getattr(exc, "strerror", None) or exc,
             )
             self._mover = None
 

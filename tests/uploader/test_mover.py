@@ -349,3 +349,23 @@ def test_a_file_the_dead_mover_had_moved_already_is_counted_done_without_a_stale
     assert (result.kind, result.released) == ("done", True)
     assert spool.path_in("done", rel).exists()
     assert list(spool.failed.rglob("*")) == []
+
+
+def test_without_a_mover_the_uploader_moves_files_itself(
+    spool: Spool,
+    files: SpoolFiles,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    paths = [files.add(FEED_A, minutes=m) for m in (1, 2)]
+    monkeypatch.setattr(sys, "executable", "")
+    importer = FakeImporter()
+
+    with caplog.at_level("WARNING", logger="uploader.pipeline"):
+        summary = run_once(spool, importer, move_process=True)
+
+    assert summary.ok and summary.done == 2
+    assert any("cannot start the mover process" in r.getMessage() for r in caplog.records)
+    for path in paths:
+        done = spool.path_in("done", files.rel(path))
+        assert receipt_of(done)["sha256"] == sha256_bytes(done.read_bytes())
