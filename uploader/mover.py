@@ -74,8 +74,8 @@ def mover_env(environ: dict[str, str] | os._Environ[str] | None = None) -> dict[
 class Mover:
     """The pipeline's side: starts the mover, sends it jobs, hands each answer to ``on_answer``.
 
-    ``on_answer(token, kind, message)`` is called from a reader thread, once per job sent, in the
-    order the jobs were sent: ``kind`` is ``done``, ``conflict``, ``error`` or ``lost`` (the mover
+    ``on_answer(job, kind, message)`` is called from a reader thread with the job sent (the
+    caller's own :class:`MoveJob`, or a subclass of it), once per job, in the order they were sent: ``kind`` is ``done``, ``conflict``, ``error`` or ``lost`` (the mover
     died before answering: the caller must finish the file itself). After a ``lost`` answer the
     mover is gone: :meth:`send` returns False and the caller moves files itself.
     """
@@ -84,12 +84,12 @@ class Mover:
         self,
         spool_root: Path,
         instance: str,
-        on_answer: Callable[[object, AnswerKind, str], None],
+        on_answer: Callable[[MoveJob, AnswerKind, str], None],
     ) -> None:
         self._on_answer = on_answer
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._pending: dict[int, object] = {}
+        self._pending: dict[int, MoveJob] = {}
         self._next_id = 0
         self._alive = True
         if not sys.executable:
@@ -112,7 +112,7 @@ class Mover:
     def pid(self) -> int:
         return self._proc.pid
 
-    def send(self, token: object, job: MoveJob) -> bool:
+    def send(self, job: MoveJob) -> bool:
         """Queue ``job``; False if the mover is gone (the caller moves the file itself)."""
         line = (
             json.dumps(
@@ -132,7 +132,7 @@ class Mover:
                 return False
             job_id = self._next_id
             self._next_id += 1
-            self._pending[job_id] = token
+            self._pending[job_id] = job
         try:
             # Its own lock, so the reader never waits behind a write to a full pipe: whole lines,
             # never interleaved.
@@ -168,15 +168,14 @@ class Mover:
     def _read(self, stdout: IO[bytes]) -> None:
         for raw in stdout:
             try:
-                job_id_text, kind, message = _parse_answer(raw)
-                job_id = int(job_id_text)
+                job_id, kind, message = _parse_answer(raw)
             except ValueError:
                 logger.error("unreadable answer from the mover process: %r", raw[:200])
                 continue
             with self._lock:
-                token = self._pending.pop(job_id, None)
-            if token is not None:
-                self._answer(token, kind, message)
+                job = self._pending.pop(job_id, None)
+            if job is not None:
+                self._answer(job, kind, message)
         # End of output: the mover exited (closed by us, or died). Whatever it did not answer is
         # the caller's to finish.
         with self._lock:
@@ -190,22 +189,26 @@ class Mover:
                 len(lost),
                 self._proc.poll(),
             )
-        for token in lost:
-            self._answer(token, "lost", "the mover process ended")
+        for job in lost:
+            self._answer(job, "lost", "the mover process ended")
 
-    def _answer(self, token: object, kind: AnswerKind, message: str) -> None:
+    def _answer(self, job: MoveJob, kind: AnswerKind, message: str) -> None:
         try:
-            self._on_answer(token, kind, message)
+            self._on_answer(job, kind, message)
         except Exception:  # the reader must keep reading: every job needs its answer
             logger.exception("handling the mover's answer failed")
 
 
-def _parse_answer(raw: bytes) -> tuple[str, AnswerKind, str]:
-    document = json.loads(raw)
-    kind = document["kind"]
+def _parse_answer(raw: bytes) -> tuple[int, AnswerKind, str]:
+    """(job id, kind, message) of one answer line; ValueError if it is not one."""
+    try:
+        document = json.loads(raw)
+        job_id, kind = int(document["id"]), document["kind"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(raw) from exc
     if kind not in ("done", "conflict", "error"):
         raise ValueError(kind)
-    return str(document["id"]), kind, str(document.get("message", ""))
+    return job_id, kind, str(document.get("message", ""))
 
 
 def serve(spool: Spool, instance: str, source: IO[bytes], sink: IO[bytes]) -> int:

@@ -53,7 +53,7 @@ from uploader.errors import (
     PermanentImportError,
     TransientImportError,
 )
-from uploader.importer import Importer, ImportReceipt
+from uploader.importer import Importer
 from uploader.mover import AnswerKind, MoveJob, Mover
 from uploader.outcome import Failure, mark_done, mark_failed
 from uploader.settings import UploaderSettings
@@ -143,15 +143,11 @@ class _Result:
 
 
 @dataclass(frozen=True)
-class _Imported:
-    """A file OpenCTI accepted, still in the claim folder until it is moved to done/."""
+class _Imported(MoveJob):
+    """A file OpenCTI accepted, still in the claim folder until it is moved to done/: the move's
+    job (for the mover or :meth:`Pipeline._finish`) and the feed it counts for."""
 
     feed: str
-    claimed: Path
-    rel: PurePosixPath
-    sha256: str
-    receipt: ImportReceipt
-    attempts: int
 
 
 @dataclass
@@ -662,11 +658,15 @@ class Pipeline:
         # OpenCTI has the file: the feed's next file may start (module docstring). Queued before
         # the file goes to the mover, so its answer never comes before this.
         self.events.put(_Result(feed, rel, "imported", attempts=attempts))
-        imported = _Imported(feed, claimed, rel, spool_file.actual_sha256, receipt, attempts)
-        mover = self._mover
-        if mover is not None and mover.send(
-            imported, MoveJob(claimed, rel, receipt, imported.sha256, attempts)
-        ):
+        imported = _Imported(
+            claimed=claimed,
+            rel=rel,
+            receipt=receipt,
+            sha256=spool_file.actual_sha256,
+            attempts=attempts,
+            feed=feed,
+        )
+        if self._mover is not None and self._mover.send(imported):
             return None
         return self._finish(imported)
 
@@ -682,10 +682,9 @@ class Pipeline:
             )
             self._mover = None
 
-    def _moved(self, token: object, kind: AnswerKind, message: str) -> None:
+    def _moved(self, imported: MoveJob, kind: AnswerKind, message: str) -> None:
         """The mover's answer for an imported file (called from the mover's reader thread)."""
-        assert isinstance(token, _Imported)
-        imported = token
+        assert isinstance(imported, _Imported)  # the only jobs this pipeline sends
         if kind == "done":
             self._log_imported(imported)
             self.events.put(

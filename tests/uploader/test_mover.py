@@ -340,7 +340,9 @@ def test_a_file_the_dead_mover_had_moved_already_is_counted_done_without_a_stale
     assert not claimed.exists()
     with InstanceLock(spool, "test") as lock:
         pipeline = pipeline_module.Pipeline(spool, FakeImporter(), fast_options(), lock)
-        imported = pipeline_module._Imported(FEED_A, claimed, rel, digest, RECEIPT, 1)
+        imported = pipeline_module._Imported(
+            claimed=claimed, rel=rel, receipt=RECEIPT, sha256=digest, attempts=1, feed=FEED_A
+        )
 
         pipeline._moved(imported, "lost", "the mover process ended")
 
