@@ -469,9 +469,7 @@ class FeedSync:
                 raise MalformedResponseError(
                     "objects without any timestamp", path=self._objects_path, feed_id=self.feed_id
                 )
-            builder = BundleBuilder()
-            for obj in objects:
-                builder.add(obj)
+            builder = BundleBuilder.of(objects)
             data = b"".join(builder.chunks())
             _, rel, written = self._publish(data, max(stamps)[1], FEED_OBJECTS_SUBJECT)
             self.ledger.record(self.feed_id, builder.object_shas)

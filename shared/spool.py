@@ -223,10 +223,7 @@ def bundle_json(objects: Iterable[dict[str, Any]]) -> bytes:
     canonical bytes instead of serialising the whole bundle again: for a 40 MB report bundle that is
     two fewer copies of it in memory at once (issue 6).
     """
-    builder = BundleBuilder()
-    for obj in objects:
-        builder.add(obj)
-    return b"".join(builder.chunks())
+    return b"".join(BundleBuilder.of(objects).chunks())
 
 
 class BundleBuilder:
@@ -240,6 +237,14 @@ class BundleBuilder:
     def __init__(self) -> None:
         self._keys: dict[bytes, tuple[str, str]] = {}
         self.object_shas: dict[str, str] = {}
+
+    @classmethod
+    def of(cls, objects: Iterable[dict[str, Any]]) -> BundleBuilder:
+        """A builder with every one of ``objects`` added."""
+        builder = cls()
+        for obj in objects:
+            builder.add(obj)
+        return builder
 
     def add(self, obj: dict[str, Any]) -> None:
         data = canonical_json(obj)
@@ -353,8 +358,7 @@ def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
         if sync_dir:
             fsync_dir(path.parent)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        discard_staged(tmp)
         raise SpoolError(f"cannot write {path.name}: {exc.strerror or exc}", path) from exc
 
 
@@ -378,8 +382,7 @@ def stage_bytes(path: Path, data: bytes | Sequence[bytes]) -> Path:
             finally:
                 os.close(fd)
         except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            discard_staged(tmp)
             raise
     except OSError as exc:
         raise SpoolError(f"cannot write {path.name}: {exc.strerror or exc}", path) from exc
@@ -417,8 +420,7 @@ def publish_staged(tmp: Path, path: Path) -> bool:
     """
     published = False
     try:
-        size = tmp.stat().st_size
-        if not (path.is_file() and path.stat().st_size == size):
+        if not _present(path, tmp.stat().st_size):
             os.replace(tmp, path)
             published = True
             fsync_dir(path.parent)
@@ -428,6 +430,11 @@ def publish_staged(tmp: Path, path: Path) -> bool:
         if not published:
             discard_staged(tmp)
     return published
+
+
+def _present(path: Path, size: int) -> bool:
+    """``path`` is a file of ``size`` bytes: for a content-addressed name, the same bytes."""
+    return path.is_file() and path.stat().st_size == size
 
 
 def discard_staged(tmp: Path) -> None:
@@ -443,7 +450,7 @@ def publish_bytes(path: Path, data: bytes) -> bool:
     content-addressed name means the same bytes.
     """
     try:
-        if path.is_file() and path.stat().st_size == len(data):
+        if _present(path, len(data)):
             return False
     except OSError as exc:
         raise SpoolError(f"cannot publish {path.name}: {exc.strerror or exc}", path) from exc
