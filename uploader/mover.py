@@ -114,19 +114,6 @@ class Mover:
 
     def send(self, job: MoveJob) -> bool:
         """Queue ``job``; False if the mover is gone (the caller moves the file itself)."""
-        line = (
-            json.dumps(
-                {
-                    "claimed": str(job.claimed),
-                    "rel": str(job.rel),
-                    "receipt": asdict(job.receipt),
-                    "sha256": job.sha256,
-                    "attempts": job.attempts,
-                },
-                separators=(",", ":"),
-            ).encode("utf-8")
-            + b"\n"
-        )
         with self._lock:
             if not self._alive:
                 return False
@@ -137,7 +124,7 @@ class Mover:
             # Its own lock, so the reader never waits behind a write to a full pipe: whole lines,
             # never interleaved.
             with self._write_lock:
-                self._stdin.write(str(job_id).encode() + b" " + line)
+                self._stdin.write(job_line(job_id, job))
                 self._stdin.flush()
         except (OSError, ValueError):
             with self._lock:
@@ -197,6 +184,18 @@ class Mover:
             self._on_answer(job, kind, message)
         except Exception:  # the reader must keep reading: every job needs its answer
             logger.exception("handling the mover's answer failed")
+
+
+def job_line(job_id: int, job: MoveJob) -> bytes:
+    """One request to the mover: ``<id> <JSON of the job>`` and a newline (read by :func:`serve`)."""
+    body = {
+        "claimed": str(job.claimed),
+        "rel": str(job.rel),
+        "receipt": asdict(job.receipt),
+        "sha256": job.sha256,
+        "attempts": job.attempts,
+    }
+    return f"{job_id} ".encode() + json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
 def _parse_answer(raw: bytes) -> tuple[int, AnswerKind, str]:

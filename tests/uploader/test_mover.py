@@ -28,20 +28,26 @@ from tests.uploader.test_pipeline import bundles_in, reason_of, receipt_of
 from uploader import pipeline as pipeline_module
 from uploader.claim import InstanceLock, claim
 from uploader.importer import ImportReceipt
-from uploader.mover import mover_env, serve
+from uploader.mover import MoveJob, job_line, mover_env, serve
 
 RECEIPT = ImportReceipt(work_id="work-7", connector_id="connector-1", pushes=1, objects=2)
 
 
 def _job(job_id: int, claimed: Path, rel: str, sha256: str) -> bytes:
-    body = {
-        "claimed": str(claimed),
-        "rel": rel,
-        "receipt": {"work_id": "work-7", "connector_id": "connector-1", "pushes": 1, "objects": 2},
-        "sha256": sha256,
-        "attempts": 1,
-    }
-    return f"{job_id} ".encode() + json.dumps(body).encode() + b"\n"
+    return job_line(job_id, MoveJob(claimed, PurePosixPath(rel), RECEIPT, sha256, 1))
+
+
+def _running_pipelines(monkeypatch: pytest.MonkeyPatch) -> list[pipeline_module.Pipeline]:
+    """The pipelines made from now on (to reach the mover of the one a run makes)."""
+    pipelines: list[pipeline_module.Pipeline] = []
+    real_init = pipeline_module.Pipeline.__init__
+
+    def remember(self: pipeline_module.Pipeline, *args: object, **kwargs: object) -> None:
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+        pipelines.append(self)
+
+    monkeypatch.setattr(pipeline_module.Pipeline, "__init__", remember)
+    return pipelines
 
 
 def _answers(sink: io.BytesIO) -> list[dict[str, object]]:
@@ -144,11 +150,10 @@ def test_a_conflict_found_by_the_mover_fails_the_file(spool: Spool, files: Spool
 
 
 def test_a_mover_that_dies_loses_nothing_and_imports_nothing_twice(
-    spool: Spool, files: SpoolFiles
+    spool: Spool, files: SpoolFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     paths = [files.add(FEED_A, minutes=m) for m in range(1, 13)]
-    pipelines: list[pipeline_module.Pipeline] = []
-    real_init = pipeline_module.Pipeline.__init__
+    pipelines = _running_pipelines(monkeypatch)
 
     def behaviour(work_name: str, bundle: bytes) -> None:
         if len(importer.calls) == 5:
@@ -158,13 +163,7 @@ def test_a_mover_that_dies_loses_nothing_and_imports_nothing_twice(
 
     importer = FakeImporter(behaviour=behaviour)
 
-    def remember(self: pipeline_module.Pipeline, *args: object, **kwargs: object) -> None:
-        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
-        pipelines.append(self)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline_module.Pipeline, "__init__", remember)
-        summary = run_once(spool, importer, move_process=True)
+    summary = run_once(spool, importer, move_process=True)
 
     assert summary.ok and summary.done == 12
     assert len(importer.calls) == 12  # imported once each: lost answers were moved, not redone
@@ -228,19 +227,13 @@ def test_the_running_mover_has_no_token_in_its_environment(
     monkeypatch.setenv("OPENCTI_TOKEN", "secret-token-for-the-mover-test")
     files.add(FEED_A)
     seen: list[bytes] = []
-    pipelines: list[pipeline_module.Pipeline] = []
-    real_init = pipeline_module.Pipeline.__init__
-
-    def remember(self: pipeline_module.Pipeline, *args: object, **kwargs: object) -> None:
-        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
-        pipelines.append(self)
+    pipelines = _running_pipelines(monkeypatch)
 
     def behaviour(work_name: str, bundle: bytes) -> None:
         mover = pipelines[0]._mover
         assert mover is not None
         seen.append(Path(f"/proc/{mover.pid}/environ").read_bytes())
 
-    monkeypatch.setattr(pipeline_module.Pipeline, "__init__", remember)
     summary = run_once(spool, FakeImporter(behaviour=behaviour), move_process=True)
 
     assert summary.done == 1
