@@ -68,10 +68,13 @@ def read_spool_file(path: Path, rel: PurePosixPath) -> SpoolFile:
             raise BundleRejected("unreadable", "not a regular file", path)
         # Plain reads of the size fstat gave (one allocation, no buffered file object around the
         # descriptor: fewer syscalls per file, issue 6); a file still growing is read to its end.
+        # A short read of a regular file is its end: no second read (and no 1 MiB buffer) for it.
         chunks = []
         want = st.st_size + 1
         while chunk := os.read(fd, want):
             chunks.append(chunk)
+            if len(chunk) < want:
+                break
             want = 1 << 20
     except OSError as exc:
         raise BundleRejected("unreadable", f"cannot read: {exc.strerror or exc}", path) from None

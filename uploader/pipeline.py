@@ -209,7 +209,7 @@ class Pipeline:
         self.lock = lock
         self.clock = clock
         self.rand = rand
-        self.events: queue.Queue[Path | _Result] = queue.Queue()
+        self.events: queue.SimpleQueue[Path | _Result] = queue.SimpleQueue()
         self._feeds: dict[str, _Feed] = {}
         self._attempts: dict[PurePosixPath, int] = {}
         self._ignored: set[PurePosixPath] = set()
