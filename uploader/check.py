@@ -163,16 +163,53 @@ class _UnsureError(Exception):
     """The streaming scan met something it leaves to :func:`check_bundle` to describe."""
 
 
-class _StreamingScan:
-    """A strict reader of ``{"type": "bundle", "objects": [{...}, ...], ...}`` over slices of text."""
+@dataclass(frozen=True)
+class BundleLayout:
+    """Where each object of a bundle file is, to cut the file without parsing it whole."""
 
-    def __init__(self, data: bytes) -> None:
+    #: The bundle's own ``id`` (None if it has none, or it is not text).
+    bundle_id: str | None
+    #: ``(start, end, type, id)`` of each object, in file order: ``data[start:end]`` is its JSON.
+    spans: list[tuple[int, int, str, str]]
+
+
+def bundle_layout(data: bytes) -> BundleLayout | None:
+    """The byte offsets of every object of a bundle that :func:`scan_bundle` accepted.
+
+    Read a slice and an object at a time, like :func:`scan_bundle`, but decoded as Latin-1: one
+    character per byte, so a position in the text is an offset in the file, and the JSON structure
+    (all ASCII) reads the same as in UTF-8. A ``type`` or ``id`` that is not ASCII is read again
+    from its bytes as UTF-8. None when the reader is unsure (a duplicate ``type`` or
+    ``objects`` key, say): the caller then parses the file.
+    """
+    scan = _StreamingScan(data, layout=True)
+    try:
+        scan.run()
+    except _UnsureError:
+        return None
+    assert scan.spans is not None
+    return BundleLayout(scan.bundle_id, scan.spans)
+
+
+class _StreamingScan:
+    """A strict reader of ``{"type": "bundle", "objects": [{...}, ...], ...}`` over slices of text.
+
+    With ``layout=True`` it also records where each object is (:func:`bundle_layout`).
+    """
+
+    def __init__(self, data: bytes, *, layout: bool = False) -> None:
         self._data = memoryview(data)
         self._next = 0
-        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self._decoder = codecs.getincrementaldecoder("latin-1" if layout else "utf-8")("strict")
         self._ended = False
         self.buf = ""
         self.pos = 0
+        self.spans: list[tuple[int, int, str, str]] | None = [] if layout else None
+        self.bundle_id: str | None = None
+
+    def _offset(self) -> int:
+        """The cursor as an offset in the file (Latin-1 only: one character per byte)."""
+        return self._next - len(self.buf) + self.pos
 
     def _more(self) -> bool:
         """Append the next slice of text (at least as much as is unread: big values double)."""
@@ -245,6 +282,8 @@ class _StreamingScan:
                     self.pos += 1
                 else:
                     while True:
+                        self._peek()
+                        start = self._offset()
                         obj = self._value()
                         if not (
                             isinstance(obj, dict)
@@ -253,20 +292,41 @@ class _StreamingScan:
                         ):
                             raise _UnsureError
                         ids.append(obj["id"])
+                        if self.spans is not None:
+                            self._record(start, obj["type"], obj["id"])
                         del obj
                         if self._expect(",]") == "]":
                             break
             elif key == "objects":
                 raise _UnsureError  # null or not a list: check_bundle says which refusal
             else:
+                self._peek()
+                start = self._offset()
                 value = self._value()
                 if key == "type":
                     bundle_type = value
+                elif key == "id" and self.spans is not None:
+                    self.bundle_id = self._text(value, start) if isinstance(value, str) else None
             if self._expect(",}") == "}":
                 break
         if self._peek() is not None or bundle_type != "bundle" or not ids:
             raise _UnsureError
         return BundleScan(len(ids), ids)
+
+    def _record(self, start: int, obj_type: str, obj_id: str) -> None:
+        assert self.spans is not None
+        end = self._offset()
+        if not (obj_type.isascii() and obj_id.isascii()):
+            obj = json.loads(bytes(self._data[start:end]).decode("utf-8"))
+            obj_type, obj_id = obj["type"], obj["id"]
+        self.spans.append((start, end, obj_type, obj_id))
+
+    def _text(self, value: str, start: int) -> str:
+        """A string value read in Latin-1 mode, as it reads in UTF-8 (it ends at the cursor)."""
+        if value.isascii():  # ASCII reads the same either way
+            return value
+        text: str = json.loads(bytes(self._data[start : self._offset()]).decode("utf-8"))
+        return text
 
 
 def check_stix(bundle: dict[str, Any]) -> None:

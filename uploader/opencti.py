@@ -43,15 +43,15 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, overload
 
 import requests
 from pycti import OpenCTIConnectorHelper
 from pycti.utils.opencti_stix2_splitter import is_id_supported
 from requests.adapters import HTTPAdapter
 
-from uploader.check import scan_bundle
+from uploader.check import bundle_layout, scan_bundle
 from uploader.errors import (
     BundleRejected,
     ImportFailure,
@@ -493,35 +493,92 @@ def _shadowed_env(names: tuple[str, ...]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def split_bundle(data: bytes, max_push_bytes: int) -> tuple[list[bytes], int]:
+def split_bundle(data: bytes, max_push_bytes: int) -> tuple[Sequence[bytes], int]:
     """The bundle as one or more bundle texts (UTF-8), each under ``max_push_bytes`` once in a push.
 
     Returns ``(bundle_texts, number_of_objects)``. A bundle that fits is sent as the file's exact
     bytes, checked one object at a time (:func:`uploader.check.scan_bundle`: a 40 MB file is never
-    held parsed, issue 6); a bigger one is parsed and cut into whole objects (referenced objects
-    first, containers last), each chunk a ``{type, id, objects}`` bundle. Nothing is dropped: one
-    object alone over the limit is a :class:`PermanentImportError`. A chunk holding only objects of
-    types pycti does not import (``extension-definition``, unknown custom types) is not sent,
-    because pycti refuses it with "Nothing to import" (pycti drops such objects from any push
-    anyway). So no text at all means the file has nothing OpenCTI imports.
+    held parsed, issue 6); a bigger one is cut into whole objects (referenced objects first,
+    containers last), each chunk a ``{type, id, objects}`` bundle of the objects' own bytes from
+    the file. The cut is planned from where each object is in the file
+    (:func:`uploader.check.bundle_layout`) and each chunk is built when it is sent, so a split file
+    costs its bytes and one chunk in memory, not its parsed objects and every chunk. Nothing is
+    dropped: one object alone over the limit is a :class:`PermanentImportError`. A chunk holding
+    only objects of types pycti does not import (``extension-definition``, unknown custom types)
+    is not sent, because pycti refuses it with "Nothing to import" (pycti drops such objects from
+    any push anyway). So no text at all means the file has nothing OpenCTI imports.
     """
     budget = max_push_bytes - PUSH_ENVELOPE_BYTES
+    try:
+        scan = scan_bundle(data)
+    except BundleRejected as exc:
+        raise PermanentImportError(f"not a usable STIX bundle: {exc}") from None
+    if not any(is_id_supported(ident) for ident in scan.ids):
+        return [], scan.objects
     if pushed_size_of(data) <= budget:
-        try:
-            scan = scan_bundle(data)
-        except BundleRejected as exc:
-            raise PermanentImportError(f"not a usable STIX bundle: {exc}") from None
-        if not any(is_id_supported(ident) for ident in scan.ids):
-            return [], scan.objects
         return [data], scan.objects
+    layout = bundle_layout(data)
+    if layout is None:
+        # A file the streaming reader leaves to the parser (a repeated "objects" key, say).
+        return _split_parsed(data, max_push_bytes, budget)
+    bundle_id = layout.bundle_id or f"bundle--{uuid.uuid4()}"
+    head = _pushed_size(json.dumps({"type": "bundle", "id": bundle_id, "objects": []}))
+    groups: list[list[tuple[int, int]]] = []
+    current: list[tuple[int, int]] = []
+    size = head
+    current_importable = False
+    for start, end, _kind, ident in sorted(layout.spans, key=lambda span: _rank_of(span[2])):
+        obj_size = pushed_size_of(data[start:end]) + 1
+        if head + obj_size > budget:
+            raise PermanentImportError(
+                f"object {ident} alone is {obj_size} bytes, over UPLOADER_MAX_PUSH_BYTES={max_push_bytes}"
+            )
+        if current and size + obj_size > budget:
+            if current_importable:
+                groups.append(current)
+            current, size, current_importable = [], head, False
+        current.append((start, end))
+        size += obj_size
+        current_importable = current_importable or bool(is_id_supported(ident))
+    if current and current_importable:
+        groups.append(current)
+    return _Chunks(data, bundle_id, groups), len(layout.spans)
+
+
+class _Chunks(Sequence[bytes]):
+    """The chunks of a split file, each built from the file's bytes when it is asked for."""
+
+    def __init__(self, data: bytes, bundle_id: str, groups: list[list[tuple[int, int]]]) -> None:
+        self._data = data
+        self._bundle_id = bundle_id
+        self._groups = groups
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        group = self._groups[index]
+        index = index % len(self._groups)
+        view = memoryview(self._data)  # the objects are joined straight from the file's bytes
+        return _chunk_bytes(self._bundle_id, index, [view[start:end] for start, end in group])
+
+
+def _split_parsed(data: bytes, max_push_bytes: int, budget: int) -> tuple[list[bytes], int]:
+    """:func:`split_bundle` of a file parsed whole (when :func:`bundle_layout` is unsure of it)."""
     parsed = _parse_bundle(data)
     objects: list[dict[str, Any]] = parsed["objects"]
-    if not any(_importable(obj) for obj in objects):
-        return [], len(objects)
     bundle_id = str(parsed.get("id") or f"bundle--{uuid.uuid4()}")
     head = _pushed_size(json.dumps({"type": "bundle", "id": bundle_id, "objects": []}))
     chunks: list[bytes] = []
-    current: list[str] = []
+    current: list[bytes] = []
     size = head
     current_importable = False
     for obj in sorted(objects, key=_rank):
@@ -533,13 +590,13 @@ def split_bundle(data: bytes, max_push_bytes: int) -> tuple[list[bytes], int]:
             )
         if current and size + obj_size > budget:
             if current_importable:
-                chunks.append(_chunk(bundle_id, len(chunks), current))
+                chunks.append(_chunk_bytes(bundle_id, len(chunks), current))
             current, size, current_importable = [], head, False
-        current.append(obj_text)
+        current.append(obj_text.encode("utf-8"))
         size += obj_size
         current_importable = current_importable or _importable(obj)
     if current and current_importable:
-        chunks.append(_chunk(bundle_id, len(chunks), current))
+        chunks.append(_chunk_bytes(bundle_id, len(chunks), current))
     return chunks, len(objects)
 
 
@@ -679,12 +736,26 @@ def _parse_bundle(data: bytes) -> dict[str, Any]:
 
 
 def _rank(obj: Mapping[str, Any]) -> int:
-    return _TYPE_RANK.get(str(obj.get("type")), 2)
+    return _rank_of(str(obj.get("type")))
 
 
-def _chunk(bundle_id: str, index: int, objects: list[str]) -> bytes:
+def _rank_of(obj_type: str) -> int:
+    return _TYPE_RANK.get(obj_type, 2)
+
+
+def _chunk_bytes(bundle_id: str, index: int, objects: Sequence[bytes | memoryview]) -> bytes:
     chunk_id = f"bundle--{uuid.uuid5(uuid.NAMESPACE_URL, f'{bundle_id}/{index}')}"
-    return f'{{"type":"bundle","id":"{chunk_id}","objects":[{",".join(objects)}]}}'.encode()
+    pieces: list[bytes | memoryview] = [
+        b'{"type":"bundle","id":"',
+        chunk_id.encode(),
+        b'","objects":[',
+    ]
+    for number, obj in enumerate(objects):
+        if number:
+            pieces.append(b",")
+        pieces.append(obj)
+    pieces.append(b"]}")
+    return b"".join(pieces)
 
 
 #: Every byte but the control characters (which JSON escapes).
@@ -694,11 +765,19 @@ _SHORT_ESCAPES = frozenset(b"\b\t\n\f\r")
 
 
 def pushed_size_of(data: bytes) -> int:
-    """``_pushed_size(data.decode())`` without building the escaped copy (UTF-8 ``data``)."""
+    """``_pushed_size(data.decode())`` without building the escaped copy (UTF-8 ``data``).
+
+    The control characters are picked out a megabyte at a time: ``bytes.translate`` allocates
+    an output as big as its input before it shrinks it, a copy of a 40 MB file otherwise.
+    """
     extra = data.count(b'"') + data.count(b"\\")
-    for byte in data.translate(None, _NOT_CONTROL):
-        extra += 1 if byte in _SHORT_ESCAPES else 5
+    for start in range(0, len(data), _CONTROL_SCAN):
+        for byte in data[start : start + _CONTROL_SCAN].translate(None, _NOT_CONTROL):
+            extra += 1 if byte in _SHORT_ESCAPES else 5
     return len(data) + 2 + extra
+
+
+_CONTROL_SCAN = 1 << 20
 
 
 def _pushed_size(text: str) -> int:

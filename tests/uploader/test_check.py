@@ -131,3 +131,49 @@ def test_streaming_scan_of_a_big_file_holds_about_a_slice() -> None:
     # A full parse holds the text and every object (several times the file); the scan holds a
     # slice of text, one object and the ids.
     assert peak < 4 * check._SLICE, peak
+
+
+def _layout_cases() -> list[bytes]:
+    # Non-ASCII text (two- and four-byte UTF-8), escapes, a non-ASCII custom type and id, pretty
+    # printing, and objects after other top-level keys: every span must be the object's own bytes.
+    objects = [
+        {"type": "identity", "id": "identity--1", "name": "Société Générale 🛰", "x": [1, {"y": 2}]},
+        {"type": "x-café", "id": "x-café--2", "note": 'tab\there \\ "quoted" \u20ac'},
+        {"type": "indicator", "id": "indicator--3", "pattern": "[a:b = 'é']", "n": 1.5e3},
+    ]
+    bundle = {"type": "bundle", "id": "bundle--é1", "spec": {"a": [1, 2]}, "objects": objects}
+    return [
+        json.dumps(bundle, ensure_ascii=False).encode(),
+        json.dumps(bundle, ensure_ascii=True).encode(),
+        json.dumps(bundle, ensure_ascii=False, indent=4).encode(),
+        (
+            '{"objects" :\n [ {"id":"\\u0069dentity--\\u20ac","type":"identity"} ,\n'
+            '{"type":"report","id":"report--é"}\t]\n,"type":"bundle"}'
+        ).encode(),
+    ]
+
+
+@pytest.mark.parametrize("slice_size", [1, 5, 4096])
+def test_bundle_layout_finds_each_objects_own_bytes(
+    monkeypatch: pytest.MonkeyPatch, slice_size: int
+) -> None:
+    monkeypatch.setattr(check, "_SLICE", slice_size)
+    for data in _layout_cases():
+        expected = json.loads(data)
+        layout = check.bundle_layout(data)
+
+        assert layout is not None
+        assert layout.bundle_id == expected.get("id")
+        assert [json.loads(data[start:end]) for start, end, _, _ in layout.spans] == expected[
+            "objects"
+        ]
+        assert [(kind, ident) for _, _, kind, ident in layout.spans] == [
+            (o["type"], o["id"]) for o in expected["objects"]
+        ]
+
+
+def test_bundle_layout_leaves_a_doubtful_file_to_the_parser() -> None:
+    # Two "objects" keys: json.loads keeps the last one, the streaming reader does not guess.
+    data = b'{"type":"bundle","objects":[{"type":"a","id":"a--1"}],"objects":[{"type":"b","id":"b--2"}]}'
+    assert check_bundle(data)["objects"] == [{"type": "b", "id": "b--2"}]
+    assert check.bundle_layout(data) is None
