@@ -113,6 +113,15 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
+def cmdline(pid: int) -> bytes | None:
+    """The process's command line as the kernel has it, None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
 @dataclass
 class Child:
     """A child process whose peak RSS is measured while it runs (:meth:`wait`).
@@ -136,6 +145,7 @@ class Child:
     #: ``ru_maxrss`` from ``wait4``, kept for comparison only (see the class docstring).
     wait4_maxrss_kib: int | None = None
     returncode: int | None = None
+    _cmdline: bytes | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._log = self.log.open("ab")
@@ -176,10 +186,21 @@ class Child:
     def sample_helpers(self) -> None:
         """Record the peak RSS of the processes the child runs now (they may end before it).
 
-        The last value read, not the largest: between fork and exec a child still shares its
-        parent's memory and reports the parent's peak; after exec its own peak only grows.
+        Between fork and exec a child still shares its parent's memory and reports the parent's
+        peak: a helper is read only once its command line is no longer the parent's (exec has
+        happened, so what is read next is its own), and the last value read is kept (after exec
+        its own peak only grows). Without the command line check, a short-lived helper caught
+        before its exec (the ``ldconfig -p`` that ``ctypes.util.find_library`` runs while pycti is
+        imported) added the uploader's memory of that moment, 43 MiB, to one big-bundle run in
+        a few.
         """
+        own = self._cmdline
+        if own is None:
+            own = self._cmdline = cmdline(self.proc.pid)
         for helper in child_pids(self.proc.pid):
+            line = cmdline(helper)
+            if line is None or line == own:
+                continue
             peak = vm_hwm_kib(helper)
             if peak:
                 self.helper_peaks_kib[helper] = peak
