@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
 import requests
@@ -51,7 +51,7 @@ from pycti import OpenCTIConnectorHelper
 from pycti.utils.opencti_stix2_splitter import is_id_supported
 from requests.adapters import HTTPAdapter
 
-from uploader.check import bundle_layout, scan_bundle
+from uploader.check import BundleLayout, bundle_layout, scan_bundle
 from uploader.errors import (
     BundleRejected,
     ImportFailure,
@@ -520,7 +520,7 @@ def split_bundle(data: bytes, max_push_bytes: int) -> tuple[Sequence[bytes], int
     layout = bundle_layout(data)
     if layout is None:
         # A file the streaming reader leaves to the parser (a repeated "objects" key, say).
-        return _split_parsed(data, max_push_bytes, budget)
+        data, layout = _reserialised(data)
     bundle_id = layout.bundle_id or f"bundle--{uuid.uuid4()}"
     head = _pushed_size(json.dumps({"type": "bundle", "id": bundle_id, "objects": []}))
     groups: list[list[tuple[int, int]]] = []
@@ -539,6 +539,7 @@ def split_bundle(data: bytes, max_push_bytes: int) -> tuple[Sequence[bytes], int
             current, size, current_importable = [], head, False
         current.append((start, end))
         size += obj_size
+        # pycti's splitter keeps only the types OpenCTI imports (its ``is_id_supported``).
         current_importable = current_importable or bool(is_id_supported(ident))
     if current and current_importable:
         groups.append(current)
@@ -571,33 +572,19 @@ class _Chunks(Sequence[bytes]):
         return _chunk_bytes(self._bundle_id, index, [view[start:end] for start, end in group])
 
 
-def _split_parsed(data: bytes, max_push_bytes: int, budget: int) -> tuple[list[bytes], int]:
-    """:func:`split_bundle` of a file parsed whole (when :func:`bundle_layout` is unsure of it)."""
+def _reserialised(data: bytes) -> tuple[bytes, BundleLayout]:
+    """The objects of a bundle parsed whole, laid end to end as compact JSON, and their layout."""
     parsed = _parse_bundle(data)
-    objects: list[dict[str, Any]] = parsed["objects"]
-    bundle_id = str(parsed.get("id") or f"bundle--{uuid.uuid4()}")
-    head = _pushed_size(json.dumps({"type": "bundle", "id": bundle_id, "objects": []}))
-    chunks: list[bytes] = []
-    current: list[bytes] = []
-    size = head
-    current_importable = False
-    for obj in sorted(objects, key=_rank):
-        obj_text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-        obj_size = _pushed_size(obj_text) + 1
-        if head + obj_size > budget:
-            raise PermanentImportError(
-                f"object {obj.get('id')} alone is {obj_size} bytes, over UPLOADER_MAX_PUSH_BYTES={max_push_bytes}"
-            )
-        if current and size + obj_size > budget:
-            if current_importable:
-                chunks.append(_chunk_bytes(bundle_id, len(chunks), current))
-            current, size, current_importable = [], head, False
-        current.append(obj_text.encode("utf-8"))
-        size += obj_size
-        current_importable = current_importable or _importable(obj)
-    if current and current_importable:
-        chunks.append(_chunk_bytes(bundle_id, len(chunks), current))
-    return chunks, len(objects)
+    pieces: list[bytes] = []
+    spans: list[tuple[int, int, str, str]] = []
+    offset = 0
+    for obj in parsed["objects"]:
+        piece = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        spans.append((offset, offset + len(piece), str(obj.get("type")), obj["id"]))
+        pieces.append(piece)
+        offset += len(piece)
+    bundle_id = parsed.get("id")
+    return b"".join(pieces), BundleLayout(bundle_id if isinstance(bundle_id, str) else None, spans)
 
 
 #: pycti's ``send_bundle_to_api`` mutation, word for word (pycti 6.5.10 to 6.8).
@@ -713,11 +700,6 @@ def escape_json_bytes(data: bytes) -> bytes:
     return escaped
 
 
-def _importable(obj: Mapping[str, Any]) -> bool:
-    # pycti's splitter keeps only the types OpenCTI imports (its ``is_id_supported``).
-    return bool(is_id_supported(str(obj.get("id", ""))))
-
-
 def _parse_bundle(data: bytes) -> dict[str, Any]:
     # The platform's own check (REFERENCE §2): type "bundle" and a non-empty objects list.
     try:
@@ -733,10 +715,6 @@ def _parse_bundle(data: bytes) -> dict[str, Any]:
         if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
             raise PermanentImportError("the bundle holds an object without an id")
     return parsed
-
-
-def _rank(obj: Mapping[str, Any]) -> int:
-    return _rank_of(str(obj.get("type")))
 
 
 def _rank_of(obj_type: str) -> int:
