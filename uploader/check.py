@@ -282,8 +282,7 @@ class _StreamingScan:
                     self.pos += 1
                 else:
                     while True:
-                        self._peek()
-                        start = self._offset()
+                        start = self._start()
                         obj = self._value()
                         if not (
                             isinstance(obj, dict)
@@ -300,8 +299,7 @@ class _StreamingScan:
             elif key == "objects":
                 raise _UnsureError  # null or not a list: check_bundle says which refusal
             else:
-                self._peek()
-                start = self._offset()
+                start = self._start()
                 value = self._value()
                 if key == "type":
                     bundle_type = value
@@ -312,6 +310,13 @@ class _StreamingScan:
         if self._peek() is not None or bundle_type != "bundle" or not ids:
             raise _UnsureError
         return BundleScan(len(ids), ids)
+
+    def _start(self) -> int:
+        """Where the next value begins in the file, when recording a layout (else 0)."""
+        if self.spans is None:
+            return 0
+        self._peek()
+        return self._offset()
 
     def _record(self, start: int, obj_type: str, obj_id: str) -> None:
         assert self.spans is not None
