@@ -46,6 +46,11 @@ files, alternating with the bare loop):
   not per file.
 - So the comparison is at parity on this machine: `python -m tests.bench upload` gave 1.00x
   (min 0.81, max 1.14, n=5) after the changes below; the full run's figure is in the table.
+- The ceiling for threads: the bare loop itself run in 2 or 4 threads of one process (the feeds
+  dealt out, no bookkeeping at all) imported 0.99-1.10 times as fast as in one thread over four
+  alternating rounds, and ours matched the two-thread loop (215/253/270/264 vs 187/251/316/277
+  files/s). Our bookkeeping is not what is left; the interpreter lock is. The upload table now
+  has that row (`BARE_THREADS=2`, tests/bench/bareloop.py) in every run.
 
 Changed:
 

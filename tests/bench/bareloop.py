@@ -4,6 +4,10 @@
 registers the connector as the uploader does, then for every ``*.json`` under ``DIR`` (in path order)
 reads the file and calls ``initiate_work`` → ``send_stix2_bundle`` → ``to_processed``. No digest
 check, no claim, no moves, no fsync, no receipt.
+
+``BARE_THREADS=N`` runs the same loop in N threads of the process, the feed folders dealt out among
+them (each thread takes its feeds' files in path order): the uploader's shape (one thread per feed
+in flight) without its bookkeeping, to tell what threads cost from what the bookkeeping costs.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 from pycti import OpenCTIConnectorHelper
@@ -41,13 +46,29 @@ def main() -> int:
     helper = OpenCTIConnectorHelper(config)
     logging.getLogger().setLevel(logging.WARNING)
     paths = sorted(p for p in root.rglob("*.json") if not p.name.startswith("."))
-    for path in paths:
-        data = path.read_text(encoding="utf-8")
-        work_id = helper.api.work.initiate_work(helper.connect_id, f"bare {path.name}")
-        helper.send_stix2_bundle(
-            data, work_id=work_id, update=True, cleanup_inconsistent_bundle=False
-        )
-        helper.api.work.to_processed(work_id, "bare loop")
+
+    def push(share: list[Path]) -> None:
+        for path in share:
+            data = path.read_text(encoding="utf-8")
+            work_id = helper.api.work.initiate_work(helper.connect_id, f"bare {path.name}")
+            helper.send_stix2_bundle(
+                data, work_id=work_id, update=True, cleanup_inconsistent_bundle=False
+            )
+            helper.api.work.to_processed(work_id, "bare loop")
+
+    threads = int(os.environ.get("BARE_THREADS", "1"))
+    if threads <= 1:
+        push(paths)
+    else:
+        feeds = sorted({path.relative_to(root).parts[0] for path in paths})
+        shares: list[list[Path]] = [[] for _ in range(threads)]
+        for path in paths:
+            shares[feeds.index(path.relative_to(root).parts[0]) % threads].append(path)
+        workers = [threading.Thread(target=push, args=(share,)) for share in shares]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
     sys.stdout.write(f"bare loop pushed {len(paths)} files\n")
     sys.stdout.flush()
     # Like the uploader, never helper.stop() (it deletes the connector's works); the ping thread
