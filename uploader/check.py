@@ -174,13 +174,14 @@ class BundleLayout:
 
 
 def bundle_layout(data: bytes) -> BundleLayout | None:
-    """The byte offsets of every object of a bundle that :func:`scan_bundle` accepted.
+    """The byte offsets of every object of a usable bundle, in the pass that checks it.
 
-    Read a slice and an object at a time, like :func:`scan_bundle`, but decoded as Latin-1: one
-    character per byte, so a position in the text is an offset in the file, and the JSON structure
-    (all ASCII) reads the same as in UTF-8. A ``type`` or ``id`` that is not ASCII is read again
-    from its bytes as UTF-8. None when the reader is unsure (a duplicate ``type`` or
-    ``objects`` key, say): the caller then parses the file.
+    :func:`scan_bundle`'s streaming reader, over the text decoded as Latin-1: one character per
+    byte, so a position in the text is an offset in the file, and the JSON structure (all ASCII)
+    reads the same as in UTF-8 (the bytes are checked to be UTF-8 alongside). A ``type`` or ``id``
+    that is not ASCII is read again from its bytes as UTF-8. None whenever the streaming reader
+    would hand the file to :func:`check_bundle` (a refusal, a duplicate ``type`` or ``objects``
+    key, bytes that are not UTF-8): the caller then asks :func:`scan_bundle` why, or parses it.
     """
     scan = _StreamingScan(data, layout=True)
     try:
@@ -201,6 +202,9 @@ class _StreamingScan:
         self._data = memoryview(data)
         self._next = 0
         self._decoder = codecs.getincrementaldecoder("latin-1" if layout else "utf-8")("strict")
+        # Latin-1 reads any bytes: in layout mode the file is also checked to be UTF-8, so a layout
+        # is found exactly for the files scan_bundle accepts without the full parser.
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("strict") if layout else None
         self._ended = False
         self.buf = ""
         self.pos = 0
@@ -221,6 +225,8 @@ class _StreamingScan:
         final = self._next >= len(self._data)
         try:
             text = self._decoder.decode(chunk, final=final)
+            if self._utf8 is not None:
+                self._utf8.decode(chunk, final=final)
         except UnicodeDecodeError:
             raise _UnsureError from None
         self._ended = final

@@ -51,7 +51,7 @@ from pycti import OpenCTIConnectorHelper
 from pycti.utils.opencti_stix2_splitter import is_id_supported
 from requests.adapters import HTTPAdapter
 
-from uploader.check import BundleLayout, bundle_layout, scan_bundle
+from uploader.check import BundleLayout, BundleScan, bundle_layout, scan_bundle
 from uploader.errors import (
     BundleRejected,
     ImportFailure,
@@ -509,18 +509,20 @@ def split_bundle(data: bytes, max_push_bytes: int) -> tuple[Sequence[bytes], int
     any push anyway). So no text at all means the file has nothing OpenCTI imports.
     """
     budget = max_push_bytes - PUSH_ENVELOPE_BYTES
-    try:
-        scan = scan_bundle(data)
-    except BundleRejected as exc:
-        raise PermanentImportError(f"not a usable STIX bundle: {exc}") from None
-    if not any(is_id_supported(ident) for ident in scan.ids):
-        return [], scan.objects
     if pushed_size_of(data) <= budget:
+        scan = _usable(data)
+        if not any(is_id_supported(ident) for ident in scan.ids):
+            return [], scan.objects
         return [data], scan.objects
+    # One pass checks the file and finds where each object is.
     layout = bundle_layout(data)
     if layout is None:
-        # A file the streaming reader leaves to the parser (a repeated "objects" key, say).
+        # Refused (the refusal is scan_bundle's), or a file the streaming reader leaves to the
+        # parser (a repeated "objects" key, say).
+        _usable(data)
         data, layout = _reserialised(data)
+    if not any(is_id_supported(ident) for _, _, _, ident in layout.spans):
+        return [], len(layout.spans)
     bundle_id = layout.bundle_id or f"bundle--{uuid.uuid4()}"
     head = _pushed_size(json.dumps({"type": "bundle", "id": bundle_id, "objects": []}))
     groups: list[list[tuple[int, int]]] = []
@@ -544,6 +546,14 @@ def split_bundle(data: bytes, max_push_bytes: int) -> tuple[Sequence[bytes], int
     if current and current_importable:
         groups.append(current)
     return _Chunks(data, bundle_id, groups), len(layout.spans)
+
+
+def _usable(data: bytes) -> BundleScan:
+    """:func:`uploader.check.scan_bundle`, its refusal as a :class:`PermanentImportError`."""
+    try:
+        return scan_bundle(data)
+    except BundleRejected as exc:
+        raise PermanentImportError(f"not a usable STIX bundle: {exc}") from None
 
 
 class _Chunks(Sequence[bytes]):

@@ -177,3 +177,21 @@ def test_bundle_layout_leaves_a_doubtful_file_to_the_parser() -> None:
     data = b'{"type":"bundle","objects":[{"type":"a","id":"a--1"}],"objects":[{"type":"b","id":"b--2"}]}'
     assert check_bundle(data)["objects"] == [{"type": "b", "id": "b--2"}]
     assert check.bundle_layout(data) is None
+
+
+@pytest.mark.parametrize("slice_size", [1, 7, 4096])
+def test_bundle_layout_is_found_only_for_files_check_bundle_accepts(
+    monkeypatch: pytest.MonkeyPatch, slice_size: int
+) -> None:
+    # split_bundle checks a too-big file in the layout pass alone: a layout must never be found
+    # for a file that check_bundle refuses (not UTF-8 included), and must list its objects.
+    monkeypatch.setattr(check, "_SLICE", slice_size)
+    cases = [_good().encode(), json.dumps(json.loads(_good()), indent=2).encode(), *HOSTILE]
+    cases += [*_layout_cases(), *_mutants(600)]
+    for data in cases:
+        verdict = _verdict(data, streaming=False)
+        layout = check.bundle_layout(data)
+        if verdict[0] == "refused":
+            assert layout is None, data[:120]
+        elif layout is not None:
+            assert [ident for _, _, _, ident in layout.spans] == verdict[1].ids, data[:120]

@@ -224,6 +224,14 @@ def test_split_of_a_file_the_streaming_reader_leaves_to_the_parser() -> None:
     assert received == sorted(o["id"] for o in objects)
 
 
+def test_split_refuses_a_too_big_file_as_the_checks_do() -> None:
+    data, _ = _report_bundle(6, pad=1500)
+    broken = data.replace(b"org 3", b"org \xff3")
+
+    with pytest.raises(PermanentImportError, match="not a usable STIX bundle: not UTF-8"):
+        split_bundle(broken, 4096 + 4000)
+
+
 def test_split_holds_one_chunk_at_a_time_not_the_parsed_file() -> None:
     import tracemalloc
 
