@@ -146,7 +146,11 @@ def _cursor_page(
     params: dict[str, str | int] = {"added_after": cursor, "limit": OBJECTS_PAGE_SIZE}
     if types:
         params["types"] = types
-    page = client.objects_page(feed_id, params)
+    return _still_cursor(client.objects_page(feed_id, params), path)
+
+
+def _still_cursor(page: Page, path: str) -> Page:
+    """``page``, if it is in the cursor style the walk started in."""
     if page.style != "cursor":
         raise MalformedResponseError("pagination style changed mid-walk", path=path)
     return page
@@ -278,9 +282,7 @@ def _walk_cursor(
         yield Batch(fresh, next_cursor)
         cursor = next_cursor
         if follow_url is not None:
-            page = client.objects_page(feed_id, url=follow_url)
-            if page.style != "cursor":
-                raise MalformedResponseError("pagination style changed mid-walk", path=path)
+            page = _still_cursor(client.objects_page(feed_id, url=follow_url), path)
         else:
             page = _cursor_page(client, feed_id, cursor, types, path)
     raise MalformedResponseError("too many pages", path=path)
