@@ -748,19 +748,18 @@ class Pipeline:
                     return _Result(feed, rel, "retry", attempts=attempts, released=True)
 
     def _record_done(self, imported: _Imported) -> _Result:
-        feed, claimed, rel, receipt = (
+        feed, claimed, rel, attempts = (
             imported.feed,
             imported.claimed,
             imported.rel,
-            imported.receipt,
+            imported.attempts,
         )
-        attempts = imported.attempts
         try:
             mark_done(
                 self.spool,
                 claimed,
                 rel,
-                receipt,
+                imported.receipt,
                 instance=self.options.instance,
                 sha256=imported.sha256,
                 attempts=attempts,
