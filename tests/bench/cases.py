@@ -125,12 +125,10 @@ def bench_fetch(opts: Options) -> Result:
                 log(f"fetch run {run + 1}/{runs} {tag}: {child.wall:.2f}s, {len(times)} requests")
     wall = {k: Series(v) for k, v in walls.items()}
     window = {k: Series(v) for k, v in windows.items()}
-    ratio = Series([c / d for c, d in zip(walls["c1"], walls["default"], strict=True)])
-    ratio_window = Series([c / d for c, d in zip(windows["c1"], windows["default"], strict=True)])
+    ratio = Series.ratios(walls["c1"], walls["default"])
+    ratio_window = Series.ratios(windows["c1"], windows["default"])
     peak_rate = max(rates)
-    ratio_bundles = Series(
-        [c / d for c, d in zip(bundle_windows["c1"], bundle_windows["default"], strict=True)]
-    )
+    ratio_bundles = Series.ratios(bundle_windows["c1"], bundle_windows["default"])
     result.rows.append(
         Row(
             "Fetch: default vs CONCURRENCY=1",
@@ -254,13 +252,11 @@ def bench_upload(opts: Options) -> Result:
                 f"upload run {run + 1}/{runs} {tag}, {UPLOAD_LATENCY * 1000:.0f} ms platform: {w:.2f}s window"
             )
     thr = {k: Series([UPLOAD_FILES / w for w in v]) for k, v in window.items()}
-    ratio = Series([b / o for b, o in zip(window["bare"], window["ours"], strict=True)])
-    ratio4 = Series([b / o for b, o in zip(window["bare"], window["ours-c4"], strict=True)])
-    ratio_inproc = Series(
-        [b / o for b, o in zip(window["bare"], window["ours-inproc"], strict=True)]
-    )
-    ratio_t2 = Series([b / o for b, o in zip(window["bare-t2"], window["ours"], strict=True)])
-    ratio_slow = Series([b / o for b, o in zip(slow["bare"], slow["ours"], strict=True)])
+    ratio = Series.ratios(window["bare"], window["ours"])
+    ratio4 = Series.ratios(window["bare"], window["ours-c4"])
+    ratio_inproc = Series.ratios(window["bare"], window["ours-inproc"])
+    ratio_t2 = Series.ratios(window["bare-t2"], window["ours"])
+    ratio_slow = Series.ratios(slow["bare"], slow["ours"])
     result.rows.append(
         Row(
             "Upload: ours (default) vs bare pycti loop",
@@ -323,7 +319,7 @@ def bench_upload(opts: Options) -> Result:
         f"{ratio4.fmt('×')}; with the moves in the importing process: {ratio_inproc.fmt('×')}. "
         f"Ours vs the same bare loop in two threads (the feeds dealt out between them, no "
         f"bookkeeping): {ratio_t2.fmt('×')}; the bare loop in two threads vs in one: "
-        f"{Series([b / t for b, t in zip(window['bare'], window['bare-t2'], strict=True)]).fmt('×')}. "
+        f"{Series.ratios(window['bare'], window['bare-t2']).fmt('×')}. "
         "Threads in one interpreter add little here: the HTTP requests through requests and pycti "
         "hold its lock, so two imports at once only overlap the platform's time.",
         "",
@@ -490,10 +486,8 @@ def bench_scale(opts: Options) -> Result:
             child = Child([tool("ctx-uploader"), "status"], env, opts.work / "scale-status.log")
             child.wait(300)
             rss_by[f"status-{tag}"].append(rss_mib(child.peak_rss_kib))
-    grow = Series([f - e for f, e in zip(rss_by["full"], rss_by["empty"], strict=True)])
-    grow_status = Series(
-        [f - e for f, e in zip(rss_by["status-full"], rss_by["status-empty"], strict=True)]
-    )
+    grow = Series.differences(rss_by["full"], rss_by["empty"])
+    grow_status = Series.differences(rss_by["status-full"], rss_by["status-empty"])
     shutil.rmtree(spool)
     shutil.rmtree(empty)
 

@@ -346,6 +346,16 @@ class Series:
     def spread(self) -> tuple[float, float]:
         return min(self.values), max(self.values)
 
+    @classmethod
+    def ratios(cls, numerators: Sequence[float], denominators: Sequence[float]) -> Series:
+        """Each run's pair divided: ``numerators[i] / denominators[i]`` (set-ups run alternately)."""
+        return cls([n / d for n, d in zip(numerators, denominators, strict=True)])
+
+    @classmethod
+    def differences(cls, minuends: Sequence[float], subtrahends: Sequence[float]) -> Series:
+        """Each run's pair subtracted: ``minuends[i] - subtrahends[i]``."""
+        return cls([m - s for m, s in zip(minuends, subtrahends, strict=True)])
+
     def fmt(self, unit: str = "s", digits: int = 2) -> str:
         lo, hi = self.spread
         return f"{self.median:.{digits}f} {unit} (min {lo:.{digits}f}, max {hi:.{digits}f}, n={len(self.values)})"
