@@ -180,10 +180,6 @@ def test_split_never_sends_a_chunk_with_nothing_importable() -> None:
     assert sum("identity" in k for k in kinds) == 1
 
 
-def _pushed(chunk: bytes) -> int:
-    return len(json.dumps(chunk.decode("utf-8"), ensure_ascii=False).encode("utf-8"))
-
-
 def test_split_cuts_the_files_own_bytes_into_chunks_under_the_limit() -> None:
     # Pretty-printed, non-ASCII text and escapes: each chunk holds the objects exactly as they are
     # written in the file (whitespace included), nothing re-serialised, none lost or repeated.
@@ -202,7 +198,7 @@ def test_split_cuts_the_files_own_bytes_into_chunks_under_the_limit() -> None:
         parsed["objects"], key=lambda o: o["id"]
     )
     assert received[-1]["type"] == "report"  # containers after what they refer to
-    assert all(_pushed(chunk) + 4096 <= limit for chunk in chunks)
+    assert all(pushed_size_of(chunk) + 4096 <= limit for chunk in chunks)
     assert all(b"\n" in chunk for chunk in chunks)  # the file's own indentation
     assert list(chunks) == [chunks[i] for i in range(len(chunks))] == chunks[:]
     ids = [json.loads(chunk)["id"] for chunk in chunks]
