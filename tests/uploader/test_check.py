@@ -82,6 +82,16 @@ def _mutants(count: int) -> list[bytes]:
     return out
 
 
+def _verdict_cases() -> list[bytes]:
+    """Valid bundles (compact and indented), the hostile files and 600 mutants of a good one."""
+    return [
+        _good().encode(),
+        json.dumps(json.loads(_good()), indent=2).encode(),
+        *HOSTILE,
+        *_mutants(600),
+    ]
+
+
 @pytest.mark.parametrize("slice_size", [1, 7, 4096])
 def test_streaming_scan_gives_check_bundles_verdict(
     monkeypatch: pytest.MonkeyPatch, slice_size: int
@@ -89,9 +99,7 @@ def test_streaming_scan_gives_check_bundles_verdict(
     # Any refusal, kind and message, must be check_bundle's: the streaming reader hands every
     # doubt to it. Tiny slices put every value across a slice boundary at least once.
     monkeypatch.setattr(check, "_SLICE", slice_size)
-    cases = [_good().encode(), json.dumps(json.loads(_good()), indent=2).encode(), *HOSTILE]
-    cases += _mutants(600)
-    for data in cases:
+    for data in _verdict_cases():
         assert _verdict(data, streaming=True) == _verdict(data, streaming=False), data[:120]
 
 
@@ -186,9 +194,7 @@ def test_bundle_layout_is_found_only_for_files_check_bundle_accepts(
     # split_bundle checks a too-big file in the layout pass alone: a layout must never be found
     # for a file that check_bundle refuses (not UTF-8 included), and must list its objects.
     monkeypatch.setattr(check, "_SLICE", slice_size)
-    cases = [_good().encode(), json.dumps(json.loads(_good()), indent=2).encode(), *HOSTILE]
-    cases += [*_layout_cases(), *_mutants(600)]
-    for data in cases:
+    for data in [*_verdict_cases(), *_layout_cases()]:
         verdict = _verdict(data, streaming=False)
         layout = check.bundle_layout(data)
         if verdict[0] == "refused":
