@@ -14,6 +14,8 @@ It records every registration, ping, work and push, and can be told to fail: :me
 (HTTP status, GraphQL error, delay, dropped connection; for one operation or all; N times),
 :meth:`go_down` / :meth:`come_up` (refuse connections, then serve again on the same port).
 
+``tls=`` (an ``ssl.SSLContext`` with the server's certificate) serves HTTPS instead of HTTP.
+
 Standalone for demos: ``python -m tests.standins.opencti --port 8080 --token T``.
 """
 
@@ -25,6 +27,7 @@ import json
 import re
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -136,8 +139,10 @@ class OpenCTIStandIn:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         complete_after_polls: int = 0,
         work_status: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.token = token
+        self.tls = tls
         self.amqp = amqp or AmqpConfig()
         self.max_body_bytes = max_body_bytes
         #: ``work(id)`` answers ``complete`` for a processed work after this many polls.
@@ -169,7 +174,7 @@ class OpenCTIStandIn:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._port}"
 
     def start(self) -> OpenCTIStandIn:
         self.come_up()
@@ -200,6 +205,10 @@ class OpenCTIStandIn:
         if self._server is not None:
             return
         server = _Server(("127.0.0.1", self._port), _Handler)
+        if self.tls is not None:
+            # The handshake runs in accept(): one the client refuses is an OSError there, which
+            # socketserver drops quietly (the client sees its own certificate error).
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
         server.standin = self
         self._port = server.server_address[1]
         self._server = server

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import subprocess
 import sys
 import threading
@@ -15,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 import uploader.opencti
 from tests.standins.opencti import STANDIN_TOKEN, OpenCTIStandIn
+from tests.standins.proxy import ForwardProxy
 from uploader.errors import PermanentImportError, PlatformAuthError, TransientImportError
 from uploader.opencti import (
+    GraphQLTransport,
     PushBody,
     PyctiImporter,
     escape_json_bytes,
-    push_bundle,
     pushed_size_of,
     split_bundle,
 )
@@ -409,9 +412,9 @@ def test_the_standin_refuses_what_the_platform_refuses_and_that_is_permanent(
     assert opencti_standin.rejected_pushes[-1]["cause"] == cause
     assert isinstance(pycti_importer._classify(info.value, None), PermanentImportError)
 
-    # The uploader's own push (push_bundle, issue 6) is refused and raises exactly as pycti's.
+    # The uploader's own push (GraphQLTransport, issue 6) is refused and raises exactly as pycti's.
     with pytest.raises(ValueError, match="Invalid bundle") as ours:
-        push_bundle(api, pycti_importer.connector_id, bundle.encode(), "work-1")
+        GraphQLTransport(api).push(pycti_importer.connector_id, bundle.encode(), "work-1")
     assert ours.value.args == info.value.args
     assert opencti_standin.rejected_pushes[-1]["cause"] == cause
 
@@ -501,7 +504,10 @@ def test_token_never_reaches_the_logs(
     ):
         bad.connect()
 
-    assert "Initiate work" in caplog.text  # pycti's debug/info lines were captured
+    # pycti's debug/info lines were captured (marking the failed push's work in error) and
+    # urllib3's request lines (the per-file calls go through its pool, issue 6).
+    assert "Reporting work update_processed" in caplog.text
+    assert '"POST /graphql HTTP/1.1" 502' in caplog.text
     assert STANDIN_TOKEN not in caplog.text
     assert STANDIN_TOKEN not in str(info.value) and STANDIN_TOKEN not in str(auth.value)
 
@@ -563,6 +569,86 @@ def test_environment_is_resolved_once_at_connect(
         receipt = importer.import_bundle("env once", _report_bundle()[0])
     assert receipt.pushes == 1
     assert len(opencti_standin.pushes) == 1
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no system CA signed: (certificate, key)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+# Turning verification off makes urllib3 warn, through requests or not (shown once per place in
+# the uploader: Python's default filter).
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_the_per_file_calls_verify_the_platforms_certificate(
+    pycti_env: None,
+    make_settings: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    self_signed: tuple[Path, Path],
+) -> None:
+    cert, key = self_signed
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    # The platform's CA named the usual way: registration and the per-file calls trust it.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    with (
+        OpenCTIStandIn(STANDIN_TOKEN, tls=context) as standin,
+        PyctiImporter(make_settings(standin)) as importer,
+    ):
+        receipt = importer.import_bundle("over https", _report_bundle()[0])
+        assert len(standin.pushes_for(receipt.work_id)) == 1
+        assert standin.works[receipt.work_id].processed
+
+        api = importer.helper.api
+        assert api.ssl_verify == str(cert)
+        # The same calls trusting the system's CAs only: refused as requests refuses it.
+        api.ssl_verify = True
+        with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+            GraphQLTransport(api).work_add(importer.connector_id, "untrusted")
+        # Verification turned off (OPENCTI_SSL_VERIFY=false): accepted.
+        api.ssl_verify = False
+        assert GraphQLTransport(api).work_add(importer.connector_id, "unchecked") in standin.works
+
+    # End to end with verification off and no CA named.
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    with (
+        OpenCTIStandIn(STANDIN_TOKEN, tls=context) as standin,
+        PyctiImporter(make_settings(standin, opencti_ssl_verify=False)) as importer,
+    ):
+        receipt = importer.import_bundle("unverified https", _report_bundle()[0])
+        assert len(standin.pushes_for(receipt.work_id)) == 1
+
+
+def test_the_per_file_calls_go_through_the_configured_proxy(
+    pycti_env: None,
+    opencti_standin: OpenCTIStandIn,
+    make_settings: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with ForwardProxy() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        with PyctiImporter(make_settings(opencti_standin)) as importer:
+            receipt = importer.import_bundle("proxied", _report_bundle()[0])
+            # Every request the platform saw came through the proxy, per-file calls included.
+            operations = [operation for operation, _ in opencti_standin.requests]
+            assert len(proxy.seen) == len(operations)
+    assert set(proxy.seen) == {f"{opencti_standin.url}/graphql"}
+    assert {"workAdd", "StixBundlePush", "workToProcessed"} <= set(operations)
+    assert len(opencti_standin.pushes_for(receipt.work_id)) == 1
 
 
 def test_wait_for_work_polls_until_complete(
