@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
@@ -186,12 +186,17 @@ class Mover:
             logger.exception("handling the mover's answer failed")
 
 
+#: The receipt's fields, named once (``dataclasses.asdict`` copies deeply: a few per cent of the
+#: uploader's CPU per small file, issue 6).
+_RECEIPT_FIELDS = tuple(f.name for f in fields(ImportReceipt))
+
+
 def job_line(job_id: int, job: MoveJob) -> bytes:
     """One request to the mover: ``<id> <JSON of the job>`` and a newline (read by :func:`serve`)."""
     body = {
         "claimed": str(job.claimed),
         "rel": str(job.rel),
-        "receipt": asdict(job.receipt),
+        "receipt": {name: getattr(job.receipt, name) for name in _RECEIPT_FIELDS},
         "sha256": job.sha256,
         "attempts": job.attempts,
     }

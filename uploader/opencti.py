@@ -675,6 +675,7 @@ class GraphQLTransport:
         self._url = self._adapter.request_url(self._probe, self._proxies)
         self._session_headers = {k: v for k, v in session.headers.items() if v is not None}
         self._timeout = Timeout(connect=PUSH_TIMEOUT, read=PUSH_TIMEOUT)
+        self._pool: HTTPConnectionPool | None = None
 
     def work_add(self, connector_id: str, name: str) -> str:
         """``api.work.initiate_work``: the new work's id."""
@@ -714,27 +715,14 @@ class GraphQLTransport:
             "Content-Type": "application/json",
             "Content-Length": str(length),
         }
+        pool = self._pool or self._connection_pool()
         try:
-            # Per call, as the adapter does: the pool manager may have replaced the pool.
-            pool = self._adapter.get_connection_with_tls_context(
-                self._probe, self._verify, proxies=self._proxies, cert=self._cert
-            )
-            assert isinstance(pool, HTTPConnectionPool)  # HTTPS pools are a subclass
-            self._adapter.cert_verify(  # type: ignore[no-untyped-call]
-                pool, self._probe.url, self._verify, self._cert
-            )
-            response = pool.urlopen(
-                "POST",
-                self._url,
-                body=body,
-                headers=headers,
-                redirect=False,
-                assert_same_host=False,
-                preload_content=True,
-                decode_content=True,
-                retries=self._adapter.max_retries,
-                timeout=self._timeout,
-            )
+            try:
+                response = self._urlopen(pool, body, headers)
+            except urllib3.exceptions.ClosedPoolError:
+                # urllib3 1.x closes a pool its manager drops (too many hosts, or the session
+                # closed): take the adapter's current one, as requests would. Nothing was sent.
+                response = self._urlopen(self._connection_pool(), body, headers)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _as_requests_error(exc) from exc
         if self._on_status is not None:
@@ -758,6 +746,35 @@ class GraphQLTransport:
             data.pop("input", None)
             raise ValueError({**detail, **data})
         return dict(result)
+
+    def _connection_pool(self) -> HTTPConnectionPool:
+        """The pool the adapter gives this URL, TLS and proxy (requests asks on every call;
+        here once, and again only if it was closed)."""
+        pool = self._adapter.get_connection_with_tls_context(
+            self._probe, self._verify, proxies=self._proxies, cert=self._cert
+        )
+        assert isinstance(pool, HTTPConnectionPool)  # HTTPS pools are a subclass
+        self._adapter.cert_verify(  # type: ignore[no-untyped-call]
+            pool, self._probe.url, self._verify, self._cert
+        )
+        self._pool = pool
+        return pool
+
+    def _urlopen(
+        self, pool: HTTPConnectionPool, body: bytes | Iterator[bytes], headers: dict[str, str]
+    ) -> urllib3.BaseHTTPResponse:
+        return pool.urlopen(
+            "POST",
+            self._url,
+            body=body,
+            headers=headers,
+            redirect=False,
+            assert_same_host=False,
+            preload_content=True,
+            decode_content=True,
+            retries=self._adapter.max_retries,
+            timeout=self._timeout,
+        )
 
 
 def _as_requests_error(exc: BaseException) -> requests.RequestException:

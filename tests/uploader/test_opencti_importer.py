@@ -649,6 +649,26 @@ def test_the_per_file_calls_go_through_the_configured_proxy(
     assert len(opencti_standin.pushes_for(receipt.work_id)) == 1
 
 
+def test_the_per_file_calls_survive_the_session_closing_its_pools(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
+) -> None:
+    first = pycti_importer.import_bundle("before", _report_bundle()[0])
+    # Closing the session makes its adapter forget its pools (urllib3 2 leaves them open).
+    pycti_importer.helper.api.session.close()
+    second = pycti_importer.import_bundle("after close", _report_bundle()[0])
+    # urllib3 1.x closes a pool it drops (too many hosts, or the session closed): the per-file
+    # calls take the adapter's current pool instead of failing.
+    calls = pycti_importer._calls
+    assert calls is not None and calls._pool is not None
+    calls._pool.close()
+    third = pycti_importer.import_bundle("after the pool closed", _report_bundle()[0])
+
+    assert len({first.work_id, second.work_id, third.work_id}) == 3
+    for receipt in (second, third):
+        assert len(opencti_standin.pushes_for(receipt.work_id)) == 1
+        assert opencti_standin.works[receipt.work_id].processed
+
+
 def test_wait_for_work_polls_until_complete(
     pycti_env: None, opencti_standin: OpenCTIStandIn, make_settings: Callable[..., Any]
 ) -> None:
