@@ -23,7 +23,8 @@ Where pycti is adapted, and why:
   :meth:`PyctiImporter.connect` asks ``about{version}`` itself first to tell a wrong token
   (:class:`PlatformAuthError`) from a platform that is down or starting (:class:`TransientImportError`).
 * pycti turns a non-200 answer into ``ValueError(body)`` and loses the status code; a response hook
-  on pycti's session remembers the last status per thread so 413/429/5xx are classified by code.
+  on pycti's session (and :class:`GraphQLTransport` for the per-file calls) remembers the last status
+  per thread so 413/429/5xx are classified by code.
 * In the ``api`` protocol ``send_stix2_bundle`` runs pycti's splitter only to count expectations and
   to refuse a bundle with nothing importable, then pushes the text unchanged with
   ``api.send_bundle_to_api``. :func:`split_bundle` makes the same importability check, so the
