@@ -728,6 +728,14 @@ class GraphQLTransport:
             raise _as_requests_error(exc) from exc
         if self._on_status is not None:
             self._on_status(response.status)
+        if 300 <= response.status < 400:
+            # Not followed (requests re-sends a POST only on 307/308, and pycti's registration
+            # would have followed it): the answer says where OpenCTI is, the user fixes the URL.
+            location = response.headers.get("Location") or "no Location given"
+            raise ValueError(
+                f"OpenCTI redirects {self._api.api_url} to {location}: set OPENCTI_URL to the "
+                "address the platform answers on"
+            )
         if response.status != 200:
             raise ValueError(response.data.decode("utf-8", "replace"))
         try:

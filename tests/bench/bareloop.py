@@ -60,10 +60,11 @@ def main() -> int:
     if threads <= 1:
         push(paths)
     else:
-        feeds = sorted({path.relative_to(root).parts[0] for path in paths})
+        feed_of = {path: path.relative_to(root).parts[0] for path in paths}
+        turn = {feed: n % threads for n, feed in enumerate(sorted(set(feed_of.values())))}
         shares: list[list[Path]] = [[] for _ in range(threads)]
         for path in paths:
-            shares[feeds.index(path.relative_to(root).parts[0]) % threads].append(path)
+            shares[turn[feed_of[path]]].append(path)
         workers = [threading.Thread(target=push, args=(share,)) for share in shares]
         for worker in workers:
             worker.start()

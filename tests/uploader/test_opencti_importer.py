@@ -369,6 +369,19 @@ def test_503_on_work_creation_is_transient_without_a_work(
     assert not opencti_standin.works and not opencti_standin.pushes
 
 
+def test_a_redirect_is_not_followed_and_says_what_to_fix(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
+) -> None:
+    pycti_importer.connect()
+    opencti_standin.fail("workAdd", status=308)
+
+    with pytest.raises(TransientImportError, match="set OPENCTI_URL") as info:
+        pycti_importer.import_bundle("w", _report_bundle()[0])
+
+    assert "HTTP 308" in str(info.value)
+    assert not opencti_standin.works and not opencti_standin.pushes
+
+
 @pytest.mark.parametrize(
     "data",
     [
