@@ -458,6 +458,10 @@ class Pipeline:
         self._feeds.setdefault(feed_key, _Feed()).add(rel)
 
     def _dispatch(self, pool: ThreadPoolExecutor, free: int, now: float) -> int:
+        if free <= 0:
+            # Every slot busy: most turns of the loop (a move answered, a path seen) end here
+            # without looking at every feed (issue 6).
+            return 0
         ready = [
             (feed.head(), key)
             for key, feed in self._feeds.items()
