@@ -328,7 +328,7 @@ class _StreamingScan:
         assert self.spans is not None
         end = self._offset()
         if not (obj_type.isascii() and obj_id.isascii()):
-            obj = json.loads(bytes(self._data[start:end]).decode("utf-8"))
+            obj = self._as_utf8(start)
             obj_type, obj_id = obj["type"], obj["id"]
         self.spans.append((start, end, obj_type, obj_id))
 
@@ -336,8 +336,12 @@ class _StreamingScan:
         """A string value read in Latin-1 mode, as it reads in UTF-8 (it ends at the cursor)."""
         if value.isascii():  # ASCII reads the same either way
             return value
-        text: str = json.loads(bytes(self._data[start : self._offset()]).decode("utf-8"))
+        text: str = self._as_utf8(start)
         return text
+
+    def _as_utf8(self, start: int) -> Any:
+        """The value from ``start`` to the cursor, read again from its bytes as UTF-8 JSON."""
+        return json.loads(bytes(self._data[start : self._offset()]).decode("utf-8"))
 
 
 def check_stix(bundle: dict[str, Any]) -> None:
