@@ -20,10 +20,11 @@ from fetcher.state import Ledger
 from fetcher.sync import FeedResult, run_pass
 from fetcher.transfer import manifest, mark, transfer_set
 from shared.config import load_settings
+from shared.durable import write_atomic
 from shared.errors import ConfigError, SharedError, SpoolError
+from shared.layout import Spool
 from shared.logsetup import configure_logging
 from shared.signing import SigningKey
-from shared.spool import Spool, write_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from fetcher.errors import (
 )
 from fetcher.settings import FetcherSettings
 from shared.errors import UnsafeNameError
-from shared.spool import check_feed_id, check_stix_id
+from shared.layout import check_feed_id, check_stix_id
 
 logger = logging.getLogger(__name__)
 

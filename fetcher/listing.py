@@ -20,7 +20,7 @@ from datetime import datetime
 
 from fetcher.client import OBJECTS_PAGE_SIZE, CTXClient, JSONDict, Page
 from fetcher.errors import MalformedResponseError
-from shared.spool import parse_stix_timestamp
+from shared.layout import parse_stix_timestamp
 
 logger = logging.getLogger(__name__)
 

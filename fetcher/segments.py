@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from fetcher.client import CTXClient
 from fetcher.listing import Batch, Bound, batch_of, walk_objects, walk_segment
-from shared.spool import parse_stix_timestamp
+from shared.layout import parse_stix_timestamp
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pydantic import SecretStr, field_validator
 
 from shared.config import CommonSettings, setting
 from shared.errors import UnsafeNameError
-from shared.spool import FETCHER_STATE_DIRNAME, check_feed_id
+from shared.layout import FETCHER_STATE_DIRNAME, check_feed_id
 
 
 class SpoolStateSettings(CommonSettings):

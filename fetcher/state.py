@@ -13,7 +13,7 @@ Tables:
   carried across the air gap (path relative to ``SPOOL_DIR``); never read by the dedup.
 
 Entries are recorded only after the file is published: a crash in between makes the next pass
-publish the same content-addressed name again, which :func:`shared.spool.publish_bytes` turns into
+publish the same content-addressed name again, which :func:`shared.durable.publish_bytes` turns into
 a no-op.
 """
 

@@ -31,30 +31,31 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
+from fetcher.bundle import BundleBuilder, canonical_json
 from fetcher.client import CTXClient, JSONDict, Subscription
 from fetcher.errors import FeedNotSubscribedError, FetcherError, MalformedResponseError
 from fetcher.listing import Batch, batch_of, walk_objects
 from fetcher.segments import SegmentedWalk
 from fetcher.state import Ledger
-from shared.errors import SpoolError
-from shared.signing import SigningKey, signature_of
-from shared.spool import (
-    FEED_OBJECTS_SUBJECT,
-    BundleBuilder,
-    Spool,
-    SpoolName,
-    canonical_json,
-    check_feed_id,
-    check_stix_id,
+from shared.durable import (
     discard_staged,
-    parse_stix_timestamp,
     publish_bytes,
     publish_staged,
-    relative_path,
     remove_stale_temps,
     sha256_bytes,
     stage_bytes,
 )
+from shared.errors import SpoolError
+from shared.layout import (
+    FEED_OBJECTS_SUBJECT,
+    Spool,
+    SpoolName,
+    check_feed_id,
+    check_stix_id,
+    parse_stix_timestamp,
+    relative_path,
+)
+from shared.signing import SigningKey, signature_of
 
 logger = logging.getLogger(__name__)
 

@@ -15,14 +15,9 @@ from pathlib import PurePosixPath
 
 from fetcher.errors import TransferError
 from fetcher.state import Ledger
+from shared.durable import sha256_file
 from shared.errors import UnsafeNameError
-from shared.spool import (
-    INCOMING,
-    Spool,
-    parse_relative_path,
-    sha256_file,
-    walk_bundles,
-)
+from shared.layout import INCOMING, Spool, parse_relative_path, walk_bundles
 
 
 def transfer_set(spool: Spool, ledger: Ledger, *, include_all: bool = False) -> list[str]:

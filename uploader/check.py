@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from shared.durable import sha256_bytes
 from shared.errors import UnsafeNameError
-from shared.spool import SpoolName, parse_relative_path, sha256_bytes
+from shared.layout import SpoolName, parse_relative_path
 from uploader.errors import BundleRejected
 
 

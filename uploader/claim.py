@@ -18,16 +18,9 @@ import socket
 import time
 from pathlib import Path, PurePosixPath
 
+from shared.durable import move_no_replace, sha256_file
 from shared.errors import DestinationExistsError, SpoolError
-from shared.spool import (
-    DONE,
-    FAILED,
-    INCOMING,
-    Spool,
-    move_no_replace,
-    sha256_file,
-    walk_bundles,
-)
+from shared.layout import DONE, FAILED, INCOMING, Spool, walk_bundles
 from uploader.errors import InstanceBusyError
 from uploader.settings import INSTANCE_ID_RE
 

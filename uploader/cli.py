@@ -24,9 +24,9 @@ import click
 
 from shared.config import load_settings
 from shared.errors import ConfigError, SharedError
+from shared.layout import Spool
 from shared.logsetup import configure_logging
 from shared.signing import SigningKey
-from shared.spool import Spool
 from uploader.claim import InstanceLock, default_instance_id
 from uploader.errors import UploaderError
 from uploader.importer import Importer

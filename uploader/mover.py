@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
 from shared.errors import DestinationExistsError
-from shared.spool import Spool
+from shared.layout import Spool
 from uploader.importer import ImportReceipt
 from uploader.outcome import mark_done
 

@@ -8,7 +8,7 @@ beside the bundle. Order, so that a crash at any point loses nothing and never l
    the sidecar and drop the copy; different bytes → never overwrite (``done`` turns into a
    ``conflict`` failure);
 2. write the sidecar atomically (temp + fsync + rename);
-3. move the bundle with :func:`shared.spool.move_no_replace`, whose fsync of the destination
+3. move the bundle with :func:`shared.durable.move_no_replace`, whose fsync of the destination
    folder makes the sidecar's rename and the bundle's link durable together.
 
 A crash after 2 leaves the bundle claimed: it is reclaimed into ``incoming/`` and imported again
@@ -27,18 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from shared.durable import fsync_dir, move_no_replace, sha256_file, write_atomic
 from shared.errors import DestinationExistsError
-from shared.spool import (
-    DONE,
-    FAILED,
-    REASON_SUFFIX,
-    RECEIPT_SUFFIX,
-    Spool,
-    fsync_dir,
-    move_no_replace,
-    sha256_file,
-    write_atomic,
-)
+from shared.layout import DONE, FAILED, REASON_SUFFIX, RECEIPT_SUFFIX, Spool
 from uploader.importer import ImportReceipt
 
 logger = logging.getLogger(__name__)
@@ -56,8 +47,8 @@ def sidecar_path(bundle_path: Path, suffix: str) -> Path:
 def write_sidecar(path: Path, document: dict[str, Any], *, sync_dir: bool = True) -> None:
     """Atomically and durably write (or replace) a JSON sidecar.
 
-    :func:`shared.spool.write_atomic`, not ``publish_bytes``: that one keeps an existing file of the
-    same size, and a stale receipt from an interrupted earlier attempt must be replaced. With
+    :func:`shared.durable.write_atomic`, not ``publish_bytes``: that one keeps an existing file of
+    the same size, and a stale receipt from an interrupted earlier attempt must be replaced. With
     ``sync_dir=False`` the caller fsyncs the folder after its next step there.
     """
     write_atomic(path, sidecar_bytes(document), sync_dir=sync_dir)

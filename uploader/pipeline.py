@@ -35,8 +35,8 @@ from typing import Literal
 from watchdog.observers.api import BaseObserver
 
 from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
+from shared.layout import BUNDLE_SUFFIX, INCOMING, Spool, walk_bundle_paths
 from shared.signing import SigningKey
-from shared.spool import BUNDLE_SUFFIX, INCOMING, Spool, walk_bundle_paths
 from uploader.check import SpoolFile, check_bundle, check_stix, read_spool_file, scan_bundle
 from uploader.claim import (
     ClaimLostError,

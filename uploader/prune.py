@@ -20,11 +20,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from shared.durable import fsync_dir
 from shared.errors import SpoolError, UnsafeNameError
-from shared.spool import (
+from shared.layout import (
     RECEIPT_SUFFIX,
     Spool,
-    fsync_dir,
     parse_relative_path,
     parse_stix_timestamp,
     walk_bundles,

@@ -16,18 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from shared.durable import fsync_dir, move_no_replace
 from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
-from shared.spool import (
-    DONE,
-    FAILED,
-    INCOMING,
-    REASON_SUFFIX,
-    Spool,
-    check_feed_id,
-    fsync_dir,
-    move_no_replace,
-    walk_bundles,
-)
+from shared.layout import DONE, FAILED, INCOMING, REASON_SUFFIX, Spool, check_feed_id, walk_bundles
 from uploader.errors import ReplayError
 from uploader.outcome import sidecar_path
 

@@ -13,8 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from shared.errors import UnsafeNameError
-from shared.signing import SigningKey
-from shared.spool import (
+from shared.layout import (
     DONE,
     FAILED,
     INCOMING,
@@ -25,7 +24,8 @@ from shared.spool import (
     walk_bundle_paths,
     walk_bundles,
 )
-from shared.spool import parse_relative_path as parse_rel
+from shared.layout import parse_relative_path as parse_rel
+from shared.signing import SigningKey
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from fetcher.cli import main as fetcher_main
+from shared.durable import publish_bytes, sha256_bytes
+from shared.layout import Spool, SpoolName, relative_path
 from shared.signing import SigningKey
-from shared.spool import Spool, SpoolName, publish_bytes, relative_path, sha256_bytes
 from tests.standins.ctx import CTXStandIn
 
 # Re-exported so pytest registers them here too (fixtures live in tests/uploader/conftest.py).

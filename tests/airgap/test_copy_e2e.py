@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
+from shared.layout import Spool, walk_bundles
 from shared.signing import SigningKey
-from shared.spool import Spool, walk_bundles
 from tests.airgap.conftest import KEY, add_signed
 from tests.standins.opencti import OpenCTIStandIn
 from tests.uploader.conftest import FEED_A, FEED_B, FEED_C, SpoolFiles, wait_until

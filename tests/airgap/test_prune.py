@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.spool import Spool, walk_bundles
+from shared.layout import Spool, walk_bundles
 from tests.airgap.conftest import fetcher, uploader
 from tests.airgap.test_transfer import touch_everything
 from tests.standins.ctx import CTXStandIn

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.layout import Spool, walk_bundles
 from shared.signing import SigningKey
-from shared.spool import Spool, walk_bundles
 from tests.airgap.conftest import KEY, add_signed, uploader
 from tests.uploader.conftest import FEED_A, FEED_B, FakeImporter, SpoolFiles, run_once
 

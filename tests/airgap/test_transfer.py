@@ -11,8 +11,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from shared.durable import sha256_file
+from shared.layout import Spool, parse_relative_path, walk_bundles
 from shared.signing import SigningKey
-from shared.spool import Spool, parse_relative_path, sha256_file, walk_bundles
 from tests.airgap.conftest import KEY, fetcher, uploader
 from tests.standins.ctx import CTXStandIn
 from tests.uploader.conftest import FEED_A, FEED_B, SpoolFiles

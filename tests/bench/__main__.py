@@ -208,7 +208,7 @@ Upload (0.55-0.65x to about 0.8x of the bare loop; still a miss):
 Big bundle (fetcher 5.2x to 2.9x, uploader 6.2x to 3.2x of a 39 MiB file):
 
 - Fetcher: each page of the bundle answer is reduced to each object's canonical bytes as it
-  arrives (`shared.spool.BundleBuilder`, which also gives the ledger's per-object SHA-256 without a
+  arrives (`fetcher.bundle.BundleBuilder`, which also gives the ledger's per-object SHA-256 without a
   second serialisation); the file is staged from those pieces without joining them.
 - Uploader: files of 1 MiB or more are checked one object at a time over slices of text
   (`uploader.check.scan_bundle`, which hands anything unusual to the full parser so refusals are

@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from shared.spool import SpoolName, publish_bytes, relative_path, sha256_bytes
+from shared.durable import publish_bytes, sha256_bytes
+from shared.layout import SpoolName, relative_path
 from tests.bench.harness import (
     FEED_IDS,
     TOKEN,

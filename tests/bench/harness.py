@@ -18,7 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from shared.spool import SpoolName, relative_path, sha256_bytes
+from shared.durable import sha256_bytes
+from shared.layout import SpoolName, relative_path
 from tests.standins.opencti import OpenCTIStandIn, _Request
 
 BIN = Path(sys.executable).parent

@@ -10,7 +10,7 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from fetcher.cli import main
-from shared.spool import walk_bundles
+from shared.layout import walk_bundles
 
 
 def invoke(args: list[str], env: dict[str, str]) -> Result:

@@ -11,14 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from fetcher.bundle import canonical_json
 from fetcher.client import OBJECTS_PAGE_SIZE
-from shared.spool import (
-    SpoolName,
-    canonical_json,
-    parse_relative_path,
-    parse_stix_timestamp,
-    sha256_bytes,
-)
+from shared.durable import sha256_bytes
+from shared.layout import SpoolName, parse_relative_path, parse_stix_timestamp
 from tests.fetcher.helpers import cursors, invoke, load, spool_files
 from tests.standins.ctx import CUSTOM_KINDS, SCO_KINDS, SDO_KINDS, CTXStandIn
 

@@ -14,7 +14,7 @@ from fetcher.client import CTXClient
 from fetcher.listing import Batch, walk_objects
 from fetcher.segments import SegmentedWalk
 from fetcher.settings import FetcherSettings
-from shared.spool import parse_stix_timestamp
+from shared.layout import parse_stix_timestamp
 from tests.fetcher.helpers import cursors, invoke, load, spool_files
 from tests.standins.ctx import CTXStandIn
 

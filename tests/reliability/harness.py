@@ -23,16 +23,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from shared.spool import (
-    SpoolName,
-    canonical_json,
-    make_bundle,
-    parse_relative_path,
-    publish_bytes,
-    relative_path,
-    sha256_bytes,
-    walk_bundles,
-)
+from fetcher.bundle import canonical_json, make_bundle
+from shared.durable import publish_bytes, sha256_bytes
+from shared.layout import SpoolName, parse_relative_path, relative_path, walk_bundles
 
 FULL = os.environ.get("CTX_RELIABILITY_FULL") == "1"
 BIN = Path(sys.executable).parent

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.spool import parse_relative_path, parse_stix_timestamp
+from shared.layout import parse_relative_path, parse_stix_timestamp
 from tests.reliability import harness
 from tests.reliability.harness import PartialWatch, Row, record
 from tests.standins.ctx import CTXStandIn

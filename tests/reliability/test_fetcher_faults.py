@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from shared.errors import UnsafeNameError
-from shared.spool import parse_relative_path
+from shared.layout import parse_relative_path
 from tests.reliability import harness
 from tests.reliability.harness import PartialWatch, Row, record
 from tests.reliability.test_fetcher_crash import cursor_overruns

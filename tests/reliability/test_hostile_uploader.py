@@ -20,14 +20,9 @@ from typing import Any
 
 import pytest
 
-from shared.spool import (
-    SpoolName,
-    canonical_json,
-    make_bundle,
-    relative_path,
-    sha256_bytes,
-    walk_bundles,
-)
+from fetcher.bundle import canonical_json, make_bundle
+from shared.durable import sha256_bytes
+from shared.layout import SpoolName, relative_path, walk_bundles
 from tests.reliability import harness
 from tests.reliability.harness import Row, record
 from tests.standins.opencti import OpenCTIStandIn

@@ -1,4 +1,4 @@
-"""Signing spool files (shared/signing.py) and signed spool names (shared/spool.py)."""
+"""Signing spool files (shared/signing.py) and signed spool names (shared/layout.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from shared import spool
+from shared import layout
 from shared.errors import UnsafeNameError
 from shared.signing import (
     SIGNATURE_HEX_LENGTH,
@@ -103,23 +103,23 @@ def test_load_signing_key_exclusive(tmp_path: Path) -> None:
 
 def test_signed_name_round_trip() -> None:
     signature = SigningKey.from_secret(KEY).sign(b"abc")
-    name = spool.SpoolName(WHEN, REPORT, "a" * 64, signature)
+    name = layout.SpoolName(WHEN, REPORT, "a" * 64, signature)
     assert name.filename == f"20240501T100000123456Z_{REPORT}_{'a' * 64}_{signature}.json"
-    assert spool.SpoolName.parse(name.filename) == name
-    rel = spool.relative_path(FEED, name)
-    assert spool.parse_relative_path(rel) == (FEED, name)
+    assert layout.SpoolName.parse(name.filename) == name
+    rel = layout.relative_path(FEED, name)
+    assert layout.parse_relative_path(rel) == (FEED, name)
 
 
 def test_unsigned_name_is_unchanged() -> None:
-    name = spool.SpoolName(WHEN, REPORT, "a" * 64)
+    name = layout.SpoolName(WHEN, REPORT, "a" * 64)
     assert name.signature is None
     assert name.filename == f"20240501T100000123456Z_{REPORT}_{'a' * 64}.json"
-    assert spool.SpoolName.parse(name.filename).signature is None
+    assert layout.SpoolName.parse(name.filename).signature is None
 
 
 def test_signed_and_unsigned_names_sort_by_modified() -> None:
-    early = spool.SpoolName(datetime(2024, 1, 2, tzinfo=UTC), REPORT, "b" * 64, "c" * 32)
-    late = spool.SpoolName(datetime(2024, 1, 10, tzinfo=UTC), "objects", "a" * 64)
+    early = layout.SpoolName(datetime(2024, 1, 2, tzinfo=UTC), REPORT, "b" * 64, "c" * 32)
+    late = layout.SpoolName(datetime(2024, 1, 10, tzinfo=UTC), "objects", "a" * 64)
     assert sorted([late.filename, early.filename]) == [early.filename, late.filename]
 
 
@@ -137,11 +137,11 @@ def test_signed_and_unsigned_names_sort_by_modified() -> None:
 def test_bad_signature_part_is_not_a_spool_name(suffix: str) -> None:
     filename = f"20240501T100000123456Z_{REPORT}_{'a' * 64}{suffix}.json"
     with pytest.raises(UnsafeNameError):
-        spool.SpoolName.parse(filename)
+        layout.SpoolName.parse(filename)
     with pytest.raises(UnsafeNameError):
-        spool.parse_relative_path(PurePosixPath(FEED, "2024", "05", "01", filename))
+        layout.parse_relative_path(PurePosixPath(FEED, "2024", "05", "01", filename))
 
 
 def test_signature_field_is_checked() -> None:
     with pytest.raises(UnsafeNameError):
-        spool.SpoolName(WHEN, REPORT, "a" * 64, "../../etc/passwd")
+        layout.SpoolName(WHEN, REPORT, "a" * 64, "../../etc/passwd")

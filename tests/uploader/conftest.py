@@ -14,15 +14,9 @@ from typing import Any
 
 import pytest
 
-from shared.spool import (
-    Spool,
-    SpoolName,
-    canonical_json,
-    make_bundle,
-    publish_bytes,
-    relative_path,
-    sha256_bytes,
-)
+from fetcher.bundle import canonical_json, make_bundle
+from shared.durable import publish_bytes, sha256_bytes
+from shared.layout import Spool, SpoolName, relative_path
 from uploader.claim import InstanceLock
 from uploader.errors import PermanentImportError, TransientImportError
 from uploader.importer import ImportReceipt

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from shared.spool import Spool, publish_bytes, walk_bundles
+from shared.durable import publish_bytes
+from shared.layout import Spool, walk_bundles
 from tests.uploader.conftest import (
     FEED_A,
     FEED_B,

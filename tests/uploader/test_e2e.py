@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from shared.spool import Spool, walk_bundles
+from shared.layout import Spool, walk_bundles
 from tests.standins.opencti import OpenCTIStandIn
 from tests.uploader.conftest import FEED_A, FEED_B, FEED_C, SpoolFiles, wait_until
 

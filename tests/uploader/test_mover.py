@@ -13,8 +13,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from shared.durable import sha256_bytes
 from shared.errors import SpoolError
-from shared.spool import Spool, sha256_bytes
+from shared.layout import Spool
 from tests.uploader.conftest import (
     FEED_A,
     FEED_B,

@@ -12,8 +12,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from shared.durable import publish_bytes, sha256_bytes
 from shared.errors import SpoolError
-from shared.spool import Spool, publish_bytes, sha256_bytes, walk_bundles
+from shared.layout import Spool, walk_bundles
 from tests.uploader.conftest import (
     FEED_A,
     FEED_B,
