@@ -80,6 +80,11 @@ class BundleBuilder:
         if data not in self._keys:
             self._keys[data] = (str(obj.get("id", "")), str(obj.get("modified", "")))
 
+    def add_canonical(self, data: bytes, object_id: str, sha256: str) -> None:
+        """Add an object given as its :func:`canonical_json` bytes and their SHA-256."""
+        self.object_shas[object_id] = sha256
+        self._keys.setdefault(data, (object_id, ""))
+
     def chunks(self) -> list[bytes]:
         """The bundle's bytes in pieces (joined, they are :func:`bundle_json`'s); empties the builder."""
         keys, self._keys = self._keys, {}

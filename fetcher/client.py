@@ -1,7 +1,10 @@
 """The CTX HTTP client: one session, timeouts, retries, typed errors, checked answers.
 
-Facts it relies on are in ``shared/REFERENCE.md`` §1. The client knows URLs, pages and answer shapes;
-what to ask and when to save a cursor is :mod:`fetcher.listing` and :mod:`fetcher.sync`'s job.
+The client knows URLs, pages and answer shapes (``cyberthreatexchange/server/arango_helpers.py``
+``get_objects`` for the listing; the hosted layer's ``v1/`` prefix, ``API-KEY`` header and
+``v1/subscriptions/`` as the official OpenCTI connector uses them, ``external-import/
+dogesec-cyberthreatexchange``); what to ask and when to save a cursor is :mod:`fetcher.walk` and
+:mod:`fetcher.sync`'s job.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
@@ -34,9 +37,9 @@ from shared.layout import check_feed_id, check_stix_id
 
 logger = logging.getLogger(__name__)
 
-# The server clamps larger values silently (REFERENCE §1), so asking more would only mislead us.
+# The server clamps ``limit`` to 1..MAXIMUM_PAGE_SIZE silently (arango_helpers.py get_limit;
+# settings.py: 50), so asking more would only mislead us.
 OBJECTS_PAGE_SIZE = 50
-BUNDLE_PAGE_SIZE = 100
 SUBSCRIPTIONS_PAGE_SIZE = 50
 # A safety net against a server that keeps handing out pages: far beyond any real feed.
 MAX_PAGES = 100_000
@@ -177,9 +180,9 @@ class CTXClient:
         self._session.headers["Accept"] = "application/json"
         adapter = HTTPAdapter(
             max_retries=_retry(settings),
-            # Report bundles, objects listing segments and the reports listing read ahead, each up
-            # to CONCURRENCY at once (issue 6): a smaller pool drops connections and opens new
-            # ones, and a burst of connects can wait on the server's accept backlog.
+            # Up to CONCURRENCY segments of the listing are read at once: a smaller pool drops
+            # connections and opens new ones, and a burst of connects can wait on the server's
+            # accept backlog.
             pool_maxsize=max(10, 2 * settings.concurrency + 2),
         )
         self._session.mount("https://", adapter)
@@ -298,52 +301,6 @@ class CTXClient:
         body = self.get_json(target, params, feed_id=feed_id)
         return parse_page(body, path=urlsplit(target).path, feed_id=feed_id)
 
-    def bundle(self, feed_id: str, object_id: str) -> list[JSONDict]:
-        """Every object of ``v1/feeds/{feed}/objects/{id}/bundle/``, all pages."""
-        return [obj for page in self.bundle_pages(feed_id, object_id) for obj in page.objects]
-
-    def bundle_pages(self, feed_id: str, object_id: str) -> Iterator[Page]:
-        """The pages of ``v1/feeds/{feed}/objects/{id}/bundle/``, each asked for when needed."""
-        object_id = check_stix_id(object_id)
-        sub_path = f"objects/{object_id}/bundle/"
-        # Both styles' parameters on the first request; the answer's shape says which one applies.
-        page = self.objects_page(
-            feed_id,
-            {"limit": BUNDLE_PAGE_SIZE, "page": 1, "page_size": BUNDLE_PAGE_SIZE},
-            sub_path=sub_path,
-        )
-        yield page
-        seen_cursors: set[str] = set()
-        for _ in range(MAX_PAGES):
-            if page.style == "page":
-                if page.is_last_numbered:
-                    return
-                number = (page.page_number or 1) + 1
-                page = self.objects_page(
-                    feed_id, {"page": number, "page_size": BUNDLE_PAGE_SIZE}, sub_path=sub_path
-                )
-            else:
-                nxt = page.next
-                if not page.objects or not nxt:
-                    return
-                if nxt in seen_cursors:
-                    raise MalformedResponseError(
-                        "bundle pages loop (a next cursor came back)",
-                        path=f"v1/feeds/{feed_id}/{sub_path}",
-                        feed_id=feed_id,
-                    )
-                seen_cursors.add(nxt)
-                if nxt.startswith(("http://", "https://")):
-                    page = self.objects_page(feed_id, url=nxt)
-                else:
-                    page = self.objects_page(
-                        feed_id, {"cursor": nxt, "limit": BUNDLE_PAGE_SIZE}, sub_path=sub_path
-                    )
-            yield page
-        raise MalformedResponseError(
-            "too many bundle pages", path=f"v1/feeds/{feed_id}/{sub_path}", feed_id=feed_id
-        )
-
 
 def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -366,15 +323,21 @@ def _subscription(item: object, path: str) -> Subscription | None:
 
 
 def parse_page(body: JSONDict, *, path: str, feed_id: str | None = None) -> Page:
-    """Check an ``objects`` answer and tell its pagination style from its keys (REFERENCE §1)."""
+    """Check an ``objects`` answer and tell its pagination style from its keys.
+
+    Cursor style: ``{objects, next, count}`` (arango_helpers.py ``get_objects``); page-number
+    style: ``{page_size, page_number, page_results_count, total_results_count, objects}`` (the
+    older ``get_paginated_response``). Objects are checked one by one where they are kept
+    (:meth:`fetcher.mirror.Mirror.apply`), so one bad record cannot stop a feed.
+    """
     objects = body.get("objects")
     if objects is None and ("next" in body or "page_number" in body):
         # Some servers drop the key of an empty list.
         objects = []
     if not isinstance(objects, list):
         raise MalformedResponseError("answer has no objects list", path=path, feed_id=feed_id)
-    for obj in objects:
-        check_object(obj, path=path, feed_id=feed_id)
+    if not all(isinstance(obj, dict) for obj in objects):
+        raise MalformedResponseError("an object is not a JSON object", path=path, feed_id=feed_id)
     if "next" in body:
         nxt = body["next"]
         if nxt is not None and not isinstance(nxt, str):
@@ -409,7 +372,6 @@ def check_object(obj: object, *, path: str, feed_id: str | None = None) -> JSOND
 
 
 __all__ = [
-    "BUNDLE_PAGE_SIZE",
     "OBJECTS_PAGE_SIZE",
     "CTXClient",
     "CTXError",

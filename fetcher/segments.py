@@ -1,181 +1,219 @@
-"""The objects listing walked as several segments of time at once (cursor style; issue 6).
+"""The objects listing read as several segments of time at once, and the cursor that is safe.
 
-A cursor-style listing is a chain: each page is asked with the last one's cursor, so one walk is
-one round trip after the other (79 of them for the 200-report benchmark feed, the whole pass's
-critical path). But ``added_after=T`` can start a walk anywhere: walks started at ``T1 < T2 < …``
-cover ``(cursor, T1]``, ``(T1, T2]``, … and ``(Tn, ∞)`` between them, each stopping where the next
-begins (:class:`fetcher.listing.Bound`), so no object is skipped or yielded twice whatever the
-points are. Good points split the objects evenly; CTX adds a report and the objects it refers to
-together, so the ``_record_modified`` cursors of the *reports* listing, which is read ahead
-anyway, are where the objects listing is cut: each page of reports starts one more segment.
+A cursor-style walk is a chain of round trips, each asked with the last one's position. But
+``added_after=T`` starts a walk anywhere, so walks started at ``T1 < T2 < …`` cover ``(cursor,
+T1]``, ``(T1, T2]``, … between them. Nothing in an answer says how records spread over time, so
+segments are made by halving: a worker with nothing to do takes the running segment with the
+widest span of time left and cuts it in the middle (:meth:`fetcher.walk.CursorWalk.cut`); a span
+holding no record costs one empty answer. Records come back in any order and some twice; the
+mirror is indifferent to both (:mod:`fetcher.state`).
 
-Segments are handed to the consumer strictly in time order, so batches, safe cursors and the
-ledger see exactly what one walk would have given. At most ``workers`` segments are fetched at
-once; pages read ahead wait in memory, bounded: the segment being consumed holds at most
-``depth`` pages and all the others together ``budget`` pages (the one being consumed is never
-held back by the others, so the bound cannot deadlock). The page-number style has no such
-start parameter and stays one walk.
+The cursor saved is the position of the first segment not yet wholly applied
+(:meth:`ListingReader.checkpoint`): every record at or before it is in the mirror, whatever the
+other segments did. The page-number style has no start parameter and stays one walk.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
+import queue
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from fetcher.client import CTXClient
-from fetcher.listing import Batch, Bound, batch_of, walk_objects, walk_segment
-from shared.layout import parse_stix_timestamp
+from fetcher.walk import (
+    CursorWalk,
+    NumberedWalk,
+    Step,
+    Walk,
+    format_record_time,
+    open_walk,
+    parse_record_time,
+)
 
 logger = logging.getLogger(__name__)
 
-_END = object()
+#: A span of time narrower than this is not cut again (a cut costs at least one request).
+MIN_SPAN = timedelta(milliseconds=1)
+#: How far past this machine's clock the open end of the listing is taken to reach.
+CLOCK_MARGIN = timedelta(minutes=5)
 _WAIT = 0.1
 
 
-@dataclass
-class _Segment:
-    index: int
-    after: str | None
-    bound: Bound = field(default_factory=Bound)
-    pages: collections.deque[object] = field(default_factory=collections.deque)
+@dataclass(eq=False)
+class Segment:
+    """One segment: its walk, where it started, and how far its steps were applied."""
+
+    walk: Walk
+    start: str | None
+    applied: str | None = None
+    owned: bool = False
+    fetched: bool = False
+    finished: bool = False
+    steps: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        self.applied = self.start
 
 
-class SegmentedWalk:
-    """Iterates the objects listing from ``cursor`` like one walk, fetching segments in parallel.
+@dataclass(frozen=True)
+class Item:
+    """A step of one segment, handed to the consumer."""
 
-    :meth:`cut_at` (thread-safe) offers a point in time to start another segment at; points must
-    come in ascending order (the reports cursor). :meth:`close` stops every thread.
+    segment: Segment
+    step: Step
+
+
+class ListingReader:
+    """Iterates :class:`Item` s of a feed's listing from ``cursor``, ``workers`` segments at once.
+
+    The consumer applies each item, then calls :meth:`applied`; :meth:`checkpoint` is the cursor
+    safe to save after that. :meth:`close` stops every thread.
     """
 
     def __init__(
-        self,
-        client: CTXClient,
-        feed_id: str,
-        cursor: str | None,
-        *,
-        types: str | None,
-        workers: int,
-        depth: int,
-        budget: int,
+        self, client: CTXClient, feed_id: str, cursor: str | None, *, workers: int, buffered: int
     ) -> None:
         self._client = client
         self._feed_id = feed_id
-        self._types = types
-        self._depth = depth
-        self._budget = budget
+        first = open_walk(client, feed_id, cursor)
+        self.paged = isinstance(first, NumberedWalk)
+        self._segments = [Segment(first, cursor)]
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._segments: list[_Segment] = []
-        self._head = 0
-        self._held = 0  # pages waiting in segments other than the head
-        self._style: str | None = None
-        self._points: list[str] = []  # offered before the first answer showed the style
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ctx-objects-listing")
-        first = _Segment(0, cursor)
-        self._segments.append(first)
-        self._pool.submit(self._run, first, self._first_walk(first))
+        self._queue: queue.Queue[Item | BaseException | None] = queue.Queue(maxsize=buffered)
+        self._workers = 1 if self.paged else max(1, workers)
+        self._running = self._workers
+        self._threads = [
+            threading.Thread(target=self._work, name=f"ctx-listing-{i}", daemon=True)
+            for i in range(self._workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def segments(self) -> int:
-        """How many segments were started (for logs and tests)."""
+        """How many segments were made (for logs and tests)."""
         with self._cond:
             return len(self._segments)
 
-    def _first_walk(self, segment: _Segment) -> Iterator[Batch]:
-        return walk_objects(
-            self._client,
-            self._feed_id,
-            segment.after,
-            types=self._types,
-            bound=segment.bound,
-            on_style=self._style_known,
-        )
-
-    def _style_known(self, style: str) -> None:
-        with self._cond:
-            self._style = style
-            points, self._points = self._points, []
-        for raw in points:
-            self.cut_at(raw)
-
-    def cut_at(self, raw: str) -> None:
-        """Start a segment at ``raw`` (a server ``_record_modified``) if that still splits work."""
-        try:
-            when = parse_stix_timestamp(raw)
-        except ValueError:
-            return
-        with self._cond:
-            if self._stop.is_set():
-                return
-            if self._style is None:
-                self._points.append(raw)
-                return
-            if self._style != "cursor":
-                return
-            last = self._segments[-1]
-            if last.after is not None and when <= parse_stix_timestamp(last.after):
-                return
-            if not last.bound.cut_at(when, raw):
-                return
-            segment = _Segment(len(self._segments), raw)
-            self._segments.append(segment)
-        walk = walk_segment(self._client, self._feed_id, raw, self._types, segment.bound)
-        self._pool.submit(self._run, segment, walk)
-
-    def _run(self, segment: _Segment, walk: Iterator[Batch]) -> None:
-        try:
-            for batch in walk:
-                if not self._put(segment, batch):
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            self._put(segment, exc)
-            return
-        self._put(segment, _END)
-
-    def _put(self, segment: _Segment, item: object) -> bool:
+    def _claim(self) -> Segment | None:
         with self._cond:
             while not self._stop.is_set():
-                if segment.index == self._head:
-                    room = len(segment.pages) < self._depth
-                else:
-                    room = self._held < self._budget
-                if room or item is _END or isinstance(item, BaseException):
-                    segment.pages.append(item)
-                    if segment.index != self._head:
-                        self._held += 1
-                    self._cond.notify_all()
-                    return True
+                for segment in self._segments:
+                    if not segment.owned and not segment.fetched:
+                        segment.owned = True
+                        return segment
+                split = self._split()
+                if split is not None:
+                    return split
+                if all(s.fetched for s in self._segments):
+                    return None
                 self._cond.wait(_WAIT)
+        return None
+
+    def _split(self) -> Segment | None:
+        """Under the lock: cut the running segment with the widest span left, if any is wide."""
+        if self._workers == 1:
+            return None
+        best: tuple[timedelta, int, datetime] | None = None
+        horizon = datetime.now(UTC) + CLOCK_MARGIN
+        for index, segment in enumerate(self._segments):
+            walk = segment.walk
+            if segment.fetched or not isinstance(walk, CursorWalk):
+                continue
+            position = walk.position()
+            begin = parse_record_time(position) if position is not None else None
+            end_raw = walk.end()
+            end = parse_record_time(end_raw) if end_raw is not None else horizon
+            if begin is None or end is None or end - begin < 2 * MIN_SPAN:
+                continue
+            if best is None or end - begin > best[0]:
+                best = (end - begin, index, begin + (end - begin) / 2)
+        if best is None:
+            return None
+        _, index, middle = best
+        old = self._segments[index].walk
+        assert isinstance(old, CursorWalk)
+        at = format_record_time(middle)
+        end_raw = old.end()
+        if not old.cut(at):
+            return None
+        segment = Segment(CursorWalk(self._client, self._feed_id, at, end_raw), at, owned=True)
+        self._segments.insert(index + 1, segment)
+        return segment
+
+    def _work(self) -> None:
+        try:
+            while True:
+                segment = self._claim()
+                if segment is None:
+                    return
+                step = segment.walk.step()
+                while self._put(Item(segment, step)) and not step.done:
+                    with self._cond:
+                        self._cond.notify_all()
+                    step = segment.walk.step()
+                with self._cond:
+                    segment.owned = False
+                    segment.fetched = step.done
+                    self._cond.notify_all()
+                if not step.done:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(exc)
+        finally:
+            with self._cond:
+                self._running -= 1
+                last = self._running == 0
+                self._cond.notify_all()
+            if last:
+                self._put(None)
+
+    def _put(self, item: Item | BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=_WAIT)
+                return True
+            except queue.Full:
+                continue
         return False
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Item]:
         while True:
-            with self._cond:
-                segment = self._segments[self._head]
-                while not segment.pages:
-                    if self._stop.is_set():
-                        return
-                    self._cond.wait(_WAIT)
-                item = segment.pages.popleft()
-                self._cond.notify_all()
-            if item is _END:
-                with self._cond:
-                    if self._head + 1 >= len(self._segments):
-                        return
-                    self._head += 1
-                    # The new head's pages stop counting against the others' budget.
-                    self._held -= len(self._segments[self._head].pages)
-                    self._cond.notify_all()
-                continue
-            yield batch_of(item)
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def applied(self, item: Item) -> None:
+        """The consumer has made ``item`` durable."""
+        with self._cond:
+            segment = item.segment
+            segment.steps += 1
+            if item.step.resume is not None:
+                segment.applied = item.step.resume
+            if item.step.done:
+                segment.finished = True
+
+    def checkpoint(self) -> str | None:
+        """The cursor to save: every record at or before it has been applied. None: none yet."""
+        if self.paged:
+            return None
+        with self._cond:
+            position: str | None = None
+            for segment in self._segments:
+                if not segment.finished:
+                    return segment.applied
+                position = segment.applied
+            return position
 
     def close(self) -> None:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
         # Threads inside a request end with it (every request has a timeout) and then see the stop.
-        self._pool.shutdown(wait=False, cancel_futures=True)

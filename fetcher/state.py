@@ -1,33 +1,36 @@
-"""The fetcher's own state: per-feed cursors and the dedup ledger, in one SQLite database.
+"""The fetcher's own database: per-feed cursors, the report files written, transfers, the mirror.
 
 It lives in the state directory (default ``SPOOL_DIR/.fetcher/``), not in the file list of the spool,
-so dedup holds after ``incoming/`` has been emptied, moved to ``done/`` or copied away (issue 2).
+so dedup holds after ``incoming/`` has been emptied, moved to ``done/`` or copied away.
 
 Tables:
 
-* ``cursors(feed_id, name, value)`` — server-provided cursor strings (``reports``, ``objects``).
-* ``reports(feed_id, report_id, sha256, path)`` — the sha256 of the last report bundle written.
-* ``objects(feed_id, object_id, sha256)`` — the sha256 of each object's content as last written in
-  any bundle, so feed-level bundles hold only what no written bundle carried yet.
+* ``cursors(feed_id, name, value)`` — server-provided positions (``listing``: the ``added_after``
+  the next pass starts from).
+* ``reports(feed_id, report_id, sha256, path)`` — the sha256 of the last report file written.
 * ``transfers(path, sha256, marked_at)`` — files ``ctx-fetcher transfer --mark`` recorded as
   carried across the air gap (path relative to ``SPOOL_DIR``); never read by the dedup.
+* ``mirror`` — the newest version of every object, owned by :mod:`fetcher.mirror`.
 
 Entries are recorded only after the file is published: a crash in between makes the next pass
-publish the same content-addressed name again, which :func:`shared.durable.publish_bytes` turns into
-a no-op.
+publish the same content-addressed name again, which :func:`shared.durable.publish_bytes` turns
+into a no-op.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from fetcher.errors import LedgerError
 
 DB_NAME = "fetcher.sqlite3"
+
+#: One SQL statement and its arguments.
+Statement = tuple[str, tuple[Any, ...]]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cursors (
@@ -36,9 +39,6 @@ CREATE TABLE IF NOT EXISTS cursors (
 CREATE TABLE IF NOT EXISTS reports (
     feed_id TEXT NOT NULL, report_id TEXT NOT NULL, sha256 TEXT NOT NULL, path TEXT NOT NULL,
     PRIMARY KEY (feed_id, report_id));
-CREATE TABLE IF NOT EXISTS objects (
-    feed_id TEXT NOT NULL, object_id TEXT NOT NULL, sha256 TEXT NOT NULL,
-    PRIMARY KEY (feed_id, object_id));
 CREATE TABLE IF NOT EXISTS transfers (
     path TEXT NOT NULL PRIMARY KEY, sha256 TEXT NOT NULL, marked_at TEXT NOT NULL);
 """
@@ -49,7 +49,7 @@ class Ledger:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / DB_NAME
-        self._pending: list[tuple[str, tuple[Any, ...]]] | None = None
+        self._pending: list[Statement] | None = None
         try:
             Path(state_dir).mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -69,6 +69,21 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def executescript(self, script: str) -> None:
+        """Run DDL (``CREATE … IF NOT EXISTS``) of a table another module owns."""
+        try:
+            self._db.executescript(script)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot prepare the fetcher state: {exc}", path=self.path) from None
+
+    def query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Rows of one read (writes of an open :meth:`batch` are not visible yet)."""
+        return self._query(sql, args)
+
+    def write(self, statements: Iterable[Statement]) -> None:
+        """Run statements in one transaction, or in the open :meth:`batch`."""
+        self._write(statements)
+
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         try:
             return self._db.execute(sql, args).fetchall()
@@ -79,11 +94,10 @@ class Ledger:
     def batch(self) -> Iterator[None]:
         """Writes made inside are committed in one transaction when it ends, even by an error.
 
-        One durable commit per page of reports instead of one per report (make bench, issue 6:
-        the per-report commits were a third of the time the pass spent writing files). Safe for
-        the same reason recording after publishing is: an entry missing after a crash only
-        makes the next pass publish the same name again, a no-op. Reads inside do not see the
-        writes not committed yet.
+        One durable commit per page of the listing or group of files instead of one per object
+        or file (a commit is an fsync). Safe for the same reason recording after publishing
+        is: an entry missing after a crash only makes the next pass do the same work again, with
+        the same result. Reads inside do not see the writes not committed yet.
         """
         if self._pending is not None:
             yield
@@ -96,7 +110,7 @@ class Ledger:
             if pending:
                 self._write(pending)
 
-    def _write(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> None:
+    def _write(self, statements: Iterable[Statement]) -> None:
         if self._pending is not None:
             self._pending.extend(statements)
             return
@@ -135,38 +149,18 @@ class Ledger:
         )
         return str(rows[0][0]) if rows else None
 
-    def object_sha(self, feed_id: str, object_id: str) -> str | None:
-        rows = self._query(
-            "SELECT sha256 FROM objects WHERE feed_id = ? AND object_id = ?", (feed_id, object_id)
-        )
-        return str(rows[0][0]) if rows else None
-
-    def record(
-        self,
-        feed_id: str,
-        object_shas: Mapping[str, str],
-        *,
-        report: tuple[str, str, str] | None = None,
-    ) -> None:
-        """Record a published file: its objects' shas and, for a report bundle, (id, sha, path)."""
-        statements: list[tuple[str, tuple[Any, ...]]] = [
-            (
-                "INSERT INTO objects (feed_id, object_id, sha256) VALUES (?, ?, ?) "
-                "ON CONFLICT (feed_id, object_id) DO UPDATE SET sha256 = excluded.sha256",
-                (feed_id, object_id, sha),
-            )
-            for object_id, sha in object_shas.items()
-        ]
-        if report is not None:
-            statements.append(
+    def record_report(self, feed_id: str, report_id: str, sha256: str, path: str) -> None:
+        """Record the file published for a report (its sha256 and path relative to incoming/)."""
+        self._write(
+            [
                 (
                     "INSERT INTO reports (feed_id, report_id, sha256, path) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (feed_id, report_id) DO UPDATE SET sha256 = excluded.sha256, "
                     "path = excluded.path",
-                    (feed_id, *report),
+                    (feed_id, report_id, sha256, path),
                 )
-            )
-        self._write(statements)
+            ]
+        )
 
     def transferred(self) -> set[str]:
         """Paths (relative to ``SPOOL_DIR``) recorded as transferred."""

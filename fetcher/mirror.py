@@ -1,0 +1,222 @@
+"""The newest version of every object of a feed, kept on disk beside the cursors.
+
+The listing serves every stored version of every object, in no order a client can rely on, some
+of them twice (:mod:`fetcher.walk`). The mirror makes that one answer per STIX id: a record
+replaces the one kept only when its version is newer (:func:`fetcher.stix.version_key`), so an
+older version, an unchanged re-upload or a record served again changes nothing, whichever order
+they arrive in. Report files and feed-level files are built from it once the listing is read
+(:mod:`fetcher.assemble`), so a report's file holds the newest version of everything it names.
+
+Table ``mirror(feed_id, object_id, type, version, sha256, stamp, body, written, source_ref,
+target_ref)``: ``body`` is the object's canonical JSON, zlib-compressed; ``written`` the
+``sha256`` of the version last carried by a published file (NULL: none yet). An object whose
+``written`` differs from its ``sha256`` is pending. It is on disk so that memory does not grow
+with the feed (a feed of 40,000 records is tens of MB here, and nothing of it in memory).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from fetcher.bundle import canonical_json
+from fetcher.client import check_object
+from fetcher.errors import MalformedResponseError
+from fetcher.state import Ledger, Statement
+from fetcher.stix import JSONDict, is_storage_artefact, object_time, version_key
+from shared.durable import sha256_bytes
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS mirror (
+    feed_id TEXT NOT NULL, object_id TEXT NOT NULL, type TEXT NOT NULL, version TEXT NOT NULL,
+    sha256 TEXT NOT NULL, stamp TEXT NOT NULL, body BLOB NOT NULL, written TEXT,
+    source_ref TEXT, target_ref TEXT,
+    PRIMARY KEY (feed_id, object_id));
+CREATE INDEX IF NOT EXISTS mirror_pending ON mirror (feed_id, type, object_id)
+    WHERE written IS NOT sha256;
+CREATE INDEX IF NOT EXISTS mirror_source ON mirror (feed_id, source_ref)
+    WHERE source_ref IS NOT NULL;
+CREATE INDEX IF NOT EXISTS mirror_target ON mirror (feed_id, target_ref)
+    WHERE target_ref IS NOT NULL;
+"""
+
+_UPSERT = (
+    "INSERT INTO mirror (feed_id, object_id, type, version, sha256, stamp, body, written, "
+    "source_ref, target_ref) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?) "
+    "ON CONFLICT (feed_id, object_id) DO UPDATE SET type = excluded.type, "
+    "version = excluded.version, sha256 = excluded.sha256, stamp = excluded.stamp, "
+    "body = excluded.body, source_ref = excluded.source_ref, target_ref = excluded.target_ref"
+)
+_SQL_VARIABLES = 500
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Kept:
+    """One object as the mirror keeps it."""
+
+    object_id: str
+    type: str
+    sha256: str
+    stamp: str
+    data: bytes  # canonical JSON
+
+    def obj(self) -> JSONDict:
+        value: JSONDict = json.loads(self.data)
+        return value
+
+
+@dataclass
+class Applied:
+    """What applying one page changed."""
+
+    changed: int = 0
+    artefacts: int = 0
+    rejected: int = 0
+
+
+def _clean(obj: JSONDict) -> JSONDict:
+    # The server never serves ``_`` keys (KEEP(doc, KEYS(doc, TRUE))); a proxy or another version
+    # of it might, and they are storage bookkeeping, not STIX.
+    if any(key.startswith("_") for key in obj):
+        return {key: value for key, value in obj.items() if not key.startswith("_")}
+    return obj
+
+
+class Mirror:
+    """The mirror table of the fetcher's database (:class:`fetcher.state.Ledger`)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        ledger.executescript(SCHEMA)
+
+    def apply(self, feed_id: str, objects: Iterable[JSONDict], seen_at: str | None) -> Applied:
+        """Keep each object whose version is newer than the one kept (inside the ledger's batch)."""
+        result = Applied()
+        candidates: dict[str, tuple[str, str, JSONDict, bytes]] = {}
+        for raw in objects:
+            try:
+                check_object(raw, path=f"/v1/feeds/{feed_id}/objects/", feed_id=feed_id)
+            except MalformedResponseError as exc:
+                # One bad record must not stop the feed: it is left out, said once, and the
+                # listing goes on past it.
+                result.rejected += 1
+                logger.error("record left out: %s", exc, extra={"feed_id": feed_id})
+                continue
+            obj = _clean(raw)
+            if is_storage_artefact(obj):
+                result.artefacts += 1
+                continue
+            data = canonical_json(obj)
+            sha = sha256_bytes(data)
+            key = f"{version_key(obj, seen_at)}|{sha}"
+            object_id = str(obj["id"])
+            held = candidates.get(object_id)
+            if held is None or key > held[0]:
+                candidates[object_id] = (key, sha, obj, data)
+        if not candidates:
+            return result
+        kept = self._versions(feed_id, list(candidates))
+        statements: list[Statement] = []
+        for object_id, (key, sha, obj, data) in candidates.items():
+            old = kept.get(object_id)
+            if old is not None and (old[1] == sha or old[0] >= key):
+                continue
+            source, target = obj.get("source_ref"), obj.get("target_ref")
+            statements.append(
+                (
+                    _UPSERT,
+                    (
+                        feed_id,
+                        object_id,
+                        str(obj.get("type")),
+                        key,
+                        sha,
+                        object_time(obj) or (seen_at or ""),
+                        zlib.compress(data, 1),
+                        source if isinstance(source, str) else None,
+                        target if isinstance(target, str) else None,
+                    ),
+                )
+            )
+        result.changed = len(statements)
+        self._ledger.write(statements)
+        return result
+
+    def _versions(self, feed_id: str, ids: list[str]) -> dict[str, tuple[str, str]]:
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(ids), _SQL_VARIABLES):
+            chunk = ids[start : start + _SQL_VARIABLES]
+            marks = ",".join("?" * len(chunk))
+            for object_id, version, sha in self._ledger.query(
+                f"SELECT object_id, version, sha256 FROM mirror WHERE feed_id = ? "  # noqa: S608
+                f"AND object_id IN ({marks})",
+                (feed_id, *chunk),
+            ):
+                found[str(object_id)] = (str(version), str(sha))
+        return found
+
+    def get(self, feed_id: str, ids: Iterable[str]) -> dict[str, Kept]:
+        """The kept objects among ``ids`` (ids the mirror does not hold are left out)."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, Kept] = {}
+        for start in range(0, len(wanted), _SQL_VARIABLES):
+            chunk = wanted[start : start + _SQL_VARIABLES]
+            marks = ",".join("?" * len(chunk))
+            rows = self._ledger.query(
+                f"SELECT object_id, type, sha256, stamp, body FROM mirror "  # noqa: S608
+                f"WHERE feed_id = ? AND object_id IN ({marks})",
+                (feed_id, *chunk),
+            )
+            for object_id, kind, sha, stamp, body in rows:
+                found[str(object_id)] = Kept(
+                    str(object_id), str(kind), str(sha), str(stamp), zlib.decompress(body)
+                )
+        return found
+
+    def touching(self, feed_id: str, object_id: str) -> list[str]:
+        """Ids of the relationships kept whose ``source_ref`` or ``target_ref`` is ``object_id``."""
+        rows = self._ledger.query(
+            "SELECT object_id FROM mirror WHERE feed_id = ? AND source_ref = ? "
+            "UNION SELECT object_id FROM mirror WHERE feed_id = ? AND target_ref = ?",
+            (feed_id, object_id, feed_id, object_id),
+        )
+        return sorted(str(row[0]) for row in rows)
+
+    def pending(
+        self, feed_id: str, *, reports: bool, after: str = "", limit: int = 1000
+    ) -> list[str]:
+        """Ids of pending objects, in id order from ``after``: reports, or everything else."""
+        test = "=" if reports else "!="
+        rows = self._ledger.query(
+            f"SELECT object_id FROM mirror WHERE feed_id = ? AND type {test} 'report' "  # noqa: S608
+            "AND written IS NOT sha256 AND object_id > ? ORDER BY object_id LIMIT ?",
+            (feed_id, after, limit),
+        )
+        return [str(row[0]) for row in rows]
+
+    def count_pending(self, feed_id: str) -> int:
+        rows = self._ledger.query(
+            "SELECT COUNT(*) FROM mirror WHERE feed_id = ? AND written IS NOT sha256", (feed_id,)
+        )
+        return int(rows[0][0])
+
+    def mark_written(self, feed_id: str, shas: Mapping[str, str]) -> None:
+        """Record that a published file carries these versions (inside the ledger's batch)."""
+        self._ledger.write(
+            [
+                (
+                    "UPDATE mirror SET written = ? WHERE feed_id = ? AND object_id = ?",
+                    (sha, feed_id, object_id),
+                )
+                for object_id, sha in shas.items()
+            ]
+        )
+
+    def size(self, feed_id: str) -> int:
+        rows = self._ledger.query("SELECT COUNT(*) FROM mirror WHERE feed_id = ?", (feed_id,))
+        return int(rows[0][0])

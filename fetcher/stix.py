@@ -1,0 +1,97 @@
+"""What the fetcher needs to know of a STIX object: what it refers to, which version is newer,
+and whether it is a storage artefact of stix2arango rather than intelligence.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from shared.layout import parse_stix_timestamp
+
+JSONDict = dict[str, Any]
+
+#: stix2arango's namespace for the ids of the relationships it makes from embedded references
+#: (``stix2arango/config.py`` ``namespace``; ``utils.create_relationship_obj`` names each one
+#: ``relationship--uuid5(namespace, "<relationship_type>+<source>+<target>")``).
+STIX2ARANGO_NAMESPACE = uuid.UUID("72e906ce-ca1b-5d73-adcd-9ea9eb66a1b4")
+
+# STIX 2.1 §3.1: reference properties end in ``_ref`` or ``_refs``; they may sit inside lists of
+# dicts (e.g. ``granular_markings[].marking_ref``).
+_REF_KEY = re.compile(r"^[a-z0-9_]+_refs?$")
+#: Containers are written with what they contain; a member's own ``object_refs`` is not followed,
+#: or one report would carry every report it mentions.
+_NOT_FOLLOWED = frozenset({"object_refs"})
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def is_storage_artefact(obj: JSONDict) -> bool:
+    """True for a relationship stix2arango made from an embedded reference (``_is_ref`` edges).
+
+    The server drops ``_is_ref`` from what it serves, but the id is derived from the type and the
+    two ends, so it can be recognised: ``stix2arango/utils.py`` ``create_relationship_obj``.
+    """
+    if obj.get("type") != "relationship":
+        return False
+    kind, source, target = (
+        obj.get("relationship_type"),
+        obj.get("source_ref"),
+        obj.get("target_ref"),
+    )
+    if not all(isinstance(v, str) for v in (kind, source, target)):
+        return False
+    expected = uuid.uuid5(STIX2ARANGO_NAMESPACE, f"{kind}+{source}+{target}")
+    return obj.get("id") == f"relationship--{expected}"
+
+
+def references(obj: JSONDict, *, follow_contents: bool = True) -> Iterator[str]:
+    """Every id ``obj`` refers to through ``*_ref`` / ``*_refs`` properties, nested ones included.
+
+    ``follow_contents=False`` leaves out ``object_refs`` (what a container holds).
+    """
+    stack: list[Any] = [obj]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if _REF_KEY.match(key) and key not in ("id",):
+                    if not follow_contents and key in _NOT_FOLLOWED:
+                        continue
+                    if isinstance(item, str):
+                        yield item
+                    elif isinstance(item, list):
+                        yield from (ref for ref in item if isinstance(ref, str))
+                elif isinstance(item, dict | list):
+                    stack.append(item)
+        elif isinstance(value, list):
+            stack.extend(item for item in value if isinstance(item, dict | list))
+
+
+def _normal_time(value: object) -> str:
+    if not isinstance(value, str):
+        return ""
+    try:
+        return parse_stix_timestamp(value).strftime(_TIME_FORMAT)
+    except ValueError:
+        return ""
+
+
+def version_key(obj: JSONDict, seen_at: str | None) -> str:
+    """A string that orders the versions of one STIX id: the newer version has the greater key.
+
+    STIX 2.1 §3.2: ``modified`` tells versions of an object apart, so it decides. Records of one
+    id share a ``modified`` only when the producer broke that rule; objects without ``modified``
+    (SCOs, §6) have no version of their own. In both cases the record served later in the listing
+    wins, as far as the page's ``next`` (``seen_at``) tells: the server stores a changed object as
+    a new record with a later ``_record_modified`` (stix2arango ``insert_several_objects``). The
+    content's digest, appended by the caller, settles what is still equal.
+    """
+    modified = _normal_time(obj.get("modified"))
+    return f"{modified}|{seen_at or ''}"
+
+
+def object_time(obj: JSONDict) -> str:
+    """``modified`` or else ``created`` in one fixed format, '' when it has neither."""
+    return _normal_time(obj.get("modified")) or _normal_time(obj.get("created"))

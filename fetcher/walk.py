@@ -1,0 +1,281 @@
+"""Walking ``v1/feeds/{feed}/objects/`` from one point in time without losing a record.
+
+What the server does (``cyberthreatexchange/server/arango_helpers.py``, ``make_objects_query`` and
+``ArangoDBHelper.get_objects``), and what each rule below answers:
+
+* Objects carry no ``_record_modified`` (``KEEP(doc, KEYS(doc, TRUE))`` drops every ``_`` key);
+  the only position a client gets is ``next``, the page's greatest ``_record_modified``, and the
+  filter is ``_record_modified > added_after``, strictly greater, compared as strings.
+* A page is the union of two halves, each ``SORT _record_modified ASC LIMIT limit`` on its own:
+  edges (the ``relationship`` objects, stix2arango's edge collection) and vertices (everything
+  else). When one half is full and the other half's records run further, ``next`` lies beyond
+  records of the full half that this page did not carry: a client that follows ``next`` loses
+  them. So the walk never trusts ``next`` alone; for each *full* half it knows the greatest record
+  time that half reached (:func:`_half_end`) and resumes from the smallest of those.
+* Records that share the ``_record_modified`` where a half was cut are not all on the page. The
+  walk resumes from just below that time (:func:`just_below`) and is served them again, with the
+  records already seen; a step may therefore repeat records, and consumers are idempotent.
+* The older page-number style (``page``/``page_size``, ``{page_number, total_results_count,
+  objects}``) is detected from the answer and read whole, page after page (:class:`NumberedWalk`).
+
+Every record of every version is listed: the walk yields versions, the mirror keeps the newest.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from fetcher.client import OBJECTS_PAGE_SIZE, CTXClient, JSONDict, Page
+from fetcher.errors import MalformedResponseError
+
+logger = logging.getLogger(__name__)
+
+#: stix2arango's ``_record_modified`` (``services/arangodb_service.py``, insert_several_objects).
+RECORD_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_RECORD_TIME_LENGTH = len("2024-01-01T00:00:00.000000Z")
+#: The edge half holds exactly this type (stix2arango ``map_relationships``; sightings are vertices).
+EDGE_TYPE = "relationship"
+
+
+def parse_record_time(value: str) -> datetime | None:
+    """A ``_record_modified`` in stix2arango's format as a UTC datetime, else None."""
+    if len(value) != _RECORD_TIME_LENGTH:
+        return None
+    try:
+        return datetime.strptime(value, RECORD_TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def format_record_time(when: datetime) -> str:
+    return when.astimezone(UTC).strftime(RECORD_TIME_FORMAT)
+
+
+def just_below(value: str) -> str | None:
+    """The greatest record time strictly below ``value`` (one microsecond earlier).
+
+    Asking ``added_after`` with it serves the records *at* ``value`` again. None when ``value`` is
+    not in stix2arango's fixed-width format: then no string is known to sit just below it.
+    """
+    when = parse_record_time(value)
+    if when is None or when == datetime.min.replace(tzinfo=UTC):
+        return None
+    return format_record_time(when - timedelta(microseconds=1))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a walk: the records served and where the walk stands after them.
+
+    ``resume`` is the ``added_after`` the walk goes on from (None: from the start of the feed);
+    every record with a ``_record_modified`` up to and including it has been yielded by this step
+    or an earlier one. ``proxy`` is the page's ``next``, an upper bound of these records' times.
+    """
+
+    objects: list[JSONDict]
+    resume: str | None
+    proxy: str | None
+    done: bool
+
+
+class CursorWalk:
+    """One segment of the cursor-style listing: records after ``start`` up to ``end`` (or all).
+
+    ``end`` may be lowered while the walk runs (:meth:`cut`), never raised. Not thread-safe except
+    :meth:`cut` / :meth:`position`.
+    """
+
+    def __init__(
+        self,
+        client: CTXClient,
+        feed_id: str,
+        start: str | None,
+        end: str | None = None,
+        *,
+        first: Page | None = None,
+    ) -> None:
+        self._client = client
+        self._feed_id = feed_id
+        self._after = start
+        self._end = end
+        self._first = first
+        self._done = False
+        self._bound: str | None = None
+        # The largest half ever seen: a half this full counts as cut by the server's limit even
+        # if the server clamps ``limit`` below what we ask (the hosted layer is not public code).
+        self._largest = 0
+        self._lock = threading.Lock()
+        self._warned_ties = False
+
+    @property
+    def path(self) -> str:
+        return f"v1/feeds/{self._feed_id}/objects/"
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def position(self) -> str | None:
+        """Where the next step asks from (None before the first answer of an open start)."""
+        with self._lock:
+            return self._after
+
+    def end(self) -> str | None:
+        with self._lock:
+            return self._end
+
+    def cut(self, at: str) -> bool:
+        """Make ``at`` the end of this segment if it is above its position and below its end."""
+        with self._lock:
+            if self._done or self._after is None or at <= self._after:
+                return False
+            if self._end is not None and at >= self._end:
+                return False
+            self._end = at
+            return True
+
+    def _ask(self, after: str | None, types: str | None = None) -> Page:
+        if self._first is not None and types is None:
+            page, self._first = self._first, None
+            return page
+        params: dict[str, str | int] = {"limit": OBJECTS_PAGE_SIZE, "show_embedded_refs": "false"}
+        if after is not None:
+            params["added_after"] = after
+        if types is not None:
+            params["types"] = types
+        page = self._client.objects_page(self._feed_id, params)
+        if page.style != "cursor":
+            raise MalformedResponseError(
+                "pagination style changed mid-walk", path=self.path, feed_id=self._feed_id
+            )
+        return page
+
+    def step(self) -> Step:
+        """Ask one page (and, where a half was cut short, that half's end) and move on."""
+        after = self._after
+        page = self._ask(after)
+        if not page.objects or page.next is None:
+            return self._finish(page.objects, after, page.next)
+        edges = sum(1 for obj in page.objects if obj.get("type") == EDGE_TYPE)
+        vertices = len(page.objects) - edges
+        self._largest = max(self._largest, edges, vertices)
+        full_at = min(OBJECTS_PAGE_SIZE, self._largest)
+        last_is_edge = page.objects[-1].get("type") == EDGE_TYPE
+        bounds: list[str] = []
+        if edges >= full_at:
+            bounds.append(page.next if last_is_edge else self._half_end(after, EDGE_TYPE))
+        if vertices >= full_at:
+            kinds = sorted({str(o.get("type")) for o in page.objects if o.get("type") != EDGE_TYPE})
+            bounds.append(page.next if not last_is_edge else self._half_end(after, ",".join(kinds)))
+        if not bounds:
+            if len(page.objects) < OBJECTS_PAGE_SIZE:
+                # Neither half was cut: every record after ``after`` is on this page.
+                return self._finish(page.objects, page.next, page.next)
+            # A server that limits the whole page rather than each half (not the open-source
+            # one) would have cut it here; the page is sorted, so ``next`` is where it stopped.
+            bounds.append(page.next)
+        bound = min(bounds)
+        resume = just_below(bound)
+        if (self._bound is not None and bound <= self._bound) or resume is None:
+            # More records share one time than a half holds, or the time is in an unknown
+            # format: nothing just below it can be asked, so the ones beyond the cut are lost.
+            if not self._warned_ties:
+                logger.warning(
+                    "a page of the objects listing was cut inside records that share one "
+                    "_record_modified; some of them may be missed",
+                    extra={"feed_id": self._feed_id, "record_modified": bound},
+                )
+                self._warned_ties = True
+            resume = bound
+        self._bound = bound
+        with self._lock:
+            self._after = resume
+            end = self._end
+        if end is not None and resume >= end:
+            return self._finish(page.objects, resume, page.next, cut=True)
+        return Step(page.objects, resume, page.next, done=False)
+
+    def _half_end(self, after: str | None, types: str) -> str:
+        """The greatest record time the listing reaches from ``after`` in one half alone.
+
+        With ``types`` naming the half's own types the other half is empty (edges exist only
+        when ``types`` names ``relationship``; no vertex has that type), so ``next`` is exactly
+        where that half was cut on the mixed page.
+        """
+        page = self._ask(after, types)
+        if not page.objects or page.next is None:
+            raise MalformedResponseError(
+                "the objects listing changed while it was read (a half came back empty)",
+                path=self.path,
+                feed_id=self._feed_id,
+            )
+        return page.next
+
+    def _finish(
+        self, objects: list[JSONDict], resume: str | None, proxy: str | None, *, cut: bool = False
+    ) -> Step:
+        # The end of the listing: the records at the last time were all on the page, but a
+        # record stored later in the same microsecond is served again by resuming just below.
+        if resume is not None and not cut:
+            resume = just_below(resume) or resume
+        with self._lock:
+            self._done = True
+            if resume is not None and (self._after is None or resume > self._after):
+                self._after = resume
+            resume = self._after
+        return Step(objects, resume, proxy, done=True)
+
+
+class NumberedWalk:
+    """The older page-number style: every page of the listing, in order, on every pass.
+
+    That style's pages are offsets into a sorted result; nothing in an answer says how far it
+    reaches in time, so no position can be saved and each pass reads the feed whole (the mirror
+    keeps what did not change from being written again).
+    """
+
+    def __init__(self, client: CTXClient, feed_id: str, first: Page) -> None:
+        self._client = client
+        self._feed_id = feed_id
+        self._page: Page | None = first
+        self._number = first.page_number or 1
+
+    def step(self) -> Step:
+        page = self._page
+        if page is None:
+            page = self._client.objects_page(
+                self._feed_id, {"page": self._number, "page_size": OBJECTS_PAGE_SIZE}
+            )
+            if page.style != "page":
+                raise MalformedResponseError(
+                    "pagination style changed mid-walk",
+                    path=f"v1/feeds/{self._feed_id}/objects/",
+                    feed_id=self._feed_id,
+                )
+        self._page = None
+        self._number = (page.page_number or self._number) + 1
+        return Step(page.objects, None, None, done=page.is_last_numbered)
+
+
+Walk = CursorWalk | NumberedWalk
+
+
+def open_walk(client: CTXClient, feed_id: str, cursor: str | None) -> Walk:
+    """The walk from ``cursor``, in whichever pagination style the server answers."""
+    params: dict[str, str | int] = {
+        "limit": OBJECTS_PAGE_SIZE,
+        "page": 1,
+        "page_size": OBJECTS_PAGE_SIZE,
+        "show_embedded_refs": "false",
+    }
+    if cursor is not None:
+        params["added_after"] = cursor
+    first = client.objects_page(feed_id, params)
+    if first.style == "page":
+        return NumberedWalk(client, feed_id, first)
+    return CursorWalk(client, feed_id, cursor, first=first)
+
+
