@@ -68,7 +68,8 @@ def _progress() -> Callable[[FeedResult], None] | None:
             click.echo("")
         current[:] = [result.feed_id]
         click.echo(
-            f"\r{result.feed_id}: reports {result.reports_written} new, "
+            f"\r{result.feed_id}: records {result.records_listed}, "
+            f"reports {result.reports_written} new, "
             f"{result.reports_unchanged} unchanged, objects files {result.objects_files_written}",
             nl=False,
         )

@@ -3,9 +3,9 @@
 A cursor-style walk is a chain of round trips, each asked with the last one's position. But
 ``added_after=T`` starts a walk anywhere, so walks started at ``T1 < T2 < …`` cover ``(cursor,
 T1]``, ``(T1, T2]``, … between them. Nothing in an answer says how records spread over time, so
-segments are made by halving: a worker with nothing to do takes the running segment with the
-widest span of time left and cuts it in the middle (:meth:`fetcher.walk.CursorWalk.cut`); a span
-holding no record costs one empty answer. Records come back in any order and some twice; the
+segments are made by halving: a worker with nothing to do takes the running segment expected to
+need the most pages (from its pace so far) and cuts it in the middle
+(:meth:`fetcher.walk.CursorWalk.cut`); a span holding no record costs one empty answer. Records come back in any order and some twice; the
 mirror is indifferent to both (:mod:`fetcher.state`).
 
 The cursor saved is the position of the first segment not yet wholly applied
@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: A span of time narrower than this is not cut again (a cut costs at least one request).
 MIN_SPAN = timedelta(milliseconds=1)
+#: A segment is halved only when it is expected to need at least this many more pages.
+MIN_PAGES_TO_SPLIT = 4
 #: How far past this machine's clock the open end of the listing is taken to reach.
 CLOCK_MARGIN = timedelta(minutes=5)
 _WAIT = 0.1
@@ -115,23 +117,34 @@ class ListingReader:
         return None
 
     def _split(self) -> Segment | None:
-        """Under the lock: cut the running segment with the widest span left, if any is wide."""
+        """Under the lock: halve the running segment with the most pages left, if it has enough.
+
+        Pages left are estimated from the pace of the segment so far (pages per span of time):
+        an estimate needs two steps, and a segment expected to need fewer than
+        :data:`MIN_PAGES_TO_SPLIT` pages is left alone, so a small feed or a sparse stretch of
+        time costs no request for splitting.
+        """
         if self._workers == 1:
             return None
-        best: tuple[timedelta, int, datetime] | None = None
+        best: tuple[float, int, datetime] | None = None
         horizon = datetime.now(UTC) + CLOCK_MARGIN
         for index, segment in enumerate(self._segments):
             walk = segment.walk
             if segment.fetched or not isinstance(walk, CursorWalk):
                 continue
-            position = walk.position()
-            begin = parse_record_time(position) if position is not None else None
+            pace = walk.pace()
+            if pace is None or pace[2] < 1:
+                continue
+            first, position = parse_record_time(pace[0]), parse_record_time(pace[1])
             end_raw = walk.end()
             end = parse_record_time(end_raw) if end_raw is not None else horizon
-            if begin is None or end is None or end - begin < 2 * MIN_SPAN:
+            if first is None or position is None or end is None or position <= first:
                 continue
-            if best is None or end - begin > best[0]:
-                best = (end - begin, index, begin + (end - begin) / 2)
+            if end - position < 2 * MIN_SPAN:
+                continue
+            pages_left = (end - position) / (position - first) * pace[2]
+            if pages_left >= MIN_PAGES_TO_SPLIT and (best is None or pages_left > best[0]):
+                best = (pages_left, index, position + (end - position) / 2)
         if best is None:
             return None
         _, index, middle = best

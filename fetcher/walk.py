@@ -109,6 +109,8 @@ class CursorWalk:
         self._largest = 0
         self._lock = threading.Lock()
         self._warned_ties = False
+        self._steps = 0
+        self._first_position: str | None = None
 
     @property
     def path(self) -> str:
@@ -126,6 +128,13 @@ class CursorWalk:
     def end(self) -> str | None:
         with self._lock:
             return self._end
+
+    def pace(self) -> tuple[str, str, int] | None:
+        """(position after the first step, position now, steps since): how fast it moves."""
+        with self._lock:
+            if self._done or self._first_position is None or self._after is None:
+                return None
+            return self._first_position, self._after, self._steps - 1
 
     def cut(self, at: str) -> bool:
         """Make ``at`` the end of this segment if it is above its position and below its end."""
@@ -193,6 +202,9 @@ class CursorWalk:
         self._bound = bound
         with self._lock:
             self._after = resume
+            self._steps += 1
+            if self._first_position is None:
+                self._first_position = resume
             end = self._end
         if end is not None and resume >= end:
             return self._finish(page.objects, resume, page.next, cut=True)
@@ -277,5 +289,3 @@ def open_walk(client: CTXClient, feed_id: str, cursor: str | None) -> Walk:
     if first.style == "page":
         return NumberedWalk(client, feed_id, first)
     return CursorWalk(client, feed_id, cursor, first=first)
-
-
