@@ -1,10 +1,11 @@
 """Claiming spool files: one uploader instance owns ``processing/<instance>/``.
 
 A file is claimed by an atomic ``rename`` from ``incoming/<rel>`` to ``processing/<instance>/<rel>``
-on the same filesystem (REFERENCE §4): of two uploaders only one rename succeeds. While it runs, an
-instance holds an exclusive ``flock`` on ``processing/<instance>/.lock``; a claim folder whose lock
-is free belongs to a dead uploader and its files are put back into ``incoming/`` so nothing stays
-stuck after a kill -9.
+on the same filesystem (POSIX ``rename()``, Linux rename(2): atomic, and ``EXDEV`` across
+filesystems): of two uploaders only one rename succeeds, the other gets ``ENOENT`` because the
+source name is already gone. While it runs, an instance holds an exclusive ``flock`` on
+``processing/<instance>/.lock``; a claim folder whose lock is free belongs to a dead uploader and
+its files are put back into ``incoming/`` so nothing stays stuck after a kill -9.
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
 """Finding new spool files: watchdog events on ``incoming/`` feed a queue, nothing more.
 
-The handler only enqueues paths (STYLE §6); the pipeline's scheduler filters and schedules them.
-A start-up scan and periodic full rescans (REFERENCE §4: inotify misses events on NFS/SMB and on
-queue overflow) feed the same queue.
+The handler only enqueues paths: watchdog calls every handler in turn on the observer's one
+thread (``BaseObserver.dispatch_events`` in ``watchdog/observers/api.py``), so work done there
+would hold back every later event. The pipeline's scheduler filters and schedules them.
+A start-up scan and periodic full rescans feed the same queue: inotify does not see changes made
+by other hosts on a network filesystem and loses events when its queue overflows (inotify(7),
+"Limitations and caveats", ``IN_Q_OVERFLOW``), and watchdog's README ("About using watchdog with
+CIFS") asks for ``PollingObserver`` on such shares.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """The real :class:`uploader.importer.Importer`: one spool file → one OpenCTI work, through pycti.
 
-This is the only module that imports pycti (STYLE §1). Per file it follows the diode-import
-connector's sequence (REFERENCE §2): ``initiate_work`` → ``send_stix2_bundle(work_id=...)`` (once per
-chunk when the file is larger than ``max_push_bytes``; its api-protocol core, see below) →
-``to_processed``.
+This is the only module that imports pycti, and the CLI imports it only for commands that import:
+pycti must match the platform's version and needs libmagic (``pycti/api/opencti_api_client.py``
+imports ``magic``), so the other commands work without it. Per file it follows the diode-import
+connector's sequence (``DiodeImport._process_bundle`` in OpenCTI-Platform/connectors
+``external-import/diode-import/src/diode_import.py``): ``initiate_work`` →
+``send_stix2_bundle(work_id=...)`` (once per chunk when the file is larger than
+``max_push_bytes``; its api-protocol core, see below) → ``to_processed``.
 
 Where pycti is adapted, and why:
 
@@ -265,13 +268,18 @@ class PyctiImporter:
                 if self._settings.queue_protocol == "api":
                     # What send_stix2_bundle does in the api protocol, minus its splitter: that
                     # only counts and refuses chunks with nothing importable (checked already by
-                    # split_bundle) and parses and copies the whole bundle again (issue 6).
+                    # split_bundle) and parses and copies the whole bundle again, several times
+                    # the file in memory and CPU on every file.
                     calls.push(helper.connector_id, chunk, work_id)
                     continue
                 helper.send_stix2_bundle(
                     chunk.decode("utf-8"),
                     work_id=work_id,
-                    # The spool file is the newest version of its objects (REFERENCE §4).
+                    # The spool holds the newest version of each object, so it may overwrite
+                    # the platform's copy (send_stix2_bundle's ``update``: "whether to update
+                    # data in the database"). The api path has no such flag: the platform's
+                    # sendStixBundle (opencti-graphql src/domain/stix.js, 6.x) queues its bundle
+                    # with update: true.
                     update=True,
                     cleanup_inconsistent_bundle=False,
                 )
@@ -375,7 +383,9 @@ class PyctiImporter:
         except Exception as exc:  # noqa: BLE001 - pycti raises ValueError/requests errors/KeyError
             raise self._classify(exc, None) from None
         finally:
-            # pycti's hook SIGTERMs the whole process on any uncaught exception (REFERENCE §2):
+            # pycti's hook SIGTERMs the whole process on any uncaught exception
+            # (``killProgramHook``, set by ``OpenCTIConnectorHelper.__init__`` in
+            # pycti/connector/opencti_connector_helper.py):
             # the uploader must survive a bad file or a dead thread, so the previous hook returns.
             sys.excepthook = saved_hook
             # pycti's logger() calls basicConfig(force=True) and would drop our redacting handler.
@@ -411,7 +421,12 @@ class PyctiImporter:
         return code if isinstance(code, int) else None
 
     def _classify(self, exc: BaseException, work_id: str | None) -> ImportFailure:
-        """Map what pycti raised to our error tree (REFERENCE §2), without the token in the text."""
+        """Map what pycti raised to our error tree, without the token in the text.
+
+        ``OpenCTIApiClient.query`` (``pycti/api/opencti_api_client.py``) raises ``ValueError`` both
+        for a GraphQL error in a 200 answer and for a non-200 answer (the body), so the status code
+        and the text decide, not the class.
+        """
         if isinstance(exc, ImportFailure):
             if work_id is not None and exc.work_id is None:
                 exc.work_id = work_id
@@ -437,7 +452,8 @@ class PyctiImporter:
             return TransientImportError(f"OpenCTI is not ready: {text}", work_id=work_id)
         if _matches(lowered, _PERMANENT_MARKERS):
             return PermanentImportError(f"OpenCTI refused the bundle: {text}", work_id=work_id)
-        # Unknown: keep the file pending rather than risk failing good data (issue 3, "never lost").
+        # Unknown: keep the file pending rather than risk failing good data (a transient failure
+        # is retried; a permanent one sends the file to failed/ for good).
         return TransientImportError(f"OpenCTI import failed: {text}", work_id=work_id)
 
     def _redact(self, text: str) -> str:
@@ -871,7 +887,8 @@ def escape_json_bytes(data: bytes) -> bytes:
 
 
 def _parse_bundle(data: bytes) -> dict[str, Any]:
-    # The platform's own check (REFERENCE §2): type "bundle" and a non-empty objects list.
+    # The platform's own check (sendStixBundle in opencti-graphql src/domain/stix.js): type
+    # "bundle" and a non-empty objects list.
     try:
         parsed = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:

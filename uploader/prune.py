@@ -1,6 +1,10 @@
-"""``prune``: retention of ``done/`` (issue 7).
+"""``prune``: retention of ``done/``.
 
-Only ``done/`` is ever pruned: its files reached OpenCTI (REFERENCE §4, never delete what has not).
+Only ``done/`` is ever pruned: its files reached OpenCTI, while a file anywhere else may be the only
+copy of data the platform has not got yet. (The diode-import connector's directory retention,
+``DiodeImport._process_directory`` in OpenCTI-Platform/connectors
+``external-import/diode-import/src/diode_import.py``, removes every file older than the retention,
+imported or not; this one does not.)
 ``incoming/``, ``processing/`` and ``failed/`` are never touched. A file's age is the
 ``imported_at`` of its receipt, or its modification time when the receipt is missing or unreadable.
 The bundle is removed before its receipt, so a crash in between never leaves a bundle in ``done/``

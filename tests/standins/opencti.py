@@ -1,14 +1,19 @@
 """A faithful stand-in of the OpenCTI GraphQL API, as much of it as pycti's connector helper uses.
 
-REFERENCE §3. A ``ThreadingHTTPServer`` on 127.0.0.1 answering ``POST /graphql`` with the documents
-pycti 6.5.10 sends (``healthCheck``, ``RegisterConnector``, ``PingConnector``, ``workAdd``, the
-``workEdit`` mutations, ``StixBundlePush``, ``WorkQuery``, ``ConnectorDeletionMutation``), checking
-the bearer token, the connector registration and each bundle as the platform does
-(``sendStixBundle`` in opencti-graphql: ``type`` must be ``bundle``, ``objects`` non-empty, the
-connector must exist; every refusal wrapped as ``UnsupportedError('Invalid bundle')``). Errors have
-the platform's 6.x shape: HTTP 200, ``{"errors": [{"message", "extensions": {"code", "data"}}]}``.
-An unknown operation gets HTTP 400 and a ``GRAPHQL_VALIDATION_FAILED`` error, as Apollo answers a
-document the schema does not know. A body over ``max_body_bytes`` gets 413 (express body-parser).
+A ``ThreadingHTTPServer`` on 127.0.0.1 answering ``POST /graphql`` with the documents pycti 6.5.10
+sends (``health_check`` and ``send_bundle_to_api`` in ``pycti/api/opencti_api_client.py``;
+``register``, ``ping`` and ``unregister`` in ``pycti/api/opencti_api_connector.py``;
+``initiate_work``, ``to_processed`` and ``get_work`` in ``pycti/api/opencti_api_work.py``: the
+operations ``healthCheck``, ``RegisterConnector``, ``PingConnector``, ``workAdd``, the ``workEdit``
+mutations, ``StixBundlePush``, ``WorkQuery``, ``ConnectorDeletionMutation``), with the fields the
+platform's schema gives them (``opencti-platform/opencti-graphql/config/schema/opencti.graphql``),
+checking the bearer token, the connector registration and each bundle as the platform does
+(``sendStixBundle`` in ``opencti-platform/opencti-graphql/src/domain/stix.js``: ``type`` must be
+``bundle``, ``objects`` non-empty, the connector must exist; every refusal wrapped as
+``UnsupportedError('Invalid bundle')``). Errors have the platform's 6.x shape: HTTP 200,
+``{"errors": [{"message", "extensions": {"code", "data"}}]}``. An unknown operation gets HTTP 400
+and a ``GRAPHQL_VALIDATION_FAILED`` error, as Apollo answers a document the schema does not know.
+A body over ``max_body_bytes`` gets 413 (express body-parser).
 
 It records every registration, ping, work and push, and can be told to fail: :meth:`fail`
 (HTTP status, GraphQL error, delay, dropped connection; for one operation or all; N times),

@@ -1,4 +1,9 @@
-"""Opt-in: one import into a real OpenCTI (REFERENCE §2), when OPENCTI_URL and OPENCTI_TOKEN are set.
+"""Opt-in: one import into a real OpenCTI, when OPENCTI_URL and OPENCTI_TOKEN are set.
+
+The other tests talk to the stand-in (:mod:`tests.standins.opencti`); this one shows that a real
+platform accepts the documents of the installed pycti and that its workers complete the work
+(``get_work`` in ``pycti/api/opencti_api_work.py``, status ``complete``). Run it with the pycti
+of the platform's version.
 
 Registers a connector (``CONNECTOR_ID`` or a new UUID) named "ctx-uploader live test" and imports
 one identity under one work, waiting for the platform's workers to complete it.
