@@ -1,17 +1,58 @@
-"""A stand-in for the Cyber Threat Exchange API (``shared/REFERENCE.md`` §1) on 127.0.0.1.
+"""A stand-in for the Cyber Threat Exchange API on 127.0.0.1, built from the server's own code.
 
-A real ``ThreadingHTTPServer`` in a background thread, serving seeded, deterministic, realistic STIX 2.1
-feeds: reports with related SDOs, SCOs, dogesec custom observables (with their
-``extension-definition--`` objects), relationships, and orphan objects that belong to no report.
+A real ``ThreadingHTTPServer`` in a background thread. Its data are stix2arango records made only
+by simulated uploads (:mod:`tests.standins.ctx_world` says which server code each step follows);
+its answers follow ``muchdogesec/cyberthreatexchange`` (newest code first):
 
-It answers ``v1/subscriptions/`` (one inactive subscription included), ``v1/feeds/``,
-``v1/feeds/{id}/``, ``v1/feeds/{id}/objects/`` in the cursor or the page-number style (switchable at
-run time via :attr:`CTXStandIn.style`), and ``v1/feeds/{id}/objects/{id}/bundle/``. Page sizes are
-clamped (50, bundles 100) as the real service does; cursors compare ``_record_modified`` strictly
-greater, and many objects share one ``_record_modified`` across page boundaries.
+* **Listing** ``v1/feeds/{feed}/objects/?added_after=&limit=&types=&show_embedded_refs=``:
+  ``server/arango_helpers.py`` ``make_objects_query``/``get_objects``/``get_limit``. ``limit``:
+  an int clamped to 1…50 (``MAXIMUM_PAGE_SIZE``), anything else ``DEFAULT_PAGE_SIZE`` (50). Two
+  halves, each ``FILTER _record_modified > added_after`` (strings) ``SORT _record_modified ASC
+  LIMIT limit``: the edge collection (relationships only; only when ``types`` is absent or its JSON
+  text contains ``relationship``, as AQL's string ``CONTAINS`` sees an array; ``_is_ref IN
+  [False]``, or ``[True, False]`` with ``show_embedded_refs``, which dogesec_commons'
+  ``query_as_bool`` reads as true for ``true``/``yes``/``1``/``y``) and the vertex collection
+  (everything else, sightings too; ``type IN types``). Their union sorted by ``_record_modified``;
+  ties come back in an order no client can rely on (here: a hash of ``_key``, never the id). Every
+  stored record is listed (all versions; ``_is_latest`` is not filtered). No key starting with
+  ``_``. Answer ``{"objects": [...], "next": <the page's greatest _record_modified, a bare string,
+  or null when the page is empty>, "count": n}``. A page holds up to 2×limit objects; when one half
+  is full, its records between its last one and ``next`` are on no page at all.
+* **Bundle** ``v1/feeds/{feed}/objects/{id}/bundle/?limit=&cursor=&types=&show_embedded_refs=
+  &secondary_relations=&secondary_types=``: ``get_bundle``, ``make_bundle_query``,
+  ``make_cursor_for_next_page``, ``encode_bundle_cursor``/``decode_bundle_cursor``.
+  ``show_embedded_refs`` defaults to **true** here (``is_ref_matcher`` ``[False, None]`` + ``True``).
+  Level-1 edges: the edges whose ``target_ref`` is the object and those whose ``source_ref`` is,
+  each filtered (``_record_modified > cursor.k1``, the other end's type in ``types``) and cut at
+  ``limit`` *without a sort*, i.e. in the order of the persistent index ArangoDB uses
+  (``relation_to``/``relation_from``: by the other end's id), then together sorted by
+  ``_record_modified`` and cut at ``limit``. Objects: every record (all versions) of the vertex and
+  then the edge collection whose id is among the object, the level-1 edges and their other ends,
+  each collection in insertion (``_key``) order, made a dict, so the last record of an id wins: a
+  member can come back in a version that is not its latest. Page 1 starts with the object; then per
+  level-1 edge its other end and the edge. ``next``: the packed cursor, null when fewer than
+  ``limit`` edges came back; ``count``: the number of ids, missing records included (they are
+  silently skipped). An unknown object id: ``200 {"objects": [], "next": null, "count": 1}``.
+  A cursor that does not decode is an unhandled error (500).
+* **Page-number listing** (``style = "page"``): the listing of the views.py at d59a89f2, i.e.
+  ``semantic_search`` of the arango_helpers.py of that time: ``page``/``page_size`` (dogesec_commons
+  ``positive_int``, clamped to 50), ``updated_since`` (``_record_modified >``, strings), latest
+  versions only, no synthetic edges unless ``show_embedded_refs``, only types in that version's
+  ``ALL_SEARCH_TYPES`` (so no threat-actor, vulnerability, note, extension-definition, payment-card…),
+  sorted by ``modified`` descending (objects without ``modified`` last); envelope ``{page_size,
+  page_number, page_results_count, total_results_count, objects}`` whose ``page_size`` is always
+  ``DEFAULT_PAGE_SIZE`` (``execute_query`` passes the class attribute, not the request's size). The
+  bundle stays as above: at d59a89f2 the bundle was already the cursor one (``get_bundle2``).
+* **Hosted layer** (not in the open-source code): the ``v1/`` prefix, header ``API-KEY`` (401
+  without it), ``v1/subscriptions/`` (page-number envelope, list key ``results``, one inactive
+  subscription), ``v1/feeds/``, ``v1/feeds/{id}/``, 403 for a feed not subscribed or not active.
 
-Tests inject faults (:meth:`CTXStandIn.inject`), update reports between passes
-(:meth:`CTXStandIn.update_report`), add hostile ids, and read :attr:`CTXStandIn.requests`.
+Tests inject faults (:meth:`CTXStandIn.inject`), change the data only through uploads
+(:meth:`~CTXStandIn.update_report`, :meth:`~CTXStandIn.upload_old_version`,
+:meth:`~CTXStandIn.add_objects`, :meth:`~CTXStandIn.add_raw`, :meth:`~CTXStandIn.upload`) or the
+server's own in-place update (:meth:`~CTXStandIn.touch_record`), read ground truth
+(:meth:`~CTXStandIn.latest_objects`, :meth:`~CTXStandIn.records`, :meth:`~CTXStandIn.related_ids`)
+and read :attr:`CTXStandIn.requests`.
 
 Standalone, for demos::
 
@@ -22,90 +63,73 @@ from __future__ import annotations
 
 import argparse
 import base64
-import heapq
+import contextlib
+import copy
 import json
-import random
+import struct
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from bisect import bisect_right
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-NS = uuid.UUID("0c7b7f0e-3d7c-4c4e-9c43-6a1f3f0d9a11")
-TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-OBJECTS_MAX = 50
-BUNDLE_MAX = 100
+from tests.standins.ctx_world import (
+    ALL_KINDS,
+    CUSTOM_KINDS,
+    S2A_IDENTITY_ID,
+    SCO_KINDS,
+    SDO_KINDS,
+    TS_FORMAT,
+    Collection,
+    Feed,
+    Run,
+    World,
+    refs_of,
+    strip,
+    synthetic_id,
+    ts,
+)
+
+__all__ = [
+    "ALL_KINDS",
+    "CUSTOM_KINDS",
+    "DEFAULT_API_KEY",
+    "S2A_IDENTITY_ID",
+    "SCO_KINDS",
+    "SDO_KINDS",
+    "TS_FORMAT",
+    "CTXStandIn",
+    "Fault",
+    "Feed",
+    "Request",
+    "decode_bundle_cursor",
+    "encode_bundle_cursor",
+    "refs_of",
+    "synthetic_id",
+    "ts",
+]
+
 DEFAULT_API_KEY = "ctx-standin-key-6f1d2a9b8c"
-
-SDO_KINDS = [
-    "attack-pattern",
-    "campaign",
-    "course-of-action",
-    "grouping",
-    "identity",
-    "incident",
-    "indicator",
-    "infrastructure",
-    "intrusion-set",
-    "location",
-    "malware",
-    "malware-analysis",
-    "note",
-    "observed-data",
-    "opinion",
-    "threat-actor",
-    "tool",
-    "vulnerability",
-]
-SCO_KINDS = [
-    "artifact",
-    "autonomous-system",
-    "directory",
-    "domain-name",
-    "email-addr",
-    "email-message",
-    "file",
-    "ipv4-addr",
-    "ipv6-addr",
-    "mac-addr",
-    "mutex",
-    "network-traffic",
-    "process",
-    "software",
-    "url",
-    "user-account",
-    "windows-registry-key",
-    "x509-certificate",
-]
-CUSTOM_KINDS = [
-    "bank-account",
-    "cryptocurrency-wallet",
-    "payment-card",
-    "phone-number",
-    "user-agent",
-]
-ALL_KINDS = SDO_KINDS + SCO_KINDS + CUSTOM_KINDS
-
-
-def ts(when: datetime) -> str:
-    return when.astimezone(UTC).strftime(TS_FORMAT)
-
-
-@dataclass
-class Feed:
-    """One feed of the stand-in and its objects (``objects`` keyed by id, each with ``_record_*``)."""
-
-    id: str
-    name: str
-    status: str = "active"
-    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
-    report_ids: list[str] = field(default_factory=list)
-    orphan_ids: list[str] = field(default_factory=list)
-    # Extra (possibly hostile) raw objects served in the bundle of a report.
-    bundle_extra: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+#: settings.py ``MAXIMUM_PAGE_SIZE`` / ``DEFAULT_PAGE_SIZE``.
+MAXIMUM_PAGE_SIZE = 50
+DEFAULT_PAGE_SIZE = 50
+BUNDLE2_CURSOR_VERSION = 1
+_CURSOR_HEAD = struct.Struct("!BIIIQ")
+#: ``ALL_SEARCH_TYPES`` of the arango_helpers.py that ``semantic_search`` used (page style), with
+#: dogesec_commons' ``SCO_TYPES``.
+ALL_SEARCH_TYPES = frozenset(
+    {"attack-pattern", "course-of-action", "identity", "marking-definition", "location"}
+    | {"software", "campaign", "intrusion-set", "malware", "tool", "x-mitre-data-component"}
+    | {"x-mitre-data-source", "x-mitre-matrix", "x-mitre-tactic", "x-mitre-asset"}
+    | {"x-mitre-detection-strategy", "x-mitre-analytic", "weakness", "grouping"}
+    | {"x-mitre-collection", "relationship", "sighting", "report", "indicator"}
+    | {"artifact", "autonomous-system", "bank-account", "bank-card", "cryptocurrency-transaction"}
+    | {"cryptocurrency-wallet", "directory", "domain-name", "email-addr", "email-message", "file"}
+    | {"ipv4-addr", "ipv6-addr", "mac-addr", "mutex", "network-traffic", "phone-number"}
+    | {"process", "url", "user-account", "user-agent", "windows-registry-key", "x509-certificate"}
+)
 
 
 @dataclass
@@ -133,158 +157,299 @@ class Request:
     at: float  # time.monotonic() when received
 
 
-class _Generator:
-    """Builds realistic STIX 2.1 objects from a seeded RNG."""
+class _ServerError(Exception):
+    """An exception the real server does not handle: Django answers 500."""
 
-    def __init__(self, rng: random.Random, feed_index: int) -> None:
-        self.rng = rng
-        self.feed_index = feed_index
-        self.clock = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=feed_index)
 
-    def uid(self, kind: str) -> str:
-        return f"{kind}--{uuid.UUID(int=self.rng.getrandbits(128), version=4)}"
+# Query parameters, as dogesec_commons' ArangoDBHelper reads them ---------------------------------
 
-    def tick(self) -> datetime:
-        self.clock += timedelta(
-            seconds=self.rng.randint(1, 3600), microseconds=self.rng.randint(0, 999_999)
+
+def query_as_bool(q: dict[str, str], key: str, default: bool) -> bool:
+    value = q.get(key)
+    if not value:
+        return default
+    return value.lower() in ("true", "yes", "1", "y")
+
+
+def query_as_array(q: dict[str, str], key: str) -> list[str]:
+    value = q.get(key)
+    return value.split(",") if value else []
+
+
+def get_limit(q: dict[str, str]) -> int:
+    limit = DEFAULT_PAGE_SIZE
+    if q.get("limit") is not None:
+        with contextlib.suppress(TypeError, ValueError):
+            limit = int(q["limit"])
+    return max(1, min(MAXIMUM_PAGE_SIZE, limit))
+
+
+def positive_int(text: str | None, cutoff: int | None = None, default: int = 1) -> int:
+    with contextlib.suppress(TypeError, ValueError):
+        value = int(text)  # type: ignore[arg-type]
+        if value <= 0:
+            return default
+        return min(value, cutoff) if cutoff else value
+    return default
+
+
+def encode_bundle_cursor(cursor: dict[str, Any] | None) -> str | None:
+    """``struct "!BIIIQ"`` (version 1, the lengths of k1, kid, k2, index) + the three UTF-8 strings,
+    urlsafe base64 without padding."""
+    if not cursor:
+        return None
+    values = [
+        b"" if cursor.get(k) is None else str(cursor[k]).encode() for k in ("k1", "kid", "k2")
+    ]
+    head = _CURSOR_HEAD.pack(
+        BUNDLE2_CURSOR_VERSION, *map(len, values), int(cursor.get("index") or 0)
+    )
+    return base64.urlsafe_b64encode(head + b"".join(values)).decode("ascii").rstrip("=")
+
+
+def decode_bundle_cursor(cursor: str | None) -> dict[str, Any]:
+    if not cursor:
+        return {}
+    payload = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    version, *lengths, index = _CURSOR_HEAD.unpack(payload[: _CURSOR_HEAD.size])
+    if version != BUNDLE2_CURSOR_VERSION:
+        raise ValueError(f"Unsupported bundle cursor version: {version}")
+    values: list[str | None] = []
+    offset = _CURSOR_HEAD.size
+    for length in lengths:
+        values.append(payload[offset : offset + length].decode() or None)
+        offset += length
+    return {"k1": values[0], "kid": values[1], "k2": values[2], "index": int(index)}
+
+
+# The server's queries --------------------------------------------------------------------------
+
+
+def _after(run: Run | None, added_after: str | None, limit: int) -> list[dict[str, Any]]:
+    if run is None:
+        return []
+    start = 0 if added_after is None else bisect_right(run.times, added_after)
+    return run.records[start : start + limit]
+
+
+def make_objects_page(
+    feed: Feed, types: list[str] | None, added_after: str | None, limit: int, refs: bool
+) -> list[tuple[Collection, dict[str, Any]]]:
+    """``make_objects_query``: the two limited halves, then their union sorted."""
+    page: list[tuple[Collection, dict[str, Any]]] = []
+    if types is None or "relationship" in json.dumps(types):
+        edges = feed.edge.runs().get("refs" if refs else False)
+        page += [(feed.edge, r) for r in _after(edges, added_after, limit)]
+    runs = feed.vertex.runs()
+    if types is None:
+        vertices = _after(runs["all"], added_after, limit)
+    else:
+        found = [r for t in set(types) for r in _after(runs.get(("type", t)), added_after, limit)]
+        vertices = sorted(found, key=feed.vertex.order_key)[:limit]
+    page += [(feed.vertex, r) for r in vertices]
+    page.sort(key=lambda item: item[0].order_key(item[1]))
+    return page
+
+
+def get_objects(feed: Feed, q: dict[str, str]) -> bytes:
+    page = make_objects_page(
+        feed,
+        query_as_array(q, "types") or None,
+        q.get("added_after") or None,
+        get_limit(q),
+        query_as_bool(q, "show_embedded_refs", False),
+    )
+    nxt = page[-1][1]["_record_modified"] if page else None
+    return _envelope(page, nxt, len(page))
+
+
+def _envelope(
+    objects: list[tuple[Collection, dict[str, Any]]], nxt: str | None, count: int
+) -> bytes:
+    parts = b", ".join(collection.json(record) for collection, record in objects)
+    tail = f'], "next": {json.dumps(nxt)}, "count": {count}}}'.encode()
+    return b'{"objects": [' + parts + tail
+
+
+def _level1(
+    feed: Feed,
+    obj_id: str,
+    limit: int,
+    k1: Any,
+    cursor: bool,
+    types: list[str] | None,
+    refs: set[Any],
+) -> list[list[Any]]:
+    ends = feed.edge.ends()
+    found: list[tuple[tuple[str, str], list[Any]]] = []
+    for index, other, type_field in (
+        ("to", "source_ref", "_source_type"),
+        ("from", "target_ref", "_target_type"),
+    ):
+        taken = 0
+        for e in ends[index].get(obj_id, ()):
+            if taken == limit:
+                break
+            if e.get("_is_ref") not in refs:
+                continue
+            # AQL: any string is greater than null, so a cursor without k1 filters nothing.
+            if cursor and k1 is not None and not e["_record_modified"] > k1:
+                continue
+            if types is not None and e.get(type_field) not in types:
+                continue
+            found.append(
+                (feed.edge.order_key(e), [e["_record_modified"], e.get("id"), e.get(other)])
+            )
+            taken += 1
+    found.sort(key=lambda item: item[0])
+    return [edge for _, edge in found[:limit]]
+
+
+def _level2(
+    feed: Feed,
+    level1: list[list[Any]],
+    limit: int,
+    cursor: dict[str, Any],
+    types: list[str] | None,
+    refs: set[Any],
+) -> list[list[Any]]:
+    frm = feed.edge.ends()["from"]
+
+    def edges(source: Any, k2: Any, check_k2: bool) -> list[list[Any]]:
+        out = []
+        for e in frm.get(str(source), ()):
+            if e.get("_is_ref") not in refs or (
+                types is not None and e.get("_target_type") not in types
+            ):
+                continue
+            if check_k2 and k2 is not None and not e["_record_modified"] > k2:
+                continue
+            out.append(
+                [e["_record_modified"], e.get("id"), e.get("source_ref"), e.get("target_ref")]
+            )
+        return out
+
+    with_cursor = edges(cursor["kid"], cursor.get("k2"), True)[:limit] if cursor.get("kid") else []
+    values = sorted({str(edge[2]) for edge in level1})
+    without = [e for v in values for e in edges(v, None, False)][:limit]
+    return sorted(with_cursor + without, key=lambda e: (str(e[2]), e[0]))[:limit]
+
+
+def make_cursor_for_next_page(
+    level1: list[list[Any]], level2: list[list[Any]], limit: int
+) -> tuple[str | None, list[Any]]:
+    by_source: dict[Any, list[list[Any]]] = {}
+    for edge in level2:
+        by_source.setdefault(edge[2], []).append(edge)
+    ids: list[Any] = []
+    seen: set[Any] = set()
+    cursor: dict[str, Any] | None = None
+    pairs = 0
+
+    def add(object_id: Any) -> None:
+        if object_id is not None and object_id not in seen:
+            seen.add(object_id)
+            ids.append(object_id)
+
+    for edge in level1:
+        add(edge[-1])
+        add(edge[1])
+        cursor = {"k1": edge[0], "kid": edge[-1], "k2": None}
+        pairs += 1
+        for e2 in by_source.get(edge[2], []):
+            add(e2[-1])
+            add(e2[1])
+            pairs += 1
+            cursor["k2"] = e2[0]
+            if pairs >= limit:
+                break
+        if pairs >= limit:
+            break
+    return encode_bundle_cursor(cursor if pairs >= limit else None), ids
+
+
+def get_bundle(feed: Feed, obj_id: str, q: dict[str, str]) -> bytes:
+    limit = get_limit(q)
+    try:
+        cursor = decode_bundle_cursor(q.get("cursor"))
+    except (ValueError, struct.error, UnicodeDecodeError) as exc:
+        raise _ServerError(str(exc)) from exc
+    refs: set[Any] = {False, None}
+    if query_as_bool(q, "show_embedded_refs", True):
+        refs.add(True)
+    types = query_as_array(q, "types") or None
+    secondary_types = query_as_array(q, "secondary_types") or types
+    level1 = _level1(feed, obj_id, limit, cursor.get("k1"), bool(cursor), types, refs)
+    level2: list[list[Any]] = []
+    if query_as_bool(q, "secondary_relations", False):
+        level2 = _level2(feed, level1, limit, cursor, secondary_types, refs)
+    wanted = {obj_id, *(e[1] for e in level1), *(e[-1] for e in level1)}
+    wanted |= {v for e in level2 for v in e[1:]}
+    object_map: dict[Any, tuple[Collection, dict[str, Any]]] = {}
+    for collection in (feed.vertex, feed.edge):
+        found = [r for i in wanted for r in collection.by_id.get(i, ())]
+        for record in sorted(found, key=lambda r, c=collection: c.seq[r["_key"]]):
+            object_map[record.get("id")] = (collection, record)
+    nxt, ids = make_cursor_for_next_page(level1, level2, limit)
+    if not cursor:
+        ids.insert(0, obj_id)
+    return _envelope([object_map[i] for i in ids if i in object_map], nxt, len(ids))
+
+
+def semantic_search(feed: Feed, q: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """The page-number listing of d59a89f2 (see the module docstring)."""
+    page = positive_int(q.get("page"))
+    if page >= 2**32:
+        return 400, {"detail": f"invalid page `{page}`"}
+    size = positive_int(q.get("page_size"), cutoff=MAXIMUM_PAGE_SIZE, default=DEFAULT_PAGE_SIZE)
+    since = q.get("updated_since")
+    refs = query_as_bool(q, "show_embedded_refs", False)
+    types = ALL_SEARCH_TYPES
+    if wanted := query_as_array(q, "types"):
+        types = types & set(wanted)
+    hits = []
+    for collection in (feed.vertex, feed.edge):
+        for record in collection.runs()["all"].records:
+            if not record.get("_is_latest") or record.get("type") not in types:
+                continue
+            if (since and not record["_record_modified"] > since) or (
+                not refs and record.get("_is_ref") is True
+            ):
+                continue
+            hits.append((collection, record))
+    field, _, direction = q.get("sort", "modified_descending").rpartition("_")
+    if field in ("modified", "created", "name", "type") and direction in (
+        "ascending",
+        "descending",
+    ):
+        descending = direction == "descending"
+        # AQL sorts null below every string; ties in no defined order (a hash, as the listing).
+        hits.sort(key=lambda h: h[0].tie[h[1]["_key"]])
+        hits.sort(
+            key=lambda h: (h[1].get(field) is not None, str(h[1].get(field))), reverse=descending
         )
-        return self.clock
+    chunk = hits[(page - 1) * size : page * size]
+    return 200, {
+        "page_size": DEFAULT_PAGE_SIZE,
+        "page_number": page,
+        "page_results_count": len(chunk),
+        "total_results_count": len(hits),
+        "objects": [strip(record) for _, record in chunk],
+    }
 
-    def word(self) -> str:
-        return self.rng.choice(
-            [
-                "amber",
-                "basalt",
-                "cobalt",
-                "dune",
-                "ember",
-                "fjord",
-                "garnet",
-                "harbor",
-                "iris",
-                "jade",
-            ]
-        ) + str(self.rng.randint(1, 999))
 
-    def sdo(self, kind: str, identity: str, refs: list[str]) -> dict[str, Any]:
-        when = ts(self.tick())
-        obj: dict[str, Any] = {
-            "type": kind,
-            "spec_version": "2.1",
-            "id": self.uid(kind),
-            "created": when,
-            "modified": when,
-            "created_by_ref": identity,
-        }
-        name = f"{kind} {self.word()}"
-        r = self.rng
-        extra: dict[str, Any] = {
-            "attack-pattern": {
-                "name": name,
-                "external_references": [
-                    {"source_name": "mitre-attack", "external_id": f"T{r.randint(1000, 1999)}"}
-                ],
-            },
-            "campaign": {"name": name, "first_seen": when},
-            "course-of-action": {"name": name, "description": "Block and monitor."},
-            "grouping": {"name": name, "context": "suspicious-activity", "object_refs": refs},
-            "identity": {
-                "name": name,
-                "identity_class": "organization",
-                "sectors": ["financial-services"],
-            },
-            "incident": {"name": name, "description": "Observed intrusion."},
-            "indicator": {
-                "name": name,
-                "indicator_types": ["malicious-activity"],
-                "pattern": f"[ipv4-addr:value = '198.51.100.{r.randint(1, 254)}']",
-                "pattern_type": "stix",
-                "valid_from": when,
-            },
-            "infrastructure": {"name": name, "infrastructure_types": ["command-and-control"]},
-            "intrusion-set": {"name": name, "aliases": [self.word()]},
-            "location": {
-                "name": name,
-                "region": "europe",
-                "country": r.choice(["DE", "FR", "GB", "NL"]),
-            },
-            "malware": {"name": name, "is_family": True, "malware_types": ["ransomware"]},
-            "malware-analysis": {
-                "product": "sandbox",
-                "result": "malicious",
-                "analysis_started": when,
-            },
-            "note": {"abstract": name, "content": "Analyst note.", "object_refs": refs},
-            "observed-data": {
-                "first_observed": when,
-                "last_observed": when,
-                "number_observed": r.randint(1, 50),
-                "object_refs": refs,
-            },
-            "opinion": {"opinion": "agree", "explanation": "Confirmed.", "object_refs": refs},
-            "threat-actor": {"name": name, "threat_actor_types": ["crime-syndicate"]},
-            "tool": {"name": name, "tool_types": ["remote-access"]},
-            "vulnerability": {
-                "name": f"CVE-2024-{r.randint(1000, 99999)}",
-                "external_references": [
-                    {"source_name": "cve", "external_id": f"CVE-2024-{r.randint(1000, 99999)}"}
-                ],
-            },
-        }[kind]
-        obj.update(extra)
-        return obj
-
-    def sco(self, kind: str, ext_ids: dict[str, str]) -> dict[str, Any]:
-        r = self.rng
-        obj: dict[str, Any] = {"type": kind, "spec_version": "2.1", "id": self.uid(kind)}
-        hexes = "".join(r.choice("0123456789abcdef") for _ in range(64))
-        extra: dict[str, Any] = {
-            "artifact": {
-                "mime_type": "application/octet-stream",
-                "payload_bin": base64.b64encode(hexes.encode()).decode(),
-            },
-            "autonomous-system": {"number": r.randint(1, 65000), "name": f"AS {self.word()}"},
-            "directory": {"path": f"C:\\Users\\{self.word()}\\AppData"},
-            "domain-name": {"value": f"{self.word()}.example.com"},
-            "email-addr": {"value": f"{self.word()}@example.org"},
-            "email-message": {"is_multipart": False, "subject": f"Invoice {self.word()}"},
-            "file": {"name": f"{self.word()}.exe", "hashes": {"SHA-256": hexes}},
-            "ipv4-addr": {"value": f"203.0.113.{r.randint(1, 254)}"},
-            "ipv6-addr": {"value": f"2001:db8::{r.randint(1, 65535):x}"},
-            "mac-addr": {"value": ":".join(f"{r.randint(0, 255):02x}" for _ in range(6))},
-            "mutex": {"name": f"Global\\{self.word()}"},
-            "network-traffic": {"protocols": ["tcp"], "dst_port": r.randint(1, 65535)},
-            "process": {"pid": r.randint(100, 9999), "command_line": f"{self.word()}.exe -k"},
-            "software": {"name": self.word(), "vendor": "Example Corp", "version": "1.0"},
-            "url": {"value": f"https://{self.word()}.example.net/payload"},
-            "user-account": {"user_id": str(r.randint(1000, 9999)), "account_login": self.word()},
-            "windows-registry-key": {"key": f"HKEY_LOCAL_MACHINE\\Software\\{self.word()}"},
-            "x509-certificate": {
-                "serial_number": hexes[:16],
-                "issuer": "CN=Example CA",
-                "subject": f"CN={self.word()}",
-            },
-            "bank-account": {"iban": f"DE{r.randint(10**19, 10**20 - 1)}", "bank": "Example Bank"},
-            "cryptocurrency-wallet": {"value": "bc1q" + hexes[:38]},
-            "payment-card": {"value": str(r.randint(4 * 10**15, 5 * 10**15 - 1)), "scheme": "VISA"},
-            "phone-number": {"number": f"+4930{r.randint(1000000, 9999999)}", "country": "DE"},
-            "user-agent": {"string": f"Mozilla/5.0 ({self.word()})"},
-        }[kind]
-        obj.update(extra)
-        if kind in CUSTOM_KINDS:
-            obj["extensions"] = {ext_ids[kind]: {"extension_type": "new-sco"}}
-        return obj
-
-    def make(
-        self, kind: str, identity: str, refs: list[str], ext_ids: dict[str, str]
-    ) -> dict[str, Any]:
-        if kind in SDO_KINDS:
-            return self.sdo(kind, identity, refs)
-        return self.sco(kind, ext_ids)
+# The server ----------------------------------------------------------------------------------
 
 
 class CTXStandIn:
-    """The stand-in server. Use as a context manager; ``base_url`` and ``api_key`` for clients."""
+    """The stand-in server. Use as a context manager; ``base_url`` and ``api_key`` for clients.
+
+    ``versions`` reports get a second version some uploads later (default ``reports // 5``);
+    ``old_versions`` reports get, last of all, a version whose ``modified`` is older than their
+    latest (default 1 from 5 reports on); every ``tie_every``-th record of an upload shares the
+    previous record's ``_record_modified`` (0: strictly increasing); ``big_reports`` reports have
+    55–130 members (default ``reports // 50``). The feed identity is touched half-way through.
+    """
 
     def __init__(
         self,
@@ -295,27 +460,27 @@ class CTXStandIn:
         seed: int = 1,
         api_key: str = DEFAULT_API_KEY,
         port: int = 0,
+        versions: int | None = None,
+        old_versions: int | None = None,
+        tie_every: int = 0,
+        big_reports: int | None = None,
     ) -> None:
         self.api_key = api_key
         self.style = "cursor"
-        # When set, cursor-style ``next`` values are full URLs with this prefix (scheme://host:port).
-        self.next_url_origin: str | None = None
         self.requests: list[Request] = []
         self.faults: list[Fault] = []
         self._lock = threading.RLock()
-        self._rng = random.Random(seed)
-        self.feeds: dict[str, Feed] = {}
-        self._gens: dict[str, _Generator] = {}
-        for index in range(feeds + 1):
-            feed_id = str(uuid.uuid5(NS, f"feed-{seed}-{index}"))
-            inactive = index == feeds
-            feed = Feed(
-                feed_id,
-                f"Stand-in feed {index}" + (" (inactive)" if inactive else ""),
-                status="inactive" if inactive else "active",
-            )
-            self.feeds[feed_id] = feed
-            self._populate(feed, index, reports, orphans, seed)
+        self._world = World(
+            feeds=feeds,
+            reports=reports,
+            orphans=orphans,
+            seed=seed,
+            versions=reports // 5 if versions is None else versions,
+            old_versions=int(reports >= 5) if old_versions is None else old_versions,
+            tie_every=tie_every,
+            big_reports=reports // 50 if big_reports is None else big_reports,
+        )
+        self.feeds: dict[str, Feed] = self._world.feeds
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
         self._server.daemon_threads = True
         self._server.standin = self  # type: ignore[attr-defined]
@@ -335,8 +500,9 @@ class CTXStandIn:
         return f"http://{host}:{port}/"
 
     def start(self) -> CTXStandIn:
+        # A short poll so that stop() (shutdown) does not wait half a second per stand-in.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="ctx-standin", daemon=True
+            target=self._server.serve_forever, args=(0.05,), name="ctx-standin", daemon=True
         )
         self._thread.start()
         return self
@@ -353,165 +519,51 @@ class CTXStandIn:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # Data -----------------------------------------------------------------------------------
+    # Changes: only what an upload or the server itself does -----------------------------------
 
-    def _populate(self, feed: Feed, index: int, reports: int, orphans: int, seed: int) -> None:
-        gen = _Generator(random.Random(f"{seed}-{index}"), index)
-        self._gens[feed.id] = gen
-        created: list[dict[str, Any]] = []
-        identity = gen.sdo("identity", "", [])
-        identity.pop("created_by_ref")
-        identity["name"] = f"CTX producer {index}"
-        created.append(identity)
-        ext_ids: dict[str, str] = {}
-        for kind in CUSTOM_KINDS:
-            when = ts(gen.tick())
-            ext = {
-                "type": "extension-definition",
-                "spec_version": "2.1",
-                "id": f"extension-definition--{uuid.uuid5(NS, kind)}",
-                "created": when,
-                "modified": when,
-                "created_by_ref": identity["id"],
-                "name": kind,
-                "description": f"dogesec custom observable {kind}",
-                "schema": f"https://raw.githubusercontent.com/muchdogesec/stix2extensions/main/schemas/scos/{kind}.json",
-                "version": "1.0",
-                "extension_types": ["new-sco"],
-            }
-            ext_ids[kind] = ext["id"]
-            created.append(ext)
-        kind_cursor = 0
-        for _ in range(reports):
-            members: list[dict[str, Any]] = []
-            for _k in range(9):
-                kind = ALL_KINDS[kind_cursor % len(ALL_KINDS)]
-                kind_cursor += 1
-                if kind == "identity":
-                    kind = ALL_KINDS[kind_cursor % len(ALL_KINDS)]
-                    kind_cursor += 1
-                refs = [m["id"] for m in members[-2:]] or [identity["id"]]
-                members.append(gen.make(kind, identity["id"], refs, ext_ids))
-            if kind_cursor % 4 == 0:
-                # Some reports also carry a second identity, so that kind is in report bundles too.
-                members.append(gen.sdo("identity", identity["id"], []))
-            sdos = [m for m in members if m["type"] in SDO_KINDS]
-            scos = [m for m in members if m["type"] not in SDO_KINDS]
-            rels = []
-            for source, target in zip(sdos, (scos + sdos[1:])[: len(sdos)], strict=False):
-                when = ts(gen.tick())
-                rels.append(
-                    {
-                        "type": "relationship",
-                        "spec_version": "2.1",
-                        "id": gen.uid("relationship"),
-                        "created": when,
-                        "modified": when,
-                        "created_by_ref": identity["id"],
-                        "relationship_type": "related-to",
-                        "source_ref": source["id"],
-                        "target_ref": target["id"],
-                    }
-                )
-            when_dt = gen.tick()
-            when = ts(when_dt)
-            report = {
-                "type": "report",
-                "spec_version": "2.1",
-                "id": gen.uid("report"),
-                "created": when,
-                "modified": when,
-                "created_by_ref": identity["id"],
-                "name": f"Report {gen.word()}",
-                "description": "Threat report generated by the CTX stand-in.",
-                "published": when,
-                "report_types": ["threat-report"],
-                "labels": ["stand-in"],
-                "object_refs": [m["id"] for m in members + rels],
-                "external_references": [
-                    {
-                        "source_name": "cyberthreatexchange",
-                        "url": f"https://example.invalid/{gen.word()}",
-                    }
-                ],
-            }
-            created.extend(members + rels + [report])
-            feed.report_ids.append(report["id"])
-        for _ in range(orphans):
-            kind = ALL_KINDS[kind_cursor % len(ALL_KINDS)]
-            kind_cursor += 1
-            obj = gen.make(kind, identity["id"], [identity["id"]], ext_ids)
-            created.append(obj)
-            feed.orphan_ids.append(obj["id"])
-        # Record times in groups that share one _record_modified (up to 40 objects, so groups straddle
-        # the 50-object page boundary), as CTX's bulk indexing does.
-        record = datetime(2025, 3, 1, tzinfo=UTC) + timedelta(days=index)
-        position = 0
-        while position < len(created):
-            size = gen.rng.choice([1, 2, 3, 7, 13, 29, 40])
-            record += timedelta(
-                seconds=gen.rng.randint(1, 600), microseconds=gen.rng.randint(0, 999_999)
-            )
-            for obj in created[position : position + size]:
-                obj["_record_created"] = ts(record)
-                obj["_record_modified"] = ts(record)
-            position += size
-        for obj in created:
-            feed.objects[obj["id"]] = obj
-
-    def _next_record_time(self, feed: Feed) -> datetime:
-        newest = max(
-            datetime.strptime(o["_record_modified"], TS_FORMAT) for o in feed.objects.values()
-        )
-        return newest.replace(tzinfo=UTC) + timedelta(seconds=1, microseconds=123)
+    def upload(
+        self, feed_id: str, objects: list[dict[str, Any]], *, same_time: bool = False
+    ) -> list[str]:
+        """One bundle upload (CTX's checks, then stix2arango); the ids that got a new record."""
+        with self._lock:
+            feed = self.feeds[feed_id]
+            return self._world.upload(feed, copy.deepcopy(objects), same_time=same_time)
 
     def update_report(self, feed_id: str, report_id: str | None = None) -> str:
-        """Change a report's content and bump its ``modified`` and ``_record_modified``."""
+        """Upload a new version of a report: later ``modified``, changed description."""
         with self._lock:
             feed = self.feeds[feed_id]
-            report_id = report_id or feed.report_ids[0]
-            report = feed.objects[report_id]
-            record = self._next_record_time(feed)
-            modified = datetime.strptime(report["modified"], TS_FORMAT).replace(tzinfo=UTC)
-            report["modified"] = ts(max(modified + timedelta(days=1), record))
-            report["description"] = f"{report['description']} Updated."
-            report["_record_modified"] = ts(record)
-            return report_id
+            return self._world.update_report(feed, report_id or feed.report_ids[0])
 
-    def touch_record(self, feed_id: str, object_id: str) -> None:
-        """Bump only ``_record_modified`` (CTX re-indexing without a content change)."""
+    def upload_old_version(self, feed_id: str, object_id: str) -> str:
+        """Upload a version whose ``modified`` is older than the latest: a new, newest record that
+        is not ``_is_latest``."""
         with self._lock:
-            feed = self.feeds[feed_id]
-            feed.objects[object_id]["_record_modified"] = ts(self._next_record_time(feed))
+            return self._world.upload_old_version(self.feeds[feed_id], object_id)
+
+    def touch_record(self, feed_id: str, object_id: str, *, whole_second: bool = False) -> str:
+        """Bump ``_record_modified`` of every record of the id in place, no content change (CTX's
+        ``update_identities`` does this to the feed identity); returns the new value."""
+        with self._lock:
+            return self._world.touch_record(
+                self.feeds[feed_id], object_id, whole_second=whole_second
+            )
 
     def add_objects(self, feed_id: str, count: int, *, same_record_time: bool = True) -> list[str]:
-        """Add ``count`` orphan indicators, all sharing one ``_record_modified`` by default."""
+        """One upload of ``count`` orphan indicators (one ``_record_modified`` for all of its
+        records by default)."""
         with self._lock:
             feed = self.feeds[feed_id]
-            gen = self._gens[feed_id]
-            record = self._next_record_time(feed)
-            identity = next(o["id"] for o in feed.objects.values() if o["type"] == "identity")
-            ids = []
-            for i in range(count):
-                obj = gen.sdo("indicator", identity, [])
-                when = record if same_record_time else record + timedelta(seconds=i)
-                obj["_record_created"] = obj["_record_modified"] = ts(when)
-                feed.objects[obj["id"]] = obj
-                feed.orphan_ids.append(obj["id"])
-                ids.append(obj["id"])
+            objs = self._world.producers[feed_id].orphans(count, kinds=["indicator"])
+            self._world.upload(feed, objs, same_time=same_record_time)
+            ids = [o["id"] for o in objs]
+            feed.orphan_ids += ids
             return ids
 
     def add_raw(self, feed_id: str, obj: dict[str, Any]) -> None:
-        """Add an object as is (hostile ids included), newest in the feed."""
+        """Store ``obj`` as an upload would, without CTX's validation (hostile ids included)."""
         with self._lock:
-            feed = self.feeds[feed_id]
-            obj.setdefault("_record_modified", ts(self._next_record_time(feed)))
-            feed.objects[obj["id"]] = obj
-
-    def add_to_bundle(self, feed_id: str, report_id: str, obj: dict[str, Any]) -> None:
-        """Serve ``obj`` as is in the bundle of ``report_id`` (for hostile-id tests)."""
-        with self._lock:
-            self.feeds[feed_id].bundle_extra.setdefault(report_id, []).append(obj)
+            self._world.upload(self.feeds[feed_id], [copy.deepcopy(obj)], checked=False)
 
     def inject(self, kind: str, *, path_contains: str = "", times: int = 1, **kwargs: Any) -> Fault:
         """Serve a fault ``times`` times on requests whose path contains ``path_contains``."""
@@ -520,20 +572,58 @@ class CTXStandIn:
             self.faults.append(fault)
         return fault
 
-    def report_bundle_ids(self, feed_id: str, report_id: str) -> set[str]:
-        """Ids a correct report bundle file holds: the report and everything its bundle serves."""
+    # Ground truth -------------------------------------------------------------------------------
+
+    def object(self, feed_id: str, object_id: str) -> dict[str, Any]:
+        """The latest version of an object, without underscore keys."""
         with self._lock:
-            feed = self.feeds[feed_id]
-            return {o["id"] for o in self._bundle_objects(feed, report_id)} | {report_id}
+            record = self.feeds[feed_id].latest_record(object_id)
+            if record is None:
+                raise KeyError(object_id)
+            return copy.deepcopy(strip(record))
+
+    def latest_objects(self, feed_id: str) -> dict[str, dict[str, Any]]:
+        """The latest version of every object that is not a synthetic relationship."""
+        with self._lock:
+            latest = self.feeds[feed_id].objects
+            return {i: copy.deepcopy(strip(r)) for i, r in latest.items()}
 
     def expected_ids(self, feed_id: str) -> set[str]:
-        """Every id of the feed (what a complete import must hold)."""
+        """Every id a complete import of the feed holds (synthetic relationships excluded)."""
         with self._lock:
             return set(self.feeds[feed_id].objects)
 
-    def object(self, feed_id: str, object_id: str) -> dict[str, Any]:
+    def records(self, feed_id: str) -> list[dict[str, Any]]:
+        """Every stored record (all versions, synthetic edges too, underscore keys included), in
+        listing order."""
         with self._lock:
-            return json.loads(json.dumps(self.feeds[feed_id].objects[object_id]))
+            feed = self.feeds[feed_id]
+            both = [(c, r) for c in (feed.vertex, feed.edge) for r in c.by_key.values()]
+            both.sort(key=lambda item: item[0].order_key(item[1]))
+            return [copy.deepcopy(r) for _, r in both]
+
+    def report_ids(self, feed_id: str) -> list[str]:
+        with self._lock:
+            return list(self.feeds[feed_id].report_ids)
+
+    def synthetic_ids(self, feed_id: str) -> set[str]:
+        """Ids of stix2arango's embedded-ref relationships (``_is_ref: True``)."""
+        with self._lock:
+            edges = self.feeds[feed_id].edge.by_key.values()
+            return {r["id"] for r in edges if r.get("_is_ref") is True}
+
+    def related_ids(self, feed_id: str, object_id: str, *, embedded: bool = True) -> set[str]:
+        """What a complete bundle of the object holds: the object, every stored edge touching it
+        (synthetic ones with ``embedded``) and each edge's other end that is stored."""
+        with self._lock:
+            feed = self.feeds[feed_id]
+            ends = feed.edge.ends()
+            ids = {object_id}
+            for index, other in (("to", "source_ref"), ("from", "target_ref")):
+                for e in ends[index].get(object_id, ()):
+                    if embedded or e.get("_is_ref") is not True:
+                        ids |= {e.get("id"), e.get(other)}
+            return {i for i in ids if i in feed.vertex.by_id or i in feed.edge.by_id}
 
     def queries(self, path_contains: str = "") -> list[Request]:
         with self._lock:
@@ -580,11 +670,18 @@ class CTXStandIn:
             req.send_json(401, {"detail": "Invalid API key."})
             return
         parts = [p for p in path.split("/") if p]
-        with self._lock:
-            status, body = self._route(parts, query)
-        req.send_json(status, body)
+        try:
+            with self._lock:
+                status, body = self._route(parts, query)
+        except _ServerError:
+            req.send_raw(500, b"<h1>Server Error (500)</h1>", "text/html")
+            return
+        if isinstance(body, bytes):
+            req.send_raw(status, body, "application/json")
+        else:
+            req.send_json(status, body)
 
-    def _route(self, parts: list[str], q: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    def _route(self, parts: list[str], q: dict[str, str]) -> tuple[int, Any]:
         if parts[:1] != ["v1"]:
             return 404, {"detail": "Not found."}
         rest = parts[1:]
@@ -596,10 +693,10 @@ class CTXStandIn:
                 }
                 for f in self.feeds.values()
             ]
-            return 200, self._numbered(items, q, "results", OBJECTS_MAX)
+            return 200, _numbered(items, q, "results")
         if rest == ["feeds"]:
             items = [{"id": f.id, "name": f.name} for f in self.feeds.values()]
-            return 200, self._numbered(items, q, "feeds", OBJECTS_MAX)
+            return 200, _numbered(items, q, "feeds")
         if len(rest) < 2 or rest[0] != "feeds":
             return 404, {"detail": "Not found."}
         feed = self.feeds.get(rest[1])
@@ -608,90 +705,29 @@ class CTXStandIn:
         if len(rest) == 2:
             return 200, {"id": feed.id, "name": feed.name}
         if rest[2:] == ["objects"]:
-            return 200, self._objects(feed, q)
+            if self.style == "page":
+                return semantic_search(feed, q)
+            return 200, get_objects(feed, q)
         if len(rest) == 5 and rest[2] == "objects" and rest[4] == "bundle":
-            if rest[3] not in feed.objects:
-                return 404, {"detail": "Not found."}
-            return 200, self._bundle(feed, rest[3], q)
+            return 200, get_bundle(feed, rest[3], q)
         return 404, {"detail": "Not found."}
 
-    def _numbered(
-        self, items: list[Any], q: dict[str, str], key: str, maximum: int
-    ) -> dict[str, Any]:
-        size = max(1, min(int(q.get("page_size") or maximum), maximum))
-        number = max(1, int(q.get("page") or 1))
-        chunk = items[(number - 1) * size : number * size]
-        return {
-            "page_size": size,
-            "page_number": number,
-            "page_results_count": len(chunk),
-            "total_results_count": len(items),
-            key: chunk,
-        }
 
-    def _objects(self, feed: Feed, q: dict[str, str]) -> dict[str, Any]:
-        items = list(feed.objects.values())
-        if q.get("types"):
-            wanted = set(q["types"].split(","))
-            items = [o for o in items if o.get("type") in wanted]
-        if self.style == "page":
-            if q.get("updated_since"):
-                items = [o for o in items if o["_record_modified"] > q["updated_since"]]
-            items.sort(key=_listing_order)
-            return self._numbered(items, q, "objects", OBJECTS_MAX)
-        if q.get("added_after"):
-            items = [o for o in items if o["_record_modified"] > q["added_after"]]
-        limit = max(1, min(int(q.get("limit") or OBJECTS_MAX), OBJECTS_MAX))
-        # Only the page is sorted out of the rest (a sort of the whole feed per request made the
-        # stand-in, not the client, the bottleneck of parallel listings in make bench).
-        chunk = heapq.nsmallest(limit, items, key=_listing_order)
-        nxt: str | None = chunk[-1]["_record_modified"] if chunk else None
-        if nxt is not None and self.next_url_origin is not None:
-            params = {"added_after": nxt, "limit": limit}
-            if q.get("types"):
-                params["types"] = q["types"]
-            nxt = f"{self.next_url_origin}/v1/feeds/{feed.id}/objects/?{urlencode(params)}"
-        return {"objects": chunk, "next": nxt, "size": len(chunk)}
-
-    def _bundle_objects(self, feed: Feed, object_id: str) -> list[dict[str, Any]]:
-        root = feed.objects[object_id]
-        ids: set[str] = set(root.get("object_refs", []))
-        if root.get("created_by_ref"):
-            ids.add(root["created_by_ref"])
-        ids |= {o["id"] for o in feed.objects.values() if object_id in o.get("object_refs", [])}
-        # The real service includes the object itself in some answers and not in others.
-        if int(object_id[-1], 16) % 2 == 0:
-            ids.add(object_id)
-        members = [feed.objects[i] for i in ids if i in feed.objects]
-        for member in list(members):
-            for ext in member.get("extensions", {}):
-                if ext in feed.objects:
-                    members.append(feed.objects[ext])
-        unique = {o["id"]: o for o in members}
-        return sorted(unique.values(), key=lambda o: o["id"]) + feed.bundle_extra.get(object_id, [])
-
-    def _bundle(self, feed: Feed, object_id: str, q: dict[str, str]) -> dict[str, Any]:
-        items = self._bundle_objects(feed, object_id)
-        if self.style == "page":
-            return self._numbered(items, q, "objects", OBJECTS_MAX)
-        limit = max(1, min(int(q.get("limit") or BUNDLE_MAX), BUNDLE_MAX))
-        offset = 0
-        if q.get("cursor"):
-            offset = int(base64.urlsafe_b64decode(q["cursor"].encode()).decode().split(":")[1])
-        chunk = items[offset : offset + limit]
-        more = offset + limit < len(items)
-        token = (
-            base64.urlsafe_b64encode(f"offset:{offset + limit}".encode()).decode() if more else None
-        )
-        return {"objects": chunk, "next": token, "count": len(chunk)}
-
-
-def _listing_order(obj: dict[str, Any]) -> tuple[str, str]:
-    return obj["_record_modified"], obj["id"]
+def _numbered(items: list[Any], q: dict[str, str], key: str) -> dict[str, Any]:
+    size = positive_int(q.get("page_size"), cutoff=MAXIMUM_PAGE_SIZE, default=DEFAULT_PAGE_SIZE)
+    number = positive_int(q.get("page"))
+    chunk = items[(number - 1) * size : number * size]
+    return {
+        "page_size": size,
+        "page_number": number,
+        "page_results_count": len(chunk),
+        "total_results_count": len(items),
+        key: chunk,
+    }
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server_version = "CTXStandIn/1.0"
+    server_version = "CTXStandIn/2.0"
     # Headers and body are two writes: without TCP_NODELAY the body can wait for a delayed ACK
     # (see the OpenCTI stand-in); latency is what inject("latency") adds, nothing more.
     disable_nagle_algorithm = True
@@ -738,6 +774,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reports", type=int, default=30)
     parser.add_argument("--orphans", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--tie-every", type=int, default=0)
     parser.add_argument("--api-key", default=DEFAULT_API_KEY)
     parser.add_argument("--style", choices=["cursor", "page"], default="cursor")
     args = parser.parse_args(argv)
@@ -748,6 +785,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         api_key=args.api_key,
         port=args.port,
+        tie_every=args.tie_every,
     )
     standin.style = args.style
     print(f"base_url={standin.base_url}", flush=True)
