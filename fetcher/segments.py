@@ -29,6 +29,7 @@ from fetcher.walk import (
     Step,
     Walk,
     format_record_time,
+    just_below,
     open_walk,
     parse_record_time,
 )
@@ -83,6 +84,10 @@ class ListingReader:
         first = open_walk(client, feed_id, cursor)
         self.paged = isinstance(first, NumberedWalk)
         self._segments = [Segment(first, cursor)]
+        # The checkpoint never passes the newest record time the server has shown: a segment
+        # that found nothing ends at its start, a time this machine's clock chose, and records
+        # the server stores later may still get a time below it.
+        self._cap = cursor
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._queue: queue.Queue[Item | BaseException | None] = queue.Queue(maxsize=buffered)
@@ -212,6 +217,10 @@ class ListingReader:
                 segment.applied = item.step.resume
             if item.step.done:
                 segment.finished = True
+            if item.step.proxy is not None:
+                seen = just_below(item.step.proxy) or item.step.proxy
+                if self._cap is None or seen > self._cap:
+                    self._cap = seen
 
     def checkpoint(self) -> str | None:
         """The cursor to save: every record at or before it has been applied. None: none yet."""
@@ -220,10 +229,12 @@ class ListingReader:
         with self._cond:
             position: str | None = None
             for segment in self._segments:
-                if not segment.finished:
-                    return segment.applied
                 position = segment.applied
-            return position
+                if not segment.finished:
+                    break
+            if position is None or self._cap is None:
+                return None
+            return min(position, self._cap)
 
     def close(self) -> None:
         self._stop.set()
