@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
 import pytest
 
-from fetcher.client import OBJECTS_PAGE_SIZE
 from tests.fetcher.helpers import cursors, invoke, spool_files
 from tests.standins.ctx import CTXStandIn
 
@@ -33,10 +33,10 @@ def test_5xx_and_dropped_connections_recover(
     standin: CTXStandIn, env: dict[str, str], spool_dir: Path
 ) -> None:
     standin.inject("status", path_contains="/subscriptions/", status=503)
-    standin.inject("status", path_contains="/objects/", status=502, times=2)
-    standin.inject("drop", path_contains="/bundle/", times=2)
-    standin.inject("status", path_contains="/bundle/", status=500)
-    standin.inject("latency", path_contains="/bundle/", delay=0.2, times=3)
+    standin.inject("status", path_contains="/objects/", status=502)
+    standin.inject("drop", path_contains="/objects/")
+    standin.inject("status", path_contains="/objects/", status=500)
+    standin.inject("latency", path_contains="/objects/", delay=0.2, times=3)
 
     result = invoke(["once"], env)
 
@@ -59,7 +59,7 @@ def test_5xx_beyond_retries_fails_the_feed_and_keeps_its_cursor(
     assert f"feed {feed_id} failed: CTX answered 503" in result.output
     assert not [k for k in cursors(spool_dir) if k[0] == feed_id]
     other = standin.active_feed_ids[1]
-    assert (other, "reports") in cursors(spool_dir)
+    assert (other, "listing") in cursors(spool_dir)
 
 
 def test_wrong_key_401_fails_every_feed_without_leaking_the_key(
@@ -107,16 +107,17 @@ def test_malformed_json_fails_the_feed_without_moving_its_cursor(
     saved = cursors(spool_dir)
     before = set(spool_files(spool_dir))
     feed_id = standin.active_feed_ids[0]
-    report_id = standin.update_report(feed_id)
-    standin.inject("malformed", path_contains=f"{report_id}/bundle/")
+    standin.update_report(feed_id)
+    standin.inject("malformed", path_contains=f"{feed_id}/objects/", times=50)
 
     result = invoke(["once"], env)
 
     assert result.exit_code == 1
     assert f"feed {feed_id} failed: CTX answer for" in result.output
     assert "is not valid JSON" in result.output
-    assert cursors(spool_dir)[(feed_id, "reports")] == saved[(feed_id, "reports")]
+    assert cursors(spool_dir)[(feed_id, "listing")] == saved[(feed_id, "listing")]
     assert set(spool_files(spool_dir)) == before
+    standin.faults.clear()
 
     assert invoke(["once"], env).exit_code == 0
     assert len(set(spool_files(spool_dir)) - before) == 1
@@ -130,68 +131,42 @@ def _outside_spool(tmp_path: Path, spool_dir: Path) -> list[Path]:
     ]
 
 
-def test_hostile_ids_are_refused(
+def test_hostile_ids_are_left_out_and_the_feed_goes_on(
     standin: CTXStandIn, env: dict[str, str], spool_dir: Path, tmp_path: Path
 ) -> None:
-    hostile_feed, hostile_bundle_feed = standin.active_feed_ids
-    standin.add_raw(
-        hostile_feed,
-        {
-            "type": "report",
-            "spec_version": "2.1",
-            "id": "report--../../etc",
-            "created": "2025-01-01T00:00:00.000Z",
-            "modified": "2025-01-01T00:00:00.000Z",
-            "name": "escape",
-            "object_refs": [],
-        },
-    )
-    report_id = standin.feeds[hostile_bundle_feed].report_ids[0]
-    standin.add_to_bundle(
-        hostile_bundle_feed,
-        report_id,
-        {"type": "indicator", "id": "indicator--../../../x", "spec_version": "2.1"},
-    )
+    feed_id = standin.active_feed_ids[0]
+    for bad in ("report--../../etc", "indicator--../../../x", "/etc/passwd"):
+        standin.add_raw(
+            feed_id,
+            {
+                "type": bad.split("--")[0],
+                "spec_version": "2.1",
+                "id": bad,
+                "created": "2025-01-01T00:00:00.000Z",
+                "modified": "2025-01-01T00:00:00.000Z",
+            },
+        )
+    standin.add_raw(feed_id, {"type": "indicator", "spec_version": "2.1"})
 
     result = invoke(["once"], env)
 
-    assert result.exit_code == 1
+    # One bad record must not stop a feed: it is left out with an error naming it, and every
+    # other object of the feed is written.
+    assert result.exit_code == 0, result.output
     assert "refusing STIX id 'report--../../etc'" in result.output
     assert "refusing STIX id 'indicator--../../../x'" in result.output
     assert _outside_spool(tmp_path, spool_dir) == []
+    written: set[str] = set()
     for path in spool_files(spool_dir):
         assert path.resolve().is_relative_to((spool_dir / "incoming").resolve())
-    assert not any(report_id in p.name for p in spool_files(spool_dir))
-    assert not [k for k in cursors(spool_dir) if k[0] == hostile_feed]
-
-
-def test_next_url_on_another_host_is_never_followed(
-    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
-) -> None:
-    feed_id = standin.active_feed_ids[0]
-    # A full page sharing one timestamp makes the client take the server's ``next``.
-    standin.add_objects(feed_id, OBJECTS_PAGE_SIZE + 5)
-    standin.next_url_origin = "http://127.0.0.2:9"
-
-    result = invoke(["once"], env)
-
-    assert result.exit_code == 1
-    assert f"feed {feed_id} failed: refusing to follow a next link to another host" in (
-        result.output
-    )
-
-
-def test_next_url_on_the_same_host_is_followed(
-    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
-) -> None:
-    feed_id = standin.active_feed_ids[0]
-    standin.add_objects(feed_id, OBJECTS_PAGE_SIZE + 5, same_record_time=True)
-    standin.next_url_origin = standin.base_url.rstrip("/")
-
-    result = invoke(["once"], env)
-
-    assert result.exit_code == 0, result.output
-    assert any(r.query.get("added_after") for r in standin.queries(f"{feed_id}/objects/"))
+        written.update(o["id"] for o in json.loads(path.read_bytes())["objects"])
+    assert set(standin.latest_objects(feed_id)) <= written | {
+        "report--../../etc",
+        "indicator--../../../x",
+        "/etc/passwd",
+        "None",  # the stand-in's key for the record without an id
+    }
+    assert (feed_id, "listing") in cursors(spool_dir)
 
 
 def test_api_key_absent_from_logs_spool_and_state(
@@ -244,22 +219,3 @@ def test_huge_retry_after_is_capped(
     assert result.exit_code == 0, result.output
     first, second = standin.queries("/subscriptions/")[:2]
     assert 0.45 <= second.at - first.at < 30
-
-
-def test_a_failed_bundle_leaves_no_staged_file_behind(
-    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
-) -> None:
-    # Report files are staged (written and fsynced under a hidden name) in the pool threads and
-    # published in order (issue 6): when the first bundle fails, the later ones already staged
-    # are never published and must not stay behind.
-    feed_id = standin.active_feed_ids[0]
-    first = standin.feeds[feed_id].report_ids[0]
-    standin.inject("status", path_contains=f"{first}/bundle/", status=503, times=100)
-
-    result = invoke(["once"], {**env, "CYBERTHREATEXCHANGE_FEED_IDS": feed_id})
-
-    assert result.exit_code == 1
-    feed_dir = spool_dir / "incoming" / feed_id
-    assert [p for p in feed_dir.rglob("*") if p.is_file()] == []
-    bundles = [r for r in standin.requests if "/bundle/" in r.path and first not in r.path]
-    assert bundles  # the other bundles were fetched (and staged) meanwhile
