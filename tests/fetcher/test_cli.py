@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 import os
+import re
 import signal
 import threading
 import time
@@ -157,4 +156,6 @@ def test_progress_only_on_a_terminal(
     assert result.exit_code == 0
     assert ("\r" in result.stdout) is tty
     for feed_id in standin.active_feed_ids:
-        assert re.search(rf"{feed_id}: records listed \d+ .*, reports written 8, unchanged 0", result.stdout)
+        assert re.search(
+            rf"{feed_id}: records listed \d+ .*, reports written 8, unchanged 0", result.stdout
+        )
