@@ -52,7 +52,7 @@ class FetcherSettings(SpoolStateSettings):
     concurrency: int = setting(
         8,
         env="CYBERTHREATEXCHANGE_CONCURRENCY",
-        description="Report bundles fetched in parallel per feed, and as many segments of the objects listing read at once (1-32; 1: one request at a time).",
+        description="Segments of the objects listing read at once per feed, and files built in parallel (1-32; 1: one request at a time).",
         ge=1,
         le=32,
     )
