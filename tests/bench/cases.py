@@ -59,7 +59,7 @@ class Options:
 
 # Fetch ------------------------------------------------------------------------------------------
 
-FETCH_REPORTS = 200
+FETCH_REPORTS = 1000
 FETCH_LATENCY = 0.02
 FETCH_RATE_LIMIT = 100.0
 
