@@ -96,9 +96,19 @@ class Mirror:
 
     def apply(self, feed_id: str, objects: Iterable[JSONDict], seen_at: str | None) -> Applied:
         """Keep each object whose version is newer than the one kept (inside the ledger's batch)."""
+        return self.apply_pages(feed_id, [(objects, seen_at)])
+
+    def apply_pages(
+        self, feed_id: str, pages: Iterable[tuple[Iterable[JSONDict], str | None]]
+    ) -> Applied:
+        """:meth:`apply` for several pages at once, compared with each other before the mirror.
+
+        Writes of an open batch are not visible to its reads, so the pages of one commit must
+        be decided together or an older version could follow a newer one of the same commit.
+        """
         result = Applied()
         candidates: dict[str, tuple[str, str, JSONDict, bytes]] = {}
-        for raw in objects:
+        for raw, seen_at in ((o, seen) for objs, seen in pages for o in objs):
             try:
                 check_object(raw, path=f"/v1/feeds/{feed_id}/objects/", feed_id=feed_id)
             except MalformedResponseError as exc:
@@ -136,7 +146,7 @@ class Mirror:
                         str(obj.get("type")),
                         key,
                         sha,
-                        object_time(obj) or (seen_at or ""),
+                        object_time(obj) or key.split("|")[1],
                         zlib.compress(data, 1),
                         source if isinstance(source, str) else None,
                         target if isinstance(target, str) else None,

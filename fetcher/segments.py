@@ -43,6 +43,8 @@ MIN_PAGES_TO_SPLIT = 4
 #: How far past this machine's clock the open end of the listing is taken to reach.
 CLOCK_MARGIN = timedelta(minutes=5)
 _WAIT = 0.1
+#: Pages applied in one commit at most.
+GROUP = 16
 
 
 @dataclass(eq=False)
@@ -199,14 +201,35 @@ class ListingReader:
                 continue
         return False
 
-    def __iter__(self) -> Iterator[Item]:
-        while True:
+    def __iter__(self) -> Iterator[list[Item]]:
+        """Items in groups: one awaited, then those already waiting (at most ``GROUP`` in all).
+
+        The consumer applies a group in one commit: one fsync for many pages when the segments
+        run ahead of it.
+        """
+        ended: BaseException | None = None
+        finished = False
+        while not finished and ended is None:
+            group: list[Item] = []
             item = self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            while True:
+                if item is None:
+                    finished = True
+                    break
+                if isinstance(item, BaseException):
+                    ended = item
+                    break
+                group.append(item)
+                if len(group) >= GROUP:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if group:
+                yield group
+        if ended is not None:
+            raise ended
 
     def applied(self, item: Item) -> None:
         """The consumer has made ``item`` durable."""

@@ -126,17 +126,20 @@ class FeedSync:
             buffered=READ_AHEAD_PAGES,
         )
         try:
-            for item in reader:
+            for group in reader:
                 with self.ledger.batch():
-                    applied = self.mirror.apply(self.feed_id, item.step.objects, item.step.proxy)
-                    reader.applied(item)
+                    applied = self.mirror.apply_pages(
+                        self.feed_id, [(item.step.objects, item.step.proxy) for item in group]
+                    )
+                    for item in group:
+                        reader.applied(item)
+                        self.result.records_listed += len(item.step.objects)
+                    self.result.records_kept += applied.changed
+                    self.result.artefacts_dropped += applied.artefacts
                     checkpoint = reader.checkpoint()
                     if checkpoint is not None and checkpoint != cursor:
                         self.ledger.set_cursor(self.feed_id, LISTING_CURSOR, checkpoint)
                         cursor = checkpoint
-                self.result.records_listed += len(item.step.objects)
-                self.result.records_kept += applied.changed
-                self.result.artefacts_dropped += applied.artefacts
                 self._tick()
         finally:
             reader.close()
