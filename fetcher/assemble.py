@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -102,15 +102,9 @@ class Assembler:
 
     def run(self) -> Counts:
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="ctx-assemble") as pool:
-            self._write_all(pool, self._report_groups())
-            self._write_all(pool, self._object_groups())
+            self._write_all(pool, _batches(self._next_reports))
+            self._write_all(pool, _batches(self._next_objects))
         return self.counts
-
-    def _report_groups(self) -> _Groups:
-        return _Groups(self._next_reports)
-
-    def _object_groups(self) -> _Groups:
-        return _Groups(self._next_objects)
 
     def _next_reports(self, after: str) -> tuple[list[_Group], str]:
         ids = self.mirror.pending(self.feed_id, reports=True, after=after, limit=REPORTS_AHEAD)
@@ -153,7 +147,7 @@ class Assembler:
         stamp = max((item.stamp for item in kept), default="")
         return [_Group(FEED_OBJECTS_SUBJECT, stamp, kept)], ids[-1]
 
-    def _write_all(self, pool: ThreadPoolExecutor, groups: _Groups) -> None:
+    def _write_all(self, pool: ThreadPoolExecutor, groups: Iterator[list[_Group]]) -> None:
         ahead: list[Future[_Built]] = []
         try:
             for batch in groups:
@@ -227,24 +221,13 @@ class Assembler:
             self._progress(self.counts)
 
 
-class _Groups:
+def _batches(read: Callable[[str], tuple[list[_Group], str]]) -> Iterator[list[_Group]]:
     """Groups read from the mirror a batch at a time, each batch after the last one's ids."""
-
-    def __init__(self, read: Callable[[str], tuple[list[_Group], str]]) -> None:
-        self._read = read
-
-    def __iter__(self) -> _Groups:
-        self._after = ""
-        self._finished = False
-        return self
-
-    def __next__(self) -> list[_Group]:
-        while not self._finished:
-            groups, last = self._read(self._after)
-            if not last:
-                self._finished = True
-                break
-            self._after = last
-            if groups:
-                return groups
-        raise StopIteration
+    after = ""
+    while True:
+        groups, last = read(after)
+        if not last:
+            return
+        after = last
+        if groups:
+            yield groups

@@ -107,7 +107,7 @@ class Mirror:
         be decided together or an older version could follow a newer one of the same commit.
         """
         result = Applied()
-        candidates: dict[str, tuple[str, str, JSONDict, bytes]] = {}
+        candidates: dict[str, tuple[str, str, JSONDict, bytes, str | None]] = {}
         for raw, seen_at in ((o, seen) for objs, seen in pages for o in objs):
             try:
                 check_object(raw, path=f"/v1/feeds/{feed_id}/objects/", feed_id=feed_id)
@@ -127,12 +127,12 @@ class Mirror:
             object_id = str(obj["id"])
             held = candidates.get(object_id)
             if held is None or key > held[0]:
-                candidates[object_id] = (key, sha, obj, data)
+                candidates[object_id] = (key, sha, obj, data, seen_at)
         if not candidates:
             return result
         kept = self._versions(feed_id, list(candidates))
         statements: list[Statement] = []
-        for object_id, (key, sha, obj, data) in candidates.items():
+        for object_id, (key, sha, obj, data, seen) in candidates.items():
             old = kept.get(object_id)
             if old is not None and (old[1] == sha or old[0] >= key):
                 continue
@@ -146,7 +146,7 @@ class Mirror:
                         str(obj.get("type")),
                         key,
                         sha,
-                        object_time(obj) or key.split("|")[1],
+                        object_time(obj) or (seen or ""),
                         zlib.compress(data, 1),
                         source if isinstance(source, str) else None,
                         target if isinstance(target, str) else None,
@@ -209,12 +209,6 @@ class Mirror:
         )
         return [str(row[0]) for row in rows]
 
-    def count_pending(self, feed_id: str) -> int:
-        rows = self._ledger.query(
-            "SELECT COUNT(*) FROM mirror WHERE feed_id = ? AND written IS NOT sha256", (feed_id,)
-        )
-        return int(rows[0][0])
-
     def mark_written(self, feed_id: str, shas: Mapping[str, str]) -> None:
         """Record that a published file carries these versions (inside the ledger's batch)."""
         self._ledger.write(
@@ -226,7 +220,3 @@ class Mirror:
                 for object_id, sha in shas.items()
             ]
         )
-
-    def size(self, feed_id: str) -> int:
-        rows = self._ledger.query("SELECT COUNT(*) FROM mirror WHERE feed_id = ?", (feed_id,))
-        return int(rows[0][0])

@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from fetcher.client import CTXClient
@@ -57,7 +57,6 @@ class Segment:
     owned: bool = False
     fetched: bool = False
     finished: bool = False
-    steps: int = field(default=0)
 
     def __post_init__(self) -> None:
         self.applied = self.start
@@ -235,7 +234,6 @@ class ListingReader:
         """The consumer has made ``item`` durable."""
         with self._cond:
             segment = item.segment
-            segment.steps += 1
             if item.step.resume is not None:
                 segment.applied = item.step.resume
             if item.step.done:

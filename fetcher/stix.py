@@ -56,7 +56,7 @@ def references(obj: JSONDict, *, follow_contents: bool = True) -> Iterator[str]:
         value = stack.pop()
         if isinstance(value, dict):
             for key, item in value.items():
-                if _REF_KEY.match(key) and key not in ("id",):
+                if _REF_KEY.match(key):
                     if not follow_contents and key in _NOT_FOLLOWED:
                         continue
                     if isinstance(item, str):

@@ -116,10 +116,6 @@ class CursorWalk:
     def path(self) -> str:
         return f"v1/feeds/{self._feed_id}/objects/"
 
-    @property
-    def done(self) -> bool:
-        return self._done
-
     def position(self) -> str | None:
         """Where the next step asks from (None before the first answer of an open start)."""
         with self._lock:
