@@ -9,8 +9,9 @@ which serves members in any stored version and loses members of big reports acro
 limited before it is sorted). Every pending object that no report file carried goes into
 feed-level files of at most :data:`OBJECTS_PER_FILE` objects.
 
-Bytes are built and staged (written and fsynced under a temporary name) in a pool of threads;
-files are published (renamed into place) and recorded in order, one ledger commit per group.
+Files are built, staged (written and fsynced under a temporary name) and published (renamed into
+place, folder fsynced) in a pool of threads while the main thread reads the next batch from the
+mirror; the ledger records them after they are published, in order, one commit per batch.
 """
 
 from __future__ import annotations
@@ -20,15 +21,14 @@ import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from fetcher.bundle import BundleBuilder
 from fetcher.errors import FetcherError
 from fetcher.mirror import Kept, Mirror
 from fetcher.state import Ledger
 from fetcher.stix import references
-from shared.durable import discard_staged, publish_staged, stage_bytes
-from shared.errors import SpoolError
+from shared.durable import publish_staged, stage_bytes
 from shared.layout import (
     FEED_OBJECTS_SUBJECT,
     Spool,
@@ -62,7 +62,7 @@ class _Built:
     sha: str
     rel: PurePosixPath
     shas: dict[str, str]
-    staged: Path | None = None
+    written: bool = False
     objects: int = 0
 
 
@@ -107,37 +107,60 @@ class Assembler:
         return self.counts
 
     def _next_reports(self, after: str) -> tuple[list[_Group], str]:
+        """The next reports' groups, their closures read a level at a time for all of them."""
         ids = self.mirror.pending(self.feed_id, reports=True, after=after, limit=REPORTS_AHEAD)
+        if not ids:
+            return [], ""
+        known = self.mirror.get(self.feed_id, ids)
+        reports = [known[report_id] for report_id in ids if report_id in known]
+        touching = self.mirror.touching(self.feed_id, [item.object_id for item in reports])
+        refs_of: dict[str, list[str]] = {}
+        absent: set[str] = set()
+        members = {item.object_id: {item.object_id: item} for item in reports}
+        missing: dict[str, set[str]] = {item.object_id: set() for item in reports}
+        frontier = {
+            item.object_id: [*references(item.obj()), *touching.get(item.object_id, [])]
+            for item in reports
+        }
+        while frontier:
+            wanted = {ref for refs in frontier.values() for ref in refs}
+            unread = [ref for ref in wanted if ref not in known and ref not in absent]
+            found = self.mirror.get(self.feed_id, unread)
+            known.update(found)
+            absent.update(ref for ref in unread if ref not in found)
+            following: dict[str, list[str]] = {}
+            for report_id, refs in frontier.items():
+                kept, nxt = members[report_id], []
+                for ref in dict.fromkeys(refs):
+                    item = known.get(ref)
+                    if ref in kept:
+                        continue
+                    if item is None:
+                        missing[report_id].add(ref)
+                        continue
+                    kept[ref] = item
+                    if ref not in refs_of:
+                        refs_of[ref] = list(references(item.obj(), follow_contents=False))
+                    nxt.extend(refs_of[ref])
+                if nxt:
+                    following[report_id] = nxt
+            frontier = following
+        shas = self.ledger.report_shas(self.feed_id, list(members))
         groups = []
-        for report_id in ids:
-            group = self._report_group(report_id)
-            if group is not None:
-                groups.append(group)
-        return groups, (ids[-1] if ids else "")
-
-    def _report_group(self, report_id: str) -> _Group | None:
-        report = self.mirror.get(self.feed_id, [report_id]).get(report_id)
-        if report is None:
-            return None
-        kept: dict[str, Kept] = {report_id: report}
-        wanted = [*references(report.obj()), *self.mirror.touching(self.feed_id, report_id)]
-        missing: set[str] = set()
-        while wanted:
-            fresh = [ref for ref in dict.fromkeys(wanted) if ref not in kept and ref not in missing]
-            found = self.mirror.get(self.feed_id, fresh)
-            missing.update(ref for ref in fresh if ref not in found)
-            wanted = []
-            for object_id, item in found.items():
-                kept[object_id] = item
-                wanted.extend(references(item.obj(), follow_contents=False))
-        if missing:
-            self.counts.missing_refs += len(missing)
-            logger.info(
-                "report refers to objects the feed does not hold",
-                extra={"feed_id": self.feed_id, "report_id": report_id, "missing": len(missing)},
-            )
-        known = self.ledger.report_sha(self.feed_id, report_id)
-        return _Group(report_id, report.stamp, list(kept.values()), known)
+        for item in reports:
+            if missing[item.object_id]:
+                self.counts.missing_refs += len(missing[item.object_id])
+                logger.info(
+                    "report refers to objects the feed does not hold",
+                    extra={
+                        "feed_id": self.feed_id,
+                        "report_id": item.object_id,
+                        "missing": len(missing[item.object_id]),
+                    },
+                )
+            group = list(members[item.object_id].values())
+            groups.append(_Group(item.object_id, item.stamp, group, shas.get(item.object_id)))
+        return groups, ids[-1]
 
     def _next_objects(self, after: str) -> tuple[list[_Group], str]:
         ids = self.mirror.pending(self.feed_id, reports=False, after=after, limit=OBJECTS_PER_FILE)
@@ -147,29 +170,29 @@ class Assembler:
         stamp = max((item.stamp for item in kept), default="")
         return [_Group(FEED_OBJECTS_SUBJECT, stamp, kept)], ids[-1]
 
-    def _write_all(self, pool: ThreadPoolExecutor, groups: Iterator[list[_Group]]) -> None:
+    def _write_all(self, pool: ThreadPoolExecutor, batches: Iterator[list[_Group]]) -> None:
+        """Build and publish a batch in the pool while the next one is read from the mirror.
+
+        The ledger records each batch's files in order, in one commit, after they are published.
+        """
         ahead: list[Future[_Built]] = []
         try:
-            for batch in groups:
+            batch = next(batches, None)
+            while batch is not None:
                 futures = [pool.submit(self._build, group) for group in batch]
-                ahead.extend(futures)
+                ahead = futures
+                batch = next(batches, None)
                 with self.ledger.batch():
                     for future in futures:
-                        self._publish(future.result())
-                        ahead.remove(future)
+                        self._record(future.result())
+                ahead = []
         finally:
+            # Files already published but not recorded are found in place by the next pass.
             for future in ahead:
-                if future.cancel():
-                    continue
-                try:
-                    built = future.result()
-                except (FetcherError, SpoolError, OSError):
-                    continue
-                if built.staged is not None:
-                    discard_staged(built.staged)
+                future.cancel()
 
     def _build(self, group: _Group) -> _Built:
-        """In a pool thread: the file's bytes, its name, and its temp file if it is new."""
+        """In a pool thread: the file's bytes and name; staged and published if it is new."""
         builder = BundleBuilder()
         for item in group.kept:
             builder.add_canonical(item.data, item.object_id, item.sha256)
@@ -190,16 +213,14 @@ class Assembler:
         rel = relative_path(self.feed_id, SpoolName(when, group.subject, sha, signature))
         shas = {item.object_id: item.sha256 for item in group.kept}
         built = _Built(group.subject, sha, rel, shas, objects=len(group.kept))
-        if group.known_sha == sha:
-            return built
-        built.staged = stage_bytes(self.spool.path_in("incoming", rel), pieces)
+        if group.known_sha != sha:
+            path = self.spool.path_in("incoming", rel)
+            built.written = publish_staged(stage_bytes(path, pieces), path)
         return built
 
-    def _publish(self, built: _Built) -> None:
+    def _record(self, built: _Built) -> None:
         report = built.subject != FEED_OBJECTS_SUBJECT
-        written = False
-        if built.staged is not None:
-            written = publish_staged(built.staged, self.spool.path_in("incoming", built.rel))
+        written = built.written
         if report:
             self.ledger.record_report(self.feed_id, built.subject, built.sha, str(built.rel))
             if written:

@@ -20,6 +20,9 @@ into a no-op.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
+import operator
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -91,13 +94,19 @@ class Ledger:
             raise LedgerError(f"fetcher state query failed: {exc}", path=self.path) from None
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, durable: bool = True) -> Iterator[None]:
         """Writes made inside are committed in one transaction when it ends, even by an error.
 
         One durable commit per page of the listing or group of files instead of one per object
         or file (a commit is an fsync). Safe for the same reason recording after publishing
         is: an entry missing after a crash only makes the next pass do the same work again, with
         the same result. Reads inside do not see the writes not committed yet.
+
+        ``durable=False`` commits without waiting for the disk (SQLite's ``synchronous=NORMAL``
+        in WAL mode, https://www.sqlite.org/pragma.html#pragma_synchronous): a power cut may
+        roll back the newest such commits, whole and in order, never half of one. For the
+        listing's pages that only means reading them again, since the cursor moves in the same
+        commit as the records it covers. The next durable commit makes them durable too.
         """
         if self._pending is not None:
             yield
@@ -108,23 +117,33 @@ class Ledger:
         finally:
             pending, self._pending = self._pending, None
             if pending:
-                self._write(pending)
+                self._write(pending, durable=durable)
 
-    def _write(self, statements: Iterable[Statement]) -> None:
+    def _write(self, statements: Iterable[Statement], *, durable: bool = True) -> None:
         if self._pending is not None:
             self._pending.extend(statements)
             return
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                for sql, args in statements:
-                    self._db.execute(sql, args)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._commit(statements)
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise LedgerError(f"fetcher state write failed: {exc}", path=self.path) from None
+
+    def _commit(self, statements: Iterable[Statement]) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            # Runs of the same statement go through executemany: one prepared statement.
+            for sql, rows in itertools.groupby(statements, key=operator.itemgetter(0)):
+                self._db.executemany(sql, (args for _, args in rows))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def cursor(self, feed_id: str, name: str) -> str | None:
         rows = self._query(
@@ -148,6 +167,15 @@ class Ledger:
             "SELECT sha256 FROM reports WHERE feed_id = ? AND report_id = ?", (feed_id, report_id)
         )
         return str(rows[0][0]) if rows else None
+
+    def report_shas(self, feed_id: str, report_ids: list[str]) -> dict[str, str]:
+        """:meth:`report_sha` of several reports (those with no file recorded are left out)."""
+        rows = self._query(
+            "SELECT report_id, sha256 FROM reports WHERE feed_id = ? "
+            "AND report_id IN (SELECT value FROM json_each(?))",
+            (feed_id, json.dumps(report_ids)),
+        )
+        return {str(report_id): str(sha) for report_id, sha in rows}
 
     def record_report(self, feed_id: str, report_id: str, sha256: str, path: str) -> None:
         """Record the file published for a report (its sha256 and path relative to incoming/)."""

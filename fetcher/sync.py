@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 STALE_TEMP_SECONDS = 15 * 60
 LISTING_CURSOR = "listing"
 #: Pages read ahead of the one being applied (100 objects each at most: a few MB).
-READ_AHEAD_PAGES = 64
+READ_AHEAD_PAGES = 16
 
 
 @dataclass
@@ -127,7 +127,8 @@ class FeedSync:
         )
         try:
             for group in reader:
-                with self.ledger.batch():
+                # Not durable: a page lost to a power cut is read again (Ledger.batch).
+                with self.ledger.batch(durable=False):
                     applied = self.mirror.apply_pages(
                         self.feed_id, [(item.step.objects, item.step.proxy) for item in group]
                     )

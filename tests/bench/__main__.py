@@ -17,8 +17,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.bench.cases import BENCHMARKS, Options, Result
+from tests.bench.cases import BENCHMARKS
 from tests.bench.harness import REPO, log
+from tests.bench.result import Options, Result
 
 NOTES = """\
 ## Findings and fixes

@@ -1,4 +1,4 @@
-"""The benchmarks of issue 6. Each returns a :class:`Result` with its rows for BENCHMARKS.md."""
+"""The benchmark cases. Each returns a :class:`Result` with its rows for BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import signal
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from shared.durable import publish_bytes, sha256_bytes
 from shared.layout import SpoolName, relative_path
+from tests.bench.fetch import bench_fetch, bench_fetch_memory, fetch_once
 from tests.bench.harness import (
     FEED_IDS,
     TOKEN,
@@ -23,150 +23,14 @@ from tests.bench.harness import (
     TimedOpenCTI,
     base_env,
     log,
-    max_rate,
     rss_mib,
     small_bundle,
     tool,
     uploader_env,
     write_spool_files,
 )
+from tests.bench.result import Options, Result, Row
 from tests.standins.ctx import CTXStandIn, ts
-
-
-@dataclass
-class Row:
-    """One line of the summary table."""
-
-    benchmark: str
-    target: str
-    measured: str
-    ok: bool | None  # None: a figure without a target
-
-
-@dataclass
-class Result:
-    name: str
-    rows: list[Row] = field(default_factory=list)
-    details: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Options:
-    work: Path
-    runs: int
-    quick: bool
-
-
-# Fetch ------------------------------------------------------------------------------------------
-
-FETCH_REPORTS = 1000
-FETCH_LATENCY = 0.02
-FETCH_RATE_LIMIT = 100.0
-
-
-def _fetch_once(
-    opts: Options, ctx: CTXStandIn, feed: str, tag: str, **settings: str
-) -> tuple[Child, list[float], Path]:
-    spool = opts.work / f"fetch-{tag}-{uuid.uuid4().hex[:8]}"
-    env = {
-        **base_env(),
-        "CYBERTHREATEXCHANGE_BASE_URL": ctx.base_url,
-        "CYBERTHREATEXCHANGE_API_KEY": ctx.api_key,
-        "CYBERTHREATEXCHANGE_FEED_IDS": feed,
-        "SPOOL_DIR": str(spool),
-        "CONNECTOR_LOG_LEVEL": "warn",
-        **settings,
-    }
-    mark = len(ctx.requests)
-    child = Child([tool("ctx-fetcher"), "once"], env, opts.work / f"fetch-{tag}.log")
-    rc = child.wait()
-    if rc != 0:
-        raise RuntimeError(f"ctx-fetcher once exited {rc}:\n{child.tail()}")
-    times = [r.at for r in ctx.requests[mark:]]
-    ctx.last_listing_requests = sum(  # type: ignore[attr-defined]
-        1 for r in ctx.requests[mark:] if r.path.endswith("/objects/") and "types" not in r.query
-    )
-    ctx.last_half_requests = sum(  # type: ignore[attr-defined]
-        1 for r in ctx.requests[mark:] if r.path.endswith("/objects/") and "types" in r.query
-    )
-    return child, times, spool
-
-
-def bench_fetch(opts: Options) -> Result:
-    result = Result("fetch")
-    runs = opts.runs
-    with CTXStandIn(feeds=1, reports=FETCH_REPORTS, orphans=20, seed=11) as ctx:
-        feed = ctx.active_feed_ids[0]
-        ctx.inject("latency", times=10**9, delay=FETCH_LATENCY)
-        walls: dict[str, list[float]] = {"default": [], "c1": [], "limited": []}
-        windows: dict[str, list[float]] = {"default": [], "c1": [], "limited": []}
-        rates: list[float] = []
-        requests = 0
-        for run in range(runs):
-            for tag, settings in (
-                ("default", {}),
-                ("c1", {"CYBERTHREATEXCHANGE_CONCURRENCY": "1"}),
-                (
-                    "limited",
-                    {"CYBERTHREATEXCHANGE_MAX_REQUESTS_PER_SECOND": f"{FETCH_RATE_LIMIT:g}"},
-                ),
-            ):
-                child, times, spool = _fetch_once(opts, ctx, feed, tag, **settings)
-                files = len(list((spool / "incoming").rglob("*_report--*.json")))
-                if files != FETCH_REPORTS:
-                    raise RuntimeError(f"fetch wrote {files} report files, not {FETCH_REPORTS}")
-                walls[tag].append(child.wall)
-                windows[tag].append(max(times) - min(times))
-                chain = ctx.last_listing_requests  # type: ignore[attr-defined]
-                halves = ctx.last_half_requests  # type: ignore[attr-defined]
-                requests = len(times)
-                if tag == "limited":
-                    rates.append(max_rate(times))
-                shutil.rmtree(spool)
-                log(f"fetch run {run + 1}/{runs} {tag}: {child.wall:.2f}s, {len(times)} requests")
-    wall = {k: Series(v) for k, v in walls.items()}
-    window = {k: Series(v) for k, v in windows.items()}
-    ratio = Series.ratios(walls["c1"], walls["default"])
-    ratio_window = Series.ratios(windows["c1"], windows["default"])
-    peak_rate = max(rates)
-    result.rows.append(
-        Row(
-            "Fetch: default vs CONCURRENCY=1",
-            "≥ 4×",
-            f"{ratio.median:.2f}× ({wall['default'].median:.2f} s vs {wall['c1'].median:.2f} s)",
-            ratio.median >= 4,
-        )
-    )
-    result.rows.append(
-        Row(
-            f"Fetch: MAX_REQUESTS_PER_SECOND={FETCH_RATE_LIMIT:g}",
-            f"max observed ≤ {FETCH_RATE_LIMIT:g}/s",
-            f"{peak_rate:.0f}/s (any 1 s window)",
-            peak_rate <= FETCH_RATE_LIMIT,
-        )
-    )
-    result.details += [
-        f"{FETCH_REPORTS} reports (+20 orphans, {requests} requests per pass) from the CTX stand-in, "
-        f"{FETCH_LATENCY * 1000:.0f} ms added to every request; `ctx-fetcher once` as a child "
-        "process (start-up included, the same for every set-up); a fresh spool and ledger per run.",
-        "",
-        "| set-up | wall time (process) | first → last request |",
-        "| --- | --- | --- |",
-        f"| default (CONCURRENCY=8) | {wall['default'].fmt()} | {window['default'].fmt()} |",
-        f"| CONCURRENCY=1 | {wall['c1'].fmt()} | {window['c1'].fmt()} |",
-        f"| default + MAX_REQUESTS_PER_SECOND={FETCH_RATE_LIMIT:g} | {wall['limited'].fmt()} | {window['limited'].fmt()} |",
-        "",
-        f"Speed-up default vs CONCURRENCY=1: {ratio.fmt('×')} on wall time, "
-        f"{ratio_window.fmt('×')} on the request window.",
-        f"The last pass asked {chain} listing pages and {halves} half-end requests (where a "
-        "page's half was cut short): one chain of round trips at CONCURRENCY=1, segments of "
-        "time read at once by default (fetcher/segments.py). No bundle endpoint is used.",
-        "",
-        f"Highest request rate with the limit, over any 1 s window: "
-        f"{', '.join(f'{r:.0f}/s' for r in rates)}.",
-    ]
-    return result
-
 
 # Upload -----------------------------------------------------------------------------------------
 
@@ -611,7 +475,7 @@ def bench_big(opts: Options) -> Result:
         feed = ctx.active_feed_ids[0]
         objects = _grow_report(ctx, feed, target)
         for run in range(max(2, opts.runs - 1)):
-            child, _times, spool = _fetch_once(opts, ctx, feed, "big")
+            child, _times, spool = fetch_once(opts, ctx, feed, "big")
             files = sorted((spool / "incoming").rglob("*.json"), key=lambda p: p.stat().st_size)
             size = files[-1].stat().st_size
             sizes.append(size)
@@ -689,6 +553,7 @@ def bench_big(opts: Options) -> Result:
 
 BENCHMARKS = {
     "fetch": bench_fetch,
+    "fetch-memory": bench_fetch_memory,
     "upload": bench_upload,
     "watch": bench_watch,
     "scale": bench_scale,
