@@ -197,28 +197,27 @@ class CTXClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _url(self, path_or_url: str, feed_id: str | None) -> str:
-        if not path_or_url.startswith(("http://", "https://")):
-            return urljoin(self._base, path_or_url)
-        target = urlsplit(path_or_url)
-        if _origin(path_or_url) != self._origin:
-            # The API-KEY header goes with every request of this session: never to another host.
+    def _url(self, path: str, feed_id: str | None) -> str:
+        url = urljoin(self._base, path)
+        if _origin(url) != self._origin:
+            # The API-KEY header goes with every request of this session: never to another host
+            # (a path such as ``//host/…`` would leave it).
             raise ForeignHostError(
-                f"refusing to follow a next link to another host ({target.netloc})",
-                path=target.path,
+                f"refusing a request to another host ({urlsplit(url).netloc})",
+                path=urlsplit(url).path,
                 feed_id=feed_id,
             )
-        return path_or_url
+        return url
 
     def get_json(
         self,
-        path_or_url: str,
+        path: str,
         params: Mapping[str, str | int] | None = None,
         *,
         feed_id: str | None = None,
     ) -> JSONDict:
-        """GET a path under the base URL (or a same-host full URL) and return its JSON object."""
-        url = self._url(path_or_url, feed_id)
+        """GET a path under the base URL and return its JSON object."""
+        url = self._url(path, feed_id)
         path = urlsplit(url).path
         # Path and query only: the key travels in a header, and headers are never logged.
         logger.debug("GET %s", path, extra={"params": dict(params or {})})

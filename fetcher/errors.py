@@ -9,7 +9,7 @@ Tree::
     │   │   ├── CTXAuthError     401/403: key wrong or not entitled; stops the feed
     │   │   └── CTXNotFoundError 404
     │   ├── MalformedResponseError  not JSON, wrong shape, or an id that may not become a path
-    │   └── ForeignHostError     a ``next`` URL on another host; never followed (the key would leak)
+    │   └── ForeignHostError     a request URL on another host; never sent (the key would leak)
     ├── FeedNotSubscribedError   a configured feed the team is not subscribed to, or not active
     ├── LedgerError              the cursor / dedup ledger could not be read or written (``path``)
     └── TransferError            ``transfer`` cannot list a file: its bytes do not match its name,
@@ -66,7 +66,7 @@ class MalformedResponseError(CTXError):
 
 
 class ForeignHostError(CTXError):
-    """A ``next`` URL points at another host than the base URL: refused so the key stays home."""
+    """A request would go to another host than the base URL's: refused so the key stays home."""
 
 
 class FeedNotSubscribedError(FetcherError):

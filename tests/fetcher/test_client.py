@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from fetcher.client import CTXClient, RateLimiter
-from fetcher.errors import CTXConnectionError
+from fetcher.errors import CTXConnectionError, ForeignHostError
 from fetcher.settings import FetcherSettings
 from tests.fetcher.helpers import invoke
 from tests.standins.ctx import DEFAULT_API_KEY
@@ -60,6 +60,27 @@ def test_unreachable_ctx_is_a_connection_error(tmp_path: Path) -> None:
             client.subscriptions()
 
     assert info.value.path == "/v1/subscriptions/"
+    assert "some-key-1234" not in str(info.value)
+
+
+def test_a_path_that_leaves_the_host_is_never_asked() -> None:
+    # A listening socket that would see any request the client sent.
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        other.settimeout(0.5)
+        port = other.getsockname()[1]
+        settings = FetcherSettings.model_validate(
+            {
+                "CYBERTHREATEXCHANGE_BASE_URL": "http://127.0.0.1:9/",
+                "CYBERTHREATEXCHANGE_API_KEY": "some-key-1234",
+                "CYBERTHREATEXCHANGE_FEED_IDS": "00000000-0000-4000-8000-000000000000",
+            }
+        )
+        with CTXClient(settings) as client, pytest.raises(ForeignHostError) as info:
+            client.get_json(f"//127.0.0.1:{port}/v1/feeds/")
+        with pytest.raises(TimeoutError):
+            other.accept()
     assert "some-key-1234" not in str(info.value)
 
 
