@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[opencti,dev]'
 	touch $(STAMP)
 
-# The whole pipeline against local stand-ins of CTX and OpenCTI (tests/demo.py); leaves demo-spool/.
+# The whole pipeline against local stand-ins of CTX and OpenCTI (tests/demo.py); leaves demo-spool/
+# (kept by the next run; `make demo ARGS=--fresh` starts over).
 demo: install
-	$(PY) -m tests.demo
+	$(PY) -m tests.demo $(ARGS)
 
 test: install
 	$(PY) -m pytest -q

@@ -3,7 +3,8 @@
 Starts both stand-ins on 127.0.0.1 in this process, runs the real ``ctx-fetcher once`` and
 ``ctx-uploader once`` as separate processes with the same environment variables a user would set,
 then prints the spool's status and what reached the OpenCTI stand-in. The spool is left in
-``demo-spool/`` (recreated on every run) for the reader to look at.
+``demo-spool/`` for the reader to look at; a second run keeps it, so it shows that nothing is
+written twice (``--fresh`` starts from an empty spool).
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spool", type=Path, default=Path("demo-spool"))
     parser.add_argument("--feeds", type=int, default=3)
     parser.add_argument("--reports", type=int, default=24)
+    parser.add_argument("--fresh", action="store_true", help="delete the demo spool first")
     args = parser.parse_args(argv)
 
     spool: Path = args.spool
-    if spool.exists():
+    if args.fresh and spool.exists():
         shutil.rmtree(spool)
+    again = spool.exists()
     print(
         "Demo: both services below are LOCAL STAND-INS on 127.0.0.1, started by this script:\n"
         "  - a CTX API stand-in serving generated feeds (no account, no network), and\n"
@@ -89,7 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nThe spool is in {spool}/ (incoming/ is empty, done/ holds each file and its receipt)."
     )
-    print("Run it again and nothing is fetched twice: the fetcher's ledger is in .fetcher/.")
+    if again:
+        print(
+            f"This run kept the spool of the last one: the fetcher's state ({spool}/.fetcher/) "
+            "knew every report, so nothing was written twice and nothing new was imported.\n"
+            "`make demo ARGS=--fresh` starts from an empty spool."
+        )
+    else:
+        print(
+            "Run `make demo` again: it keeps this spool, and the fetcher writes nothing twice "
+            f"(its state is in {spool}/.fetcher/)."
+        )
     return rc
 
 
