@@ -15,6 +15,7 @@ import click
 
 from fetcher.client import CTXClient
 from fetcher.errors import FetcherError
+from fetcher.metrics import FetcherMetrics
 from fetcher.settings import FetcherSettings, SpoolStateSettings
 from fetcher.state import Ledger
 from fetcher.sync import FeedResult, run_pass
@@ -24,6 +25,7 @@ from shared.durable import write_atomic
 from shared.errors import ConfigError, SharedError, SpoolError
 from shared.layout import Spool
 from shared.logsetup import configure_logging
+from shared.metrics import serve_metrics
 from shared.signing import SigningKey
 
 logger = logging.getLogger(__name__)
@@ -50,8 +52,18 @@ def _settings_and_key(config_path: Path | None) -> tuple[FetcherSettings, Signin
     secrets = [settings.api_key.get_secret_value()]
     if key is not None and key.mask_text is not None:
         secrets.append(key.mask_text)
-    configure_logging(settings.log_level, secrets=secrets)
+    configure_logging(settings.log_level, secrets=secrets, json_lines=settings.json_logging)
     return settings, key
+
+
+def _metrics(settings: FetcherSettings) -> FetcherMetrics:
+    """The process's metrics, served over HTTP when CONNECTOR_EXPOSE_METRICS is on."""
+    metrics = FetcherMetrics()
+    try:
+        serve_metrics(settings, metrics.registry)
+    except SharedError as exc:
+        raise click.ClickException(str(exc)) from None
+    return metrics
 
 
 def _stdout_is_tty() -> bool:
@@ -78,12 +90,15 @@ def _progress() -> Callable[[FeedResult], None] | None:
 
 
 def _one_pass(
-    settings: FetcherSettings, key: SigningKey | None, stop: threading.Event | None = None
+    settings: FetcherSettings,
+    key: SigningKey | None,
+    stop: threading.Event | None = None,
+    metrics: FetcherMetrics | None = None,
 ) -> list[FeedResult]:
     progress = _progress()
     spool = Spool(settings.spool_dir)
     try:
-        with Ledger(settings.effective_state_dir) as ledger, CTXClient(settings) as client:
+        with Ledger(settings.effective_state_dir) as ledger, CTXClient(settings, metrics) as client:
             results = run_pass(
                 client,
                 ledger,
@@ -113,7 +128,7 @@ def main() -> None:
 def once(config_path: Path | None) -> None:
     """One pass over every configured feed; exit 0 only if every feed succeeded."""
     settings, key = _settings_and_key(config_path)
-    failed = [r for r in _one_pass(settings, key) if not r.ok]
+    failed = [r for r in _one_pass(settings, key, metrics=_metrics(settings)) if not r.ok]
     if failed:
         raise click.ClickException("\n".join(f"feed {r.feed_id} failed: {r.error}" for r in failed))
 
@@ -144,11 +159,12 @@ def run(config_path: Path | None, max_passes: int | None, interval_seconds: floa
     settings, key = _settings_and_key(config_path)
     interval = interval_seconds if interval_seconds is not None else settings.interval_hours * 3600
     stop = threading.Event()
+    metrics = _metrics(settings)
     passes = 0
     with _stop_on_signals(stop):
         while not stop.is_set():
             try:
-                results = _one_pass(settings, key, stop)
+                results = _one_pass(settings, key, stop, metrics)
                 failed = sum(1 for r in results if not r.ok)
                 if failed:
                     logger.error("pass finished with %d failed feed(s)", failed)
@@ -216,7 +232,7 @@ def transfer(
         settings = load_settings(SpoolStateSettings, config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, json_lines=settings.json_logging)
     spool = Spool(settings.spool_dir)
     try:
         with Ledger(settings.effective_state_dir) as ledger:

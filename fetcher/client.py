@@ -14,11 +14,13 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from types import TracebackType
+from typing import Any, Literal, Self
 from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import ConnectionPool
 from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
@@ -31,6 +33,7 @@ from fetcher.errors import (
     ForeignHostError,
     MalformedResponseError,
 )
+from fetcher.metrics import FetcherMetrics
 from fetcher.settings import FetcherSettings
 from shared.errors import UnsafeNameError
 from shared.layout import check_feed_id, check_stix_id
@@ -122,15 +125,39 @@ class RateLimiter:
 
 
 class _CappedRetry(Retry):
-    """urllib3's Retry with ``Retry-After`` capped, so a wild header cannot stall a pass for days."""
+    """urllib3's Retry with ``Retry-After`` capped, so a wild header cannot stall a pass for days,
+    and each retry it grants counted in the fetcher's metrics."""
+
+    metrics: FetcherMetrics | None = None
 
     def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
         seconds = super().get_retry_after(response)
         return None if seconds is None else min(seconds, MAX_RETRY_AFTER)
 
+    def new(self, **kw: Any) -> Self:
+        # urllib3 builds a new Retry for every attempt from the constructor's arguments only.
+        retry = super().new(**kw)
+        retry.metrics = self.metrics
+        return retry
 
-def _retry(settings: FetcherSettings) -> Retry:
-    return _CappedRetry(
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Self:
+        # Raises MaxRetryError when no retry is left: only granted retries get counted.
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        if self.metrics is not None:
+            self.metrics.retried(response.status if response is not None else None)
+        return retry
+
+
+def _retry(settings: FetcherSettings, metrics: FetcherMetrics) -> Retry:
+    retry = _CappedRetry(
         total=settings.max_retries,
         backoff_factor=settings.backoff_factor,
         backoff_max=120,
@@ -140,6 +167,8 @@ def _retry(settings: FetcherSettings) -> Retry:
         # The last answer comes back to us so that its status maps to a typed error.
         raise_on_status=False,
     )
+    retry.metrics = metrics
+    return retry
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -168,7 +197,8 @@ class _KeySession(requests.Session):
 class CTXClient:
     """A client of the CTX API for one API key. Thread-safe for concurrent GETs."""
 
-    def __init__(self, settings: FetcherSettings) -> None:
+    def __init__(self, settings: FetcherSettings, metrics: FetcherMetrics | None = None) -> None:
+        self.metrics = metrics if metrics is not None else FetcherMetrics()
         self._base = settings.base_url
         self._origin = _origin(self._base)
         self._timeout = (settings.connect_timeout, settings.read_timeout)
@@ -179,7 +209,7 @@ class CTXClient:
         self._session.headers["API-KEY"] = settings.api_key.get_secret_value()
         self._session.headers["Accept"] = "application/json"
         adapter = HTTPAdapter(
-            max_retries=_retry(settings),
+            max_retries=_retry(settings, self.metrics),
             # Up to CONCURRENCY segments of the listing are read at once: a smaller pool drops
             # connections and opens new ones, and a burst of connects can wait on the server's
             # accept backlog.
@@ -225,6 +255,7 @@ class CTXClient:
         try:
             response = self._session.get(url, params=params, timeout=self._timeout)
         except requests.RequestException as exc:
+            self.metrics.answered(None)
             # The exception text may carry the URL and query, never the headers; keep only the
             # class name so no server-controlled text reaches our messages.
             raise CTXConnectionError(
@@ -232,6 +263,7 @@ class CTXClient:
             ) from None
         with response:
             status = response.status_code
+            self.metrics.answered(status)
             if status in (401, 403):
                 raise CTXAuthError(
                     f"CTX refused {path} with {status}: the API key is wrong or not entitled",

@@ -225,6 +225,7 @@ def run_pass(
                     progress=progress,
                     signing_key=signing_key,
                 ).run()
+        client.metrics.feed_done(result)
         if result.ok:
             logger.info("feed done: %s", result.summary(), extra={"feed_id": feed_id})
         else:

@@ -50,12 +50,36 @@ def setting(default: Any = ..., *, env: str, description: str, **kwargs: Any) ->
 
 
 class CommonSettings(SettingsBase):
-    """The settings both halves share: the spool, its signing key and the log level."""
+    """The settings both halves share: the spool, its signing key, logging and metrics."""
 
     log_level: LogLevel = setting(
         "info",
         env="CONNECTOR_LOG_LEVEL",
         description="Log level: debug, info, warn or error.",
+    )
+    json_logging: bool = setting(
+        False,
+        env="OPENCTI_JSON_LOGGING",
+        description="Log one JSON object per line (timestamp, level, logger, message and the context fields) instead of text; pycti's name for the same switch.",
+    )
+    expose_metrics: bool = setting(
+        False,
+        env="CONNECTOR_EXPOSE_METRICS",
+        description="Serve Prometheus metrics over HTTP at /metrics (pycti's name).",
+    )
+    metrics_port: int = setting(
+        9095,
+        env="CONNECTOR_METRICS_PORT",
+        description="Port of the metrics endpoint (pycti's default); the fetcher and the uploader need different ports on one host network.",
+        ge=1,
+        le=65535,
+    )
+    metrics_address: str = setting(
+        # prometheus_client's start_http_server default, which pycti keeps: reachable from
+        # outside a container. 127.0.0.1 keeps the endpoint on the host itself.
+        "0.0.0.0",  # noqa: S104
+        env="CONNECTOR_METRICS_ADDRESS",
+        description="Address the metrics endpoint binds (all interfaces by default, as pycti does; 127.0.0.1 for this host only).",
     )
     spool_dir: Path = setting(
         Path("spool"),

@@ -4,6 +4,7 @@ Tree::
 
     SharedError
     ├── ConfigError          one or more settings are missing or invalid (``problems``)
+    ├── MetricsError         the metrics endpoint cannot be served (``address``, ``port``)
     └── SpoolError           something about the spool itself (``path``)
         ├── UnsafeNameError  an id or a file name that must not become a path (``value``)
         └── DestinationExistsError  a move would overwrite an existing file (``path``)
@@ -40,6 +41,15 @@ class ConfigError(SharedError):
         lines = "\n".join(f"  - {p}" for p in problems)
         where = f" (config file: {source})" if source else ""
         super().__init__(f"invalid configuration{where}:\n{lines}")
+
+
+class MetricsError(SharedError):
+    """The metrics endpoint cannot listen on ``address``:``port``."""
+
+    def __init__(self, message: str, *, address: str, port: int) -> None:
+        self.address = address
+        self.port = port
+        super().__init__(message)
 
 
 class SpoolError(SharedError):

@@ -1,17 +1,24 @@
 """Logging set-up, called by the CLIs only.
 
-Lines are ``time level logger message key=value ...`` where the key/values are the record's
-``extra=`` context. Every registered secret (API key, OpenCTI token) is masked in the final text of
-every line, whatever logger produced it (pycti and urllib3 included): defence in depth on top of
-never logging secrets in the first place.
+Text lines are ``time level logger message key=value ...`` where the key/values are the record's
+``extra=`` context. With ``OPENCTI_JSON_LOGGING`` each line is one JSON object instead, with
+``timestamp``, ``level``, ``logger``, ``message`` and the same context fields (python-json-logger,
+the library pycti's own JSON logs use: ``pycti/utils/opencti_logger.py``). Every registered secret
+(API key, OpenCTI token) is masked in the final text of every line, whatever logger produced it
+(pycti and urllib3 included): defence in depth on top of never logging secrets in the first place.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable
-from typing import TextIO
+from typing import Any, TextIO
+
+# pycti imports the same module (``from pythonjsonlogger import jsonlogger``), so every pycti
+# release pins a python-json-logger that has it.
+from pythonjsonlogger import jsonlogger
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -62,20 +69,74 @@ class RedactingFormatter(logging.Formatter):
             text = f"{text} {' '.join(context)}"
         return self.redact(text)
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(self._secrets)
+
     def redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, MASK)
         return text
 
 
+class RedactingJsonFormatter(jsonlogger.JsonFormatter):
+    """One JSON object per record: timestamp, level, logger, message and the ``extra=`` context,
+    with every secret masked in the serialised line."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__(  # type: ignore[no-untyped-call]
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger"},
+            # ISO 8601 in UTC from the record's own creation time.
+            timestamp=True,
+            reserved_attrs=(*jsonlogger.RESERVED_ATTRS, "taskName"),
+        )
+        self._text = RedactingFormatter(secrets)
+
+    def add_secret(self, secret: str) -> None:
+        self._text.add_secret(secret)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_json(self._text, str(super().format(record)))
+
+    def add_fields(
+        self, log_record: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        super().add_fields(log_record, record, message_dict)
+        # Same rule as the text lines: underscore-prefixed attributes are private to a handler.
+        for key in [k for k in log_record if k.startswith("_")]:
+            del log_record[key]
+
+
+def redact_json(formatter: RedactingFormatter, line: str) -> str:
+    """Mask each secret of ``formatter`` in a JSON line, also in its JSON-escaped spellings.
+
+    Escaping is per character, so a secret inside a longer string is escaped to its own escaped
+    form: a secret with a quote, a backslash or a non-ASCII character is masked too.
+    """
+    text = formatter.redact(line)
+    for secret in formatter.secrets:
+        for escaped in {json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}:
+            if escaped != secret:
+                text = text.replace(escaped, MASK)
+    return text
+
+
 def configure_logging(
-    level: str, secrets: Iterable[str] = (), stream: TextIO | None = None
-) -> RedactingFormatter:
+    level: str,
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+    *,
+    json_lines: bool = False,
+) -> RedactingFormatter | RedactingJsonFormatter:
     """Send every logger's records to ``stream`` (stderr) at ``level``, masking ``secrets``.
 
-    Returns the formatter so a caller can register a secret learned later.
+    ``json_lines`` writes one JSON object per line (``OPENCTI_JSON_LOGGING``). Returns the
+    formatter so a caller can register a secret learned later (``add_secret``).
     """
-    formatter = RedactingFormatter(secrets)
+    formatter: RedactingFormatter | RedactingJsonFormatter = (
+        RedactingJsonFormatter(secrets) if json_lines else RedactingFormatter(secrets)
+    )
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()

@@ -89,7 +89,9 @@ def _spool_settings_and_key(config_path: Path | None) -> tuple[SpoolSettings, Si
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     key = _signing_key(settings)
-    configure_logging(settings.log_level, secrets=_key_secrets(key))
+    configure_logging(
+        settings.log_level, secrets=_key_secrets(key), json_lines=settings.json_logging
+    )
     return settings, key
 
 
@@ -108,6 +110,7 @@ def _uploader_settings_and_key(
     configure_logging(
         settings.log_level,
         secrets=[settings.opencti_token.get_secret_value(), *_key_secrets(key)],
+        json_lines=settings.json_logging,
     )
     return settings, key
 

@@ -107,6 +107,9 @@ _PYCTI_ENV_SHADOWED = (
     "CONNECTOR_VALIDATE_BEFORE_IMPORT",
     "CONNECTOR_SEND_TO_DIRECTORY",
     "CONNECTOR_SEND_TO_QUEUE",
+    # Our own endpoint (shared.metrics) serves these: pycti's would bind the same port.
+    "CONNECTOR_EXPOSE_METRICS",
+    "CONNECTOR_METRICS_PORT",
 )
 
 # Text fragments of pycti/platform errors, checked in this order (first match wins). Auth comes first:
