@@ -77,6 +77,7 @@ FIXED_ON_ONE_HOST = {
 FILLED_IN = {
     "CYBERTHREATEXCHANGE_API_KEY": "ctx-key-0123456789",
     "CYBERTHREATEXCHANGE_FEED_IDS": "0b2d4e5f-1111-4222-8333-444455556666",
+    "OPENCTI_URL": "https://opencti.example",
     "OPENCTI_TOKEN": "octi-token-0123456789",
     "OPENCTI_ADMIN_TOKEN": "octi-token-0123456789",
     "CONNECTOR_ID": "6a9d4e39-3b8b-4a57-9f2d-0f1a2b3c4d5e",
@@ -84,7 +85,9 @@ FILLED_IN = {
     "OPENCTI_HEALTHCHECK_ACCESS_KEY": "hk",
     "MINIO_ROOT_USER": "minio",
     "MINIO_ROOT_PASSWORD": "minio-pw",
+    "RABBITMQ_DEFAULT_USER": "opencti",
     "RABBITMQ_DEFAULT_PASS": "mq-pw",
+    "OPENCTI_ADMIN_EMAIL": "admin@example.org",
 }
 
 _REFERENCE = re.compile(
@@ -257,11 +260,13 @@ def test_interpolated_environment_loads_as_settings(
     path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no stray ./config.yml
-    doc = resolve(load(path), dotenv())
-    for name in ours(doc):
-        env = environment(doc["services"][name])
-        settings = load_settings(MODELS[name], None, env)
-        assert settings.spool_dir == Path("/var/lib/ctx/spool")
+    # With the user's .env, and with nothing but what must be filled in (the files' own defaults).
+    for dot in (dotenv(), FILLED_IN):
+        doc = resolve(load(path), dot)
+        for name in ours(doc):
+            env = environment(doc["services"][name])
+            settings = load_settings(MODELS[name], None, env)
+            assert settings.spool_dir == Path("/var/lib/ctx/spool")
 
 
 @pytest.mark.parametrize("path", PARAMS)
