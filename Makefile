@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test reliability bench lint typecheck format clean
+.PHONY: install demo test reliability bench lint typecheck format manifest clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ reliability: install
 # Benchmarks (not part of `make test`); writes BENCHMARKS.md.
 bench: install
 	$(PY) -m tests.bench
+
+# __metadata__/connector_manifest.json and connector_config_schema.json from the settings models
+# (tools/metadata.py); tests/test_metadata.py fails while they are stale.
+manifest: install
+	$(PY) -m tools.metadata
 
 lint: install
 	$(VENV)/bin/ruff check .
