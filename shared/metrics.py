@@ -5,11 +5,12 @@ The switch, the port and its default are pycti's (``CONNECTOR_EXPOSE_METRICS``,
 ``OpenCTIMetricHandler`` calls ``prometheus_client.start_http_server(port)``, which binds every
 interface, and so does :func:`serve_metrics` unless ``CONNECTOR_METRICS_ADDRESS`` says otherwise.
 
-Each half declares its own metrics on the registry its CLI gives it (``fetcher.metrics``), so two
-commands in one process (tests) never add to each other's numbers. Counters and gauges are
-updated where things happen; values that only a look at the spool can give (files and bytes per
-state and feed, the age of the oldest pending file) are computed when Prometheus scrapes, by a
-:class:`ScrapeGauges` callback.
+Each half declares its own metrics on a registry from :func:`new_registry` that its CLI creates
+and serves (``fetcher.metrics.FetcherMetrics``), so two commands in one process (tests) never add
+to each other's numbers. Counters (``ctx_uploader_imports_total{feed,outcome}``, pushes, platform
+errors, retries) are updated where things happen; values that only a look at the spool can give
+(files and bytes per state and feed, the age of the oldest pending file) are computed when
+Prometheus scrapes, by a :class:`ScrapeGauges` callback over the spool's status.
 """
 
 from __future__ import annotations
