@@ -57,6 +57,10 @@ class CommonSettings(SettingsBase):
         env="CONNECTOR_LOG_LEVEL",
         description="Log level: debug, info, warn or error.",
     )
+    # The names of the logging and metrics settings are pycti's: OpenCTIConnectorHelper reads
+    # OPENCTI_JSON_LOGGING (opencti.json_logging), CONNECTOR_EXPOSE_METRICS and
+    # CONNECTOR_METRICS_PORT (default 9095) in pycti/connector/opencti_connector_helper.py.
+    # pycti's JSON default is on; ours is off, so a terminal gets text (compose turns it on).
     json_logging: bool = setting(
         False,
         env="OPENCTI_JSON_LOGGING",

@@ -1,5 +1,6 @@
-"""The real ``ctx-fetcher`` process, watched as an operator would: JSON log lines and the
-Prometheus endpoint, against the CTX stand-in."""
+"""``ctx-fetcher`` watched as an operator would, against the CTX stand-in: JSON log lines of a
+real ``once`` process, and the Prometheus endpoint scraped over HTTP after ``once`` (in-process,
+so the endpoint outlives the command) and during a real ``run`` process."""
 
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+import fetcher.cli
+from shared.config import CommonSettings
 from shared.layout import walk_bundles
+from shared.metrics import MetricsEndpoint, serve_metrics
+from tests.fetcher.helpers import invoke
 from tests.standins.ctx import CTXStandIn
 
 FETCHER = Path(sys.executable).parent / "ctx-fetcher"
@@ -148,3 +154,46 @@ def test_metrics_endpoint_matches_what_the_pass_did(
     assert value("ctx_fetcher_requests_total", status="200") == requests
     # The process collectors are there too: what an operator looks at first.
     assert value("process_resident_memory_bytes") > 0
+
+
+def test_metrics_scraped_after_once_match_the_spool(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In-process, so the endpoint outlives the command; the real serve_metrics runs, the test
+    # only keeps its handle to close it afterwards.
+    endpoints: list[MetricsEndpoint] = []
+
+    def serve(settings: CommonSettings, registry: CollectorRegistry) -> MetricsEndpoint | None:
+        endpoint = serve_metrics(settings, registry)
+        assert endpoint is not None
+        endpoints.append(endpoint)
+        return endpoint
+
+    monkeypatch.setattr(fetcher.cli, "serve_metrics", serve)
+    port = _free_port()
+    result = invoke(
+        ["once"],
+        {
+            **env,
+            "CONNECTOR_EXPOSE_METRICS": "true",
+            "CONNECTOR_METRICS_ADDRESS": "127.0.0.1",
+            "CONNECTOR_METRICS_PORT": str(port),
+        },
+    )
+    assert result.exit_code == 0, result.output
+    try:
+        samples = _scrape(port)
+    finally:
+        for endpoint in endpoints:
+            endpoint.close()
+    on_disk = _spool_files(spool_dir)
+    for feed in standin.active_feed_ids:
+        files = sum(
+            v
+            for (name, labels), v in samples.items()
+            if name == "ctx_fetcher_files_written_total" and ("feed", feed) in labels
+        )
+        assert files == on_disk[feed] > 0
+        assert samples[("ctx_fetcher_feed_passes_total", (("feed", feed), ("result", "ok")))] == 1
+    requests = sum(v for (name, _), v in samples.items() if name == "ctx_fetcher_requests_total")
+    assert requests == len(standin.requests)
