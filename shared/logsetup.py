@@ -16,8 +16,9 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-# pycti imports the same module (``from pythonjsonlogger import jsonlogger``), so every pycti
-# release pins a python-json-logger that has it.
+# The module pycti 6 imports (pycti/utils/opencti_logger.py; it pins python-json-logger ~=2.0.4).
+# python-json-logger 3 and 4 (pycti 7 pins ~=4.0.0) keep it as a compatibility module with a
+# DeprecationWarning; the tests pass with 2.0.7 and 4.0.0.
 from pythonjsonlogger import jsonlogger
 
 _LEVELS = {
