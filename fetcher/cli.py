@@ -1,29 +1,43 @@
-"""``ctx-fetcher``: CTX feeds into the spool (``once``, ``run``, ``feeds``, ``transfer``)."""
+"""``ctx-fetcher``: CTX feeds into the spool (``once``, ``run``, ``feeds``, ``transfer``) and the
+commands that read or reset the fetcher's state (``state``, ``health``, ``reset``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
-import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import click
+from rich.console import Console
 
 from fetcher.client import CTXClient
-from fetcher.errors import FetcherError
+from fetcher.errors import FetcherError, LedgerError
+from fetcher.lock import StateLock
 from fetcher.metrics import FetcherMetrics
-from fetcher.settings import FetcherSettings, SpoolStateSettings
+from fetcher.progress import PassProgress
+from fetcher.reset import parse_since, reset_feed
+from fetcher.settings import FetcherSettings, ScheduleSettings, SpoolStateSettings
 from fetcher.state import Ledger
+from fetcher.status import (
+    FeedState,
+    health_line,
+    health_problems,
+    open_state,
+    read_state,
+    render_table,
+)
 from fetcher.sync import FeedResult, run_pass
 from fetcher.transfer import manifest, mark, transfer_set
 from shared.config import load_settings
 from shared.durable import write_atomic
-from shared.errors import ConfigError, SharedError, SpoolError
-from shared.layout import Spool
+from shared.errors import ConfigError, SharedError, SpoolError, UnsafeNameError
+from shared.layout import Spool, check_feed_id
 from shared.logsetup import configure_logging
 from shared.metrics import serve_metrics
 from shared.signing import SigningKey
@@ -66,27 +80,32 @@ def _metrics(settings: FetcherSettings) -> FetcherMetrics:
     return metrics
 
 
-def _stdout_is_tty() -> bool:
-    return sys.stdout.isatty()
+_LoadedT = TypeVar("_LoadedT", bound=SpoolStateSettings)
 
 
-def _progress() -> Callable[[FeedResult], None] | None:
-    if not _stdout_is_tty():
-        return None
-    current: list[str] = []
+def _load(model: type[_LoadedT], config_path: Path | None) -> _LoadedT:
+    """Settings that hold no secret of their own (the signing key is not loaded)."""
+    try:
+        settings = load_settings(model, config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    configure_logging(settings.log_level, json_lines=settings.json_logging)
+    return settings
 
-    def show(result: FeedResult) -> None:
-        if current and current[-1] != result.feed_id:
-            click.echo("")
-        current[:] = [result.feed_id]
-        click.echo(
-            f"\r{result.feed_id}: records {result.records_listed}, "
-            f"reports {result.reports_written} new, "
-            f"{result.reports_unchanged} unchanged, objects files {result.objects_files_written}",
-            nl=False,
-        )
 
-    return show
+def _progress_console() -> Console | None:
+    """The console of the live progress display: stderr, where the log lines go, if a terminal."""
+    console = Console(stderr=True)
+    return console if console.is_terminal else None
+
+
+@contextmanager
+def _state_lock(settings: SpoolStateSettings) -> Iterator[None]:
+    try:
+        with StateLock(settings.effective_state_dir):
+            yield
+    except LedgerError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _one_pass(
@@ -95,10 +114,15 @@ def _one_pass(
     stop: threading.Event | None = None,
     metrics: FetcherMetrics | None = None,
 ) -> list[FeedResult]:
-    progress = _progress()
+    console = _progress_console()
+    display = PassProgress(console) if console is not None else None
     spool = Spool(settings.spool_dir)
     try:
-        with Ledger(settings.effective_state_dir) as ledger, CTXClient(settings, metrics) as client:
+        with (
+            display.live() if display is not None else nullcontext(None) as progress,
+            Ledger(settings.effective_state_dir) as ledger,
+            CTXClient(settings, metrics) as client,
+        ):
             results = run_pass(
                 client,
                 ledger,
@@ -110,9 +134,9 @@ def _one_pass(
                 signing_key=key,
             )
     except (FetcherError, SpoolError) as exc:
+        # No feed was tried (the state or the client could not be opened): said here, once.
+        logger.error("pass failed before any feed: %s", exc)
         results = [FeedResult(feed_id, error=exc) for feed_id in settings.feed_ids]
-    if progress is not None:
-        click.echo("")
     for result in results:
         click.echo(f"{result.feed_id}: {result.summary()}")
     return results
@@ -128,9 +152,14 @@ def main() -> None:
 def once(config_path: Path | None) -> None:
     """One pass over every configured feed; exit 0 only if every feed succeeded."""
     settings, key = _settings_and_key(config_path)
-    failed = [r for r in _one_pass(settings, key, metrics=_metrics(settings)) if not r.ok]
+    with _state_lock(settings):
+        results = _one_pass(settings, key, metrics=_metrics(settings))
+    failed = [r.feed_id for r in results if not r.ok]
     if failed:
-        raise click.ClickException("\n".join(f"feed {r.feed_id} failed: {r.error}" for r in failed))
+        # Each feed's error is in the log above; this line only says which failed.
+        raise click.ClickException(
+            f"{len(failed)} of {len(results)} feed(s) failed: {', '.join(failed)}"
+        )
 
 
 @contextmanager
@@ -155,13 +184,24 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 @click.option("--max-passes", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("--interval-seconds", type=click.FloatRange(min=0), default=None, hidden=True)
 def run(config_path: Path | None, max_passes: int | None, interval_seconds: float | None) -> None:
-    """A pass now, then one every CYBERTHREATEXCHANGE_INTERVAL_HOURS, until SIGTERM/SIGINT."""
+    """A pass now, then one every CONNECTOR_DURATION_PERIOD (or INTERVAL_HOURS), until stopped."""
     settings, key = _settings_and_key(config_path)
-    interval = interval_seconds if interval_seconds is not None else settings.interval_hours * 3600
+    interval = interval_seconds if interval_seconds is not None else settings.interval_seconds
+    if settings.both_intervals_set:
+        logger.warning(
+            "CONNECTOR_DURATION_PERIOD and CYBERTHREATEXCHANGE_INTERVAL_HOURS are both set; "
+            "CONNECTOR_DURATION_PERIOD wins"
+        )
+    logger.info(
+        "a pass every %s s (%s)",
+        f"{interval:g}",
+        settings.interval_source if interval_seconds is None else "--interval-seconds",
+    )
     stop = threading.Event()
-    metrics = _metrics(settings)
     passes = 0
-    with _stop_on_signals(stop):
+    with _state_lock(settings), _stop_on_signals(stop):
+        # After the lock: a second fetcher is refused for what it is, not for a taken port.
+        metrics = _metrics(settings)
         while not stop.is_set():
             try:
                 results = _one_pass(settings, key, stop, metrics)
@@ -228,11 +268,7 @@ def transfer(
     --from0/--null options). Nothing is marked unless --mark is given, and only after the list and
     the manifest are written. No network: only the spool and the fetcher's state are used.
     """
-    try:
-        settings = load_settings(SpoolStateSettings, config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    configure_logging(settings.log_level, json_lines=settings.json_logging)
+    settings = _load(SpoolStateSettings, config_path)
     spool = Spool(settings.spool_dir)
     try:
         with Ledger(settings.effective_state_dir) as ledger:
@@ -246,3 +282,102 @@ def transfer(
                 logger.info("marked %d file(s) as transferred", marked)
     except (FetcherError, SpoolError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _read_state(settings: ScheduleSettings) -> list[FeedState]:
+    try:
+        with open_state(settings.spool_dir, settings.effective_state_dir) as ledger:
+            return read_state(ledger, settings.feed_ids)
+    except FetcherError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
+def state(config_path: Path | None, as_json: bool) -> None:
+    """Where each feed stands: cursor, last pass, files written, last error. Read-only."""
+    settings = _load(ScheduleSettings, config_path)
+    states = _read_state(settings)
+    if as_json:
+        document = {
+            "spool_dir": str(settings.spool_dir.absolute()),
+            "state_dir": str(settings.effective_state_dir.absolute()),
+            "interval_seconds": settings.interval_seconds,
+            "feeds": [feed.as_dict() for feed in states],
+        }
+        click.echo(json.dumps(document, indent=2))
+        return
+    console = Console()
+    render_table(states, console if console.is_terminal else Console(width=200))
+
+
+@main.command()
+@config_option
+def health(config_path: Path | None) -> None:
+    """Exit 0 when the last pass of every configured feed went well and is recent.
+
+    Non-zero, with one line saying why, when a feed's last pass failed, ended more than twice the
+    interval ago, or never finished. Reads the state only: no lock, no network (a HEALTHCHECK).
+    """
+    settings = _load(ScheduleSettings, config_path)
+    problems = health_problems(_read_state(settings), interval_seconds=settings.interval_seconds)
+    line = health_line(problems, len(settings.feed_ids))
+    if problems:
+        raise click.ClickException(line)
+    click.echo(line)
+
+
+@main.command()
+@config_option
+@click.option("--feed", "feed_id", required=True, help="The feed's UUID.")
+@click.option(
+    "--since",
+    "since",
+    default=None,
+    metavar="ISO-8601",
+    help="Re-read the records CTX stored from this date or date-time (UTC if no zone is given).",
+)
+@click.option("--all", "from_start", is_flag=True, help="Re-read the feed from its start.")
+@click.option(
+    "--rewrite",
+    is_flag=True,
+    help="Write the files of what is re-read again, even those whose content did not change.",
+)
+def reset(
+    config_path: Path | None, feed_id: str, since: str | None, from_start: bool, rewrite: bool
+) -> None:
+    """The next pass re-reads one feed from a date (--since) or from its start (--all).
+
+    Without --rewrite only files whose content changed are written. Refused while another
+    ctx-fetcher (`run` or `once`) uses the state: stop it first.
+    """
+    if (since is None) == (not from_start):
+        raise click.UsageError("give exactly one of --since DATE and --all")
+    try:
+        when = None if since is None else parse_since(since)
+        feed_id = check_feed_id(feed_id.strip())
+    except (ValueError, UnsafeNameError) as exc:
+        raise click.BadParameter(str(exc)) from None
+    settings = _load(SpoolStateSettings, config_path)
+    try:
+        # A wrong SPOOL_DIR is refused before anything is created in it.
+        with open_state(settings.spool_dir, settings.effective_state_dir) as existing:
+            known = {feed.feed_id for feed in read_state(existing, ())}
+        if feed_id not in known:
+            raise click.ClickException(
+                f"the fetcher state has no feed {feed_id} (it knows: "
+                f"{', '.join(sorted(known)) or 'none'}); nothing to reset"
+            )
+        with (
+            StateLock(settings.effective_state_dir),
+            Ledger(settings.effective_state_dir) as ledger,
+        ):
+            outcome = reset_feed(ledger, feed_id, since=when, rewrite=rewrite)
+    except FetcherError as exc:
+        raise click.ClickException(str(exc)) from None
+    start = outcome.after or "the start of the feed"
+    click.echo(
+        f"{feed_id}: the next pass reads from {start} (was {outcome.before or 'the start'}); "
+        + ("its files are written again" if rewrite else "only changed files are written")
+    )

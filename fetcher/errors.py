@@ -12,6 +12,9 @@ Tree::
     │   └── ForeignHostError     a request URL on another host; never sent (the key would leak)
     ├── FeedNotSubscribedError   a configured feed the team is not subscribed to, or not active
     ├── LedgerError              the cursor / dedup ledger could not be read or written (``path``)
+    │   └── StateBusyError       another fetcher holds the state's lock (``path``: the lock file)
+    ├── NotASpoolError           a read-only command was pointed at a directory that holds no
+    │                            spool or no fetcher state (``path``)
     └── TransferError            ``transfer`` cannot list a file: its bytes do not match its name,
                                  or it cannot be read (``path``, relative to SPOOL_DIR)
 
@@ -89,5 +92,17 @@ class TransferError(FetcherError):
     """A file of a transfer set cannot be vouched for; ``path`` is relative to ``SPOOL_DIR``."""
 
     def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class StateBusyError(LedgerError):
+    """Another ctx-fetcher process holds the lock of this state directory (``path``)."""
+
+
+class NotASpoolError(FetcherError):
+    """``path`` is not a spool with fetcher state: a wrong SPOOL_DIR, or the fetcher never ran."""
+
+    def __init__(self, message: str, *, path: Path) -> None:
         self.path = path
         super().__init__(message)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import SecretStr, field_validator
@@ -27,7 +29,96 @@ class SpoolStateSettings(CommonSettings):
         )
 
 
-class FetcherSettings(SpoolStateSettings):
+#: ISO 8601 durations (ISO 8601-1:2019 §5.5.2) of weeks, days, hours, minutes and seconds. Years
+#: and months have no fixed length and are refused (pydantic would take them as 365 and 30 days).
+_DURATION = re.compile(
+    r"P(?:\d+(?:[.,]\d+)?W)?(?:\d+(?:[.,]\d+)?D)?"
+    r"(?:T(?:\d+(?:[.,]\d+)?H)?(?:\d+(?:[.,]\d+)?M)?(?:\d+(?:[.,]\d+)?S)?)?"
+)
+MIN_PERIOD = timedelta(minutes=1)
+
+
+class ScheduleSettings(SpoolStateSettings):
+    """The feeds and the schedule: what ``state`` and ``health`` need besides the spool (no CTX)."""
+
+    feed_ids: tuple[str, ...] = setting(
+        env="CYBERTHREATEXCHANGE_FEED_IDS",
+        description="Comma-separated feed UUIDs to fetch (at least one; must be subscribed).",
+    )
+    interval_hours: int = setting(
+        1,
+        env="CYBERTHREATEXCHANGE_INTERVAL_HOURS",
+        description="Hours between passes of `ctx-fetcher run` (integer, at least 1). CONNECTOR_DURATION_PERIOD wins when both are set.",
+        ge=1,
+    )
+    duration_period: timedelta | None = setting(
+        None,
+        env="CONNECTOR_DURATION_PERIOD",
+        description="Time between passes of `ctx-fetcher run` as an ISO 8601 duration (PT30M, PT6H, P1D; at least PT1M), as OpenCTI connectors take it; wins over CYBERTHREATEXCHANGE_INTERVAL_HOURS.",
+    )
+
+    @field_validator("feed_ids", mode="before")
+    @classmethod
+    def _split_feed_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in (p.strip() for p in value.split(",")) if part]
+        if isinstance(value, list | tuple):
+            out = []
+            for item in value:
+                try:
+                    out.append(check_feed_id(str(item).strip()))
+                except UnsafeNameError:
+                    raise ValueError(f"{str(item)[:60]!r} is not a feed UUID") from None
+            if not out:
+                raise ValueError("at least one feed id is required")
+            return tuple(dict.fromkeys(out))
+        return value
+
+    @field_validator("duration_period", mode="before")
+    @classmethod
+    def _iso_duration(cls, value: object) -> object:
+        # OpenCTI's connectors declare ``duration_period: timedelta`` (connectors-sdk settings),
+        # so pydantic parses the value; only the ISO 8601 form is let through to it.
+        if isinstance(value, str):
+            text = value.strip().upper()
+            if text in ("", "P", "PT") or text.endswith("T") or not _DURATION.fullmatch(text):
+                raise ValueError(
+                    f"{value[:40]!r} is not an ISO 8601 duration of weeks, days, hours, minutes "
+                    "or seconds (e.g. PT30M, PT6H, P1D)"
+                )
+            return text.replace(",", ".")
+        if value is None or isinstance(value, timedelta):
+            return value
+        raise ValueError("must be an ISO 8601 duration in quotes (e.g. 'PT6H'), not a number")
+
+    @field_validator("duration_period")
+    @classmethod
+    def _period_long_enough(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < MIN_PERIOD:
+            raise ValueError("must be at least PT1M (one minute)")
+        return value
+
+    @property
+    def interval_seconds(self) -> float:
+        """Seconds between passes: CONNECTOR_DURATION_PERIOD if set, else the interval hours."""
+        if self.duration_period is not None:
+            return self.duration_period.total_seconds()
+        return float(self.interval_hours * 3600)
+
+    @property
+    def interval_source(self) -> str:
+        """Which variable set :attr:`interval_seconds` (for the log line at start)."""
+        if self.duration_period is not None:
+            return "CONNECTOR_DURATION_PERIOD"
+        return "CYBERTHREATEXCHANGE_INTERVAL_HOURS"
+
+    @property
+    def both_intervals_set(self) -> bool:
+        """Both variables were given: CONNECTOR_DURATION_PERIOD wins, which ``run`` logs."""
+        return self.duration_period is not None and "interval_hours" in self.model_fields_set
+
+
+class FetcherSettings(ScheduleSettings):
     """Everything the fetcher needs; nothing of the uploader's."""
 
     base_url: str = setting(
@@ -38,16 +129,6 @@ class FetcherSettings(SpoolStateSettings):
     api_key: SecretStr = setting(
         env="CYBERTHREATEXCHANGE_API_KEY",
         description="CTX API key, sent as the API-KEY header. Never logged.",
-    )
-    feed_ids: tuple[str, ...] = setting(
-        env="CYBERTHREATEXCHANGE_FEED_IDS",
-        description="Comma-separated feed UUIDs to fetch (at least one; must be subscribed).",
-    )
-    interval_hours: int = setting(
-        1,
-        env="CYBERTHREATEXCHANGE_INTERVAL_HOURS",
-        description="Hours between passes of `ctx-fetcher run` (integer, at least 1).",
-        ge=1,
     )
     concurrency: int = setting(
         8,
@@ -113,23 +194,6 @@ class FetcherSettings(SpoolStateSettings):
         if len(value.get_secret_value().strip()) < 4:
             raise ValueError("too short to be an API key")
         return SecretStr(value.get_secret_value().strip())
-
-    @field_validator("feed_ids", mode="before")
-    @classmethod
-    def _split_feed_ids(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = [part for part in (p.strip() for p in value.split(",")) if part]
-        if isinstance(value, list | tuple):
-            out = []
-            for item in value:
-                try:
-                    out.append(check_feed_id(str(item).strip()))
-                except UnsafeNameError:
-                    raise ValueError(f"{str(item)[:60]!r} is not a feed UUID") from None
-            if not out:
-                raise ValueError("at least one feed id is required")
-            return tuple(dict.fromkeys(out))
-        return value
 
     @field_validator("ca_bundle")
     @classmethod

@@ -11,6 +11,15 @@ Tables:
 * ``transfers(path, sha256, marked_at)`` — files ``ctx-fetcher transfer --mark`` recorded as
   carried across the air gap (path relative to ``SPOOL_DIR``); never read by the dedup.
 * ``mirror`` — the newest version of every object, owned by :mod:`fetcher.mirror`.
+* ``passes(feed_id, …)`` — when the latest pass of each feed started, and when the last finished
+  one ended, how, with what error and how many files it wrote (``ctx-fetcher state`` and
+  ``health`` read it).
+* ``resets(feed_id, since, rewrite, asked_at)`` — a ``ctx-fetcher reset`` the next pass of the
+  feed still has to carry out (:mod:`fetcher.reset`).
+
+The schema's version is SQLite's ``user_version`` (https://sqlite.org/pragma.html#pragma_user_version):
+a state file of an older fetcher is brought up to date when it is opened for writing, and a read-only
+open (:meth:`Ledger.read_only`) of an older file sees no pass records rather than failing.
 
 Entries are recorded only after the file is published: a crash in between makes the next pass
 publish the same content-addressed name again, which :func:`shared.durable.publish_bytes` turns
@@ -25,17 +34,20 @@ import json
 import operator
 import sqlite3
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fetcher.errors import LedgerError
 
 DB_NAME = "fetcher.sqlite3"
+#: The cursor of the objects listing: the ``added_after`` the next pass starts from.
+LISTING_CURSOR = "listing"
 
 #: One SQL statement and its arguments.
 Statement = tuple[str, tuple[Any, ...]]
 
-_SCHEMA = """
+_SCHEMA_V0 = """
 CREATE TABLE IF NOT EXISTS cursors (
     feed_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (feed_id, name));
@@ -45,6 +57,66 @@ CREATE TABLE IF NOT EXISTS reports (
 CREATE TABLE IF NOT EXISTS transfers (
     path TEXT NOT NULL PRIMARY KEY, sha256 TEXT NOT NULL, marked_at TEXT NOT NULL);
 """
+
+#: Each step brings ``user_version`` from its index to index + 1. Steps only add, so a state file
+#: written before a step keeps every cursor and ledger entry it had.
+_MIGRATIONS = (
+    """
+    CREATE TABLE IF NOT EXISTS passes (
+        feed_id TEXT NOT NULL PRIMARY KEY,
+        started_at TEXT,
+        last_started_at TEXT, last_ended_at TEXT, last_result TEXT,
+        last_records INTEGER NOT NULL DEFAULT 0, last_files INTEGER NOT NULL DEFAULT 0,
+        files_total INTEGER NOT NULL DEFAULT 0,
+        last_ok_at TEXT, error TEXT, error_at TEXT);
+    CREATE TABLE IF NOT EXISTS resets (
+        feed_id TEXT NOT NULL PRIMARY KEY, since TEXT, rewrite INTEGER NOT NULL,
+        asked_at TEXT NOT NULL);
+    """,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_RECORD_FIELDS = (
+    "feed_id, started_at, last_started_at, last_ended_at, last_result, last_records, "
+    "last_files, files_total, last_ok_at, error, error_at"
+)
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """What the state says of one feed's passes (times in ISO 8601 UTC).
+
+    ``started_at`` is the start of the latest pass; when it is later than ``last_started_at`` that
+    pass is under way, or was killed. ``last_*`` describe the last pass that finished; ``error``
+    and ``error_at`` the last one that failed, even if later passes went well.
+    """
+
+    feed_id: str
+    started_at: str | None
+    last_started_at: str | None
+    last_ended_at: str | None
+    last_result: str | None  # "ok" | "failed"
+    last_records: int
+    last_files: int
+    files_total: int
+    last_ok_at: str | None
+    error: str | None
+    error_at: str | None
+
+    @property
+    def running(self) -> bool:
+        """A pass started after the last one that finished (under way, or killed)."""
+        return self.started_at is not None and self.started_at != self.last_started_at
+
+
+@dataclass(frozen=True)
+class PendingReset:
+    """A reset the next pass carries out: ``since`` is the cursor it starts from (None: the start)."""
+
+    feed_id: str
+    since: str | None
+    rewrite: bool
+    asked_at: str
 
 
 class Ledger:
@@ -59,9 +131,49 @@ class Ledger:
             # WAL + FULL: a committed cursor or ledger entry survives a power cut.
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA_V0)
+            self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(f"cannot open the fetcher state: {exc}", path=self.path) from None
+
+    @classmethod
+    def read_only(cls, state_dir: Path) -> Ledger:
+        """The state opened for reading only: nothing is created, migrated or locked.
+
+        Raises :class:`LedgerError` when there is no state file in ``state_dir``.
+        """
+        ledger = cls.__new__(cls)
+        ledger.path = Path(state_dir) / DB_NAME
+        ledger._pending = None
+        if not ledger.path.is_file():
+            raise LedgerError(f"no fetcher state at {ledger.path.absolute()}", path=ledger.path)
+        try:
+            # mode=ro: https://sqlite.org/uri.html#urimode; a WAL file is read, never written.
+            ledger._db = sqlite3.connect(
+                f"{ledger.path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None
+            )
+            ledger._db.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read the fetcher state: {exc}", path=ledger.path) from None
+        return ledger
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"the fetcher state is of schema {version}, written by a newer ctx-fetcher "
+                f"(this one knows up to {SCHEMA_VERSION}); not touching it",
+                path=self.path,
+            )
+        for step in range(version, SCHEMA_VERSION):
+            # executescript commits first; the DDL and the version go in one transaction.
+            self._db.executescript(
+                f"BEGIN IMMEDIATE; {_MIGRATIONS[step]} PRAGMA user_version = {step + 1}; COMMIT;"
+            )
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._query("PRAGMA user_version", ())[0][0])
 
     def close(self) -> None:
         self._db.close()
@@ -207,3 +319,97 @@ class Ledger:
                 for path, sha in files
             ]
         )
+
+    def cursors(self) -> dict[tuple[str, str], str]:
+        """Every saved cursor, by ``(feed_id, name)``."""
+        rows = self._query("SELECT feed_id, name, value FROM cursors", ())
+        return {(str(feed), str(name)): str(value) for feed, name, value in rows}
+
+    def delete_cursor(self, feed_id: str, name: str) -> None:
+        self._write([("DELETE FROM cursors WHERE feed_id = ? AND name = ?", (feed_id, name))])
+
+    def forget_reports(self, feed_id: str, report_ids: Iterable[str]) -> None:
+        """Drop the dedup entries of these reports: their next file is written even if unchanged."""
+        self._write(
+            [
+                ("DELETE FROM reports WHERE feed_id = ? AND report_id = ?", (feed_id, report_id))
+                for report_id in report_ids
+            ]
+        )
+
+    # Pass records (schema 1) -------------------------------------------------------------------
+
+    def pass_started(self, feed_id: str, at: str) -> None:
+        self._write(
+            [
+                (
+                    "INSERT INTO passes (feed_id, started_at) VALUES (?, ?) "
+                    "ON CONFLICT (feed_id) DO UPDATE SET started_at = excluded.started_at",
+                    (feed_id, at),
+                )
+            ]
+        )
+
+    def pass_finished(
+        self, feed_id: str, at: str, *, error: str | None, records: int, files: int
+    ) -> None:
+        """Record the end of the pass :meth:`pass_started` began (``error`` None: it went well)."""
+        self._write(
+            [
+                (
+                    "UPDATE passes SET last_started_at = started_at, last_ended_at = ?, "
+                    "last_result = ?, last_records = ?, last_files = ?, "
+                    "files_total = files_total + ?, "
+                    "last_ok_at = CASE WHEN ? IS NULL THEN ? ELSE last_ok_at END, "
+                    "error = coalesce(?, error), "
+                    "error_at = CASE WHEN ? IS NULL THEN error_at ELSE ? END "
+                    "WHERE feed_id = ?",
+                    (
+                        at,
+                        "ok" if error is None else "failed",
+                        records,
+                        files,
+                        files,
+                        error,
+                        at,
+                        error,
+                        error,
+                        at,
+                        feed_id,
+                    ),
+                )
+            ]
+        )
+
+    def passes(self) -> dict[str, PassRecord]:
+        """The pass record of every feed that has one (none in a state file older than schema 1)."""
+        if self.schema_version < 1:
+            return {}
+        rows = self._query(f"SELECT {_RECORD_FIELDS} FROM passes", ())  # noqa: S608
+        return {str(row[0]): PassRecord(*row) for row in rows}
+
+    # Resets (schema 1) -------------------------------------------------------------------------
+
+    def request_reset(self, reset: PendingReset) -> None:
+        self._write(
+            [
+                (
+                    "INSERT INTO resets (feed_id, since, rewrite, asked_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (feed_id) DO UPDATE SET since = excluded.since, "
+                    "rewrite = excluded.rewrite, asked_at = excluded.asked_at",
+                    (reset.feed_id, reset.since, int(reset.rewrite), reset.asked_at),
+                )
+            ]
+        )
+
+    def pending_resets(self) -> dict[str, PendingReset]:
+        if self.schema_version < 1:
+            return {}
+        rows = self._query("SELECT feed_id, since, rewrite, asked_at FROM resets", ())
+        return {
+            str(feed): PendingReset(str(feed), since, bool(rewrite), str(asked))
+            for feed, since, rewrite, asked in rows
+        }
+
+    def clear_reset(self, feed_id: str) -> None:
+        self._write([("DELETE FROM resets WHERE feed_id = ?", (feed_id,))])

@@ -24,8 +24,9 @@ from fetcher.assemble import Assembler, Counts
 from fetcher.client import CTXClient, Subscription
 from fetcher.errors import FeedNotSubscribedError, FetcherError
 from fetcher.mirror import Mirror
+from fetcher.reset import now_iso, redeliver
 from fetcher.segments import ListingReader
-from fetcher.state import Ledger
+from fetcher.state import LISTING_CURSOR, Ledger
 from shared.durable import remove_stale_temps
 from shared.errors import SpoolError
 from shared.layout import Spool, check_feed_id
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 # A temp file this old belongs to a write that died: publishing one file takes milliseconds.
 STALE_TEMP_SECONDS = 15 * 60
-LISTING_CURSOR = "listing"
 #: Pages read ahead of the one being applied (100 objects each at most: a few MB).
 READ_AHEAD_PAGES = 16
 
@@ -58,6 +58,10 @@ class FeedResult:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def files_written(self) -> int:
+        return self.reports_written + self.objects_files_written
+
     def take(self, counts: Counts) -> None:
         self.reports_written = counts.reports_written
         self.reports_unchanged = counts.reports_unchanged
@@ -71,7 +75,8 @@ class FeedResult:
             f"objects bundles written {self.objects_files_written} "
             f"({self.objects_written} objects)"
         )
-        return text if self.ok else f"FAILED: {self.error} ({text})"
+        # The error itself is logged once, where the feed failed (run_pass); not repeated here.
+        return text if self.ok else f"FAILED ({text})"
 
 
 Progress = Callable[[FeedResult], None]
@@ -118,6 +123,7 @@ class FeedSync:
 
     def _read_listing(self) -> None:
         cursor = self.ledger.cursor(self.feed_id, LISTING_CURSOR)
+        reset = self.ledger.pending_resets().get(self.feed_id)
         reader = ListingReader(
             self.client,
             self.feed_id,
@@ -135,6 +141,13 @@ class FeedSync:
                     for item in group:
                         reader.applied(item)
                         self.result.records_listed += len(item.step.objects)
+                    if reset is not None:
+                        redeliver(
+                            self.ledger,
+                            self.feed_id,
+                            (obj for item in group for obj in item.step.objects),
+                            rewrite=reset.rewrite,
+                        )
                     self.result.records_kept += applied.changed
                     self.result.artefacts_dropped += applied.artefacts
                     checkpoint = reader.checkpoint()
@@ -144,6 +157,9 @@ class FeedSync:
                 self._tick()
         finally:
             reader.close()
+        if reset is not None:
+            # Read to the end: everything at or after the reset's date went through redeliver().
+            self.ledger.clear_reset(self.feed_id)
         logger.debug(
             "objects listing read",
             extra={
@@ -201,6 +217,7 @@ def run_pass(
         if stop is not None and stop.is_set():
             logger.info("stop requested; feeds left for the next pass", extra={"feed_id": feed_id})
             break
+        ledger.pass_started(feed_id, now_iso())
         if subscriptions is None:
             result = FeedResult(feed_id, error=failure)
         else:
@@ -226,9 +243,17 @@ def run_pass(
                     signing_key=signing_key,
                 ).run()
         client.metrics.feed_done(result)
+        ledger.pass_finished(
+            feed_id,
+            now_iso(),
+            error=None if result.error is None else str(result.error),
+            records=result.records_listed,
+            files=result.files_written,
+        )
         if result.ok:
             logger.info("feed done: %s", result.summary(), extra={"feed_id": feed_id})
         else:
-            logger.error("feed failed: %s", result.error, extra={"feed_id": feed_id})
+            # The one place a feed's error is reported; the CLI's summary only says FAILED.
+            logger.error("feed %s failed: %s", feed_id, result.error, extra={"feed_id": feed_id})
         results.append(result)
     return results

@@ -10,10 +10,11 @@ the library pycti's own JSON logs use: ``pycti/utils/opencti_logger.py``). Every
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 # The module pycti 6 imports (pycti/utils/opencti_logger.py; it pins python-json-logger ~=2.0.4).
@@ -148,3 +149,26 @@ def configure_logging(
     # urllib3 logs every retry at WARNING, which is what we want; its DEBUG lines carry full URLs.
     logging.getLogger("urllib3").setLevel(max(logging.INFO, level_number(level)))
     return formatter
+
+
+@contextlib.contextmanager
+def records_through(handler: logging.Handler) -> Iterator[None]:
+    """While inside, the root logger's records go to ``handler`` instead of its own handlers.
+
+    For a live display (a progress bar) that must print log lines itself so that they never
+    share a line with it. ``handler`` gets the formatter of the handler it stands in for, so
+    secrets stay masked and the line format stays the one configured.
+    """
+    root = logging.getLogger()
+    previous = list(root.handlers)
+    if previous and previous[0].formatter is not None:
+        handler.setFormatter(previous[0].formatter)
+    for old in previous:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for old in previous:
+            root.addHandler(old)

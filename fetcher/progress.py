@@ -1,0 +1,76 @@
+"""The fetcher's progress on a terminal: a line per feed, with the log lines printed above it.
+
+``rich.progress.Progress`` redraws its lines in place; a log record written to the same terminal
+by a plain ``StreamHandler`` would land in the middle of them. While the display is live the root
+logger's records go through ``rich.logging.RichHandler`` on the same console instead, which prints
+them above the live lines (rich's Live display docs: "print or log ... above the live display").
+Off a terminal there is no display and nothing but log lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.highlighter import NullHighlighter
+from rich.logging import RichHandler
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from fetcher.sync import FeedResult
+from fetcher.sync import Progress as ProgressCallback
+from shared.logsetup import records_through
+
+
+class PassProgress:
+    """One pass's live display on ``console`` (a terminal)."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._progress = Progress(
+            SpinnerColumn(finished_text="done"),
+            TextColumn("{task.description}"),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+            # The per-feed summary lines replace the display when the pass ends.
+            transient=True,
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self._current: TaskID | None = None
+
+    def update(self, result: FeedResult) -> None:
+        """Show ``result``'s counts (called from the thread that runs the pass)."""
+        detail = (
+            f"records {result.records_listed}, reports {result.reports_written} new "
+            f"{result.reports_unchanged} unchanged, objects files {result.objects_files_written}"
+        )
+        task = self._tasks.get(result.feed_id)
+        if task is None:
+            if self._current is not None:
+                # Feeds run one after another: a new feed means the last one is done.
+                self._progress.update(self._current, total=1, completed=1)
+            task = self._progress.add_task(result.feed_id, total=None, detail=detail)
+            self._tasks[result.feed_id] = task
+            self._current = task
+        else:
+            self._progress.update(task, detail=detail)
+
+    @contextlib.contextmanager
+    def live(self) -> Iterator[ProgressCallback]:
+        """Show the display and route log records above it while inside."""
+        # rich_tracebacks stays off: rich's tracebacks can show local variables, keys included;
+        # the configured formatter (with its secret masking) formats every record, tracebacks too.
+        handler = RichHandler(
+            level=logging.NOTSET,
+            console=self._console,
+            show_time=False,
+            show_level=False,
+            show_path=False,
+            markup=False,
+            rich_tracebacks=False,
+            highlighter=NullHighlighter(),
+        )
+        with records_through(handler), self._progress:
+            yield self.update

@@ -1,0 +1,188 @@
+"""``ctx-fetcher state`` and ``ctx-fetcher health``: read from the fetcher's state only.
+
+Nothing here takes the state lock, writes, or talks to CTX: ``health`` runs as a container's
+HEALTHCHECK beside a running fetcher, every few seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fetcher.errors import NotASpoolError
+from fetcher.state import DB_NAME, LISTING_CURSOR, Ledger, PassRecord, PendingReset
+from shared.layout import INCOMING
+
+#: ``health`` fails when the last pass ended longer ago than this many intervals.
+STALE_INTERVALS = 2
+
+
+@dataclass(frozen=True)
+class FeedState:
+    """One feed as the state records it."""
+
+    feed_id: str
+    configured: bool
+    cursor: str | None
+    passes: PassRecord | None
+    reset: PendingReset | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``--json`` form (times in ISO 8601 UTC, null when unknown)."""
+        p = self.passes
+        return {
+            "feed_id": self.feed_id,
+            "configured": self.configured,
+            "cursor": self.cursor,
+            "last_pass": None
+            if p is None or p.last_ended_at is None
+            else {
+                "started_at": p.last_started_at,
+                "ended_at": p.last_ended_at,
+                "result": p.last_result,
+                "records_listed": p.last_records,
+                "files_written": p.last_files,
+            },
+            "running_since": p.started_at if p is not None and p.running else None,
+            "last_success_at": None if p is None else p.last_ok_at,
+            "files_written_total": 0 if p is None else p.files_total,
+            "last_error": None if p is None else p.error,
+            "last_error_at": None if p is None else p.error_at,
+            "reset_pending": None
+            if self.reset is None
+            else {"from": self.reset.since, "rewrite": self.reset.rewrite},
+        }
+
+
+def open_state(spool_dir: Path, state_dir: Path) -> Ledger:
+    """The fetcher's state, read-only; refuses a directory that is not a spool with state.
+
+    A wrong SPOOL_DIR must not look like an empty, healthy spool.
+    """
+    if (state_dir / DB_NAME).is_file():
+        return Ledger.read_only(state_dir)
+    root = spool_dir.absolute()
+    if not root.is_dir():
+        raise NotASpoolError(
+            f"SPOOL_DIR {root} does not exist or is not a directory; is SPOOL_DIR right?",
+            path=root,
+        )
+    if not (root / INCOMING).is_dir():
+        raise NotASpoolError(
+            f"{root} is not a spool: it has no {INCOMING}/ and no fetcher state "
+            f"({(state_dir / DB_NAME).absolute()}); is SPOOL_DIR right?",
+            path=root,
+        )
+    raise NotASpoolError(
+        f"no fetcher state at {(state_dir / DB_NAME).absolute()}: the fetcher has not run with "
+        "this SPOOL_DIR (or CYBERTHREATEXCHANGE_STATE_DIR)",
+        path=state_dir.absolute(),
+    )
+
+
+def read_state(ledger: Ledger, configured: tuple[str, ...]) -> list[FeedState]:
+    """Every configured feed, then every other feed the state knows, in that order."""
+    cursors = ledger.cursors()
+    passes = ledger.passes()
+    resets = ledger.pending_resets()
+    known = {feed for feed, _ in cursors} | set(passes) | set(resets)
+    feeds = list(configured) + sorted(known - set(configured))
+    return [
+        FeedState(
+            feed_id,
+            feed_id in configured,
+            cursors.get((feed_id, LISTING_CURSOR)),
+            passes.get(feed_id),
+            resets.get(feed_id),
+        )
+        for feed_id in feeds
+    ]
+
+
+def _when(value: str) -> datetime:
+    return datetime.fromisoformat(value).astimezone(UTC)
+
+
+def _age(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"
+
+
+def health_problems(
+    states: list[FeedState], *, interval_seconds: float, now: datetime | None = None
+) -> list[str]:
+    """One sentence per configured feed that is not healthy; empty when all are."""
+    now = now or datetime.now(UTC)
+    limit = timedelta(seconds=STALE_INTERVALS * interval_seconds)
+    problems = []
+    for feed in states:
+        if not feed.configured:
+            continue
+        p = feed.passes
+        if p is None or p.last_ended_at is None:
+            under_way = (
+                f" (one is under way since {p.started_at})" if p is not None and p.running else ""
+            )
+            problems.append(f"feed {feed.feed_id}: no pass has finished yet{under_way}")
+        elif p.last_result != "ok":
+            problems.append(
+                f"feed {feed.feed_id}: the last pass failed at {p.last_ended_at}: {p.error}"
+            )
+        elif now - _when(p.last_ended_at) > limit:
+            problems.append(
+                f"feed {feed.feed_id}: the last pass ended {_age(now - _when(p.last_ended_at))} "
+                f"ago ({p.last_ended_at}), more than {STALE_INTERVALS} intervals "
+                f"({_age(timedelta(seconds=interval_seconds))} each)"
+            )
+    return problems
+
+
+def health_line(problems: list[str], feeds: int) -> str:
+    """The one line ``health`` prints."""
+    if not problems:
+        return f"healthy: the last pass of each of the {feeds} configured feed(s) went well"
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"unhealthy: {problems[0]}{more}"
+
+
+def _short(value: str | None) -> str:
+    # 2026-12-02T21:36:23.123456Z -> 2026-12-02 21:36:23Z: seconds are enough on a screen.
+    if not value:
+        return "-"
+    return value[:19].replace("T", " ") + "Z"
+
+
+def render_table(states: list[FeedState], console: Console) -> None:
+    """The table ``state`` prints (``--json`` gives every field unabridged)."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("FEED", "CURSOR", "LAST PASS", "RESULT", "FILES LAST/ALL", "LAST ERROR"):
+        table.add_column(column, overflow="fold")
+    for feed in states:
+        p = feed.passes
+        name = feed.feed_id if feed.configured else f"{feed.feed_id} (not configured)"
+        cursor = feed.cursor or "start of feed"
+        if feed.reset is not None:
+            rewrite = ", files rewritten" if feed.reset.rewrite else ""
+            cursor += f" (reset pending{rewrite})"
+        if p is None or p.last_ended_at is None:
+            last, result, files = "never finished", "-", f"0/{0 if p is None else p.files_total}"
+        else:
+            last = f"{_short(p.last_started_at)} - {_short(p.last_ended_at)}"
+            result = p.last_result or "-"
+            files = f"{p.last_files}/{p.files_total}"
+        if p is not None and p.running:
+            result += f"; started {_short(p.started_at)}, not finished"
+        error = "-" if p is None or p.error is None else f"{_short(p.error_at)}: {p.error}"
+        table.add_row(name, cursor, last, result, files, error)
+    console.print(table)
