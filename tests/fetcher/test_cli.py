@@ -23,6 +23,9 @@ from tests.standins.ctx import CTXStandIn
         pytest.param(["once", "--help"], id="once"),
         pytest.param(["run", "--help"], id="run"),
         pytest.param(["feeds", "--help"], id="feeds"),
+        pytest.param(["state", "--help"], id="state"),
+        pytest.param(["health", "--help"], id="health"),
+        pytest.param(["reset", "--help"], id="reset"),
     ],
 )
 def test_help_everywhere(args: list[str], tmp_path: Path) -> None:
@@ -124,9 +127,9 @@ def test_run_stops_cleanly_on_signal(
     standin: CTXStandIn, env: dict[str, str], spool_dir: Path, signum: signal.Signals
 ) -> None:
     def send_when_running() -> None:
-        # A bundle request means the handlers are installed and the first feed is under way.
+        # A listing request means the handlers are installed and the first feed is under way.
         deadline = time.monotonic() + 20
-        while not standin.queries("/bundle/") and time.monotonic() < deadline:
+        while not standin.queries("/objects/") and time.monotonic() < deadline:
             time.sleep(0.01)
         os.kill(os.getpid(), signum)
 
@@ -145,17 +148,20 @@ def test_run_stops_cleanly_on_signal(
     )
 
 
-@pytest.mark.parametrize("tty", [pytest.param(True, id="tty"), pytest.param(False, id="pipe")])
-def test_progress_only_on_a_terminal(
-    standin: CTXStandIn, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tty: bool
+def test_off_a_terminal_only_log_lines_and_summaries(
+    standin: CTXStandIn, env: dict[str, str]
 ) -> None:
-    monkeypatch.setattr("fetcher.cli._stdout_is_tty", lambda: tty)
-
-    result = invoke(["once"], env)
+    result = invoke(["once"], {**env, "CONNECTOR_LOG_LEVEL": "info"})
 
     assert result.exit_code == 0
-    assert ("\r" in result.stdout) is tty
+    # No progress display: no carriage return, no terminal control sequence.
+    assert "\r" not in result.output
+    assert "\x1b" not in result.output
+    log_line = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) \S+ ")
+    assert all(log_line.match(line) for line in result.stderr.splitlines())
     for feed_id in standin.active_feed_ids:
         assert re.search(
-            rf"{feed_id}: records listed \d+ .*, reports written 8, unchanged 0", result.stdout
+            rf"^{feed_id}: records listed \d+ .*, reports written 8, unchanged 0",
+            result.stdout,
+            re.M,
         )
