@@ -19,7 +19,7 @@ Tables:
 
 The schema's version is SQLite's ``user_version`` (https://sqlite.org/pragma.html#pragma_user_version):
 a state file of an older fetcher is brought up to date when it is opened for writing, and a read-only
-open (:meth:`Ledger.read_only`) of an older file sees no pass records rather than failing.
+open (``Ledger(..., read_only=True)``) of an older file sees no pass records rather than failing.
 
 Entries are recorded only after the file is published: a crash in between makes the next pass
 publish the same content-addressed name again, which :func:`shared.durable.publish_bytes` turns
@@ -122,9 +122,17 @@ class PendingReset:
 class Ledger:
     """Cursors and dedup records of every feed. Use from one thread."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, read_only: bool = False) -> None:
+        """Open (and create, or bring up to date) the state in ``state_dir``.
+
+        ``read_only``: nothing is created, migrated or written, and a missing state file is a
+        :class:`LedgerError`; for commands that only look.
+        """
         self.path = Path(state_dir) / DB_NAME
         self._pending: list[Statement] | None = None
+        if read_only:
+            self._db = self._open_read_only()
+            return
         try:
             Path(state_dir).mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -136,26 +144,19 @@ class Ledger:
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(f"cannot open the fetcher state: {exc}", path=self.path) from None
 
-    @classmethod
-    def read_only(cls, state_dir: Path) -> Ledger:
-        """The state opened for reading only: nothing is created, migrated or locked.
-
-        Raises :class:`LedgerError` when there is no state file in ``state_dir``.
-        """
-        ledger = cls.__new__(cls)
-        ledger.path = Path(state_dir) / DB_NAME
-        ledger._pending = None
-        if not ledger.path.is_file():
-            raise LedgerError(f"no fetcher state at {ledger.path.absolute()}", path=ledger.path)
+    def _open_read_only(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise LedgerError(f"no fetcher state at {self.path.absolute()}", path=self.path)
         try:
-            # mode=ro: https://sqlite.org/uri.html#urimode; a WAL file is read, never written.
-            ledger._db = sqlite3.connect(
-                f"{ledger.path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None
+            # mode=ro (https://sqlite.org/uri.html#urimode): the database is never written; in WAL
+            # mode a reader still uses the -wal/-shm files beside it.
+            db = sqlite3.connect(
+                f"{self.path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None
             )
-            ledger._db.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            db.execute("SELECT count(*) FROM sqlite_master").fetchall()
         except sqlite3.Error as exc:
-            raise LedgerError(f"cannot read the fetcher state: {exc}", path=ledger.path) from None
-        return ledger
+            raise LedgerError(f"cannot read the fetcher state: {exc}", path=self.path) from None
+        return db
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])

@@ -65,7 +65,7 @@ def open_state(spool_dir: Path, state_dir: Path) -> Ledger:
     A wrong SPOOL_DIR must not look like an empty, healthy spool.
     """
     if (state_dir / DB_NAME).is_file():
-        return Ledger.read_only(state_dir)
+        return Ledger(state_dir, read_only=True)
     root = spool_dir.absolute()
     if not root.is_dir():
         raise NotASpoolError(
