@@ -134,8 +134,8 @@ def _one_pass(
                 signing_key=key,
             )
     except (FetcherError, SpoolError) as exc:
-        # No feed was tried (the state or the client could not be opened): said here, once.
-        logger.error("pass failed before any feed: %s", exc)
+        # A failure outside any one feed (the state, the client, the spool): said here, once.
+        logger.error("pass failed: %s", exc)
         results = [FeedResult(feed_id, error=exc) for feed_id in settings.feed_ids]
     for result in results:
         click.echo(f"{result.feed_id}: {result.summary()}")
