@@ -143,6 +143,7 @@ def _one_pass(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ctx-opencti-spool", prog_name="ctx-fetcher")
 def main() -> None:
     """Fetch Cyber Threat Exchange feeds into the spool, one STIX bundle file per report."""
 

@@ -38,6 +38,13 @@ def test_help_everywhere(args: list[str], tmp_path: Path) -> None:
     assert "--max-passes" not in result.output
 
 
+def test_version() -> None:
+    result = invoke(["--version"], {})
+
+    assert result.exit_code == 0
+    assert re.fullmatch(r"ctx-fetcher, version \d+\.\d+\.\d+\S*\n", result.output)
+
+
 def test_config_errors_name_each_variable_and_write_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

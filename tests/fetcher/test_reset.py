@@ -159,6 +159,20 @@ def test_a_reset_interrupted_by_a_failed_pass_is_finished_by_the_next(
     assert set(_written(spool_dir)[feed]) - {"objects"} == set(standin.report_ids(feed))
 
 
+def test_reset_never_moves_a_feed_forward(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
+) -> None:
+    feed = standin.active_feed_ids[0]
+    assert invoke(["once"], env).exit_code == 0
+    saved = cursors(spool_dir)[(feed, "listing")]
+
+    result = invoke(["reset", "--feed", feed, "--since", "2999-01-01"], env)
+
+    assert result.exit_code == 0, result.output
+    assert cursors(spool_dir)[(feed, "listing")] == saved
+    assert f"reads from {saved} (was {saved})" in result.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
