@@ -194,6 +194,11 @@ def run(config_path: Path | None, max_passes: int | None, interval_seconds: floa
             "CONNECTOR_DURATION_PERIOD wins"
         )
     logger.info(
+        "writing to the spool %s (state in %s)",
+        settings.spool_dir.absolute(),
+        settings.effective_state_dir.absolute(),
+    )
+    logger.info(
         "a pass every %s s (%s)",
         f"{interval:g}",
         settings.interval_source if interval_seconds is None else "--interval-seconds",

@@ -325,6 +325,7 @@ def test_duration_period_sets_the_schedule(
 
     assert result.exit_code == 0, result.output
     assert f"a pass every {seconds} s (CONNECTOR_DURATION_PERIOD)" in result.output
+    assert f"writing to the spool {Path(env['SPOOL_DIR']).absolute()}" in result.output
     assert "both set" not in result.output
 
 
