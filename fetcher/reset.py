@@ -26,6 +26,7 @@ filter), not with the objects' ``modified``: it says when CTX stored a record.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,8 +38,6 @@ from fetcher.walk import format_record_time, just_below
 from shared.layout import check_feed_id
 
 logger = logging.getLogger(__name__)
-
-_SQL_VARIABLES = 500
 
 
 @dataclass(frozen=True)
@@ -119,16 +118,15 @@ def redeliver(ledger: Ledger, feed_id: str, objects: Iterable[JSONDict], *, rewr
         if isinstance(object_id, str):
             (reports if obj.get("type") == "report" else others).append(object_id)
     ids = list(dict.fromkeys(reports + others if rewrite else reports))
-    statements: list[Statement] = []
-    for start in range(0, len(ids), _SQL_VARIABLES):
-        chunk = ids[start : start + _SQL_VARIABLES]
-        marks = ",".join("?" * len(chunk))
-        statements.append(
-            (
-                f"UPDATE mirror SET written = NULL WHERE feed_id = ? AND object_id IN ({marks})",  # noqa: S608
-                (feed_id, *chunk),
-            )
+    if ids:
+        ledger.write(
+            [
+                (
+                    "UPDATE mirror SET written = NULL WHERE feed_id = ? "
+                    "AND object_id IN (SELECT value FROM json_each(?))",
+                    (feed_id, json.dumps(ids)),
+                )
+            ]
         )
-    ledger.write(statements)
-    if rewrite:
-        ledger.forget_reports(feed_id, dict.fromkeys(reports))
+    if rewrite and reports:
+        ledger.forget_reports(feed_id, reports)

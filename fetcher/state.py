@@ -329,12 +329,15 @@ class Ledger:
     def delete_cursor(self, feed_id: str, name: str) -> None:
         self._write([("DELETE FROM cursors WHERE feed_id = ? AND name = ?", (feed_id, name))])
 
-    def forget_reports(self, feed_id: str, report_ids: Iterable[str]) -> None:
+    def forget_reports(self, feed_id: str, report_ids: list[str]) -> None:
         """Drop the dedup entries of these reports: their next file is written even if unchanged."""
         self._write(
             [
-                ("DELETE FROM reports WHERE feed_id = ? AND report_id = ?", (feed_id, report_id))
-                for report_id in report_ids
+                (
+                    "DELETE FROM reports WHERE feed_id = ? "
+                    "AND report_id IN (SELECT value FROM json_each(?))",
+                    (feed_id, json.dumps(report_ids)),
+                )
             ]
         )
 
