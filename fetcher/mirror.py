@@ -197,6 +197,19 @@ class Mirror:
             found.setdefault(str(end), set()).add(str(object_id))
         return {end: sorted(ids) for end, ids in found.items()}
 
+    def forget_written(self, feed_id: str, ids: list[str]) -> None:
+        """Count these objects as carried by no published file, so they are written again."""
+        if ids:
+            self._ledger.write(
+                [
+                    (
+                        "UPDATE mirror SET written = NULL WHERE feed_id = ? "
+                        "AND object_id IN (SELECT value FROM json_each(?))",
+                        (feed_id, json.dumps(ids)),
+                    )
+                ]
+            )
+
     def pending(
         self, feed_id: str, *, reports: bool, after: str = "", limit: int = 1000
     ) -> list[str]:

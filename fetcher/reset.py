@@ -26,12 +26,12 @@ filter), not with the objects' ``modified``: it says when CTX stored a record.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from fetcher.mirror import Mirror
 from fetcher.state import LISTING_CURSOR, Ledger, PendingReset, Statement
 from fetcher.stix import JSONDict
 from fetcher.walk import format_record_time, just_below
@@ -109,7 +109,9 @@ def reset_feed(
     return ResetOutcome(feed_id, before, after, rewrite)
 
 
-def redeliver(ledger: Ledger, feed_id: str, objects: Iterable[JSONDict], *, rewrite: bool) -> None:
+def redeliver(
+    ledger: Ledger, mirror: Mirror, feed_id: str, objects: Iterable[JSONDict], *, rewrite: bool
+) -> None:
     """Hand what the pass read again back to the assemble step (inside the ledger's batch)."""
     reports: list[str] = []
     others: list[str] = []
@@ -117,16 +119,6 @@ def redeliver(ledger: Ledger, feed_id: str, objects: Iterable[JSONDict], *, rewr
         object_id = obj.get("id")
         if isinstance(object_id, str):
             (reports if obj.get("type") == "report" else others).append(object_id)
-    ids = list(dict.fromkeys(reports + others if rewrite else reports))
-    if ids:
-        ledger.write(
-            [
-                (
-                    "UPDATE mirror SET written = NULL WHERE feed_id = ? "
-                    "AND object_id IN (SELECT value FROM json_each(?))",
-                    (feed_id, json.dumps(ids)),
-                )
-            ]
-        )
+    mirror.forget_written(feed_id, list(dict.fromkeys(reports + others if rewrite else reports)))
     if rewrite and reports:
         ledger.forget_reports(feed_id, reports)

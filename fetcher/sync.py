@@ -144,6 +144,7 @@ class FeedSync:
                     if reset is not None:
                         redeliver(
                             self.ledger,
+                            self.mirror,
                             self.feed_id,
                             (obj for item in group for obj in item.step.objects),
                             rewrite=reset.rewrite,
