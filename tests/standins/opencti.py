@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.standins.opencti_schema import SchemaValidator
+
 PLATFORM_VERSION = "6.5.10"
 #: The token the fixtures use (any string of 4+ characters works).
 STANDIN_TOKEN = "standin-token-5e1f0c2a9b"
@@ -145,8 +147,11 @@ class OpenCTIStandIn:
         complete_after_polls: int = 0,
         work_status: str | None = None,
         tls: ssl.SSLContext | None = None,
+        platform_version: str | None = None,
     ) -> None:
         self.token = token
+        #: Every request is validated against this OpenCTI release's schema (tests/standins/opencti_schema.py).
+        self.schema = SchemaValidator.for_release(platform_version)
         self.tls = tls
         self.amqp = amqp or AmqpConfig()
         self.max_body_bytes = max_body_bytes
@@ -187,6 +192,7 @@ class OpenCTIStandIn:
 
     def stop(self) -> None:
         self.go_down()
+        self.schema.raise_if_violated()
 
     def __enter__(self) -> OpenCTIStandIn:
         return self.start()
@@ -301,6 +307,9 @@ class OpenCTIStandIn:
 
     def answer(self, request: _Request, authorised: bool) -> tuple[int, dict[str, Any]]:
         """The HTTP status and JSON body for one parsed request."""
+        violation = self.schema.check(request.operation, request.query, request.variables)
+        if violation is not None:
+            return self.schema.answer(violation)
         handler = _RESOLVERS.get(request.operation)
         if handler is None:
             return 400, {
@@ -345,6 +354,9 @@ class OpenCTIStandIn:
                 "registerConnector": {
                     "id": connector_id,
                     "connector_state": state,
+                    # 7.x: the platform's public JWKS (pycti 7 reads it at start; a key set with no
+                    # key is enough for a connector that never listens).
+                    "jwks": '{"keys": []}',
                     "config": {
                         "connection": {
                             "host": a.host,
@@ -353,6 +365,16 @@ class OpenCTIStandIn:
                             "port": a.port,
                             "user": a.user,
                             "pass": a.password,
+                        },
+                        # 6.9+: the platform's own S3 settings (pycti 6.9+ reads them at start).
+                        "s3": {
+                            "endpoint": "minio",
+                            "port": 9000,
+                            "use_ssl": False,
+                            "bucket_name": "opencti-bucket",
+                            "bucket_region": "us-east-1",
+                            "access_key": "standin-access",
+                            "secret_key": "standin-secret",
                         },
                         "listen": f"listen_{connector_id}",
                         "listen_routing": f"listen_routing_{connector_id}",
