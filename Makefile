@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test reliability bench lint typecheck format manifest clean
+.PHONY: install demo test compat reliability bench lint typecheck format manifest clean
 
 install: $(STAMP)
 
@@ -21,6 +21,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The uploader's end-to-end tests once per supported pycti (6.5.10, 6.8.17, newest 6.9, newest 7.x),
+# each in its own .venv-compat/<version>/, against a stand-in enforcing that platform's schema.
+compat:
+	$(PYTHON) -m tests.compat.run
 
 # The full crash/outage/hostile-input suite (issue 5); `make test` runs a shorter version of it.
 reliability: install
@@ -47,4 +52,4 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache spool demo-spool
+	rm -rf $(VENV) .venv-compat build *.egg-info .pytest_cache .mypy_cache .ruff_cache spool demo-spool

@@ -10,6 +10,10 @@ the platform copy it was taken from). They are parsed with graphql-core, the Pyt
 ``graphql`` package the platform itself validates with (``opencti-platform/opencti-graphql``
 depends on ``graphql`` 16), so parse, validation and variable coercion follow the same rules.
 
+Strict or not: a stand-in given a release (``OpenCTIStandIn(platform_version=...)``) or running
+under ``CTX_STANDIN_OPENCTI_RELEASE`` refuses invalid requests and fails the test when it stops;
+otherwise it only records them in ``standin.schema.violations`` and answers as it always did.
+
 The release is chosen by :func:`configured_release`: the ``CTX_STANDIN_OPENCTI_RELEASE``
 environment variable (``make compat`` sets it per pycti version), else the release matching the
 installed pycti (pycti's major.minor is the platform's; any 7.x is ``7.x``).
@@ -149,7 +153,12 @@ class SchemaValidator:
     def check(
         self, operation: str, query: str, variables: dict[str, Any] | None
     ) -> Violation | None:
-        """Validate one request; a refused one is recorded and returned."""
+        """Validate one request and record it if invalid; return it when it must be refused.
+
+        Only a strict validator refuses (the stand-in then answers with :meth:`answer`); otherwise
+        the request is recorded in :attr:`violations` and answered as before, so tests written
+        before validation existed keep their behaviour unless a release is configured.
+        """
         problem = check_request(self.schema, query, variables)
         if problem is None:
             return None
@@ -157,7 +166,7 @@ class SchemaValidator:
         violation = Violation(self.release, operation, code, tuple(messages), query)
         with self._lock:
             self.violations.append(violation)
-        return violation
+        return violation if self.strict else None
 
     def raise_if_violated(self) -> None:
         """In strict mode, fail with every refused request (the stand-in calls this when it stops).

@@ -42,6 +42,8 @@ REGISTER_S3 = REGISTER.replace(
     "connection { host vhost use_ssl port user pass } s3 { endpoint port bucket_name }",
 )
 REGISTER_JWKS = REGISTER.replace("connector_state", "connector_state jwks")
+WORK_ADD = """mutation workAdd($connectorId: String!, $friendlyName: String) {
+  workAdd(connectorId: $connectorId, friendlyName: $friendlyName) { id } }"""
 WORK_ADD_MULTIPART = """mutation workAdd($connectorId: String!, $friendlyName: String, $isMultiPartWork: Boolean) {
   workAdd(connectorId: $connectorId, friendlyName: $friendlyName, isMultiPartWork: $isMultiPartWork) { id } }"""
 QUEUE = """query GetConnector($id: String!) { connector(id: $id) { id name active
@@ -68,6 +70,7 @@ def test_every_release_has_a_stored_schema() -> None:
     [
         pytest.param("query healthCheck { about { version } }", {}, id="about"),
         pytest.param(REGISTER, {"input": REGISTER_INPUT}, id="register"),
+        pytest.param(WORK_ADD, {"connectorId": "c", "friendlyName": "f"}, id="work-add"),
         pytest.param(WORK_QUERY, {"id": "w1"}, id="work"),
         pytest.param(PUSH, {"connectorId": "c", "bundle": "{}", "work_id": None}, id="push"),
         pytest.param(TO_PROCESSED, {"id": "w", "message": "m", "inError": False}, id="processed"),
@@ -86,7 +89,10 @@ def test_the_connector_path_validates_on_every_release(
     ("query", "variables", "code", "needle"),
     [
         pytest.param(
-            "query { about { version colour } }", {}, "GRAPHQL_VALIDATION_FAILED", "colour",
+            "query { about { version colour } }",
+            {},
+            "GRAPHQL_VALIDATION_FAILED",
+            "colour",
             id="unknown-field",
         ),
         pytest.param(
@@ -97,7 +103,10 @@ def test_the_connector_path_validates_on_every_release(
             id="unknown-argument",
         ),
         pytest.param(
-            "query { work(id: 1.5) { id } }", {}, "GRAPHQL_VALIDATION_FAILED", "ID",
+            "query { work(id: 1.5) { id } }",
+            {},
+            "GRAPHQL_VALIDATION_FAILED",
+            "ID",
             id="wrong-argument-type",
         ),
         pytest.param(WORK_QUERY, {}, "BAD_USER_INPUT", "$id", id="missing-variable"),
