@@ -8,7 +8,8 @@ object field the release does not have, such as ``RegisterConnectorInput.version
 The schemas are the subsets stored under ``schemas/`` (``opencti-<release>.graphql``; each names
 the platform copy it was taken from). They are parsed with graphql-core, the Python port of the
 ``graphql`` package the platform itself validates with (``opencti-platform/opencti-graphql``
-depends on ``graphql`` 16), so parse, validation and variable coercion follow the same rules.
+depends on ``graphql`` 16 in 6.x, 17 in 7.x), so parse, validation and variable coercion follow
+the same rules.
 
 Strict or not: a stand-in given a release (``OpenCTIStandIn(platform_version=...)``) or running
 under ``CTX_STANDIN_OPENCTI_RELEASE`` refuses invalid requests and fails the test when it stops;
