@@ -46,8 +46,32 @@ WORK_ADD = """mutation workAdd($connectorId: String!, $friendlyName: String) {
   workAdd(connectorId: $connectorId, friendlyName: $friendlyName) { id } }"""
 WORK_ADD_MULTIPART = """mutation workAdd($connectorId: String!, $friendlyName: String, $isMultiPartWork: Boolean) {
   workAdd(connectorId: $connectorId, friendlyName: $friendlyName, isMultiPartWork: $isMultiPartWork) { id } }"""
-QUEUE = """query GetConnector($id: String!) { connector(id: $id) { id name active
-  connector_queue_details { messages_number messages_size } } }"""
+# pycti's connector read (check_connector_buffering), ping and works listing, word for word.
+QUEUE = """query GetConnector($id: String!) { connector(id: $id) { id name active auto
+  only_contextual connector_type connector_scope connector_state
+  connector_queue_details { messages_number messages_size } updated_at created_at
+  config { listen listen_exchange push push_exchange push_routing } built_in } }"""
+PING = """mutation PingConnector($id: ID!, $state: String, $connectorInfo: ConnectorInfoInput ) {
+  pingConnector(id: $id, state: $state, connectorInfo: $connectorInfo) { id connector_state
+  connector_info { run_and_terminate buffering queue_threshold queue_messages_size
+  next_run_datetime last_run_datetime } } }"""
+WORKS = """query ConnectorWorksQuery( $count: Int $orderBy: WorksOrdering $orderMode: OrderingMode
+  $filters: FilterGroup ) { works( first: $count orderBy: $orderBy orderMode: $orderMode
+  filters: $filters ) { edges { node { id name status
+  tracking { import_expected_number import_processed_number } errors { message } } } } }"""
+CONNECTOR_INFO = {
+    "run_and_terminate": False,
+    "buffering": False,
+    "queue_threshold": 500.0,
+    "queue_messages_size": 0.0,
+    "next_run_datetime": None,
+    "last_run_datetime": None,
+}
+WORKS_FILTER = {
+    "mode": "and",
+    "filters": [{"key": ["connector_id"], "values": ["c"]}],
+    "filterGroups": [],
+}
 TO_PROCESSED = """mutation workToProcessed($id: ID!, $message: String, $inError: Boolean) {
   workEdit(id: $id) { toProcessed(message: $message, inError: $inError) } }"""
 REPORT = """mutation reportExpectation($id: ID!, $error: WorkErrorInput) {
@@ -76,6 +100,8 @@ def test_every_release_has_a_stored_schema() -> None:
         pytest.param(TO_PROCESSED, {"id": "w", "message": "m", "inError": False}, id="processed"),
         pytest.param(REPORT, {"id": "w", "error": {"error": "e", "source": "s"}}, id="expectation"),
         pytest.param(QUEUE, {"id": "c"}, id="queue-details"),
+        pytest.param(PING, {"id": "c", "state": "{}", "connectorInfo": CONNECTOR_INFO}, id="ping"),
+        pytest.param(WORKS, {"count": 50, "filters": WORKS_FILTER}, id="works"),
     ],
 )
 def test_the_connector_path_validates_on_every_release(
