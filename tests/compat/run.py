@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +63,13 @@ def _stamp(version: str) -> str:
     return f"pycti=={version} pyproject={digest}\n"
 
 
+def _opencti_extra_without_pycti() -> list[str]:
+    """The ``opencti`` extra's other requirements: installed too, with the pycti under test instead."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extra = project.get("optional-dependencies", {}).get("opencti", [])
+    return [req for req in extra if not re.match(r"\s*pycti\b", req)]
+
+
 def _run(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
     with log.open("a", encoding="utf-8") as out:
         out.write(f"\n$ {' '.join(argv)}\n")
@@ -80,7 +89,8 @@ def _prepare(version: str, log: Path) -> bool:
     if not python.exists() and _run([sys.executable, "-m", "venv", str(venv)], log) != 0:
         return False
     install = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    if _run([*install, "-e", ".[dev]", f"pycti=={version}"], log) != 0:
+    requirements = ["-e", ".[dev]", f"pycti=={version}", *_opencti_extra_without_pycti()]
+    if _run([*install, *requirements], log) != 0:
         return False
     stamp.write_text(_stamp(version), encoding="utf-8")
     return True
