@@ -318,19 +318,12 @@ class CTXClient:
                 break
         return out
 
-    def objects_page(
-        self,
-        feed_id: str,
-        params: Mapping[str, str | int] | None = None,
-        *,
-        url: str | None = None,
-        sub_path: str = "objects/",
-    ) -> Page:
-        """One page of ``v1/feeds/{feed}/{sub_path}`` (or of a same-host ``next`` URL)."""
+    def objects_page(self, feed_id: str, params: Mapping[str, str | int] | None = None) -> Page:
+        """One page of ``v1/feeds/{feed}/objects/``."""
         feed_id = check_feed_id(feed_id)
-        target = url if url is not None else f"v1/feeds/{feed_id}/{sub_path}"
-        body = self.get_json(target, params, feed_id=feed_id)
-        return parse_page(body, path=urlsplit(target).path, feed_id=feed_id)
+        path = f"v1/feeds/{feed_id}/objects/"
+        body = self.get_json(path, params, feed_id=feed_id)
+        return parse_page(body, path=path, feed_id=feed_id)
 
 
 def _int_or_none(value: object) -> int | None:
