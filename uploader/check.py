@@ -2,7 +2,7 @@
 
 Every refusal is a :class:`uploader.errors.BundleRejected` whose ``kind`` is written into the
 ``.reason`` file: ``symlink``, ``invalid-name``, ``unreadable``, ``corrupt``, ``not-json``,
-``not-a-bundle``, ``empty``, ``invalid-bundle``, ``invalid-stix``.
+``not-a-bundle``, ``empty``, ``invalid-bundle``, ``invalid-stix``, ``unsigned``, ``bad-signature``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from shared.durable import sha256_bytes
 from shared.errors import UnsafeNameError
 from shared.layout import SpoolName, parse_relative_path
+from shared.signing import SigningKey
 from uploader.errors import BundleRejected
 
 
@@ -44,6 +45,19 @@ def parse_name(rel: PurePosixPath) -> tuple[str, SpoolName]:
         return parse_relative_path(rel)
     except UnsafeNameError as exc:
         raise BundleRejected("invalid-name", str(exc)) from None
+
+
+def under_symlinked_folder(incoming: Path, rel: PurePosixPath) -> bool:
+    """True if a folder between ``incoming`` and the file is a symlink (or not a folder)."""
+    folder = incoming
+    for part in rel.parts[:-1]:
+        folder = folder / part
+        try:
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                return True
+        except FileNotFoundError:
+            return False
+    return False
 
 
 def read_spool_file(path: Path, rel: PurePosixPath) -> SpoolFile:
@@ -91,6 +105,20 @@ def read_spool_file(path: Path, rel: PurePosixPath) -> SpoolFile:
         mtime_ns=st.st_mtime_ns,
         inode=(st.st_dev, st.st_ino),
     )
+
+
+def check_signature(key: SigningKey, spool_file: SpoolFile) -> None:
+    """Refuse a file whose name carries no signature (``unsigned``) or a wrong one
+    (``bad-signature``) under ``key``."""
+    signature = spool_file.name.signature
+    if signature is None:
+        raise BundleRejected("unsigned", "the name carries no signature and a key is set")
+    if not key.verify(spool_file.data, signature):
+        raise BundleRejected(
+            "bad-signature",
+            "the signature in the name is not the HMAC of the bytes under our key "
+            "(another key, or altered bytes and name)",
+        )
 
 
 def check_bundle(data: bytes) -> dict[str, Any]:

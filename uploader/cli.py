@@ -36,10 +36,10 @@ from uploader.prune import parse_duration
 from uploader.prune import remove as prune_remove
 from uploader.replay import Source, select
 from uploader.replay import replay as replay_files
-from uploader.report import status as spool_status
-from uploader.report import status_table, verify_manifest
-from uploader.report import verify as verify_spool
 from uploader.settings import SpoolSettings, UploaderSettings
+from uploader.status import status as spool_status
+from uploader.status import status_table, verify_manifest
+from uploader.status import verify as verify_spool
 
 ImporterFactory = Callable[[UploaderSettings], Importer]
 

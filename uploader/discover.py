@@ -11,7 +11,6 @@ CIFS") asks for ``PollingObserver`` on such shares.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -29,30 +28,6 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 logger = logging.getLogger(__name__)
-
-
-def _no_rename_pairing_delay() -> None:
-    """Stop watchdog's inotify emitter from sleeping up to 0.5 s after every rename.
-
-    watchdog holds each IN_MOVED_FROM for up to 0.5 s to pair it with its IN_MOVED_TO, and its
-    emitter thread sleeps out that delay even when the pair arrives at once, holding back every
-    later event: a file published (temp name, then rename) less than 0.5 s after the previous one
-    reached us ~200-500 ms late (make bench, issue 6). We only need the destination: without the
-    delay an unpaired IN_MOVED_TO is a FileCreatedEvent, which :class:`EnqueueHandler` takes too;
-    watchdog's own tracking of renamed folders does not use this queue.
-    """
-    for module, name in (
-        ("watchdog.observers.inotify_move_event_grouper", "InotifyMoveEventGrouper"),
-        ("watchdog.observers.inotify_buffer", "InotifyBuffer"),  # watchdog < 6
-    ):
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-        cls.delay = 0.0
-
-
-_no_rename_pairing_delay()
 
 
 def _text(path: bytes | str) -> str:

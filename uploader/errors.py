@@ -7,6 +7,8 @@ Tree::
     │   ├── TransientImportError         retry later, never fail the file (platform down, 5xx, 429,
     │   │                                timeout, connection refused, platform starting)
     │   └── PermanentImportError         the platform refused the content: the file goes to failed/
+    │       └── WorkErrorsError          the platform accepted the bundle, its workers reported
+    │                                    errors on objects of it (``errors``)
     ├── BundleRejected                   the file itself is bad before any import (``kind``: corrupt,
     │                                    not-json, not-a-bundle, empty, invalid-bundle, symlink,
     │                                    invalid-name, invalid-stix, unreadable, conflict,
@@ -23,6 +25,7 @@ A wrong token or an unregistered connector is a :class:`TransientImportError` su
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class UploaderError(Exception):
@@ -47,6 +50,17 @@ class PlatformAuthError(TransientImportError):
 
 class PermanentImportError(ImportFailure):
     """The platform refused the bundle's content; retrying the same bytes will not help."""
+
+
+class WorkErrorsError(PermanentImportError):
+    """OpenCTI completed the file's work with errors: ``errors`` as the platform reports them
+    (``work.errors``: ``timestamp``, ``message``, ``source``, the object or bundle at fault)."""
+
+    def __init__(
+        self, message: str, *, work_id: str | None = None, errors: tuple[dict[str, Any], ...] = ()
+    ) -> None:
+        self.errors = errors
+        super().__init__(message, work_id=work_id)
 
 
 class BundleRejected(UploaderError):  # noqa: N818 - name part of the published seam

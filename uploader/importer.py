@@ -7,7 +7,10 @@ pycti) provides the real one, and most tests use a small fake.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from uploader.chunking import Bundle
 
 
 @dataclass(frozen=True)
@@ -23,8 +26,8 @@ class ImportReceipt:
 class Importer(Protocol):
     """Imports one spool file's bundle into OpenCTI as one work."""
 
-    def import_bundle(self, work_name: str, bundle: bytes) -> ImportReceipt:
-        """Import ``bundle`` (the file's exact bytes, a STIX 2.1 bundle) under one new work.
+    def import_bundle(self, work_name: str, bundle: Bundle) -> ImportReceipt:
+        """Import ``bundle`` (a file's checked bundle, :mod:`uploader.chunking`) under one new work.
 
         Raises :class:`uploader.errors.TransientImportError` when it is worth retrying later and
         :class:`uploader.errors.PermanentImportError` when the platform refused the content.

@@ -19,17 +19,19 @@ before the unlink) leaves the same bytes in both places: reclaim drops the claim
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from shared.durable import fsync_dir, move_no_replace, sha256_file, write_atomic
-from shared.errors import DestinationExistsError
+from shared.errors import DestinationExistsError, SpoolError
 from shared.layout import DONE, FAILED, REASON_SUFFIX, RECEIPT_SUFFIX, Spool
+from uploader.claim import release_claim
 from uploader.importer import ImportReceipt
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,9 @@ class Failure:
     work_id: str | None = None
     expected_sha256: str | None = None
     actual_sha256: str | None = None
+    #: The errors OpenCTI's workers reported on the file's work (``work.errors``: ``timestamp``,
+    #: ``message``, ``source``), when it was accepted but not every object was ingested.
+    platform_errors: tuple[dict[str, Any], ...] = ()
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
@@ -175,5 +180,55 @@ def mark_failed(
         document["sha256_expected"] = failure.expected_sha256
     if failure.actual_sha256 is not None:
         document["sha256_actual"] = failure.actual_sha256
+    if failure.platform_errors:
+        document["platform_errors"] = list(failure.platform_errors)
     _place(claimed, dst, sidecar_path(dst, REASON_SUFFIX), document)
     return dst
+
+
+def fail_claimed(
+    spool: Spool,
+    claimed: Path,
+    rel: PurePosixPath,
+    failure: Failure,
+    *,
+    instance: str,
+    secrets: tuple[str, ...],
+    feed: str,
+) -> Literal["failed", "left"]:
+    """:func:`mark_failed` with the secrets masked, logged; ``left`` when it cannot be done.
+
+    A file whose ``failed/`` place holds different bytes, or whose name leaves no room for a
+    ``.reason`` (a name near the 255-byte limit: retrying could never succeed), goes back to
+    ``incoming/`` and is left alone for the rest of the run.
+    """
+    message = failure.message
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    failure = replace(failure, message=message)
+    ctx = {"feed": feed, "file": str(rel), "kind": failure.kind}
+    try:
+        mark_failed(spool, claimed, rel, failure, instance=instance)
+    except DestinationExistsError:
+        logger.error(
+            "cannot fail %s: failed/ already holds different bytes; left in incoming/",
+            rel.name,
+            extra=ctx,
+        )
+        release_claim(spool, claimed, rel)
+        return "left"
+    except SpoolError as exc:
+        cause = exc.__cause__
+        if not (isinstance(cause, OSError) and cause.errno == errno.ENAMETOOLONG):
+            raise
+        logger.error(
+            "refused %s: %s; the name is too long for a reason file, left in incoming/",
+            rel.name,
+            failure.message,
+            extra=ctx,
+        )
+        release_claim(spool, claimed, rel)
+        return "left"
+    logger.error("refused %s: %s", rel.name, failure.message, extra=ctx)
+    return "failed"

@@ -102,21 +102,22 @@ class UploaderSettings(SpoolSettings):
         description="Largest bundle sent in one push; bigger files are split under one work (OpenCTI's APP__MAX_PAYLOAD_BODY_SIZE).",
         ge=1024,
     )
+    queue_threshold: float = setting(
+        500.0,
+        env="CONNECTOR_QUEUE_THRESHOLD",
+        description="Pause new pushes while the connector's queue on the platform holds more than this many MB (pycti's connector-buffering check).",
+        gt=0,
+    )
     wait_for_work: bool = setting(
         False,
         env="UPLOADER_WAIT_FOR_WORK",
-        description="Wait until OpenCTI's workers completed a file's work before moving it to done/.",
+        description="Wait until OpenCTI's workers completed a file's work before moving it to done/; a work completed with errors sends the file to failed/ with the platform's errors in its .reason.",
     )
     work_timeout: float = setting(
         600.0,
         env="UPLOADER_WORK_TIMEOUT",
         description="With UPLOADER_WAIT_FOR_WORK, seconds to wait for a work to complete before retrying.",
         gt=0,
-    )
-    move_process: bool = setting(
-        True,
-        env="UPLOADER_MOVE_PROCESS",
-        description="Move imported files to done/ in a helper process beside the imports (faster); false: the importing threads move them.",
     )
     strict_stix: bool = setting(
         False,
