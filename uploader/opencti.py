@@ -399,6 +399,14 @@ class PyctiImporter:
             return TransientImportError(f"OpenCTI is not ready: {text}", work_id=work_id)
         if _matches(lowered, _PERMANENT_MARKERS):
             return PermanentImportError(f"OpenCTI refused the bundle: {text}", work_id=work_id)
+        if isinstance(exc, ValueError) and exc.args and isinstance(exc.args[0], str):
+            # pycti's ValueError(body) of an answer other than HTTP 200 (a proxy's or load
+            # balancer's page, a redirect): not the bundle's fault, and often the address's.
+            return TransientImportError(
+                f"OpenCTI answered with something other than GraphQL ({text[:300]}); if this "
+                "lasts, check that OPENCTI_URL is the platform's own address",
+                work_id=work_id,
+            )
         # Unknown: keep the file pending rather than risk failing good data (a transient failure
         # is retried; a permanent one sends the file to failed/ for good).
         return TransientImportError(f"OpenCTI import failed: {text[:500]}", work_id=work_id)

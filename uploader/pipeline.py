@@ -247,7 +247,7 @@ class Pipeline:
         if rescan is not None:
             self.intake.scan_feed(rescan)
         if result.kind not in _WAITING:
-            self.processor.forget(result.rel)
+            self.processor.settling.forget(result.rel)
 
     def _next_wakeup(self, now: float, next_rescan: float | None, deadline: float | None) -> float:
         wake = now + _TICK

@@ -122,10 +122,6 @@ class FileProcessor:
         self.settling = Settling(options.settle_seconds, clock)
         self._unverified_noted = threading.Event()
 
-    def forget(self, rel: PurePosixPath) -> None:
-        """Drop the settle state of a file that left ``incoming/``."""
-        self.settling.forget(rel)
-
     def process_safely(self, feed: str, rel: PurePosixPath, attempts: int) -> Result:
         try:
             return self.process(feed, rel, attempts)
@@ -178,7 +174,7 @@ class FileProcessor:
             return self._claim_and_fail(feed, rel, Failure(exc.kind, str(exc)))
         if not spool_file.digest_ok:
             return self._settle_or_fail(feed, rel, spool_file, attempts)
-        self.forget(rel)
+        self.settling.forget(rel)
         # Only now that the bytes match the SHA-256 in the name (a copy in progress has settled)
         # is the signature checked: a mismatch then is final.
         refusal = self._signature_refusal(feed, rel, spool_file, attempts)
@@ -230,12 +226,7 @@ class FileProcessor:
                 attempts,
                 delay,
                 exc,
-                extra={
-                    "feed": feed,
-                    "file": str(rel),
-                    "work_id": exc.work_id,
-                    "error": type(exc).__name__,
-                },
+                extra={"feed": feed, "file": str(rel), "work_id": exc.work_id},
             )
             return Result(feed, rel, "retry", delay, attempts)
         except WorkErrorsError as exc:

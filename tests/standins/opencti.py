@@ -3,9 +3,10 @@
 A ``ThreadingHTTPServer`` on 127.0.0.1 answering ``POST /graphql`` with the documents pycti 6.5.10
 sends (``health_check`` and ``send_bundle_to_api`` in ``pycti/api/opencti_api_client.py``;
 ``register``, ``ping`` and ``unregister`` in ``pycti/api/opencti_api_connector.py``;
-``initiate_work``, ``to_processed`` and ``get_work`` in ``pycti/api/opencti_api_work.py``: the
+``initiate_work``, ``to_processed`` and ``get_work`` in ``pycti/api/opencti_api_work.py``; ``read`` in
+``pycti/api/opencti_api_connector.py``: the
 operations ``healthCheck``, ``RegisterConnector``, ``PingConnector``, ``workAdd``, the ``workEdit``
-mutations, ``StixBundlePush``, ``WorkQuery``, ``ConnectorDeletionMutation``), with the fields the
+mutations, ``StixBundlePush``, ``WorkQuery``, ``GetConnector``, ``ConnectorDeletionMutation``), with the fields the
 platform's schema gives them (``opencti-platform/opencti-graphql/config/schema/opencti.graphql``),
 checking the bearer token, the connector registration and each bundle as the platform does
 (``sendStixBundle`` in ``opencti-platform/opencti-graphql/src/domain/stix.js``: ``type`` must be
@@ -171,6 +172,13 @@ class OpenCTIStandIn:
         #: Every request as ``(operation, variables)``; bundle texts are left out.
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.auth_failures = 0
+        #: ``connector_queue_details.messages_size`` reported for every connector, in bytes
+        #: (:meth:`set_queue_size`), and how often it was asked.
+        self.queue_bytes = 0
+        self.queue_messages = 0
+        self.queue_reads = 0
+        #: Object ids whose import the "workers" report as an error on the work (:meth:`refuse_object`).
+        self.refused_objects: dict[str, str] = {}
         self._faults: list[Fault] = []
         self._port = port
         self._server: _Server | None = None
@@ -275,6 +283,20 @@ class OpenCTIStandIn:
                         self._faults.remove(fault)
                     return fault
         return None
+
+    # the platform's queue and workers ------------------------------------------------------------
+
+    def set_queue_size(self, size_bytes: int, messages: int | None = None) -> None:
+        """Report this size (bytes) as every connector's queue (``connector_queue_details``)."""
+        with self.lock:
+            self.queue_bytes = size_bytes
+            self.queue_messages = messages if messages is not None else (1 if size_bytes else 0)
+
+    def refuse_object(self, object_id: str, message: str) -> None:
+        """Make the "workers" fail the import of ``object_id``: each push holding it adds an
+        error to its work, as a worker's ``reportExpectation(error:)`` does."""
+        with self.lock:
+            self.refused_objects[object_id] = message
 
     # what reached "OpenCTI" -------------------------------------------------------------------
 
@@ -384,6 +406,10 @@ class OpenCTIStandIn:
                         "push_exchange": a.push_exchange,
                     },
                     "connector_user_id": self.connector_user_id,
+                    # OpenCTI 7 (RegisterConnector's ``jwks: String``, asked by pycti 7.x, which
+                    # fails with KeyError without it): the JWK set, as JSON text, that signs
+                    # what the platform sends a listening connector. Empty: ours never listens.
+                    "jwks": json.dumps({"keys": []}),
                 }
             }
         }
@@ -492,7 +518,24 @@ class OpenCTIStandIn:
             work.pushed_objects += len(bundle["objects"])
             if work.status == "wait":
                 work.status = "progress"
+            self._worker_errors(work, bundle["objects"])
         return {"data": {"stixBundlePush": True}}
+
+    def _worker_errors(self, work: Work, objects: list[Any]) -> None:
+        """What the platform's workers report on a work for the objects they fail to import.
+
+        A worker that fails an item calls ``workEdit(id).reportExpectation(error: {error, source})``
+        and the platform appends ``{timestamp, message: error, source}`` to the work's ``errors``
+        (``reportExpectation`` in opencti-graphql ``src/domain/work.js``; ``errors: [WorkMessage]``,
+        ``WorkMessage { timestamp, message, sequence, source }`` in ``config/schema/opencti.graphql``).
+        The worker's ``source`` is the item it was importing, as JSON.
+        """
+        for obj in objects:
+            message = self.refused_objects.get(str(obj.get("id"))) if isinstance(obj, dict) else None
+            if message is not None:
+                work.errors.append(
+                    {"timestamp": _now(), "message": message, "source": json.dumps(obj)}
+                )
 
     def _work_query(self, variables: dict[str, Any], query: str) -> dict[str, Any]:
         work = self.works.get(str(variables.get("id")))
@@ -525,6 +568,50 @@ class OpenCTIStandIn:
                     },
                     "messages": [_work_message(m) for m in work.messages],
                     "errors": [_work_message(m) for m in work.errors],
+                }
+            }
+        }
+
+    def _connector(self, variables: dict[str, Any], query: str) -> dict[str, Any]:
+        """``connector(id)``, as pycti's ``api.connector.read`` asks it.
+
+        ``connector_queue_details`` is the platform's ``queueDetails(cn.id)``
+        (opencti-graphql ``src/resolvers/connector.js``), which reads the connector's push queue
+        from RabbitMQ's management API (``getConnectorQueueDetails`` in
+        ``src/database/rabbitmq.js``): ``messages_number`` = the queue's ``messages``,
+        ``messages_size`` = its ``message_bytes``. Here both are what :meth:`set_queue_size` set.
+        """
+        connector_id = str(variables.get("id"))
+        connector = self.connectors.get(connector_id)
+        if connector is None:
+            return {"data": {"connector": None}}
+        self.queue_reads += 1
+        a = self.amqp
+        return {
+            "data": {
+                "connector": {
+                    "id": connector_id,
+                    "name": connector.get("name"),
+                    "active": True,
+                    "auto": bool(connector.get("auto")),
+                    "only_contextual": bool(connector.get("only_contextual")),
+                    "connector_type": connector.get("type"),
+                    "connector_scope": connector.get("scope") or [],
+                    "connector_state": connector.get("connector_state"),
+                    "connector_queue_details": {
+                        "messages_number": self.queue_messages,
+                        "messages_size": self.queue_bytes,
+                    },
+                    "updated_at": _now(),
+                    "created_at": _now(),
+                    "config": {
+                        "listen": f"listen_{connector_id}",
+                        "listen_exchange": a.listen_exchange,
+                        "push": f"push_{connector_id}",
+                        "push_exchange": a.push_exchange,
+                        "push_routing": f"push_routing_{connector_id}",
+                    },
+                    "built_in": False,
                 }
             }
         }
@@ -566,6 +653,7 @@ _RESOLVERS = {
     "StixBundlePush": OpenCTIStandIn._push,
     "WorkQuery": OpenCTIStandIn._work_query,
     "ConnectorDeletionMutation": OpenCTIStandIn._delete_connector,
+    "GetConnector": OpenCTIStandIn._connector,
 }
 
 

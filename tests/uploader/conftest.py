@@ -17,6 +17,7 @@ import pytest
 from fetcher.bundle import canonical_json, make_bundle
 from shared.durable import publish_bytes, sha256_bytes
 from shared.layout import Spool, SpoolName, relative_path
+from uploader.chunking import Bundle
 from uploader.claim import InstanceLock
 from uploader.errors import PermanentImportError, TransientImportError
 from uploader.importer import ImportReceipt
@@ -115,7 +116,8 @@ class FakeImporter:
     max_active: int = 0
     active_names: list[str] = field(default_factory=list)
 
-    def import_bundle(self, work_name: str, bundle: bytes) -> ImportReceipt:
+    def import_bundle(self, work_name: str, checked: Bundle) -> ImportReceipt:
+        bundle = checked.data
         with self.cond:
             self.calls.append((work_name, bundle))
             self.active += 1
@@ -131,8 +133,7 @@ class FakeImporter:
         with self.cond:
             self.accepted.append(bundle)
             self.cond.notify_all()
-        n = len(bundle.split(b'"id":')) - 2
-        return ImportReceipt(f"work-{len(self.calls)}", "connector-1", 1, max(n, 0))
+        return ImportReceipt(f"work-{len(self.calls)}", "connector-1", 1, checked.objects)
 
     def wait_for(self, predicate: Callable[[FakeImporter], bool], timeout: float = 10.0) -> bool:
         with self.cond:

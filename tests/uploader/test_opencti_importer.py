@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import ssl
 import subprocess
 import sys
@@ -18,18 +17,18 @@ from typing import Any
 import pytest
 import requests
 
-import uploader.opencti
+from pycti.utils.opencti_stix2_splitter import is_id_supported
+
 from tests.standins.opencti import STANDIN_TOKEN, OpenCTIStandIn
 from tests.standins.proxy import ForwardProxy
-from uploader.errors import PermanentImportError, PlatformAuthError, TransientImportError
-from uploader.opencti import (
-    GraphQLTransport,
-    PushBody,
-    PyctiImporter,
-    escape_json_bytes,
-    pushed_size_of,
-    split_bundle,
+from uploader.chunking import Bundle, pushed_size_of, read_bundle
+from uploader.errors import (
+    BundleRejected,
+    PermanentImportError,
+    PlatformAuthError,
+    TransientImportError,
 )
+from uploader.opencti import PyctiImporter
 
 # The shared fixtures; constants come from tests.standins.opencti so this module is imported
 # by pytest as a plugin first (importing it directly would defeat assertion rewriting).
@@ -53,6 +52,17 @@ def _bundle(objects: list[dict[str, Any]]) -> bytes:
     return json.dumps(
         {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects}
     ).encode()
+
+
+def _checked(data: bytes, max_push_bytes: int = 50 * 1024 * 1024) -> Bundle:
+    """The file's one check, as the pipeline makes it before the import."""
+    return read_bundle(data, max_push_bytes)
+
+
+def split_bundle(data: bytes, max_push_bytes: int) -> tuple[Any, int]:
+    """The pushes a file makes (pycti's own importability test), and its object count."""
+    bundle = read_bundle(data, max_push_bytes)
+    return bundle.pushes(is_id_supported), bundle.objects
 
 
 def _report_bundle(n: int = 3, pad: int = 0) -> tuple[bytes, list[dict[str, Any]]]:
@@ -92,7 +102,7 @@ def test_one_import_is_one_work_with_exactly_the_bundles_objects(
 ) -> None:
     data, objects = _report_bundle(3)
 
-    receipt = pycti_importer.import_bundle("feed F / report R", data)
+    receipt = pycti_importer.import_bundle("feed F / report R", _checked(data))
 
     assert receipt.connector_id == pycti_importer.connector_id
     assert (receipt.pushes, receipt.objects) == (1, 4)
@@ -108,7 +118,8 @@ def test_one_import_is_one_work_with_exactly_the_bundles_objects(
         json.dumps(o, sort_keys=True) for o in objects
     )
     ops = [op for op in opencti_standin.operations() if op not in ("healthCheck", "PingConnector")]
-    assert ops == ["RegisterConnector", "workAdd", "StixBundlePush", "workToProcessed"]
+    # The queue-size look (GetConnector) comes before the first push, then every few seconds.
+    assert ops == ["RegisterConnector", "GetConnector", "workAdd", "StixBundlePush", "workToProcessed"]
 
 
 def test_oversized_bundle_is_split_under_one_work_and_nothing_is_dropped(
@@ -119,7 +130,7 @@ def test_oversized_bundle_is_split_under_one_work_and_nothing_is_dropped(
     data, objects = _report_bundle(60, pad=400)
     assert len(data) > 2 * limit
     with PyctiImporter(make_settings(opencti_standin, max_push_bytes=limit)) as importer:
-        receipt = importer.import_bundle("big", data)
+        receipt = importer.import_bundle("big", _checked(data, limit))
 
     pushes = opencti_standin.pushes_for(receipt.work_id)
     assert receipt.pushes == len(pushes) > 2
@@ -161,7 +172,7 @@ def test_a_file_with_nothing_importable_is_one_processed_work_without_a_push(
     # pycti would raise "Nothing to import" and the file would be failed for nothing.
     data = _bundle([_extension_definition(), _extension_definition()])
 
-    receipt = pycti_importer.import_bundle("feed F / objects", data)
+    receipt = pycti_importer.import_bundle("feed F / objects", _checked(data))
 
     assert (receipt.pushes, receipt.objects) == (0, 2)
     [work] = opencti_standin.works.values()
@@ -227,8 +238,9 @@ def test_split_refuses_a_too_big_file_as_the_checks_do() -> None:
     data, _ = _report_bundle(6, pad=1500)
     broken = data.replace(b"org 3", b"org \xff3")
 
-    with pytest.raises(PermanentImportError, match="not a usable STIX bundle: not UTF-8"):
+    with pytest.raises(BundleRejected, match="not UTF-8") as info:
         split_bundle(broken, 4096 + 4000)
+    assert info.value.kind == "not-json"
 
 
 def test_split_holds_one_chunk_at_a_time_not_the_parsed_file() -> None:
@@ -259,7 +271,7 @@ def test_wrong_token_is_a_platform_auth_error_and_the_process_lives(
     importer = PyctiImporter(make_settings(opencti_standin, opencti_token="wrong-token-123"))
 
     with pytest.raises(PlatformAuthError) as info:
-        importer.import_bundle("w", _report_bundle()[0])
+        importer.import_bundle("w", _checked(_report_bundle()[0]))
 
     assert "wrong-token-123" not in str(info.value)
     assert opencti_standin.auth_failures >= 1
@@ -289,17 +301,17 @@ def test_platform_down_is_transient_then_back_up_works(
     port = opencti_standin.port
     opencti_standin.go_down()
     with pytest.raises(TransientImportError):
-        pycti_importer.import_bundle("w", data)  # before registration
+        pycti_importer.import_bundle("w", _checked(data))  # before registration
 
     opencti_standin.come_up()
     assert opencti_standin.port == port
-    pycti_importer.import_bundle("w", data)
+    pycti_importer.import_bundle("w", _checked(data))
 
     opencti_standin.go_down()
     with pytest.raises(TransientImportError):
-        pycti_importer.import_bundle("w", data)  # registered, then the platform went away
+        pycti_importer.import_bundle("w", _checked(data))  # registered, then the platform went away
     opencti_standin.come_up()
-    receipt = pycti_importer.import_bundle("w", data)
+    receipt = pycti_importer.import_bundle("w", _checked(data))
 
     assert len(opencti_standin.pushes_for(receipt.work_id)) == 1
     assert not opencti_standin.deleted_connectors
@@ -345,13 +357,13 @@ def test_push_failures_are_classified(
     opencti_standin.fail("StixBundlePush", **fault)
 
     with pytest.raises(error) as info:
-        pycti_importer.import_bundle("w", _report_bundle()[0])
+        pycti_importer.import_bundle("w", _checked(_report_bundle()[0]))
 
     assert type(info.value) is error
     [work] = opencti_standin.works.values()
     assert info.value.work_id == work.id  # type: ignore[attr-defined]
     assert work.in_error is marked  # the work shows the failure in OpenCTI
-    receipt = pycti_importer.import_bundle("w", _report_bundle()[0])  # one fault only
+    receipt = pycti_importer.import_bundle("w", _checked(_report_bundle()[0]))  # one fault only
     assert receipt.pushes == 1
 
 
@@ -363,7 +375,7 @@ def test_503_on_work_creation_is_transient_without_a_work(
 
     for _ in range(2):
         with pytest.raises(TransientImportError) as info:
-            pycti_importer.import_bundle("w", _report_bundle()[0])
+            pycti_importer.import_bundle("w", _checked(_report_bundle()[0]))
         assert info.value.work_id is None
 
     assert not opencti_standin.works and not opencti_standin.pushes
@@ -375,10 +387,11 @@ def test_a_redirect_is_not_followed_and_says_what_to_fix(
     pycti_importer.connect()
     opencti_standin.fail("workAdd", status=308)
 
-    with pytest.raises(TransientImportError, match="set OPENCTI_URL") as info:
-        pycti_importer.import_bundle("w", _report_bundle()[0])
+    with pytest.raises(TransientImportError, match="OPENCTI_URL") as info:
+        pycti_importer.import_bundle("w", _checked(_report_bundle()[0]))
 
-    assert "HTTP 308" in str(info.value)
+    # pycti keeps no status code, only the answer's text: the error page's title says 308.
+    assert "308" in str(info.value)
     assert not opencti_standin.works and not opencti_standin.pushes
 
 
@@ -391,12 +404,12 @@ def test_a_redirect_is_not_followed_and_says_what_to_fix(
         pytest.param(b"\xff\xfe", id="not-utf8"),
     ],
 )
-def test_bad_content_is_permanent_and_never_pushed(
-    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn, data: bytes
-) -> None:
-    with pytest.raises(PermanentImportError):
-        pycti_importer.import_bundle("w", data)
-    assert not opencti_standin.pushes
+def test_bad_content_is_refused_by_the_one_check_before_any_import(data: bytes) -> None:
+    # The pipeline checks a file once (uploader.chunking.read_bundle) before it is claimed for
+    # import: bad content never reaches pycti, and the refusal is final (failed/ with its kind).
+    with pytest.raises(BundleRejected) as info:
+        read_bundle(data, 1 << 20)
+    assert info.value.kind in {"empty", "not-a-bundle", "not-json"}
 
 
 @pytest.mark.parametrize(
@@ -425,68 +438,6 @@ def test_the_standin_refuses_what_the_platform_refuses_and_that_is_permanent(
     assert opencti_standin.rejected_pushes[-1]["cause"] == cause
     assert isinstance(pycti_importer._classify(info.value, None), PermanentImportError)
 
-    # The uploader's own push (GraphQLTransport, issue 6) is refused and raises exactly as pycti's.
-    with pytest.raises(ValueError, match="Invalid bundle") as ours:
-        GraphQLTransport(api).push(pycti_importer.connector_id, bundle.encode(), "work-1")
-    assert ours.value.args == info.value.args
-    assert opencti_standin.rejected_pushes[-1]["cause"] == cause
-
-
-def test_escaping_and_push_body_match_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = random.Random(5)
-    alphabet = [
-        '"',
-        "\\",
-        "\n",
-        "\t",
-        "\x00",
-        "\x1f",
-        "\x7f",
-        "a",
-        "é",
-        "😀",
-        "\b",
-        "\f",
-        "\r",
-        "/",
-    ]
-    for _ in range(500):
-        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
-        data = text.encode()
-        assert json.loads(f'"{escape_json_bytes(data).decode()}"') == text
-        assert len(escape_json_bytes(data)) + 2 == pushed_size_of(data)
-        body = PushBody("connector-1", data, "work-1")
-        sent = body.as_bytes()
-        assert len(sent) == len(body)
-        assert json.loads(sent)["variables"] == {
-            "connectorId": "connector-1",
-            "work_id": "work-1",
-            "bundle": text,
-        }
-    # Slices cut through multi-byte characters: the body is still the same JSON.
-    monkeypatch.setattr(uploader.opencti, "STREAM_PUSH_BYTES", 3)
-    data = ('{"a": "x\\"y\n' + "é😀" * 30 + '"}').encode()
-    body = PushBody("c", data, "w")
-    assert json.loads(body.as_bytes())["variables"]["bundle"] == data.decode()
-
-
-def test_a_streamed_push_reaches_the_platform_whole(
-    pycti_importer: PyctiImporter,
-    opencti_standin: OpenCTIStandIn,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Bodies over STREAM_PUSH_BYTES are sent from the file's bytes as they are escaped (a 40 MB
-    # file is never held as text and request body too); made small here to take that path.
-    monkeypatch.setattr(uploader.opencti, "STREAM_PUSH_BYTES", 512)
-    data, objects = _report_bundle(20, pad=100)
-    assert len(data) > 4 * 512
-
-    receipt = pycti_importer.import_bundle("streamed", data)
-
-    [push] = opencti_standin.pushes_for(receipt.work_id)
-    assert push.bundle == json.loads(data)
-    assert receipt.objects == len(objects)
-
 
 def test_unknown_connector_push_is_refused_as_invalid_bundle(
     pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
@@ -507,10 +458,10 @@ def test_token_never_reaches_the_logs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     with PyctiImporter(make_settings(opencti_standin, log_level="debug")) as importer:
-        importer.import_bundle("w", _report_bundle()[0])
+        importer.import_bundle("w", _checked(_report_bundle()[0]))
         opencti_standin.fail("StixBundlePush", status=502)
         with pytest.raises(TransientImportError) as info:
-            importer.import_bundle("w", _report_bundle()[0])
+            importer.import_bundle("w", _checked(_report_bundle()[0]))
     with (
         PyctiImporter(make_settings(opencti_standin, opencti_token=STANDIN_TOKEN + "-bad")) as bad,
         pytest.raises(PlatformAuthError) as auth,
@@ -549,36 +500,29 @@ def test_ssl_verify_is_passed_to_pycti(
         importer.connect()
         assert importer.helper.opencti_ssl_verify is verify
         assert importer.helper.api_impersonate.ssl_verify is verify
-        # On: True, or the CA bundle the environment names (resolved once, as requests would).
-        env_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        expected = (env_bundle or True) if verify else False
-        assert importer.helper.api.ssl_verify == expected
+        # Passed as given: requests itself looks up REQUESTS_CA_BUNDLE when it is True.
+        assert importer.helper.api.ssl_verify is verify
 
 
-def test_environment_is_resolved_once_at_connect(
+def test_pyctis_session_reads_the_proxy_variables_on_every_call(
     pycti_env: None,
     opencti_standin: OpenCTIStandIn,
     make_settings: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
 ) -> None:
-    # What requests would read on every call (issue 6): the CA bundle and the proxy variables,
-    # here a proxy that does not exist and a NO_PROXY that exempts the platform.
-    bundle = tmp_path / "ca.pem"
-    bundle.write_text("not read: the platform is plain http here\n")
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    # A proxy that does not exist and a NO_PROXY that exempts the platform: pycti's requests
+    # session (trust_env) honours both, on each call.
+    for name in ("http_proxy", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     with PyctiImporter(make_settings(opencti_standin)) as importer:
-        importer.connect()
-        session = importer.helper.api.session
-        assert session.trust_env is False
-        assert importer.helper.api.ssl_verify == str(bundle)
-        assert "http" not in session.proxies  # NO_PROXY applied once for the platform's URL
-        # A variable changed later is no longer read: the import still bypasses the proxy.
+        receipt = importer.import_bundle("no proxy", _checked(_report_bundle()[0]))
+        assert len(opencti_standin.pushes_for(receipt.work_id)) == 1
+        # Without the exemption the next file goes to the (dead) proxy: not reachable, retried.
         monkeypatch.delenv("NO_PROXY")
-        receipt = importer.import_bundle("env once", _report_bundle()[0])
-    assert receipt.pushes == 1
+        with pytest.raises(TransientImportError, match="not reachable"):
+            importer.import_bundle("through a dead proxy", _checked(_report_bundle()[0]))
     assert len(opencti_standin.pushes) == 1
 
 
@@ -618,27 +562,27 @@ def test_the_per_file_calls_verify_the_platforms_certificate(
         OpenCTIStandIn(STANDIN_TOKEN, tls=context) as standin,
         PyctiImporter(make_settings(standin)) as importer,
     ):
-        receipt = importer.import_bundle("over https", _report_bundle()[0])
+        receipt = importer.import_bundle("over https", _checked(_report_bundle()[0]))
         assert len(standin.pushes_for(receipt.work_id)) == 1
         assert standin.works[receipt.work_id].processed
 
-        api = importer.helper.api
-        assert api.ssl_verify == str(cert)
-        # The same calls trusting the system's CAs only: refused as requests refuses it.
-        api.ssl_verify = True
-        with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
-            GraphQLTransport(api).work_add(importer.connector_id, "untrusted")
-        # Verification turned off (OPENCTI_SSL_VERIFY=false): accepted.
-        api.ssl_verify = False
-        assert GraphQLTransport(api).work_add(importer.connector_id, "unchecked") in standin.works
 
-    # End to end with verification off and no CA named.
+    # The platform's CA not named: pycti's session refuses the certificate, nothing is imported.
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    with (
+        OpenCTIStandIn(STANDIN_TOKEN, tls=context) as standin,
+        PyctiImporter(make_settings(standin)) as importer,
+    ):
+        with pytest.raises(TransientImportError, match="CERTIFICATE_VERIFY_FAILED"):
+            importer.import_bundle("untrusted", _checked(_report_bundle()[0]))
+        assert not standin.works and not standin.registrations
+
+    # End to end with verification off (OPENCTI_SSL_VERIFY=false) and no CA named: accepted.
     with (
         OpenCTIStandIn(STANDIN_TOKEN, tls=context) as standin,
         PyctiImporter(make_settings(standin, opencti_ssl_verify=False)) as importer,
     ):
-        receipt = importer.import_bundle("unverified https", _report_bundle()[0])
+        receipt = importer.import_bundle("unverified https", _checked(_report_bundle()[0]))
         assert len(standin.pushes_for(receipt.work_id)) == 1
 
 
@@ -653,7 +597,7 @@ def test_the_per_file_calls_go_through_the_configured_proxy(
     with ForwardProxy() as proxy:
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
         with PyctiImporter(make_settings(opencti_standin)) as importer:
-            receipt = importer.import_bundle("proxied", _report_bundle()[0])
+            receipt = importer.import_bundle("proxied", _checked(_report_bundle()[0]))
             # Every request the platform saw came through the proxy, per-file calls included.
             operations = [operation for operation, _ in opencti_standin.requests]
             assert len(proxy.seen) == len(operations)
@@ -662,33 +606,13 @@ def test_the_per_file_calls_go_through_the_configured_proxy(
     assert len(opencti_standin.pushes_for(receipt.work_id)) == 1
 
 
-def test_the_per_file_calls_survive_the_session_closing_its_pools(
-    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
-) -> None:
-    first = pycti_importer.import_bundle("before", _report_bundle()[0])
-    # Closing the session makes its adapter forget its pools (urllib3 2 leaves them open).
-    pycti_importer.helper.api.session.close()
-    second = pycti_importer.import_bundle("after close", _report_bundle()[0])
-    # urllib3 1.x closes a pool it drops (too many hosts, or the session closed): the per-file
-    # calls take the adapter's current pool instead of failing.
-    calls = pycti_importer._calls
-    assert calls is not None and calls._pool is not None
-    calls._pool.close()
-    third = pycti_importer.import_bundle("after the pool closed", _report_bundle()[0])
-
-    assert len({first.work_id, second.work_id, third.work_id}) == 3
-    for receipt in (second, third):
-        assert len(opencti_standin.pushes_for(receipt.work_id)) == 1
-        assert opencti_standin.works[receipt.work_id].processed
-
-
 def test_wait_for_work_polls_until_complete(
     pycti_env: None, opencti_standin: OpenCTIStandIn, make_settings: Callable[..., Any]
 ) -> None:
     opencti_standin.complete_after_polls = 3
     settings = make_settings(opencti_standin, wait_for_work=True, work_timeout=10)
     with PyctiImporter(settings, work_poll_interval=0.01) as importer:
-        receipt = importer.import_bundle("w", _report_bundle()[0])
+        receipt = importer.import_bundle("w", _checked(_report_bundle()[0]))
 
     assert opencti_standin.works[receipt.work_id].polls == 4
 
@@ -702,7 +626,7 @@ def test_wait_for_work_times_out_as_transient(
         PyctiImporter(settings, work_poll_interval=0.01) as importer,
         pytest.raises(TransientImportError, match="not complete") as info,
     ):
-        importer.import_bundle("w", _report_bundle()[0])
+        importer.import_bundle("w", _checked(_report_bundle()[0]))
 
     assert info.value.work_id in opencti_standin.works
 
@@ -716,7 +640,7 @@ def test_concurrent_imports_from_several_threads(
 
     def run(data: bytes) -> None:
         try:
-            receipts.append(pycti_importer.import_bundle("w", data))
+            receipts.append(pycti_importer.import_bundle("w", _checked(data)))
         except BaseException as exc:
             errors.append(exc)
 
@@ -736,7 +660,7 @@ def test_concurrent_imports_from_several_threads(
 def test_close_never_unregisters_the_connector(
     pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
 ) -> None:
-    pycti_importer.import_bundle("w", _report_bundle()[0])
+    pycti_importer.import_bundle("w", _checked(_report_bundle()[0]))
     pycti_importer.close()
 
     assert "ConnectorDeletionMutation" not in opencti_standin.operations()
@@ -757,7 +681,7 @@ def test_settings_win_over_pycti_env_variables_and_mq_overrides_stay(
     monkeypatch.setenv("MQ_HOST", "mq.example")
 
     with PyctiImporter(make_settings(opencti_standin)) as importer:
-        receipt = importer.import_bundle("w", _report_bundle()[0])
+        receipt = importer.import_bundle("w", _checked(_report_bundle()[0]))
         helper = importer.helper
 
     assert helper.queue_protocol == "api"
@@ -781,7 +705,7 @@ def test_unreachable_rabbitmq_is_transient(
         ) as importer,
         pytest.raises(TransientImportError, match="RabbitMQ"),
     ):
-        importer.import_bundle("w", _report_bundle()[0])
+        importer.import_bundle("w", _checked(_report_bundle()[0]))
 
 
 def test_a_cli_process_exits_normally_without_close(
@@ -790,12 +714,13 @@ def test_a_cli_process_exits_normally_without_close(
     script = tmp_path / "run.py"
     script.write_text(
         "import sys, uuid\n"
+        "from uploader.chunking import read_bundle\n"
         "from uploader.opencti import PyctiImporter\n"
         "from uploader.settings import UploaderSettings\n"
         f"s = UploaderSettings(opencti_url={opencti_standin.url!r}, opencti_token={STANDIN_TOKEN!r},"
         " connector_id=str(uuid.uuid4()))\n"
         "importer = PyctiImporter(s)\n"
-        f"print(importer.import_bundle('w', {_report_bundle()[0]!r}).work_id)\n"
+        f"print(importer.import_bundle('w', read_bundle({_report_bundle()[0]!r}, 1 << 20)).work_id)\n"
     )
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("OPENCTI_", "CONNECTOR_", "MQ_"))
@@ -822,7 +747,7 @@ def test_concurrent_imports_keep_each_push_in_its_own_work(
 
     def run(data: bytes) -> None:
         try:
-            receipt = pycti_importer.import_bundle("w", data)
+            receipt = pycti_importer.import_bundle("w", _checked(data))
             receipts[json.loads(data)["id"]] = receipt
         except BaseException as exc:
             errors.append(exc)
@@ -852,6 +777,6 @@ def test_concurrent_imports_keep_each_push_in_its_own_work(
     ],
 )
 def test_pushed_size_of_bytes_matches_the_escaped_text(text: str) -> None:
-    from uploader.opencti import _pushed_size, pushed_size_of
+    from uploader.chunking import _pushed_size
 
     assert pushed_size_of(text.encode("utf-8")) == _pushed_size(text)
