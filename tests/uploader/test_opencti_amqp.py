@@ -13,6 +13,7 @@ import pytest
 
 from tests.standins.opencti import AmqpConfig, OpenCTIStandIn
 from tests.standins.rabbitmq import RabbitMQNode
+from uploader.chunking import read_bundle
 from uploader.opencti import PyctiImporter
 
 pytestmark = pytest.mark.rabbitmq
@@ -94,7 +95,7 @@ def test_amqp_push_reaches_rabbitmq_with_the_work_id(
     )
 
     with PyctiImporter(settings) as importer:
-        receipt = importer.import_bundle("amqp work", data.encode())
+        receipt = importer.import_bundle("amqp work", read_bundle(data.encode(), 1 << 20))
 
     messages = _drain(channel, queue)
     assert messages

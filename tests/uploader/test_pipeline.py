@@ -28,7 +28,7 @@ from tests.uploader.conftest import (
     transient_then_ok,
     wait_until,
 )
-from uploader import pipeline as pipeline_module
+from uploader import process as process_module
 from uploader.check import SpoolFile
 from uploader.claim import InstanceLock
 from uploader.errors import InstanceBusyError, PermanentImportError
@@ -453,17 +453,17 @@ def test_digest_mismatch_that_stays_is_failed_as_corrupt_after_settling(
 def test_an_unchanged_mismatched_file_is_not_reread_while_it_settles(
     spool: Spool, files: SpoolFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import uploader.pipeline
+    import uploader.process
 
     files.add(FEED_A, data=files.bundle_bytes("x"), digest="d" * 64)
     reads: list[object] = []
-    real_read = uploader.pipeline.read_spool_file
+    real_read = uploader.process.read_spool_file
 
     def counting_read(path: Path, rel: PurePosixPath) -> SpoolFile:
         reads.append(rel)
         return real_read(path, rel)
 
-    monkeypatch.setattr(uploader.pipeline, "read_spool_file", counting_read)
+    monkeypatch.setattr(uploader.process, "read_spool_file", counting_read)
 
     summary = run_once(spool, FakeImporter(), settle_seconds=1.5)
 
@@ -480,8 +480,8 @@ def test_file_still_being_copied_is_imported_once_complete(spool: Spool, files: 
     target = spool.path_in("incoming", rel)
     later = files.add(FEED_B, minutes=10_000)
     waiter = RecordWaiter("does not match its name yet")
-    logging.getLogger("uploader.pipeline").addHandler(waiter)
-    logging.getLogger("uploader.pipeline").setLevel(logging.INFO)
+    logging.getLogger("uploader.process").addHandler(waiter)
+    logging.getLogger("uploader.process").setLevel(logging.INFO)
     importer = FakeImporter()
     result: list[object] = []
 
@@ -502,8 +502,8 @@ def test_file_still_being_copied_is_imported_once_complete(spool: Spool, files: 
         result.append(run_once(spool, importer, settle_seconds=1.0))
     finally:
         writer.join(10)
-        logging.getLogger("uploader.pipeline").removeHandler(waiter)
-        logging.getLogger("uploader.pipeline").setLevel(logging.NOTSET)
+        logging.getLogger("uploader.process").removeHandler(waiter)
+        logging.getLogger("uploader.process").setLevel(logging.NOTSET)
     summary = result[0]
     assert waiter.seen.is_set()
     assert summary.failed == 0 and summary.done == 2  # type: ignore[attr-defined]
@@ -573,7 +573,7 @@ def test_an_older_file_another_uploader_is_importing_holds_back_its_feed(
     other_feed = files.add(FEED_B, minutes=3)
     newer_bytes, other_bytes = newer.read_bytes(), other_feed.read_bytes()
     waiter = RecordWaiter("waiting for uploader other")
-    pipeline_logger = logging.getLogger("uploader.pipeline")
+    pipeline_logger = logging.getLogger("uploader.process")
     pipeline_logger.addHandler(waiter)
     pipeline_logger.setLevel(logging.DEBUG)
     importer = FakeImporter()
@@ -723,7 +723,7 @@ def test_watch_mode_picks_up_a_new_file_within_a_second(
 def test_a_dead_file_watcher_is_restarted(
     spool: Spool, files: SpoolFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("uploader.pipeline._OBSERVER_RESTART", 0.2)
+    monkeypatch.setattr("uploader.intake.OBSERVER_RESTART", 0.2)
     importer = FakeImporter()
     stop = threading.Event()
     with InstanceLock(spool, "restarter") as lock:
@@ -731,13 +731,13 @@ def test_a_dead_file_watcher_is_restarted(
         thread = threading.Thread(target=pipeline.run, args=(stop,), kwargs={"watch": True})
         thread.start()
         try:
-            assert wait_until(lambda: pipeline._observer is not None, timeout=5)
-            dead = pipeline._observer
+            assert wait_until(lambda: pipeline.intake._observer is not None, timeout=5)
+            dead = pipeline.intake._observer
             assert dead is not None
             dead.stop()
             dead.join(5)
             assert wait_until(
-                lambda: pipeline._observer is not dead and pipeline._observer is not None,
+                lambda: pipeline.intake._observer is not dead and pipeline.intake._observer is not None,
                 timeout=5,
             )
             files.add(FEED_A)
@@ -783,7 +783,7 @@ def test_a_feeds_next_import_starts_while_the_previous_file_is_being_recorded(
     # would never happen and the move would give up waiting.
     first, second = (files.add(FEED_A, minutes=m) for m in (1, 2))
     importer = FakeImporter()
-    real_mark_done = pipeline_module.mark_done
+    real_mark_done = process_module.mark_done
     overlapped: list[bool] = []
 
     def slow_mark_done(*args: object, **kwargs: object) -> Path:
@@ -791,7 +791,7 @@ def test_a_feeds_next_import_starts_while_the_previous_file_is_being_recorded(
             overlapped.append(importer.wait_for(lambda imp: len(imp.calls) >= 2, timeout=10))
         return real_mark_done(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pipeline_module, "mark_done", slow_mark_done)
+    monkeypatch.setattr(process_module, "mark_done", slow_mark_done)
 
     summary = run_once(spool, importer)
 
@@ -809,7 +809,7 @@ def test_a_failed_move_after_the_import_is_retried_not_imported_again(
 ) -> None:
     path = files.add(FEED_A)
     importer = FakeImporter()
-    real_mark_done = pipeline_module.mark_done
+    real_mark_done = process_module.mark_done
     failures = [SpoolError("disk full (fake)"), SpoolError("disk full (fake)")]
 
     def flaky_mark_done(*args: object, **kwargs: object) -> Path:
@@ -817,7 +817,7 @@ def test_a_failed_move_after_the_import_is_retried_not_imported_again(
             raise failures.pop()
         return real_mark_done(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pipeline_module, "mark_done", flaky_mark_done)
+    monkeypatch.setattr(process_module, "mark_done", flaky_mark_done)
 
     summary = run_once(spool, importer)
 
@@ -838,7 +838,7 @@ def test_a_move_still_failing_at_stop_puts_the_file_back_for_the_next_run(
         stop.set()  # the uploader is asked to stop while the move keeps failing
         raise SpoolError("disk full (fake)")
 
-    monkeypatch.setattr(pipeline_module, "mark_done", failing_mark_done)
+    monkeypatch.setattr(process_module, "mark_done", failing_mark_done)
 
     with InstanceLock(spool, "test") as lock:
         summary = Pipeline(spool, importer, fast_options(), lock).run(stop, watch=True)
