@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 
+from pycti.api.opencti_api_work import OpenCTIApiWork
 from pycti.utils.opencti_stix2_splitter import is_id_supported
 
 from tests.standins.opencti import STANDIN_TOKEN, OpenCTIStandIn
@@ -142,6 +144,22 @@ def test_oversized_bundle_is_split_under_one_work_and_nothing_is_dropped(
     assert sorted(received) == sorted(o["id"] for o in objects)  # each once, none dropped
     assert received[-1].startswith("report--")  # containers after what they refer to
     assert not opencti_standin.rejected_pushes
+    # A work that gets several bundles is multi-part where pycti can say so (7.x): the platform
+    # then completes it only after toProcessed, not when the first push's expectations are met.
+    [work_add] = [v for op, v in opencti_standin.requests if op == "workAdd"]
+    if "is_multipart" in inspect.signature(OpenCTIApiWork.initiate_work).parameters:
+        assert work_add["isMultiPartWork"] is True
+    else:
+        assert "isMultiPartWork" not in work_add
+
+
+def test_a_file_in_one_push_is_not_a_multi_part_work(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
+) -> None:
+    pycti_importer.import_bundle("small", _checked(_report_bundle()[0]))
+
+    [work_add] = [v for op, v in opencti_standin.requests if op == "workAdd"]
+    assert work_add.get("isMultiPartWork") in (None, False)
 
 
 def test_split_refuses_a_single_object_over_the_limit() -> None:
