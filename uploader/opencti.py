@@ -1,8 +1,8 @@
 """The real :class:`uploader.importer.Importer`: one spool file → one OpenCTI work, through pycti.
 
 This is the only module that imports pycti, and the CLI imports it only for commands that import:
-pycti must match the platform's version and needs libmagic (``pycti/api/opencti_api_client.py``
-imports ``magic``), so the other commands work without it. Per file it follows the diode-import
+pycti must match the platform's version, and pycti 6.x needs libmagic (its
+``pycti/api/opencti_api_client.py`` imports ``magic``), so the other commands work without it. Per file it follows the diode-import
 connector's sequence (``DiodeImport._process_bundle`` in OpenCTI-Platform/connectors
 ``external-import/diode-import/src/diode_import.py``), with pycti's public calls only:
 

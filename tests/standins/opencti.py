@@ -531,7 +531,9 @@ class OpenCTIStandIn:
         The worker's ``source`` is the item it was importing, as JSON.
         """
         for obj in objects:
-            message = self.refused_objects.get(str(obj.get("id"))) if isinstance(obj, dict) else None
+            message = (
+                self.refused_objects.get(str(obj.get("id"))) if isinstance(obj, dict) else None
+            )
             if message is not None:
                 work.errors.append(
                     {"timestamp": _now(), "message": message, "source": json.dumps(obj)}

@@ -121,7 +121,13 @@ def test_one_import_is_one_work_with_exactly_the_bundles_objects(
     )
     ops = [op for op in opencti_standin.operations() if op not in ("healthCheck", "PingConnector")]
     # The queue-size look (GetConnector) comes before the first push, then every few seconds.
-    assert ops == ["RegisterConnector", "GetConnector", "workAdd", "StixBundlePush", "workToProcessed"]
+    assert ops == [
+        "RegisterConnector",
+        "GetConnector",
+        "workAdd",
+        "StixBundlePush",
+        "workToProcessed",
+    ]
 
 
 def test_oversized_bundle_is_split_under_one_work_and_nothing_is_dropped(
@@ -583,7 +589,6 @@ def test_the_per_file_calls_verify_the_platforms_certificate(
         receipt = importer.import_bundle("over https", _checked(_report_bundle()[0]))
         assert len(standin.pushes_for(receipt.work_id)) == 1
         assert standin.works[receipt.work_id].processed
-
 
     # The platform's CA not named: pycti's session refuses the certificate, nothing is imported.
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")

@@ -737,7 +737,9 @@ def test_a_dead_file_watcher_is_restarted(
             dead.stop()
             dead.join(5)
             assert wait_until(
-                lambda: pipeline.intake._observer is not dead and pipeline.intake._observer is not None,
+                lambda: (
+                    pipeline.intake._observer is not dead and pipeline.intake._observer is not None
+                ),
                 timeout=5,
             )
             files.add(FEED_A)
