@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
-
 from pycti.api.opencti_api_work import OpenCTIApiWork
 from pycti.utils.opencti_stix2_splitter import is_id_supported
 
