@@ -141,8 +141,10 @@ class Child:
     started: float = field(init=False)
     ended: float | None = None
     peak_rss_kib: int | None = None
-    #: Peak ``VmHWM`` of each process the child started (the uploader's mover), by pid.
+    #: Peak ``VmHWM`` of each process the child started, by pid.
     helper_peaks_kib: dict[int, int] = field(default_factory=dict)
+    #: User + system CPU seconds of the child (and the children it waited for), from ``wait4``.
+    cpu: float | None = None
     #: ``ru_maxrss`` from ``wait4``, kept for comparison only (see the class docstring).
     wait4_maxrss_kib: int | None = None
     returncode: int | None = None
@@ -180,6 +182,7 @@ class Child:
         # Popen must not try to reap it again.
         self.proc.returncode = self.returncode
         self.wait4_maxrss_kib = usage.ru_maxrss  # KiB on Linux
+        self.cpu = usage.ru_utime + usage.ru_stime
         self.peak_rss_kib = hwm or usage.ru_maxrss
         self._log.close()
         return self.returncode
