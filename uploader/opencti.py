@@ -21,7 +21,7 @@ connector's sequence (``DiodeImport._process_bundle`` in OpenCTI-Platform/connec
 
 TLS and proxies are pycti's: ``opencti.ssl_verify`` is passed (pycti's default is off, ours on),
 and pycti's ``requests`` session reads ``HTTPS_PROXY``/``NO_PROXY`` and ``REQUESTS_CA_BUNDLE``
-from the environment (requests' ``trust_env``).
+from the environment on every call (requests' own behaviour for a session).
 
 Where pycti is adapted, and why:
 
@@ -41,18 +41,13 @@ Where pycti is adapted, and why:
   process-killing hook in a connector) and returns None; ``api.connector.read`` is the query it
   makes.
 
-Errors are classified from what pycti raises (``OpenCTIApiClient.query``): ``requests``
-exceptions for the transport (transient), ``ValueError({name, error_message, ...})`` for a GraphQL
-error, whose ``name`` (pycti 7: the error's ``extensions.code``) or message decides, and
-``ValueError(body)`` for an answer other than HTTP 200, which keeps no status code: the body's text
-decides (413 "request entity too large" is permanent, everything else transient).
+Errors are classified from what pycti raises by :mod:`uploader.classify`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 import os
 import sys
@@ -61,15 +56,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import requests
 from pycti import OpenCTIApiClient, OpenCTIConnectorHelper
 from pycti.utils.opencti_stix2_splitter import is_id_supported
 
-from uploader.backpressure import CHECK_INTERVAL, QueueGate, QueuePaused
+from uploader.backpressure import CHECK_INTERVAL, QueueGate
 from uploader.chunking import Bundle
+from uploader.classify import classify, describe, redact, unreachable
 from uploader.errors import (
     ImportFailure,
-    PermanentImportError,
     PlatformAuthError,
     TransientImportError,
     WorkErrorsError,
@@ -110,43 +104,6 @@ _PYCTI_ENV_SHADOWED = (
     # Our own endpoint (shared.metrics) serves these: pycti's would bind the same port.
     "CONNECTOR_EXPOSE_METRICS",
     "CONNECTOR_METRICS_PORT",
-)
-
-# The platform's error codes (opencti-graphql src/config/errors.js), as pycti 7 reports them in
-# ``name``; pycti 6.5 reports the message there when the error has no top-level name.
-_AUTH_CODES = frozenset({"AUTH_REQUIRED", "AUTH_FAILURE", "FORBIDDEN_ACCESS"})
-_TRANSIENT_CODES = frozenset({"LOCK_ERROR", "DATABASE_ERROR", "ENGINE_ERROR", "TIMEOUT_ERROR"})
-_PERMANENT_CODES = frozenset({"UNSUPPORTED_ERROR", "FUNCTIONAL_ERROR", "VALIDATION_ERROR"})
-
-# Text fragments, for what pycti passes on as text only (checked in this order; first match wins).
-# Auth comes first: "Invalid connector" is wrapped by the platform in "Invalid bundle".
-_AUTH_MARKERS = (
-    "you must be logged in",
-    "auth_required",
-    "authrequired",
-    "you are not allowed",
-    "forbidden",
-    "invalid connector",
-    "a token must be set",
-)
-_TRANSIENT_MARKERS = (
-    "not reachable",
-    "starting",
-    "timeout",
-    "timed out",
-    "too many requests",
-    "lock",
-    "database",
-    "bad gateway",
-    "service unavailable",
-    "temporarily",
-)
-_PERMANENT_MARKERS = (
-    "invalid bundle",
-    "invalid stix bundle",
-    "nothing to import",
-    "too large",
-    "payloadtoolarge",
 )
 
 
@@ -270,7 +227,7 @@ class PyctiImporter:
             )
         except Exception as exc:  # pycti raises bare Exception/ValueError: classified here
             failure = self._classify(exc, work_id)
-            if work_id is not None and not _unreachable(exc):
+            if work_id is not None and not unreachable(exc):
                 self._mark_in_error(work_id, failure)
             raise failure from exc
         logger.info(
@@ -366,54 +323,10 @@ class PyctiImporter:
         return self._classify(exc, None)
 
     def _classify(self, exc: BaseException, work_id: str | None) -> ImportFailure:
-        """Map what pycti raised to our error tree, without the token in the text."""
-        if isinstance(exc, ImportFailure):
-            if work_id is not None and exc.work_id is None:
-                exc.work_id = work_id
-            return exc
-        if isinstance(exc, QueuePaused):
-            return TransientImportError(str(exc), work_id=work_id)
-        text = self._redact(_describe(exc))
-        if _unreachable(exc) or isinstance(exc, requests.RequestException):
-            return TransientImportError(f"OpenCTI not reachable: {text}", work_id=work_id)
-        if type(exc).__module__.startswith("pika"):
-            return TransientImportError(f"RabbitMQ push failed: {text}", work_id=work_id)
-        if isinstance(exc, ValueError) and exc.args and isinstance(exc.args[0], dict):
-            code = str(exc.args[0].get("name", "")).upper()
-            if code in _AUTH_CODES:
-                return PlatformAuthError(f"OpenCTI refused the connector: {text}", work_id=work_id)
-            if code in _TRANSIENT_CODES:
-                return TransientImportError(f"OpenCTI is not ready: {text}", work_id=work_id)
-            if code in _PERMANENT_CODES and "invalid connector" not in text.lower():
-                return PermanentImportError(f"OpenCTI refused the bundle: {text}", work_id=work_id)
-        lowered = text.lower()
-        if _matches(lowered, _AUTH_MARKERS):
-            return PlatformAuthError(f"OpenCTI refused the connector: {text}", work_id=work_id)
-        if "request entity too large" in lowered:
-            return PermanentImportError(
-                f"OpenCTI refused the push as too large ({text[:300]}); lower "
-                "UPLOADER_MAX_PUSH_BYTES to the platform's APP__MAX_PAYLOAD_BODY_SIZE and replay",
-                work_id=work_id,
-            )
-        if _matches(lowered, _TRANSIENT_MARKERS):
-            return TransientImportError(f"OpenCTI is not ready: {text}", work_id=work_id)
-        if _matches(lowered, _PERMANENT_MARKERS):
-            return PermanentImportError(f"OpenCTI refused the bundle: {text}", work_id=work_id)
-        if isinstance(exc, ValueError) and exc.args and isinstance(exc.args[0], str):
-            # pycti's ValueError(body) of an answer other than HTTP 200 (a proxy's or load
-            # balancer's page, a redirect): not the bundle's fault, and often the address's.
-            return TransientImportError(
-                f"OpenCTI answered with something other than GraphQL ({text[:300]}); if this "
-                "lasts, check that OPENCTI_URL is the platform's own address",
-                work_id=work_id,
-            )
-        # Unknown: keep the file pending rather than risk failing good data (a transient failure
-        # is retried; a permanent one sends the file to failed/ for good).
-        return TransientImportError(f"OpenCTI import failed: {text[:500]}", work_id=work_id)
+        return classify(exc, work_id, self._settings.opencti_token.get_secret_value())
 
     def _redact(self, text: str) -> str:
-        token = self._settings.opencti_token.get_secret_value()
-        return text.replace(token, "***") if token else text
+        return redact(text, self._settings.opencti_token.get_secret_value())
 
     def _mark_in_error(self, work_id: str, failure: ImportFailure) -> None:
         try:
@@ -421,7 +334,7 @@ class PyctiImporter:
         except Exception as exc:  # noqa: BLE001 - best effort: the failure itself is what matters
             logger.warning(
                 "could not mark the work in error",
-                extra={"work_id": work_id, "reason": self._redact(_describe(exc))[:200]},
+                extra={"work_id": work_id, "reason": self._redact(describe(exc))[:200]},
             )
 
     def _wait_for_work(self, work_id: str) -> None:
@@ -497,24 +410,3 @@ def _errors_text(errors: tuple[dict[str, Any], ...]) -> str:
     if len(errors) > 20:
         lines.append(f"... and {len(errors) - 20} more (platform_errors lists them all)")
     return "\n".join(lines)
-
-
-def _matches(text: str, markers: tuple[str, ...]) -> bool:
-    return any(marker in text for marker in markers)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ValueError) and exc.args and isinstance(exc.args[0], dict):
-        error: dict[str, Any] = exc.args[0]
-        parts = [str(error.get("name", "")), str(error.get("error_message", ""))]
-        parts += [
-            f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}"
-            for k, v in error.items()
-            if k not in ("name", "error_message")
-        ]
-        return " ".join(dict.fromkeys(p for p in parts if p))
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _unreachable(exc: BaseException) -> bool:
-    return isinstance(exc, requests.ConnectionError | requests.Timeout)
