@@ -191,7 +191,7 @@ def test_bundle_layout_leaves_a_doubtful_file_to_the_parser() -> None:
 def test_bundle_layout_is_found_only_for_files_check_bundle_accepts(
     monkeypatch: pytest.MonkeyPatch, slice_size: int
 ) -> None:
-    # split_bundle checks a too-big file in the layout pass alone: a layout must never be found
+    # read_bundle checks a too-big file in the layout pass alone: a layout must never be found
     # for a file that check_bundle refuses (not UTF-8 included), and must list its objects.
     monkeypatch.setattr(check, "_SLICE", slice_size)
     for data in [*_verdict_cases(), *_layout_cases()]:

@@ -17,6 +17,7 @@ import uuid
 
 import pytest
 
+from uploader.chunking import read_bundle
 from uploader.opencti import PyctiImporter
 from uploader.settings import UploaderSettings
 
@@ -51,7 +52,9 @@ def test_import_one_bundle_into_a_real_platform() -> None:
     data = json.dumps({"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": [identity]})
 
     with PyctiImporter(settings) as importer:
-        receipt = importer.import_bundle("ctx-uploader live test", data.encode())
+        receipt = importer.import_bundle(
+            "ctx-uploader live test", read_bundle(data.encode(), settings.max_push_bytes)
+        )
 
     assert receipt.work_id
     assert (receipt.pushes, receipt.objects) == (1, 1)
