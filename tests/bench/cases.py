@@ -75,6 +75,37 @@ def _upload_once(
     return UploadRun(last - first, child.wall, child.cpu)
 
 
+#: The queue-threshold run: files, seconds the stand-in reports the queue over the threshold.
+QUEUE_FILES = 200
+QUEUE_PAUSE = 4.0
+
+
+def _queue_threshold_run(opts: Options) -> tuple[int, float, float, int]:
+    """``ctx-uploader once`` while the stand-in reports the connector's queue over the threshold
+    for :data:`QUEUE_PAUSE` s, then under it: (pushes during the pause, first push after it in s,
+    seconds from then to the last push, pause lines logged)."""
+    spool = opts.work / f"upload-queue-{uuid.uuid4().hex[:8]}"
+    write_spool_files(spool / "incoming", QUEUE_FILES, feeds=UPLOAD_FEEDS, seed="q")
+    with TimedOpenCTI(TOKEN, keep_bundles=False) as standin:
+        standin.set_queue_size(600_000_000)  # 600 MB, over the default 500 MB
+        env = uploader_env(spool, standin)
+        log_path = opts.work / "upload-queue.log"
+        child = Child([tool("ctx-uploader"), "once"], env, log_path)
+        time.sleep(QUEUE_PAUSE)
+        with standin.lock:
+            released = time.monotonic()
+            during = len(standin.push_times)
+            standin.set_queue_size(0)
+        rc = child.wait()
+        if rc != 0 or len(standin.push_times) != QUEUE_FILES:
+            raise RuntimeError(f"queue run exited {rc}, {len(standin.push_times)} pushes")
+        first_after = standin.push_times[0][0] - released
+        drained = standin.push_times[-1][0] - released
+    paused_lines = log_path.read_text(errors="replace").count("pausing pushes")
+    shutil.rmtree(spool)
+    return during, first_after, drained, paused_lines
+
+
 def bench_upload(opts: Options) -> Result:
     result = Result("upload")
     bare = lambda spool: [sys.executable, "-m", "tests.bench.bareloop", str(spool / "incoming")]  # noqa: E731
@@ -97,6 +128,12 @@ def bench_upload(opts: Options) -> Result:
                 f"upload run {run + 1}/{opts.runs} {tag}: {measured.window:.2f}s window, "
                 f"{measured.wall:.2f}s wall, {measured.cpu:.2f}s CPU"
             )
+
+    during, first_after, drained, paused_lines = _queue_threshold_run(opts)
+    log(
+        f"upload queue threshold: {during} pushes during the pause, first push {first_after:.1f}s "
+        f"after it, last {drained:.1f}s after it, {paused_lines} pause line(s)"
+    )
 
     def windows(tag: str) -> list[float]:
         return [r.window for r in runs[tag]]
@@ -146,6 +183,17 @@ def bench_upload(opts: Options) -> Result:
         )
     )
 
+    result.rows.append(
+        Row(
+            "Upload while the connector's queue is over CONNECTOR_QUEUE_THRESHOLD "
+            f"({QUEUE_PAUSE:g} s), then under it",
+            "no push while over; all after",
+            f"{during} pushes while over; first push {first_after:.1f} s after, all "
+            f"{QUEUE_FILES} by {drained:.1f} s; {paused_lines} pause line logged",
+            during == 0 and paused_lines == 1,
+        )
+    )
+
     def line(label: str, tag: str) -> str:
         wall = Series([r.wall for r in runs[tag]])
         return (
@@ -177,6 +225,12 @@ def bench_upload(opts: Options) -> Result:
         f"parallel, {ratio_c2.fmt('×')} with 2; on loopback {ratio_loop.fmt('×')}. CPU ours/bare: "
         f"{cpu_ratio.fmt('×')}. With the platform taking {ms} per answer the client's CPU is not "
         "the pace: feeds in parallel overlap the platform's time, one per feed in flight.",
+        "",
+        f"Queue threshold: `ctx-uploader once` over {QUEUE_FILES} files while the stand-in reports "
+        f"600 MB in the connector's queue (default threshold 500 MB) for {QUEUE_PAUSE:g} s, then 0: "
+        f"{during} pushes while over, the first push {first_after:.1f} s after the queue went under "
+        f"(the uploader looks every 10 s), the last {drained:.1f} s after; 'pausing pushes' logged "
+        f"{paused_lines} time(s).",
     ]
     return result
 
