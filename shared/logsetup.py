@@ -17,10 +17,17 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
-# The module pycti 6 imports (pycti/utils/opencti_logger.py; it pins python-json-logger ~=2.0.4).
-# python-json-logger 3 and 4 (pycti 7 pins ~=4.0.0) keep it as a compatibility module with a
-# DeprecationWarning; the tests pass with 2.0.7 and 4.0.0.
-from pythonjsonlogger import jsonlogger
+# python-json-logger 3 and 4 (pycti 7 pins ~=4.0.0) moved the formatter to pythonjsonlogger.json;
+# 2.x (pycti 6 pins ~=2.0.4, pycti/utils/opencti_logger.py) has only pythonjsonlogger.jsonlogger.
+# The tests pass with 2.0.7 and 4.0.0.
+try:
+    from pythonjsonlogger.core import RESERVED_ATTRS
+    from pythonjsonlogger.json import JsonFormatter
+except ImportError:
+    from pythonjsonlogger.jsonlogger import (  # type: ignore[no-redef,attr-defined,unused-ignore]
+        RESERVED_ATTRS,
+        JsonFormatter,
+    )
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -81,17 +88,17 @@ class RedactingFormatter(logging.Formatter):
         return text
 
 
-class RedactingJsonFormatter(jsonlogger.JsonFormatter):
+class RedactingJsonFormatter(JsonFormatter):
     """One JSON object per record: timestamp, level, logger, message and the ``extra=`` context,
     with every secret masked in the serialised line."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        super().__init__(  # type: ignore[no-untyped-call]
+        super().__init__(  # type: ignore[no-untyped-call,unused-ignore]
             "%(levelname)s %(name)s %(message)s",
             rename_fields={"levelname": "level", "name": "logger"},
             # ISO 8601 in UTC from the record's own creation time.
             timestamp=True,
-            reserved_attrs=(*jsonlogger.RESERVED_ATTRS, "taskName"),
+            reserved_attrs=(*RESERVED_ATTRS, "taskName"),
         )
         self._text = RedactingFormatter(secrets)
 

@@ -192,10 +192,13 @@ def test_manifest_validates_and_matches_the_code() -> None:
         cls=Draft202012Validator,
         format_checker=Draft202012Validator.FORMAT_CHECKER,
     )
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    pin = re.search(r'"pycti==([0-9.]+)"', pyproject)
-    assert pin is not None
-    assert manifest["support_version"] == f">={pin.group(1)}"
+    # The oldest platform the uploader supports (any pycti from it on works; the default install
+    # takes the newest).
+    oldest = re.search(
+        r'^OLDEST_PYCTI = "([0-9.]+)"$', (ROOT / "uploader" / "opencti.py").read_text(), re.M
+    )
+    assert oldest is not None
+    assert manifest["support_version"] == f">={oldest.group(1)}"
     # The type the uploader registers with is the type the catalog shows.
     opencti = (ROOT / "uploader" / "opencti.py").read_text()
     assert f'"type": "{manifest["container_type"]}"' in opencti

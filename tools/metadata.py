@@ -72,13 +72,14 @@ def _project() -> dict[str, Any]:
     return data
 
 
-def _pycti_pin(project: dict[str, Any]) -> str:
-    """The pycti version the uploader is built against: the oldest platform it supports."""
-    for requirement in project["optional-dependencies"]["opencti"]:
-        match = re.fullmatch(r"pycti==(\S+)", requirement)
-        if match:
-            return match.group(1)
-    raise ValueError("pyproject.toml pins no pycti==X.Y.Z in the opencti extra")
+def _oldest_pycti() -> str:
+    """The oldest pycti, and so platform, the uploader supports (``OLDEST_PYCTI`` in
+    uploader/opencti.py, read as text: this tool does not import pycti)."""
+    text = (ROOT / "uploader" / "opencti.py").read_text(encoding="utf-8")
+    match = re.search(r'^OLDEST_PYCTI = "(\S+)"$', text, re.M)
+    if match is None:
+        raise ValueError("uploader/opencti.py sets no OLDEST_PYCTI")
+    return match.group(1)
 
 
 def config_schema(slug: str) -> dict[str, Any]:
@@ -131,7 +132,7 @@ def manifest() -> dict[str, Any]:
         "last_verified_date": None,
         "playbook_supported": False,
         "max_confidence_level": 50,
-        "support_version": f">={_pycti_pin(project)}",
+        "support_version": f">={_oldest_pycti()}",
         "subscription_link": "https://www.cyberthreatexchange.com/",
         "source_code": project.get("urls", {}).get("Source", ""),
         "manager_supported": False,

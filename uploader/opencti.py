@@ -73,6 +73,10 @@ from uploader.settings import UploaderSettings
 
 logger = logging.getLogger(__name__)
 
+#: The oldest pycti (and so OpenCTI platform) the uploader supports: the ``api`` queue protocol
+#: with works needs 6.5.7, and the tests run with 6.5.10 and the newest 7.x (README, "pycti").
+OLDEST_PYCTI = "6.5.10"
+
 #: Seconds between two ``work(id)`` polls when waiting for a work to complete.
 WORK_POLL_INTERVAL = 2.0
 
