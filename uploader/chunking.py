@@ -20,7 +20,7 @@ import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import Any, overload
 
 from uploader.check import BundleLayout, bundle_layout, check_bundle, scan_bundle
 from uploader.errors import PermanentImportError
@@ -75,15 +75,18 @@ class Bundle:
         return _split(self.data, self.layout, self.max_push_bytes, importable)
 
 
-def read_bundle(data: bytes, max_push_bytes: int) -> Bundle:
+def read_bundle(data: bytes, max_push_bytes: int, parsed: dict[str, Any] | None = None) -> Bundle:
     """Check ``data`` once and keep what cutting it into pushes needs.
 
     A file that fits in a push is checked by :func:`uploader.check.scan_bundle` (one object at a
-    time for big files: the parsed bundle is never held); a bigger one by
+    time for big files: the parsed bundle is never held), or taken from ``parsed`` when the caller
+    parsed it already (:func:`uploader.check.check_bundle`'s result, in strict mode); a bigger one by
     :func:`uploader.check.bundle_layout`, which checks and records where each object is in the same
     pass. Raises :class:`uploader.errors.BundleRejected`.
     """
     if pushed_size_of(data) <= max_push_bytes - PUSH_ENVELOPE_BYTES:
+        if parsed is not None:
+            return Bundle(data, max_push_bytes, [obj["id"] for obj in parsed["objects"]])
         return Bundle(data, max_push_bytes, scan_bundle(data).ids)
     layout = bundle_layout(data)
     if layout is None:

@@ -202,9 +202,11 @@ class FileProcessor:
         return self._import(feed, rel, claimed, spool_file, bundle, attempts + 1)
 
     def _check(self, data: bytes) -> Bundle:
-        if self.options.strict_stix:
-            check_stix(check_bundle(data))
-        return read_bundle(data, self.options.max_push_bytes)
+        if not self.options.strict_stix:
+            return read_bundle(data, self.options.max_push_bytes)
+        parsed = check_bundle(data)
+        check_stix(parsed)
+        return read_bundle(data, self.options.max_push_bytes, parsed)
 
     def _import(
         self,
