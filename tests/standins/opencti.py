@@ -406,10 +406,6 @@ class OpenCTIStandIn:
                         "push_exchange": a.push_exchange,
                     },
                     "connector_user_id": self.connector_user_id,
-                    # OpenCTI 7 (RegisterConnector's ``jwks: String``, asked by pycti 7.x, which
-                    # fails with KeyError without it): the JWK set, as JSON text, that signs
-                    # what the platform sends a listening connector. Empty: ours never listens.
-                    "jwks": json.dumps({"keys": []}),
                 }
             }
         }
