@@ -1,9 +1,8 @@
 """The real :class:`uploader.importer.Importer`: one spool file → one OpenCTI work, through pycti.
 
-This is the only module that imports pycti, and the CLI imports it only for commands that import:
-pycti must match the platform's version, and pycti 6.x needs libmagic (its
-``pycti/api/opencti_api_client.py`` imports ``magic``), so the other commands work without it. Per file it follows the diode-import
-connector's sequence (``DiodeImport._process_bundle`` in OpenCTI-Platform/connectors
+The only module that imports pycti; the CLI imports it only for commands that import (pycti 6.x
+needs libmagic: ``pycti/api/opencti_api_client.py`` imports ``magic``). Per file it follows the
+diode-import connector's sequence (``DiodeImport._process_bundle`` in OpenCTI-Platform/connectors
 ``external-import/diode-import/src/diode_import.py``), with pycti's public calls only:
 
 * ``helper.api.work.initiate_work(connector_id, name)`` (``is_multipart=True`` when the file is
@@ -28,20 +27,16 @@ Where pycti is adapted, and why:
 * ``OpenCTIConnectorHelper.__init__`` replaces ``sys.excepthook`` with a hook that SIGTERMs the
   process; the previous hook is put back right after construction, so an uncaught error in our
   threads is reported, not turned into a silent kill of the uploader.
-* ``OpenCTIApiClient`` calls ``logging.basicConfig(force=True)`` from its constructor, which would
-  throw away the CLI's redacting handler; the root logger's handlers and level are restored after the
-  helper is built.
+* ``OpenCTIApiClient`` calls ``logging.basicConfig(force=True)`` from its constructor: the CLI's
+  redacting handler and the root logger's level are restored after it.
 * ``helper.stop()`` is never called: it sends ``deleteConnector``, which deletes the connector's
   works on the platform. :meth:`PyctiImporter.close` only stops the ping thread.
-* pycti's health check answers only True/False (a wrong token looks like "not reachable"): when
-  building the helper fails, ``about{version}`` is asked through a pycti client built without its
-  health check, whose error tells a wrong token (:class:`PlatformAuthError`) from a platform that is
-  down or starting (:class:`TransientImportError`).
+* pycti's health check answers only True/False: when building the helper fails, ``about{version}``
+  is asked through a pycti client built without it, whose error tells a wrong token
+  (:class:`PlatformAuthError`) from a platform that is down or starting.
 * ``check_connector_buffering`` is not used: on any error it calls ``sys.excepthook`` (pycti's
-  process-killing hook in a connector) and returns None; ``api.connector.read`` is the query it
-  makes.
-
-Errors are classified from what pycti raises by :mod:`uploader.classify`.
+  process-killing hook) and returns None; ``api.connector.read`` is the query it makes. Errors are
+  classified by :mod:`uploader.classify`.
 """
 
 from __future__ import annotations
@@ -61,7 +56,14 @@ from pycti.utils.opencti_stix2_splitter import is_id_supported
 
 from uploader.backpressure import CHECK_INTERVAL, QueueGate
 from uploader.chunking import Bundle
-from uploader.classify import classify, describe, redact, unreachable
+from uploader.classify import (
+    classify,
+    describe,
+    errors_text,
+    redact,
+    unreachable,
+    work_errors,
+)
 from uploader.errors import (
     ImportFailure,
     PlatformAuthError,
@@ -351,10 +353,10 @@ class PyctiImporter:
                 raise self._classify(exc, work_id) from exc
             status = str(work.get("status", "unknown"))
             if status == "complete":
-                errors = tuple(_work_error(e) for e in work.get("errors") or [])
+                errors = work_errors(work)
                 if errors:
                     raise WorkErrorsError(
-                        self._redact(_errors_text(errors)), work_id=work_id, errors=errors
+                        self._redact(errors_text(errors)), work_id=work_id, errors=errors
                     )
                 return
             if time.monotonic() >= deadline or self._closed.is_set():
@@ -397,20 +399,3 @@ def _shadowed_env(names: tuple[str, ...]) -> Iterator[None]:
         yield
     finally:
         os.environ.update(saved)
-
-
-def _work_error(error: Any) -> dict[str, Any]:
-    """One entry of ``work.errors`` (the platform's ``WorkMessage``: timestamp, message, source)."""
-    if not isinstance(error, dict):
-        return {"timestamp": None, "message": str(error), "source": None}
-    return {key: error.get(key) for key in ("timestamp", "message", "source")}
-
-
-def _errors_text(errors: tuple[dict[str, Any], ...]) -> str:
-    lines = [f"OpenCTI completed the work with {len(errors)} error(s):"]
-    for error in errors[:20]:
-        source = str(error.get("source") or "")
-        lines.append(f"{error.get('message')} (source: {source[:300] or 'not given'})")
-    if len(errors) > 20:
-        lines.append(f"... and {len(errors) - 20} more (platform_errors lists them all)")
-    return "\n".join(lines)
