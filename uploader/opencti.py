@@ -31,8 +31,8 @@ Where pycti is adapted, and why:
   redacting handler and the root logger's level are restored after it.
 * ``helper.stop()`` is never called: it sends ``deleteConnector``, which deletes the connector's
   works on the platform. :meth:`PyctiImporter.close` only stops the ping thread.
-* pycti's health check answers only True/False: when building the helper fails, ``about{version}``
-  is asked through a pycti client built without it, whose error tells a wrong token
+* pycti's health check answers only True/False: when building the helper fails, the connector is
+  read through a pycti client built without it, whose error tells a wrong token
   (:class:`PlatformAuthError`) from a platform that is down or starting.
 * ``check_connector_buffering`` is not used: on any error it calls ``sys.excepthook`` (pycti's
   process-killing hook) and returns None; ``api.connector.read`` is the query it makes. Errors are
@@ -81,9 +81,6 @@ OLDEST_PYCTI = "6.5.10"
 
 #: Seconds between two ``work(id)`` polls when waiting for a work to complete.
 WORK_POLL_INTERVAL = 2.0
-
-#: Asked only to say why pycti could not register (its health check keeps the answer to itself).
-_ABOUT_QUERY = "query healthCheck { about { version } }"
 
 # pycti reads these environment variables *before* its config dict, and treats an empty one
 # (``CONNECTOR_QUEUE_PROTOCOL=`` in a compose file) as unset, falling back to its own default
@@ -304,7 +301,11 @@ class PyctiImporter:
         return helper
 
     def _why_not_registered(self, exc: BaseException) -> ImportFailure:
-        """Ask ``about{version}`` through pycti to tell a wrong token from a platform that is down."""
+        """Read the connector through pycti to tell a wrong token from a platform that is down.
+
+        Any query answers AUTH_REQUIRED to a wrong token; ``api.connector.read`` is pycti's own,
+        and answers None (no error) for a connector not registered yet.
+        """
         s = self._settings
         try:
             with _pycti_construction():
@@ -315,7 +316,7 @@ class PyctiImporter:
                     s.opencti_ssl_verify,
                     perform_health_check=False,
                 )
-            api.query(_ABOUT_QUERY)
+            api.connector.read(connector_id=s.connector_id)
         except Exception as probe_exc:  # noqa: BLE001 - classified
             failure = self._classify(probe_exc, None)
             if isinstance(failure, PlatformAuthError):
