@@ -42,6 +42,8 @@ VERSIONS = {
 TESTS = [
     "tests/uploader/test_e2e.py",
     "tests/uploader/test_opencti_amqp.py",
+    "tests/uploader/test_opencti_importer.py",
+    "tests/uploader/test_platform_feedback.py",
     "tests/standins/test_opencti_schema.py",
 ]
 

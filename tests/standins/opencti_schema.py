@@ -11,9 +11,9 @@ the platform copy it was taken from). They are parsed with graphql-core, the Pyt
 depends on ``graphql`` 16 in 6.x, 17 in 7.x), so parse, validation and variable coercion follow
 the same rules.
 
-Strict or not: a stand-in given a release (``OpenCTIStandIn(platform_version=...)``) or running
-under ``CTX_STANDIN_OPENCTI_RELEASE`` refuses invalid requests and fails the test when it stops;
-otherwise it only records them in ``standin.schema.violations`` and answers as it always did.
+Always strict: the stand-in refuses an invalid request as the platform does, records it in
+``standin.schema.violations`` and fails the test when it stops, even if the client under test
+swallowed the error answer.
 
 The release is chosen by :func:`configured_release`: the ``CTX_STANDIN_OPENCTI_RELEASE``
 environment variable (``make compat`` sets it per pycti version), else the release matching the
@@ -135,17 +135,21 @@ class SchemaValidator:
     """Checks every request against one release and keeps the refused ones."""
 
     release: str
-    strict: bool = False
+    strict: bool = True
     violations: list[Violation] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def for_release(cls, release: str | None = None) -> SchemaValidator:
-        """``release`` given (or set in the environment) makes the validator strict: see :meth:`raise_if_violated`."""
-        strict = release is not None or bool(os.environ.get(RELEASE_ENV))
+        """A strict validator (see :meth:`raise_if_violated`) for ``release`` or the configured one.
+
+        Strict everywhere: a stand-in kinder than the platform would hide a document the platform
+        refuses. A test that sends an invalid document on purpose empties :attr:`violations`
+        after checking it.
+        """
         chosen = release or configured_release()
         load_schema(chosen)
-        return cls(chosen, strict)
+        return cls(chosen, strict=True)
 
     @property
     def schema(self) -> GraphQLSchema:

@@ -58,6 +58,9 @@ def test_unknown_operation_is_a_graphql_error(opencti_standin: OpenCTIStandIn) -
     answer = _post(opencti_standin, "query Whatever { whatever { id } }")
     assert answer.status_code == 400
     assert answer.json()["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    # Recorded, so a stand-in stopped now would fail the test; this one was sent on purpose.
+    assert [v.operation for v in opencti_standin.schema.violations] == ["Whatever"]
+    opencti_standin.schema.violations.clear()
 
 
 def test_push_needs_a_registered_connector_and_a_real_bundle(
@@ -94,7 +97,8 @@ def test_body_over_the_limit_gets_413(opencti_standin: OpenCTIStandIn) -> None:
 
 def test_faults_target_one_operation_a_number_of_times(opencti_standin: OpenCTIStandIn) -> None:
     opencti_standin.fail("healthCheck", status=503, times=2)
-    assert _post(opencti_standin, REGISTER, {"input": {"id": "c"}}).status_code == 200
+    registration = {"input": {"id": "c", "name": "c", "type": "EXTERNAL_IMPORT"}}
+    assert _post(opencti_standin, REGISTER, registration).status_code == 200
     assert [_post(opencti_standin, HEALTH).status_code for _ in range(3)] == [503, 503, 200]
 
     opencti_standin.fail(graphql_error="boom", code="DATABASE_ERROR")
