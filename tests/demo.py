@@ -10,6 +10,7 @@ written twice (``--fresh`` starts from an empty spool).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -37,6 +38,23 @@ def _run(title: str, argv: list[str], env: dict[str, str]) -> int:
     rc = subprocess.run(argv, env=env, check=False).returncode
     print(f"  → exit {rc} in {time.monotonic() - started:.1f}s", flush=True)
     return rc
+
+
+def _not_imported(spool: Path) -> Counter[str]:
+    """Objects in the spool's ``done/`` files of types pycti leaves out of a push.
+
+    The uploader pushes what ``pycti.utils.opencti_stix2_splitter.is_id_supported`` accepts (as
+    pycti's own splitter does); the rest (``extension-definition``, unknown custom types) travels
+    in the files only.
+    """
+    from pycti.utils.opencti_stix2_splitter import is_id_supported
+
+    counts: Counter[str] = Counter()
+    for path in (spool / "done").rglob("*.json"):
+        for obj in json.loads(path.read_bytes()).get("objects", []):
+            if isinstance(obj.get("id"), str) and not is_id_supported(obj["id"]):
+                counts[str(obj.get("type"))] += 1
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         width = max((len(t) for t in counts), default=4)
         for kind, n in sorted(counts.items()):
             print(f"  {kind:<{width}}  {n:>5}")
+        left_out = _not_imported(spool)
+        if left_out:
+            kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(left_out.items()))
+            print(
+                f"Carried in the spool's files but not pushed (pycti does not import them): {kinds}"
+            )
     ctx.stop()
     print(
         f"\nThe spool is in {spool}/ (incoming/ is empty, done/ holds each file and its receipt)."
