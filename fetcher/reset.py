@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from fetcher.mirror import Mirror
-from fetcher.state import LISTING_CURSOR, Ledger, PendingReset, Statement
+from fetcher.passes import PassLog, PendingReset
+from fetcher.state import LISTING_CURSOR, Ledger, Statement
 from fetcher.stix import JSONDict
 from fetcher.walk import format_record_time, just_below
 from shared.layout import check_feed_id
@@ -99,7 +100,7 @@ def reset_feed(
         )
     with ledger.batch():
         ledger.write(statements)
-        ledger.request_reset(PendingReset(feed_id, after, rewrite, now_iso()))
+        PassLog(ledger).request_reset(PendingReset(feed_id, after, rewrite, now_iso()))
     logger.info(
         "feed reset: the next pass reads it from %s%s",
         after or "its start",

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fetcher.errors import NotASpoolError
-from fetcher.state import DB_NAME, LISTING_CURSOR, Ledger, PassRecord, PendingReset
+from fetcher.passes import PassLog, PassRecord, PendingReset
+from fetcher.state import DB_NAME, LISTING_CURSOR, Ledger
 from shared.layout import INCOMING
 
 #: ``health`` fails when the last pass ended longer ago than this many intervals.
@@ -88,8 +89,9 @@ def open_state(spool_dir: Path, state_dir: Path) -> Ledger:
 def read_state(ledger: Ledger, configured: tuple[str, ...]) -> list[FeedState]:
     """Every configured feed, then every other feed the state knows, in that order."""
     cursors = ledger.cursors()
-    passes = ledger.passes()
-    resets = ledger.pending_resets()
+    log = PassLog(ledger)
+    passes = log.records()
+    resets = log.pending_resets()
     known = {feed for feed, _ in cursors} | set(passes) | set(resets)
     feeds = list(configured) + sorted(known - set(configured))
     return [

@@ -24,6 +24,7 @@ from fetcher.assemble import Assembler, Counts
 from fetcher.client import CTXClient, Subscription
 from fetcher.errors import FeedNotSubscribedError, FetcherError
 from fetcher.mirror import Mirror
+from fetcher.passes import PassLog
 from fetcher.reset import now_iso, redeliver
 from fetcher.segments import ListingReader
 from fetcher.state import LISTING_CURSOR, Ledger
@@ -123,7 +124,7 @@ class FeedSync:
 
     def _read_listing(self) -> None:
         cursor = self.ledger.cursor(self.feed_id, LISTING_CURSOR)
-        reset = self.ledger.pending_resets().get(self.feed_id)
+        reset = PassLog(self.ledger).pending_resets().get(self.feed_id)
         reader = ListingReader(
             self.client,
             self.feed_id,
@@ -160,7 +161,7 @@ class FeedSync:
             reader.close()
         if reset is not None:
             # Read to the end: everything at or after the reset's date went through redeliver().
-            self.ledger.clear_reset(self.feed_id)
+            PassLog(self.ledger).clear_reset(self.feed_id)
         logger.debug(
             "objects listing read",
             extra={
@@ -210,6 +211,7 @@ def run_pass(
     except FetcherError as exc:
         subscriptions, failure = None, exc
     results = []
+    log = PassLog(ledger)
     for feed_id in feed_ids:
         # Temp files of a fetcher killed mid-write: removed before they travel anywhere.
         stale = remove_stale_temps(spool.incoming / check_feed_id(feed_id), STALE_TEMP_SECONDS)
@@ -218,7 +220,7 @@ def run_pass(
         if stop is not None and stop.is_set():
             logger.info("stop requested; feeds left for the next pass", extra={"feed_id": feed_id})
             break
-        ledger.pass_started(feed_id, now_iso())
+        log.started(feed_id, now_iso())
         if subscriptions is None:
             result = FeedResult(feed_id, error=failure)
         else:
@@ -244,7 +246,7 @@ def run_pass(
                     signing_key=signing_key,
                 ).run()
         client.metrics.feed_done(result)
-        ledger.pass_finished(
+        log.finished(
             feed_id,
             now_iso(),
             error=None if result.error is None else str(result.error),
