@@ -37,6 +37,15 @@ Where pycti is adapted, and why:
 * ``check_connector_buffering`` is not used: on any error it calls ``sys.excepthook`` (pycti's
   process-killing hook) and returns None; ``api.connector.read`` is the query it makes. Errors are
   classified by :mod:`uploader.classify`.
+
+A platform that no longer knows the connector (database restored, connector deleted in the UI,
+another platform at the URL) refuses what it sends; opencti-graphql answers ``stixBundlePush``
+with ``UnsupportedError('Invalid bundle')`` caused by ``'Invalid connector'`` (``sendStixBundle``,
+``src/domain/stix.js``) and ``workAdd`` with a TypeError naming nothing (its resolver in
+``src/resolvers/connector.js`` dereferences the null connector), so then ``connector(id)`` is
+asked, null for an unknown connector. The connector is registered again with
+``helper.api.connector.register(helper.connector)`` (what the helper's constructor sends), once for
+all threads that met the answer, with a warning, and the file imported under a new work.
 """
 
 from __future__ import annotations
@@ -60,6 +69,8 @@ from uploader.classify import (
     classify,
     describe,
     errors_text,
+    graphql_error,
+    names_unknown_connector,
     redact,
     unreachable,
     work_errors,
@@ -142,6 +153,8 @@ class PyctiImporter:
         # ping thread and the caller.
         self._lock = threading.RLock()
         self._closed = threading.Event()
+        #: Registrations after the first, for telling one forgetting apart from the next.
+        self._registrations = 0
         self._gate = QueueGate(
             self.queue_size_mb, settings.queue_threshold, check_interval=queue_check_interval
         )
@@ -195,7 +208,21 @@ class PyctiImporter:
         return float(queue.get("messages_size") or 0) / 1_000_000
 
     def import_bundle(self, work_name: str, bundle: Bundle) -> ImportReceipt:
-        """Import ``bundle`` under one new work; see :class:`uploader.importer.Importer`."""
+        """Import ``bundle`` under one new work; see :class:`uploader.importer.Importer`.
+
+        When the platform answers that it does not know our connector (module docstring), the
+        connector is registered again and the file imported once more under a new work.
+        """
+        registration = self._registrations
+        try:
+            return self._import(work_name, bundle)
+        except _ConnectorForgotten as forgotten:
+            self._register_again(registration, forgotten.failure)
+        return self._import(work_name, bundle, forgotten_again_is_final=True)
+
+    def _import(
+        self, work_name: str, bundle: Bundle, *, forgotten_again_is_final: bool = False
+    ) -> ImportReceipt:
         pushes = bundle.pushes(is_id_supported)
         work_id: str | None = None
         try:
@@ -230,6 +257,9 @@ class PyctiImporter:
             )
         except Exception as exc:  # pycti raises bare Exception/ValueError: classified here
             failure = self._classify(exc, work_id)
+            if not forgotten_again_is_final and self._forgotten(exc, work_id):
+                # The connector's works went with it: nothing to mark in error.
+                raise _ConnectorForgotten(failure) from exc
             if work_id is not None and not unreachable(exc):
                 self._mark_in_error(work_id, failure)
             raise failure from exc
@@ -240,6 +270,38 @@ class PyctiImporter:
         if self._settings.wait_for_work:
             self._wait_for_work(str(work_id))
         return ImportReceipt(str(work_id), self.connector_id, len(pushes), bundle.objects)
+
+    def _forgotten(self, exc: BaseException, work_id: str | None) -> bool:
+        """Whether ``exc`` is the platform's answer to a connector it does not know."""
+        if names_unknown_connector(exc):
+            return True
+        if work_id is not None or not graphql_error(exc) or self._helper is None:
+            return False
+        # workAdd for an unknown connector fails inside the platform's resolver with a TypeError
+        # that names nothing (module docstring): ask the platform whether it knows the connector.
+        try:
+            return self._helper.api.connector.read(connector_id=self.connector_id) is None
+        except Exception:  # noqa: BLE001 - no answer: not evidence that it forgot us
+            return False
+
+    def _register_again(self, registration: int, failure: ImportFailure) -> None:
+        """Register the connector again, once for the answers seen since ``registration``."""
+        with self._lock:
+            if self._registrations != registration:
+                return  # another feed's thread met the same answer and registered already
+            helper = self._helper
+            try:
+                # What OpenCTIConnectorHelper.__init__ sends (pycti's public connector API).
+                helper.api.connector.register(helper.connector)
+            except Exception as exc:  # classified like any pycti failure
+                raise self._classify(exc, failure.work_id) from exc
+            self._registrations += 1
+        logger.warning(
+            "OpenCTI does not know connector %s (database restored, connector deleted in the UI, "
+            "or another platform at OPENCTI_URL): registered it again",
+            self.connector_id,
+            extra={"connector_id": self.connector_id, "reason": str(failure)[:300]},
+        )
 
     def _push(self, helper: Any, text: str, work_id: str) -> None:
         if self._settings.queue_protocol == "api":
@@ -367,6 +429,14 @@ class PyctiImporter:
             f"work {work_id} not complete after {self._settings.work_timeout:g} s (status {status})",
             work_id=work_id,
         )
+
+
+class _ConnectorForgotten(Exception):  # noqa: N818 - a signal inside this module, never raised out
+    """The platform answered as it does for an unknown connector; ``failure`` classifies it."""
+
+    def __init__(self, failure: ImportFailure) -> None:
+        self.failure = failure
+        super().__init__(str(failure))
 
 
 @contextlib.contextmanager
