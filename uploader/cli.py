@@ -115,6 +115,16 @@ def _uploader_settings_and_key(
     return settings, key
 
 
+def _existing_spool(settings: SpoolSettings) -> Spool:
+    """The spool of a command that reads one; a directory that is not a spool is refused."""
+    spool = Spool(settings.spool_dir)
+    try:
+        spool.require()
+    except SharedError as exc:
+        raise click.ClickException(str(exc)) from None
+    return spool
+
+
 @contextmanager
 def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """SIGTERM/SIGINT set ``stop``: the current files finish, then the command exits."""
@@ -234,8 +244,7 @@ def replay(config_path: Path | None, source: str, feed: str | None, files: tuple
     A replayed failed file loses its .reason; a replayed done file keeps its .receipt in done/
     until its new import replaces it.
     """
-    settings = _load_spool_settings(config_path)
-    spool = Spool(settings.spool_dir)
+    spool = _existing_spool(_load_spool_settings(config_path))
     src: Source = "done" if source == "done" else "failed"
     try:
         rels = select(spool, src, feed=feed.lower() if feed else None, files=files)
@@ -259,8 +268,7 @@ def replay(config_path: Path | None, source: str, feed: str | None, files: tuple
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config_path: Path | None, as_json: bool) -> None:
     """Files and bytes per state and per feed, and the oldest pending file."""
-    settings = _load_spool_settings(config_path)
-    result = spool_status(Spool(settings.spool_dir))
+    result = spool_status(_existing_spool(_load_spool_settings(config_path)))
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
     else:
@@ -285,7 +293,7 @@ def verify(config_path: Path | None, manifest_path: Path | None) -> None:
     processing/, done/ or failed/); a file in none of them is reported missing.
     """
     settings, key = _spool_settings_and_key(config_path)
-    spool = Spool(settings.spool_dir)
+    spool = _existing_spool(settings)
     if manifest_path is None:
         checked, bad = verify_spool(spool, key)
     else:
@@ -324,8 +332,7 @@ def prune(config_path: Path | None, older_than: float, dry_run: bool) -> None:
     The age is the receipt's imported_at (the file's mtime without a receipt). Never touches
     incoming/, processing/ or failed/; removes date folders left empty.
     """
-    settings = _load_spool_settings(config_path)
-    spool = Spool(settings.spool_dir)
+    spool = _existing_spool(_load_spool_settings(config_path))
     total = 0
     count = 0
     verb = "would remove" if dry_run else "removed"

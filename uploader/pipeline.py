@@ -155,11 +155,13 @@ class Pipeline:
         if watch:
             # Watch first, then scan: a file published in between is seen at least once.
             self.intake.watch(self.events.put)
+        # The absolute path: SPOOL_DIR's default is relative to the working directory.
         logger.info(
-            "uploader %s started (%s)",
+            "uploader %s started (%s), spool %s",
             self.options.instance,
             "watch" if watch else "once",
-            extra={"spool": str(self.spool.root), "reclaimed": reclaimed},
+            self.spool.root.absolute(),
+            extra={"spool": str(self.spool.root.absolute()), "reclaimed": reclaimed},
         )
         try:
             self.intake.start_scan()

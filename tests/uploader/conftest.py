@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 
 from fetcher.bundle import canonical_json, make_bundle
 from shared.durable import publish_bytes, sha256_bytes
@@ -24,6 +25,7 @@ from shared.layout import Spool, SpoolName, relative_path
 from tests.standins.opencti import OpenCTIStandIn
 from uploader.chunking import Bundle
 from uploader.claim import InstanceLock
+from uploader.cli import main
 from uploader.errors import PermanentImportError, TransientImportError
 from uploader.importer import ImportReceipt
 from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
@@ -334,3 +336,29 @@ def launch(tmp_path: Path) -> Iterator[Any]:
         for stream in (uploader.proc.stdout, uploader.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+# ``ctx-uploader`` through click's CliRunner: ``env`` is a clean environment for it.
+@pytest.fixture
+def env(spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    # No ./config.yml of a developer's checkout may leak in.
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith(("OPENCTI_", "CONNECTOR_", "UPLOADER_", "SPOOL_")):
+            monkeypatch.delenv(name)
+    return {
+        "SPOOL_DIR": str(spool.root),
+        "OPENCTI_URL": "http://127.0.0.1:9",
+        "OPENCTI_TOKEN": "token-for-tests-1234",
+        "CONNECTOR_ID": "0b7f1c6e-3c55-4a43-9d5f-6f5a1b6a8d11",
+        "UPLOADER_INSTANCE_ID": "cli",
+        "UPLOADER_RETRY_INITIAL": "0.05",
+        "UPLOADER_RETRY_MAX": "0.1",
+        "UPLOADER_SETTLE_SECONDS": "0.2",
+    }
+
+
+def invoke(args: list[str], env: dict[str, str], importer: Any = None, **obj: Any) -> Result:
+    if importer is not None:
+        obj["importer_factory"] = lambda settings: importer
+    return CliRunner().invoke(main, args, env=env, obj=obj, catch_exceptions=False)
