@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -29,6 +29,14 @@ from shared.logsetup import configure_logging
 from shared.signing import SigningKey
 from uploader.claim import InstanceLock, default_instance_id
 from uploader.errors import UploaderError
+from uploader.health import (
+    Heartbeat,
+    HeartbeatRecord,
+    health_line,
+    heartbeat_path,
+    heartbeat_problems,
+    pending_problem,
+)
 from uploader.importer import Importer
 from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
 from uploader.prune import candidates as prune_candidates
@@ -36,12 +44,13 @@ from uploader.prune import parse_duration
 from uploader.prune import remove as prune_remove
 from uploader.replay import Source, select
 from uploader.replay import replay as replay_files
-from uploader.settings import SpoolSettings, UploaderSettings
+from uploader.settings import HealthSettings, SpoolSettings, UploaderSettings
 from uploader.status import status as spool_status
 from uploader.status import status_table, verify_manifest
 from uploader.status import verify as verify_spool
 
 ImporterFactory = Callable[[UploaderSettings], Importer]
+_SpoolT = TypeVar("_SpoolT", bound=SpoolSettings)
 
 EXIT_FAILED = 1
 EXIT_PENDING = 3
@@ -84,8 +93,14 @@ def _load_spool_settings(config_path: Path | None) -> SpoolSettings:
 
 
 def _spool_settings_and_key(config_path: Path | None) -> tuple[SpoolSettings, SigningKey | None]:
+    return _settings_and_key(config_path, SpoolSettings)
+
+
+def _settings_and_key(
+    config_path: Path | None, model: type[_SpoolT]
+) -> tuple[_SpoolT, SigningKey | None]:
     try:
-        settings = load_settings(SpoolSettings, config_path)
+        settings = load_settings(model, config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     key = _signing_key(settings)
@@ -164,7 +179,16 @@ def _run(
             try:
                 options = PipelineOptions.from_settings(settings, instance, signing_key=key)
                 pipeline = Pipeline(spool, importer, options, lock)
-                return pipeline.run(stop, watch=watch, max_wait=max_wait)
+                heartbeat = Heartbeat(
+                    spool,
+                    instance,
+                    mode="watch" if watch else "once",
+                    max_silence=settings.health_max_silence,
+                    importer=importer,
+                    watcher_alive=lambda: pipeline.intake.watcher_alive,
+                )
+                with heartbeat:
+                    return pipeline.run(stop, watch=watch, max_wait=max_wait)
             finally:
                 # PyctiImporter.close() stops its ping thread (never unregisters the connector).
                 close = getattr(importer, "close", None)
@@ -346,3 +370,41 @@ def prune(config_path: Path | None, older_than: float, dry_run: bool) -> None:
     except SharedError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{count} file(s), {total} bytes {'would be removed' if dry_run else 'removed'}")
+
+
+@main.command()
+@config_option
+def health(config_path: Path | None) -> None:
+    """Exit 0 when the uploader of this spool and instance is running and well.
+
+    Non-zero, with one line saying why, when OpenCTI has not answered it for longer than
+    UPLOADER_HEALTH_MAX_SILENCE, its file watcher is dead, the process is gone or stuck (its
+    heartbeat in processing/<instance>/.health.json is stale), or the oldest pending file is older
+    than UPLOADER_HEALTH_MAX_PENDING_AGE. Reads the spool only: no network, no lock (a HEALTHCHECK).
+    """
+    settings = _settings_and_key(config_path, HealthSettings)[0]
+    spool = _existing_spool(settings)
+    instance = settings.instance_id or default_instance_id()
+    path = heartbeat_path(spool, instance).absolute()
+    try:
+        record = HeartbeatRecord.read(path)
+    except FileNotFoundError:
+        raise click.ClickException(
+            f"unhealthy: no heartbeat at {path}: no uploader with instance {instance!r} has run "
+            "on this spool (are SPOOL_DIR and UPLOADER_INSTANCE_ID right?)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"unhealthy: cannot read {path}: {exc}") from None
+    problems = heartbeat_problems(record, max_silence=settings.health_max_silence)
+    spool_state = spool_status(spool)
+    pending = pending_problem(
+        spool_state.oldest_pending,
+        spool_state.oldest_pending_age,
+        max_pending_age=settings.health_max_pending_age,
+    )
+    if pending is not None:
+        problems.append(pending)
+    line = health_line(problems)
+    if problems:
+        raise click.ClickException(line)
+    click.echo(line)

@@ -155,6 +155,7 @@ class PyctiImporter:
         self._closed = threading.Event()
         #: Registrations after the first, for telling one forgetting apart from the next.
         self._registrations = 0
+        self._last_answer: float | None = None
         self._gate = QueueGate(
             self.queue_size_mb, settings.queue_threshold, check_interval=queue_check_interval
         )
@@ -173,11 +174,31 @@ class PyctiImporter:
         """The queue-threshold gate every push passes (for status and tests)."""
         return self._gate
 
+    @property
+    def last_answer(self) -> float | None:
+        """Unix time of the platform's last answer (a GraphQL error is one too), None before any."""
+        return self._last_answer
+
+    def probe(self) -> bool:
+        """Ask the platform ``about{version}`` (pycti's ``health_check``); True if it answered."""
+        try:
+            self.connect()
+            answered = bool(self._helper.api.health_check())
+        except Exception:  # noqa: BLE001 - not reachable is what this finds out
+            return False
+        if answered:
+            self._answered()
+        return answered
+
+    def _answered(self) -> None:
+        self._last_answer = time.time()
+
     def connect(self) -> None:
         """Register the connector with OpenCTI (once); safe to call again after a failure."""
         with self._lock:
             if self._helper is None:
                 helper = self._create_helper()
+                self._answered()
                 # pycti 7 marks a work that gets several bundles (``isMultiPartWork``); 6.x has
                 # no such argument and completes the work as the expectations are met.
                 initiate = helper.api.work.initiate_work
@@ -243,6 +264,7 @@ class PyctiImporter:
                     work_id,
                     f"ctx-uploader: none of the {bundle.objects} objects is of a type OpenCTI imports",
                 )
+                self._answered()
                 logger.warning(
                     "no object of this file is of a type OpenCTI imports",
                     extra={"work_id": work_id, "objects": bundle.objects},
@@ -256,6 +278,8 @@ class PyctiImporter:
                 work_id, f"ctx-uploader: {bundle.objects} objects in {len(pushes)} push(es)"
             )
         except Exception as exc:  # pycti raises bare Exception/ValueError: classified here
+            if graphql_error(exc):
+                self._answered()
             failure = self._classify(exc, work_id)
             if not forgotten_again_is_final and self._forgotten(exc, work_id):
                 # The connector's works went with it: nothing to mark in error.
@@ -263,7 +287,9 @@ class PyctiImporter:
             if work_id is not None and not unreachable(exc):
                 self._mark_in_error(work_id, failure)
             raise failure from exc
-        logger.info(
+        self._answered()
+        # The file's one INFO line, naming feed, file, work and objects, is the processor's.
+        logger.debug(
             "bundle pushed to OpenCTI",
             extra={"work_id": work_id, "pushes": len(pushes), "objects": bundle.objects},
         )
