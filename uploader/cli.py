@@ -26,6 +26,7 @@ from shared.config import load_settings
 from shared.errors import ConfigError, SharedError
 from shared.layout import Spool
 from shared.logsetup import configure_logging
+from shared.metrics import serve_metrics
 from shared.signing import SigningKey
 from uploader.claim import InstanceLock, default_instance_id
 from uploader.errors import UploaderError
@@ -38,6 +39,7 @@ from uploader.health import (
     pending_problem,
 )
 from uploader.importer import Importer
+from uploader.metrics import UploaderMetrics
 from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
 from uploader.prune import candidates as prune_candidates
 from uploader.prune import parse_duration
@@ -64,7 +66,7 @@ config_option = click.option(
 )
 
 
-def _pycti_importer(settings: UploaderSettings) -> Importer:
+def _pycti_importer(settings: UploaderSettings, metrics: UploaderMetrics | None = None) -> Importer:
     # Imported here so that status/verify/replay work without pycti installed.
     try:
         from uploader.opencti import PyctiImporter
@@ -74,7 +76,7 @@ def _pycti_importer(settings: UploaderSettings) -> Importer:
             "and a pycti version matching your platform"
         ) from None
 
-    return PyctiImporter(settings)
+    return PyctiImporter(settings, metrics=metrics)
 
 
 def _signing_key(settings: SpoolSettings) -> SigningKey | None:
@@ -168,17 +170,22 @@ def _run(
         "ignore", message=r"Callback with id .* already exists", category=RuntimeWarning
     )
     obj: dict[str, Any] = ctx.ensure_object(dict)
-    factory: ImporterFactory = obj.get("importer_factory", _pycti_importer)
     stop: threading.Event = obj.get("stop") or threading.Event()
     spool = Spool(settings.spool_dir)
+    metrics = UploaderMetrics(spool)
+    factory: ImporterFactory = obj.get(
+        "importer_factory", lambda s: _pycti_importer(s, metrics=metrics)
+    )
     instance = settings.instance_id or default_instance_id()
+    endpoint = None
     try:
         spool.ensure()
         with InstanceLock(spool, instance) as lock, _stop_on_signals(stop):
+            endpoint = serve_metrics(settings, metrics.registry)
             importer = factory(settings)
             try:
                 options = PipelineOptions.from_settings(settings, instance, signing_key=key)
-                pipeline = Pipeline(spool, importer, options, lock)
+                pipeline = Pipeline(spool, importer, options, lock, on_result=metrics.result)
                 heartbeat = Heartbeat(
                     spool,
                     instance,
@@ -196,6 +203,9 @@ def _run(
                     close()
     except (UploaderError, SharedError) as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 def _echo_summary(summary: RunSummary) -> None:

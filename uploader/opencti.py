@@ -58,12 +58,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pycti import OpenCTIApiClient, OpenCTIConnectorHelper
 from pycti.utils.opencti_stix2_splitter import is_id_supported
 
-from uploader.backpressure import CHECK_INTERVAL, QueueGate
+from uploader.backpressure import CHECK_INTERVAL, QueueGate, QueuePaused
 from uploader.chunking import Bundle
 from uploader.classify import (
     classify,
@@ -83,6 +83,9 @@ from uploader.errors import (
 )
 from uploader.importer import ImportReceipt
 from uploader.settings import UploaderSettings
+
+if TYPE_CHECKING:
+    from uploader.metrics import UploaderMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +145,10 @@ class PyctiImporter:
         *,
         work_poll_interval: float = WORK_POLL_INTERVAL,
         queue_check_interval: float = CHECK_INTERVAL,
+        metrics: UploaderMetrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._work_poll_interval = work_poll_interval
         self._helper: Any = None
         self._multipart = False
@@ -274,6 +279,8 @@ class PyctiImporter:
                 if number:
                     self._gate.wait()
                 self._push(helper, chunk.decode("utf-8"), str(work_id))
+                if self._metrics is not None:
+                    self._metrics.pushed()
             helper.api.work.to_processed(
                 work_id, f"ctx-uploader: {bundle.objects} objects in {len(pushes)} push(es)"
             )
@@ -281,6 +288,8 @@ class PyctiImporter:
             if graphql_error(exc):
                 self._answered()
             failure = self._classify(exc, work_id)
+            if self._metrics is not None and not isinstance(exc, QueuePaused):
+                self._metrics.platform_error(failure, unreachable=unreachable(exc))
             if not forgotten_again_is_final and self._forgotten(exc, work_id):
                 # The connector's works went with it: nothing to mark in error.
                 raise _ConnectorForgotten(failure) from exc
@@ -322,6 +331,8 @@ class PyctiImporter:
             except Exception as exc:  # classified like any pycti failure
                 raise self._classify(exc, failure.work_id) from exc
             self._registrations += 1
+        if self._metrics is not None:
+            self._metrics.registered_again()
         logger.warning(
             "OpenCTI does not know connector %s (database restored, connector deleted in the UI, "
             "or another platform at OPENCTI_URL): registered it again",

@@ -100,6 +100,7 @@ class Pipeline:
         *,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        on_result: Callable[[Result], None] | None = None,
     ) -> None:
         if lock.instance != options.instance:
             raise ValueError("the lock and the options name different instances")
@@ -109,6 +110,8 @@ class Pipeline:
         self.lock = lock
         self.clock = clock
         self.rand = rand
+        #: Told every result as it is applied (the metrics count them).
+        self.on_result = on_result
         self.events: queue.SimpleQueue[Path | Result] = queue.SimpleQueue()
         # Set when the run is stopping: workers retrying a move after an import give up.
         self._stopping = threading.Event()
@@ -245,6 +248,8 @@ class Pipeline:
                         break
 
     def _apply(self, result: Result) -> None:
+        if self.on_result is not None:
+            self.on_result(result)
         rescan = self.scheduler.apply(result)
         if rescan is not None:
             self.intake.scan_feed(rescan)
