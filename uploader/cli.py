@@ -14,8 +14,9 @@ import json
 import signal
 import threading
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 import click
 
 from shared.config import load_settings
+from shared.console import terminal_console
 from shared.errors import ConfigError, SharedError
 from shared.layout import Spool
 from shared.logsetup import configure_logging
@@ -41,6 +43,8 @@ from uploader.health import (
 from uploader.importer import Importer
 from uploader.metrics import UploaderMetrics
 from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
+from uploader.process import Result
+from uploader.progress import RunProgress
 from uploader.prune import candidates as prune_candidates
 from uploader.prune import parse_duration
 from uploader.prune import remove as prune_remove
@@ -194,7 +198,12 @@ def _run(
                     importer=importer,
                     watcher_alive=lambda: pipeline.intake.watcher_alive,
                 )
-                with heartbeat:
+                console = None if watch else obj.get("console", terminal_console())
+                display = None
+                if console is not None:
+                    display = RunProgress(console, pipeline.scheduler.pending_count)
+                    pipeline.on_result = _each(metrics.result, display.update)
+                with heartbeat, display.live() if display is not None else nullcontext():
                     return pipeline.run(stop, watch=watch, max_wait=max_wait)
             finally:
                 # PyctiImporter.close() stops its ping thread (never unregisters the connector).
@@ -208,18 +217,32 @@ def _run(
             endpoint.close()
 
 
+def _each(*targets: Callable[[Result], None]) -> Callable[[Result], None]:
+    def tell(result: Result) -> None:
+        for target in targets:
+            target(result)
+
+    return tell
+
+
 def _echo_summary(summary: RunSummary) -> None:
     click.echo(
         f"done {summary.done}, failed {summary.failed}, pending {len(summary.pending)}, "
         f"left {len(summary.left)}, reclaimed {summary.reclaimed}"
     )
-    for rel in summary.pending:
-        click.echo(f"pending: incoming/{rel}")
+    if summary.pending:
+        # One line however many (an outage leaves hundreds): per feed, and the oldest file,
+        # by the modified time that starts every file name.
+        per_feed = Counter(rel.partition("/")[0] for rel in summary.pending)
+        feeds = ", ".join(f"{feed} {count}" for feed, count in sorted(per_feed.items()))
+        oldest = min(summary.pending, key=lambda rel: rel.rpartition("/")[2])
+        click.echo(f"pending per feed: {feeds}; oldest incoming/{oldest}")
     for rel in summary.left:
         click.echo(f"left untouched: incoming/{rel}")
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ctx-opencti-spool", prog_name="ctx-uploader")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Import the CTX spool into OpenCTI: incoming/ → done/ or failed/."""

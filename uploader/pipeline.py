@@ -248,9 +248,9 @@ class Pipeline:
                         break
 
     def _apply(self, result: Result) -> None:
+        rescan = self.scheduler.apply(result)
         if self.on_result is not None:
             self.on_result(result)
-        rescan = self.scheduler.apply(result)
         if rescan is not None:
             self.intake.scan_feed(rescan)
         if result.kind not in _WAITING:

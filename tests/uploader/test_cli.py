@@ -89,7 +89,7 @@ def test_once_gives_up_after_max_wait_leaving_files_pending(
 
     assert result.exit_code == 3
     assert time.monotonic() - started < 10
-    assert f"pending: incoming/{files.rel(path)}" in result.output
+    assert f"pending per feed: {FEED_A} 1; oldest incoming/{files.rel(path)}" in result.stdout
     assert bundles(spool.incoming) == [files.rel(path)]
     assert bundles(spool.failed) == [] and bundles(spool.processing) == []
 
