@@ -197,7 +197,11 @@ def heartbeat_problems(
     since = record.last_platform_answer_at
     silent_for = now - (since if since is not None else record.started_at)
     if silent_for > max_silence:
-        last = "never since start" if since is None else f"last at {_when(since)}"
+        last = (
+            "never since start: down, unreachable, or refusing OPENCTI_TOKEN"
+            if since is None
+            else f"last at {_when(since)}"
+        )
         problems.append(
             f"OpenCTI has not answered for {silent_for:.0f} s ({last}; "
             f"UPLOADER_HEALTH_MAX_SILENCE is {max_silence:g} s)"

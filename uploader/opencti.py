@@ -185,15 +185,24 @@ class PyctiImporter:
         return self._last_answer
 
     def probe(self) -> bool:
-        """Ask the platform ``about{version}`` (pycti's ``health_check``); True if it answered."""
+        """Ask the platform for our connector (pycti's ``api.connector.read``); True if it answered.
+
+        Called by the heartbeat when the uploader has had nothing to import for a while. A null
+        connector means the platform forgot it: it is registered again, as for an import.
+        """
+        registration = self._registrations
         try:
             self.connect()
-            answered = bool(self._helper.api.health_check())
-        except Exception:  # noqa: BLE001 - not reachable is what this finds out
+            details = self._helper.api.connector.read(connector_id=self.connector_id)
+        except Exception:  # noqa: BLE001 - not reachable, or refusing our token: not an answer
             return False
-        if answered:
-            self._answered()
-        return answered
+        self._answered()
+        if details is None:
+            try:
+                self._register_again(registration, "connector(id) answered null")
+            except ImportFailure as exc:
+                logger.warning("could not register the connector again: %s", exc)
+        return True
 
     def _answered(self) -> None:
         self._last_answer = time.time()
@@ -243,7 +252,8 @@ class PyctiImporter:
         try:
             return self._import(work_name, bundle)
         except _ConnectorForgotten as forgotten:
-            self._register_again(registration, forgotten.failure)
+            failure = forgotten.failure
+            self._register_again(registration, str(failure), failure.work_id)
         return self._import(work_name, bundle, forgotten_again_is_final=True)
 
     def _import(
@@ -285,9 +295,10 @@ class PyctiImporter:
                 work_id, f"ctx-uploader: {bundle.objects} objects in {len(pushes)} push(es)"
             )
         except Exception as exc:  # pycti raises bare Exception/ValueError: classified here
-            if graphql_error(exc):
-                self._answered()
             failure = self._classify(exc, work_id)
+            if graphql_error(exc) and not isinstance(failure, PlatformAuthError):
+                # An answer, though a refusal; a refused token or connector is not "well".
+                self._answered()
             if self._metrics is not None and not isinstance(exc, QueuePaused):
                 self._metrics.platform_error(failure, unreachable=unreachable(exc))
             if not forgotten_again_is_final and self._forgotten(exc, work_id):
@@ -319,7 +330,7 @@ class PyctiImporter:
         except Exception:  # noqa: BLE001 - no answer: not evidence that it forgot us
             return False
 
-    def _register_again(self, registration: int, failure: ImportFailure) -> None:
+    def _register_again(self, registration: int, reason: str, work_id: str | None = None) -> None:
         """Register the connector again, once for the answers seen since ``registration``."""
         with self._lock:
             if self._registrations != registration:
@@ -329,7 +340,7 @@ class PyctiImporter:
                 # What OpenCTIConnectorHelper.__init__ sends (pycti's public connector API).
                 helper.api.connector.register(helper.connector)
             except Exception as exc:  # classified like any pycti failure
-                raise self._classify(exc, failure.work_id) from exc
+                raise self._classify(exc, work_id) from exc
             self._registrations += 1
         if self._metrics is not None:
             self._metrics.registered_again()
@@ -337,7 +348,7 @@ class PyctiImporter:
             "OpenCTI does not know connector %s (database restored, connector deleted in the UI, "
             "or another platform at OPENCTI_URL): registered it again",
             self.connector_id,
-            extra={"connector_id": self.connector_id, "reason": str(failure)[:300]},
+            extra={"connector_id": self.connector_id, "reason": reason[:300]},
         )
 
     def _push(self, helper: Any, text: str, work_id: str) -> None:

@@ -84,6 +84,32 @@ def test_a_second_forgetting_registers_again(
     assert len(opencti_standin.registrations) == 3
 
 
+def test_an_idle_probe_finds_the_connector_forgotten_and_registers_it(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
+) -> None:
+    assert pycti_importer.probe()
+    assert len(opencti_standin.registrations) == 1
+    opencti_standin.forget_connector()
+
+    assert pycti_importer.probe()
+    assert len(opencti_standin.registrations) == 2
+    assert pycti_importer.connector_id in opencti_standin.connectors
+    assert pycti_importer.probe()
+    assert len(opencti_standin.registrations) == 2
+
+
+def test_a_probe_of_a_platform_that_is_down_or_refuses_the_token_is_no_answer(
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
+) -> None:
+    assert pycti_importer.probe()
+    answered = pycti_importer.last_answer
+    opencti_standin.token = "another-token-entirely"
+    assert not pycti_importer.probe()
+    opencti_standin.go_down()
+    assert not pycti_importer.probe()
+    assert pycti_importer.last_answer == answered
+
+
 def test_watch_imports_everything_after_the_platform_forgot_the_connector(
     spool: Spool,
     files: SpoolFiles,
