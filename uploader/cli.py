@@ -32,14 +32,7 @@ from shared.metrics import serve_metrics
 from shared.signing import SigningKey
 from uploader.claim import InstanceLock, default_instance_id
 from uploader.errors import UploaderError
-from uploader.health import (
-    Heartbeat,
-    HeartbeatRecord,
-    health_line,
-    heartbeat_path,
-    heartbeat_problems,
-    pending_problem,
-)
+from uploader.health import Heartbeat, health_line, health_problems
 from uploader.importer import Importer
 from uploader.metrics import UploaderMetrics
 from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
@@ -417,26 +410,12 @@ def health(config_path: Path | None) -> None:
     """
     settings = _settings_and_key(config_path, HealthSettings)[0]
     spool = _existing_spool(settings)
-    instance = settings.instance_id or default_instance_id()
-    path = heartbeat_path(spool, instance).absolute()
-    try:
-        record = HeartbeatRecord.read(path)
-    except FileNotFoundError:
-        raise click.ClickException(
-            f"unhealthy: no heartbeat at {path}: no uploader with instance {instance!r} has run "
-            "on this spool (are SPOOL_DIR and UPLOADER_INSTANCE_ID right?)"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(f"unhealthy: cannot read {path}: {exc}") from None
-    problems = heartbeat_problems(record, max_silence=settings.health_max_silence)
-    spool_state = spool_status(spool)
-    pending = pending_problem(
-        spool_state.oldest_pending,
-        spool_state.oldest_pending_age,
+    problems = health_problems(
+        spool,
+        settings.instance_id or default_instance_id(),
+        max_silence=settings.health_max_silence,
         max_pending_age=settings.health_max_pending_age,
     )
-    if pending is not None:
-        problems.append(pending)
     line = health_line(problems)
     if problems:
         raise click.ClickException(line)

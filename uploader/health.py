@@ -5,8 +5,9 @@ While ``watch`` or ``once`` runs, a :class:`Heartbeat` thread rewrites
 heard from OpenCTI, and whether its file watcher is alive. A hidden name, so no reader of the spool
 takes it for a bundle (:func:`shared.layout.walk_bundles`), and inside the instance's own claim
 folder, which only this process writes. When the uploader has nothing to import it asks the
-platform ``about{version}`` (the importer's ``probe``) so that "has not answered" means the
-platform is gone, not that the spool is quiet.
+platform for its connector (the importer's ``probe``, which also registers a connector the
+platform forgot) so that "has not answered" means the platform is gone, not that the spool is
+quiet.
 
 :func:`health_problems` reads that file and the spool only: no network, no lock, as a container's
 HEALTHCHECK running beside the uploader every minute needs.
@@ -29,6 +30,7 @@ from typing import Protocol, runtime_checkable
 from shared.durable import write_atomic
 from shared.errors import SharedError
 from shared.layout import Spool
+from uploader.status import status
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +158,9 @@ class Heartbeat:
         try:
             write_atomic(self.path, data, sync_dir=False)
         except SharedError as exc:
-            logger.warning("cannot write the health heartbeat: %s", exc, extra={"path": str(exc)})
+            logger.warning(
+                "cannot write the health heartbeat: %s", exc, extra={"path": str(self.path)}
+            )
 
 
 def _when(seconds: float) -> str:
@@ -217,6 +221,30 @@ def pending_problem(oldest: str | None, age: float | None, *, max_pending_age: f
         f"the oldest pending file is {age:.0f} s old ({oldest}; "
         f"UPLOADER_HEALTH_MAX_PENDING_AGE is {max_pending_age:g} s)"
     )
+
+
+def health_problems(
+    spool: Spool, instance: str, *, max_silence: float, max_pending_age: float
+) -> list[str]:
+    """Everything wrong with the uploader ``instance`` of ``spool`` (empty: healthy)."""
+    path = heartbeat_path(spool, instance).absolute()
+    try:
+        record = HeartbeatRecord.read(path)
+    except FileNotFoundError:
+        return [
+            f"no heartbeat at {path}: no uploader with instance {instance!r} has run on this "
+            "spool (are SPOOL_DIR and UPLOADER_INSTANCE_ID right?)"
+        ]
+    except (OSError, ValueError) as exc:
+        return [f"cannot read {path}: {exc}"]
+    problems = heartbeat_problems(record, max_silence=max_silence)
+    spool_state = status(spool)
+    pending = pending_problem(
+        spool_state.oldest_pending, spool_state.oldest_pending_age, max_pending_age=max_pending_age
+    )
+    if pending is not None:
+        problems.append(pending)
+    return problems
 
 
 def health_line(problems: list[str]) -> str:

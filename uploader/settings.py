@@ -31,7 +31,7 @@ class HealthSettings(SpoolSettings):
     health_max_silence: float = setting(
         300.0,
         env="UPLOADER_HEALTH_MAX_SILENCE",
-        description="ctx-uploader health fails when OpenCTI has not answered the running uploader for longer than this many seconds (it asks about{version} when idle).",
+        description="ctx-uploader health fails when OpenCTI has not answered the running uploader for longer than this many seconds (when idle it asks the platform for its connector).",
         gt=0,
     )
     health_max_pending_age: float = setting(
