@@ -4,6 +4,7 @@ summary of ``once``, and its live progress on a terminal (none off a terminal)."
 from __future__ import annotations
 
 import io
+import json
 import re
 from importlib.metadata import version
 
@@ -122,3 +123,19 @@ def test_once_off_a_terminal_prints_log_lines_only(env: dict[str, str], files: S
     assert result.exit_code == 0
     assert "files/s" not in result.output
     assert "started (once)" in result.stderr
+
+
+def test_the_imported_line_in_json_carries_feed_file_work_and_objects(
+    env: dict[str, str], files: SpoolFiles
+) -> None:
+    added = [files.add(FEED_A), files.add(FEED_B)]
+    result = invoke(["once"], {**env, "OPENCTI_JSON_LOGGING": "true"}, FakeImporter())
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    imported = [r for r in records if r["message"].startswith("imported ")]
+    assert sorted(r["file"] for r in imported) == sorted(files.rel(p) for p in added)
+    for record in imported:
+        assert record["level"] == "INFO"
+        assert record["feed"] == record["file"].split("/")[0]
+        assert record["work_id"].startswith("work-")
+        assert record["objects"] == 2

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
+import uuid
 from typing import Any
 
 import pytest
 
 from shared.layout import Spool
-from tests.standins.opencti import OpenCTIStandIn
+from tests.standins.opencti import AmqpConfig, OpenCTIStandIn
 from tests.uploader.conftest import FEED_A, FEED_B, FEED_C, UPLOADER, SpoolFiles, wait_until
 
 pytest_plugins = ["tests.standins.fixtures"]
@@ -141,3 +143,57 @@ def test_watch_imports_everything_after_the_platform_forgot_the_connector(
     assert len(opencti_standin.registrations) == 1 + len(warnings)
     assert uploader_env["CONNECTOR_ID"] in opencti_standin.connectors
     assert not list(spool.failed.rglob("*.json"))
+
+
+@pytest.mark.rabbitmq
+def test_amqp_import_after_the_platform_forgot_registers_and_publishes(
+    pycti_env: None,
+    rabbitmq: Any,
+    make_settings: Any,
+    files: SpoolFiles,
+) -> None:
+    pika = pytest.importorskip("pika")
+    exchange = f"ctxtest.worker.{uuid.uuid4().hex[:8]}"
+    amqp = AmqpConfig(
+        host=rabbitmq.host,
+        port=rabbitmq.port,
+        user=rabbitmq.user,
+        password=rabbitmq.password,
+        push_exchange=exchange,
+    )
+    connector_id = str(uuid.uuid4())
+    connection = pika.BlockingConnection(
+        pika.ConnectionParameters(
+            host=rabbitmq.host,
+            port=rabbitmq.port,
+            credentials=pika.PlainCredentials(rabbitmq.user, rabbitmq.password),
+        )
+    )
+    channel = connection.channel()
+    # What the platform declares for a registered connector (as in test_opencti_amqp).
+    channel.exchange_declare(exchange=exchange, exchange_type="direct", durable=True)
+    queue = f"push_{connector_id}"
+    channel.queue_declare(queue=queue, durable=True)
+    channel.queue_bind(queue=queue, exchange=exchange, routing_key=f"push_routing_{connector_id}")
+    try:
+        with OpenCTIStandIn("amqp-token-0002", amqp=amqp) as standin:
+            settings = make_settings(
+                standin,
+                opencti_token="amqp-token-0002",
+                connector_id=connector_id,
+                queue_protocol="amqp",
+            )
+            with PyctiImporter(settings) as importer:
+                importer.import_bundle("first", _bundle(files, "a"))
+                standin.forget_connector()
+                second = importer.import_bundle("second", _bundle(files, "b"))
+            assert len(standin.registrations) == 2
+        work_ids = set()
+        while True:
+            method, _properties, body = channel.basic_get(queue=queue, auto_ack=True)
+            if method is None:
+                break
+            work_ids.add(json.loads(body)["work_id"])
+        assert second.work_id in work_ids
+    finally:
+        connection.close()
