@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -13,8 +14,18 @@ from click.testing import Result
 
 from shared.layout import Spool
 from tests.standins.opencti import OpenCTIStandIn
-from tests.uploader.conftest import FEED_A, UPLOADER, SpoolFiles, invoke, wait_until
-from uploader.health import HEARTBEAT_NAME, HeartbeatRecord, heartbeat_problems
+from tests.uploader.conftest import (
+    FEED_A,
+    UPLOADER,
+    FakeImporter,
+    SpoolFiles,
+    fast_options,
+    invoke,
+    wait_until,
+)
+from uploader.claim import InstanceLock
+from uploader.health import HEARTBEAT_NAME, Heartbeat, HeartbeatRecord, heartbeat_problems
+from uploader.pipeline import Pipeline
 
 pytest_plugins = ["tests.standins.fixtures"]
 pytestmark = pytest.mark.skipif(not UPLOADER.exists(), reason="ctx-uploader is not installed")
@@ -159,3 +170,32 @@ def test_heartbeat_verdicts(changes: dict[str, Any], expected: str | None) -> No
         assert problems == []
     else:
         assert any(expected in p for p in problems), problems
+
+
+def test_health_flips_when_the_file_watcher_is_gone(spool: Spool, files: SpoolFiles) -> None:
+    """A real pipeline watching with watchdog, its heartbeat, then its observer stopped."""
+    stop = threading.Event()
+    with InstanceLock(spool, "watcher") as lock:
+        pipeline = Pipeline(spool, FakeImporter(), fast_options("watcher"), lock)
+        heartbeat = Heartbeat(
+            spool,
+            "watcher",
+            mode="watch",
+            max_silence=1.0,
+            importer=None,
+            watcher_alive=lambda: pipeline.intake.watcher_alive,
+        )
+        runner = threading.Thread(target=pipeline.run, args=(stop,), kwargs={"watch": True})
+        with heartbeat:
+            runner.start()
+            try:
+                beat = heartbeat.path
+                assert wait_until(lambda: json.loads(beat.read_text())["watcher_alive"] is True)
+                pipeline.intake.stop()
+                assert wait_until(lambda: json.loads(beat.read_text())["watcher_alive"] is False)
+                record = HeartbeatRecord.read(beat)
+                problems = heartbeat_problems(record, max_silence=3600)
+                assert problems == ["the file watcher (watchdog observer) is dead"]
+            finally:
+                stop.set()
+                runner.join(30)
