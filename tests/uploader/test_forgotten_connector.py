@@ -41,7 +41,14 @@ def test_the_standin_answers_a_forgotten_connector_as_the_platform_does(
             connector_id=pycti_importer.connector_id, bundle=files.bundle_bytes("x").decode()
         )
     with pytest.raises(ValueError) as ping:
-        api.connector.ping(pycti_importer.connector_id, None, {})
+        # connectorInfo as pycti's PingAlive sends it (required fields of ConnectorInfoInput).
+        info = {
+            "run_and_terminate": False,
+            "buffering": False,
+            "queue_threshold": 500.0,
+            "queue_messages_size": 0.0,
+        }
+        api.connector.ping(pycti_importer.connector_id, None, info)
     with pytest.raises(ValueError) as work:
         api.work.initiate_work(pycti_importer.connector_id, "w")
 
