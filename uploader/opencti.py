@@ -42,8 +42,9 @@ A platform that no longer knows the connector (database restored, connector dele
 another platform at the URL) refuses what it sends; opencti-graphql answers ``stixBundlePush``
 with ``UnsupportedError('Invalid bundle')`` caused by ``'Invalid connector'`` (``sendStixBundle``,
 ``src/domain/stix.js``) and ``workAdd`` with a TypeError naming nothing (its resolver in
-``src/resolvers/connector.js`` dereferences the null connector), so then ``connector(id)`` is
-asked, null for an unknown connector. The connector is registered again with
+``src/resolvers/connector.js`` dereferences the null connector), and pycti 6.x passes on only
+"Invalid bundle"; so on a GraphQL error that names no cause ``connector(id)`` is asked, null for
+an unknown connector. The connector is registered again with
 ``helper.api.connector.register(helper.connector)`` (what the helper's constructor sends), once for
 all threads that met the answer, with a warning, and the file imported under a new work.
 """
@@ -321,10 +322,11 @@ class PyctiImporter:
         """Whether ``exc`` is the platform's answer to a connector it does not know."""
         if names_unknown_connector(exc):
             return True
-        if work_id is not None or not graphql_error(exc) or self._helper is None:
+        if not graphql_error(exc) or self._helper is None:
             return False
         # workAdd for an unknown connector fails inside the platform's resolver with a TypeError
-        # that names nothing (module docstring): ask the platform whether it knows the connector.
+        # that names nothing, and pycti 6.x keeps only "Invalid bundle" of a push's refusal (it
+        # drops the error's data, where the cause is): ask the platform whether it knows us.
         try:
             return self._helper.api.connector.read(connector_id=self.connector_id) is None
         except Exception:  # noqa: BLE001 - no answer: not evidence that it forgot us
