@@ -24,11 +24,8 @@ from the environment on every call (requests' own behaviour for a session).
 
 Where pycti is adapted, and why:
 
-* ``OpenCTIConnectorHelper.__init__`` replaces ``sys.excepthook`` with a hook that SIGTERMs the
-  process; the previous hook is put back right after construction, so an uncaught error in our
-  threads is reported, not turned into a silent kill of the uploader.
-* ``OpenCTIApiClient`` calls ``logging.basicConfig(force=True)`` from its constructor: the CLI's
-  redacting handler and the root logger's level are restored after it.
+* pycti's constructors run inside :func:`uploader.pycti_build.pycti_construction`, which keeps
+  the CLI's logging, excepthook and settings.
 * ``helper.stop()`` is never called: it sends ``deleteConnector``, which deletes the connector's
   works on the platform. :meth:`PyctiImporter.close` only stops the ping thread.
 * pycti's health check answers only True/False: when building the helper fails, the connector is
@@ -51,14 +48,10 @@ all threads that met the answer, with a warning, and the file imported under a n
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
-import os
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from pycti import OpenCTIApiClient, OpenCTIConnectorHelper
@@ -83,6 +76,7 @@ from uploader.errors import (
     WorkErrorsError,
 )
 from uploader.importer import ImportReceipt
+from uploader.pycti_build import pycti_construction
 from uploader.settings import UploaderSettings
 
 if TYPE_CHECKING:
@@ -96,33 +90,6 @@ OLDEST_PYCTI = "6.5.10"
 
 #: Seconds between two ``work(id)`` polls when waiting for a work to complete.
 WORK_POLL_INTERVAL = 2.0
-
-# pycti reads these environment variables *before* its config dict, and treats an empty one
-# (``CONNECTOR_QUEUE_PROTOCOL=`` in a compose file) as unset, falling back to its own default
-# (amqp!). Our settings already resolved env-over-config.yml with the same names, so while the
-# helper is built they are hidden and the config dict is authoritative. ``MQ_*`` stay visible:
-# they are pycti's documented RabbitMQ overrides and have no setting of ours.
-_PYCTI_ENV_SHADOWED = (
-    "OPENCTI_URL",
-    "OPENCTI_TOKEN",
-    "OPENCTI_SSL_VERIFY",
-    "OPENCTI_JSON_LOGGING",
-    "CONNECTOR_ID",
-    "CONNECTOR_TYPE",
-    "CONNECTOR_NAME",
-    "CONNECTOR_SCOPE",
-    "CONNECTOR_LOG_LEVEL",
-    "CONNECTOR_QUEUE_PROTOCOL",
-    "CONNECTOR_QUEUE_THRESHOLD",
-    "QUEUE_PROTOCOL",
-    "CONNECTOR_RUN_AND_TERMINATE",
-    "CONNECTOR_VALIDATE_BEFORE_IMPORT",
-    "CONNECTOR_SEND_TO_DIRECTORY",
-    "CONNECTOR_SEND_TO_QUEUE",
-    # Our own endpoint (shared.metrics) serves these: pycti's would bind the same port.
-    "CONNECTOR_EXPOSE_METRICS",
-    "CONNECTOR_METRICS_PORT",
-)
 
 
 class PyctiImporter:
@@ -398,7 +365,7 @@ class PyctiImporter:
         }
 
     def _create_helper(self) -> Any:
-        with _pycti_construction():
+        with pycti_construction():
             try:
                 helper = OpenCTIConnectorHelper(self._pycti_config())
             except Exception as exc:  # noqa: BLE001 - pycti raises ValueError/requests errors/KeyError
@@ -420,7 +387,7 @@ class PyctiImporter:
         """
         s = self._settings
         try:
-            with _pycti_construction():
+            with pycti_construction():
                 api = OpenCTIApiClient(
                     s.opencti_url,
                     s.opencti_token.get_secret_value(),
@@ -487,36 +454,3 @@ class _ConnectorForgotten(Exception):  # noqa: N818 - a signal inside this modul
     def __init__(self, failure: ImportFailure) -> None:
         self.failure = failure
         super().__init__(str(failure))
-
-
-@contextlib.contextmanager
-def _pycti_construction() -> Iterator[None]:
-    """Build a pycti object without losing the CLI's logging, excepthook and settings."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
-    saved_levels = {name: logging.getLogger(name).level for name in ("urllib3", "pika")}
-    saved_hook = sys.excepthook
-    try:
-        with _shadowed_env(_PYCTI_ENV_SHADOWED):
-            yield
-    finally:
-        # pycti's hook SIGTERMs the whole process on any uncaught exception (``killProgramHook``,
-        # set by ``OpenCTIConnectorHelper.__init__`` in pycti/connector/opencti_connector_helper.py):
-        # the uploader must survive a bad file or a dead thread, so the previous hook returns.
-        sys.excepthook = saved_hook
-        # pycti's logger() calls basicConfig(force=True) and would drop our redacting handler.
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        for name, level in saved_levels.items():
-            logging.getLogger(name).setLevel(level)
-
-
-@contextlib.contextmanager
-def _shadowed_env(names: tuple[str, ...]) -> Iterator[None]:
-    # os.environ is process-wide: this runs under the importer's lock and only for pycti's
-    # constructors; nothing else in the uploader reads these variables after start-up.
-    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
