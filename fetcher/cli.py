@@ -35,6 +35,7 @@ from fetcher.status import (
 from fetcher.sync import FeedResult, run_pass
 from fetcher.transfer import manifest, mark, transfer_set
 from shared.config import load_settings
+from shared.console import terminal_console
 from shared.durable import write_atomic
 from shared.errors import ConfigError, SharedError, SpoolError, UnsafeNameError
 from shared.layout import Spool, check_feed_id
@@ -93,12 +94,6 @@ def _load(model: type[_LoadedT], config_path: Path | None) -> _LoadedT:
     return settings
 
 
-def _progress_console() -> Console | None:
-    """The console of the live progress display: stderr, where the log lines go, if a terminal."""
-    console = Console(stderr=True)
-    return console if console.is_terminal else None
-
-
 @contextmanager
 def _state_lock(settings: SpoolStateSettings) -> Iterator[None]:
     try:
@@ -114,7 +109,7 @@ def _one_pass(
     stop: threading.Event | None = None,
     metrics: FetcherMetrics | None = None,
 ) -> list[FeedResult]:
-    console = _progress_console()
+    console = terminal_console()
     display = PassProgress(console) if console is not None else None
     spool = Spool(settings.spool_dir)
     try:

@@ -1,25 +1,18 @@
-"""The fetcher's progress on a terminal: a line per feed, with the log lines printed above it.
-
-``rich.progress.Progress`` redraws its lines in place; a log record written to the same terminal
-by a plain ``StreamHandler`` would land in the middle of them. While the display is live the root
-logger's records go through ``rich.logging.RichHandler`` on the same console instead, which prints
-them above the live lines (rich's Live display docs: "print or log ... above the live display").
-Off a terminal there is no display and nothing but log lines.
+"""The fetcher's progress on a terminal: a line per feed, with the log lines printed above it
+(:mod:`shared.console`). Off a terminal there is no display and nothing but log lines.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 
 from rich.console import Console
-from rich.highlighter import NullHighlighter
-from rich.logging import RichHandler
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from fetcher.sync import FeedResult
 from fetcher.sync import Progress as ProgressCallback
+from shared.console import log_handler
 from shared.logsetup import records_through
 
 
@@ -60,17 +53,6 @@ class PassProgress:
     @contextlib.contextmanager
     def live(self) -> Iterator[ProgressCallback]:
         """Show the display and route log records above it while inside."""
-        # rich_tracebacks stays off: rich's tracebacks can show local variables, keys included;
-        # the configured formatter (with its secret masking) formats every record, tracebacks too.
-        handler = RichHandler(
-            level=logging.NOTSET,
-            console=self._console,
-            show_time=False,
-            show_level=False,
-            show_path=False,
-            markup=False,
-            rich_tracebacks=False,
-            highlighter=NullHighlighter(),
-        )
+        handler = log_handler(self._console)
         with records_through(handler), self._progress:
             yield self.update

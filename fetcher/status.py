@@ -17,7 +17,8 @@ from rich.table import Table
 from fetcher.errors import NotASpoolError
 from fetcher.passes import PassLog, PassRecord, PendingReset
 from fetcher.state import DB_NAME, LISTING_CURSOR, Ledger
-from shared.layout import INCOMING
+from shared.errors import SpoolError
+from shared.layout import Spool
 
 #: ``health`` fails when the last pass ended longer ago than this many intervals.
 STALE_INTERVALS = 2
@@ -67,18 +68,10 @@ def open_state(spool_dir: Path, state_dir: Path) -> Ledger:
     """
     if (state_dir / DB_NAME).is_file():
         return Ledger(state_dir, read_only=True)
-    root = spool_dir.absolute()
-    if not root.is_dir():
-        raise NotASpoolError(
-            f"SPOOL_DIR {root} does not exist or is not a directory; is SPOOL_DIR right?",
-            path=root,
-        )
-    if not (root / INCOMING).is_dir():
-        raise NotASpoolError(
-            f"{root} is not a spool: it has no {INCOMING}/ and no fetcher state "
-            f"({(state_dir / DB_NAME).absolute()}); is SPOOL_DIR right?",
-            path=root,
-        )
+    try:
+        Spool(spool_dir).require()
+    except SpoolError as exc:
+        raise NotASpoolError(str(exc), path=spool_dir.absolute()) from None
     raise NotASpoolError(
         f"no fetcher state at {(state_dir / DB_NAME).absolute()}: the fetcher has not run with "
         "this SPOOL_DIR (or CYBERTHREATEXCHANGE_STATE_DIR)",

@@ -7,6 +7,7 @@ Tree::
     ├── MetricsError         the metrics endpoint cannot be served (``address``, ``port``)
     └── SpoolError           something about the spool itself (``path``)
         ├── UnsafeNameError  an id or a file name that must not become a path (``value``)
+        ├── NotASpoolError   SPOOL_DIR is missing or holds none of the state folders (``path``)
         └── DestinationExistsError  a move would overwrite an existing file (``path``)
 """
 
@@ -68,6 +69,11 @@ class UnsafeNameError(SpoolError):
         self.value = value
         # repr() so control characters and path separators are visible in logs.
         super().__init__(f"refusing {kind} {value[:200]!r}: not a valid {kind}")
+
+
+class NotASpoolError(SpoolError):
+    """``path`` (SPOOL_DIR, absolute) is not a spool: a command that reads one refuses it rather
+    than report an empty, healthy spool."""
 
 
 class DestinationExistsError(SpoolError):

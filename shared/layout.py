@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from shared.durable import makedirs_durable
-from shared.errors import SpoolError, UnsafeNameError
+from shared.errors import NotASpoolError, SpoolError, UnsafeNameError
 from shared.signing import SIGNATURE_HEX_LENGTH, SIGNATURE_RE
 
 logger = logging.getLogger(__name__)
@@ -265,6 +265,24 @@ class Spool:
         if rel.is_absolute() or any(p in ("", ".", "..") for p in rel.parts):
             raise UnsafeNameError("spool path", str(rel))
         return self.state_dir(state).joinpath(*rel.parts)
+
+    def require(self) -> None:
+        """Raise :class:`NotASpoolError` unless the root is a directory holding at least one of
+        the state folders (``incoming/``, ``processing/``, ``done/``, ``failed/``).
+
+        For the commands that only read a spool: a wrong SPOOL_DIR (or working directory, the
+        default being relative) must not read as an empty spool. The error names the absolute path.
+        """
+        root = self.root.absolute()
+        if not root.is_dir():
+            raise NotASpoolError(
+                f"SPOOL_DIR {root} does not exist or is not a directory; is SPOOL_DIR right?", root
+            )
+        if not any((root / state).is_dir() for state in STATES):
+            folders = ", ".join(f"{state}/" for state in STATES)
+            raise NotASpoolError(
+                f"{root} is not a spool: it has none of {folders}; is SPOOL_DIR right?", root
+            )
 
     def ensure(self) -> None:
         """Create the state directories that do not exist yet."""

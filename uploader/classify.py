@@ -110,6 +110,24 @@ def classify(exc: BaseException, work_id: str | None, token: str) -> ImportFailu
     return TransientImportError(f"OpenCTI import failed: {text[:500]}", work_id=work_id)
 
 
+def graphql_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is pycti's ``ValueError({name, error_message, ...})`` of a GraphQL error."""
+    return isinstance(exc, ValueError) and bool(exc.args) and isinstance(exc.args[0], dict)
+
+
+def names_unknown_connector(exc: BaseException) -> bool:
+    """Whether the platform's answer says it does not know the connector.
+
+    ``stixBundlePush``: "Invalid connector", the cause of its "Invalid bundle"
+    (``sendStixBundle``, opencti-graphql ``src/domain/stix.js``); ``pingConnector``: "No connector
+    found with the specified ID" (``src/domain/connector.js``).
+    """
+    if not graphql_error(exc):
+        return False
+    text = describe(exc).lower()
+    return "invalid connector" in text or "no connector found" in text
+
+
 def redact(text: str, token: str) -> str:
     return text.replace(token, "***") if token else text
 

@@ -14,34 +14,42 @@ import json
 import signal
 import threading
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from shared.config import load_settings
+from shared.console import terminal_console
 from shared.errors import ConfigError, SharedError
 from shared.layout import Spool
 from shared.logsetup import configure_logging
+from shared.metrics import serve_metrics
 from shared.signing import SigningKey
 from uploader.claim import InstanceLock, default_instance_id
 from uploader.errors import UploaderError
+from uploader.health import Heartbeat, health_line, health_problems
 from uploader.importer import Importer
+from uploader.metrics import UploaderMetrics
 from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
+from uploader.process import Result
+from uploader.progress import RunProgress
 from uploader.prune import candidates as prune_candidates
 from uploader.prune import parse_duration
 from uploader.prune import remove as prune_remove
 from uploader.replay import Source, select
 from uploader.replay import replay as replay_files
-from uploader.settings import SpoolSettings, UploaderSettings
+from uploader.settings import HealthSettings, SpoolSettings, UploaderSettings
 from uploader.status import status as spool_status
 from uploader.status import status_table, verify_manifest
 from uploader.status import verify as verify_spool
 
 ImporterFactory = Callable[[UploaderSettings], Importer]
+_SpoolT = TypeVar("_SpoolT", bound=SpoolSettings)
 
 EXIT_FAILED = 1
 EXIT_PENDING = 3
@@ -55,7 +63,7 @@ config_option = click.option(
 )
 
 
-def _pycti_importer(settings: UploaderSettings) -> Importer:
+def _pycti_importer(settings: UploaderSettings, metrics: UploaderMetrics | None = None) -> Importer:
     # Imported here so that status/verify/replay work without pycti installed.
     try:
         from uploader.opencti import PyctiImporter
@@ -65,7 +73,7 @@ def _pycti_importer(settings: UploaderSettings) -> Importer:
             "and a pycti version matching your platform"
         ) from None
 
-    return PyctiImporter(settings)
+    return PyctiImporter(settings, metrics=metrics)
 
 
 def _signing_key(settings: SpoolSettings) -> SigningKey | None:
@@ -84,8 +92,14 @@ def _load_spool_settings(config_path: Path | None) -> SpoolSettings:
 
 
 def _spool_settings_and_key(config_path: Path | None) -> tuple[SpoolSettings, SigningKey | None]:
+    return _settings_and_key(config_path, SpoolSettings)
+
+
+def _settings_and_key(
+    config_path: Path | None, model: type[_SpoolT]
+) -> tuple[_SpoolT, SigningKey | None]:
     try:
-        settings = load_settings(SpoolSettings, config_path)
+        settings = load_settings(model, config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     key = _signing_key(settings)
@@ -113,6 +127,16 @@ def _uploader_settings_and_key(
         json_lines=settings.json_logging,
     )
     return settings, key
+
+
+def _existing_spool(settings: SpoolSettings) -> Spool:
+    """The spool of a command that reads one; a directory that is not a spool is refused."""
+    spool = Spool(settings.spool_dir)
+    try:
+        spool.require()
+    except SharedError as exc:
+        raise click.ClickException(str(exc)) from None
+    return spool
 
 
 @contextmanager
@@ -143,18 +167,37 @@ def _run(
         "ignore", message=r"Callback with id .* already exists", category=RuntimeWarning
     )
     obj: dict[str, Any] = ctx.ensure_object(dict)
-    factory: ImporterFactory = obj.get("importer_factory", _pycti_importer)
     stop: threading.Event = obj.get("stop") or threading.Event()
     spool = Spool(settings.spool_dir)
+    metrics = UploaderMetrics(spool)
+    factory: ImporterFactory = obj.get(
+        "importer_factory", lambda s: _pycti_importer(s, metrics=metrics)
+    )
     instance = settings.instance_id or default_instance_id()
+    endpoint = None
     try:
         spool.ensure()
         with InstanceLock(spool, instance) as lock, _stop_on_signals(stop):
+            endpoint = serve_metrics(settings, metrics.registry)
             importer = factory(settings)
             try:
                 options = PipelineOptions.from_settings(settings, instance, signing_key=key)
-                pipeline = Pipeline(spool, importer, options, lock)
-                return pipeline.run(stop, watch=watch, max_wait=max_wait)
+                pipeline = Pipeline(spool, importer, options, lock, on_result=metrics.result)
+                heartbeat = Heartbeat(
+                    spool,
+                    instance,
+                    mode="watch" if watch else "once",
+                    max_silence=settings.health_max_silence,
+                    importer=importer,
+                    watcher_alive=lambda: pipeline.intake.watcher_alive,
+                )
+                console = None if watch else obj.get("console", terminal_console())
+                display = None
+                if console is not None:
+                    display = RunProgress(console, pipeline.scheduler.pending_count)
+                    pipeline.on_result = _each(metrics.result, display.update)
+                with heartbeat, display.live() if display is not None else nullcontext():
+                    return pipeline.run(stop, watch=watch, max_wait=max_wait)
             finally:
                 # PyctiImporter.close() stops its ping thread (never unregisters the connector).
                 close = getattr(importer, "close", None)
@@ -162,6 +205,17 @@ def _run(
                     close()
     except (UploaderError, SharedError) as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+
+
+def _each(*targets: Callable[[Result], None]) -> Callable[[Result], None]:
+    def tell(result: Result) -> None:
+        for target in targets:
+            target(result)
+
+    return tell
 
 
 def _echo_summary(summary: RunSummary) -> None:
@@ -169,13 +223,19 @@ def _echo_summary(summary: RunSummary) -> None:
         f"done {summary.done}, failed {summary.failed}, pending {len(summary.pending)}, "
         f"left {len(summary.left)}, reclaimed {summary.reclaimed}"
     )
-    for rel in summary.pending:
-        click.echo(f"pending: incoming/{rel}")
+    if summary.pending:
+        # One line however many (an outage leaves hundreds): per feed, and the oldest file,
+        # by the modified time that starts every file name.
+        per_feed = Counter(rel.partition("/")[0] for rel in summary.pending)
+        feeds = ", ".join(f"{feed} {count}" for feed, count in sorted(per_feed.items()))
+        oldest = min(summary.pending, key=lambda rel: rel.rpartition("/")[2])
+        click.echo(f"pending per feed: {feeds}; oldest incoming/{oldest}")
     for rel in summary.left:
         click.echo(f"left untouched: incoming/{rel}")
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ctx-opencti-spool", prog_name="ctx-uploader")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Import the CTX spool into OpenCTI: incoming/ → done/ or failed/."""
@@ -234,8 +294,7 @@ def replay(config_path: Path | None, source: str, feed: str | None, files: tuple
     A replayed failed file loses its .reason; a replayed done file keeps its .receipt in done/
     until its new import replaces it.
     """
-    settings = _load_spool_settings(config_path)
-    spool = Spool(settings.spool_dir)
+    spool = _existing_spool(_load_spool_settings(config_path))
     src: Source = "done" if source == "done" else "failed"
     try:
         rels = select(spool, src, feed=feed.lower() if feed else None, files=files)
@@ -259,8 +318,7 @@ def replay(config_path: Path | None, source: str, feed: str | None, files: tuple
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config_path: Path | None, as_json: bool) -> None:
     """Files and bytes per state and per feed, and the oldest pending file."""
-    settings = _load_spool_settings(config_path)
-    result = spool_status(Spool(settings.spool_dir))
+    result = spool_status(_existing_spool(_load_spool_settings(config_path)))
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
     else:
@@ -285,7 +343,7 @@ def verify(config_path: Path | None, manifest_path: Path | None) -> None:
     processing/, done/ or failed/); a file in none of them is reported missing.
     """
     settings, key = _spool_settings_and_key(config_path)
-    spool = Spool(settings.spool_dir)
+    spool = _existing_spool(settings)
     if manifest_path is None:
         checked, bad = verify_spool(spool, key)
     else:
@@ -324,8 +382,7 @@ def prune(config_path: Path | None, older_than: float, dry_run: bool) -> None:
     The age is the receipt's imported_at (the file's mtime without a receipt). Never touches
     incoming/, processing/ or failed/; removes date folders left empty.
     """
-    settings = _load_spool_settings(config_path)
-    spool = Spool(settings.spool_dir)
+    spool = _existing_spool(_load_spool_settings(config_path))
     total = 0
     count = 0
     verb = "would remove" if dry_run else "removed"
@@ -339,3 +396,27 @@ def prune(config_path: Path | None, older_than: float, dry_run: bool) -> None:
     except SharedError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{count} file(s), {total} bytes {'would be removed' if dry_run else 'removed'}")
+
+
+@main.command()
+@config_option
+def health(config_path: Path | None) -> None:
+    """Exit 0 when the uploader of this spool and instance is running and well.
+
+    Non-zero, with one line saying why, when OpenCTI has not answered it for longer than
+    UPLOADER_HEALTH_MAX_SILENCE, its file watcher is dead, the process is gone or stuck (its
+    heartbeat in processing/<instance>/.health.json is stale), or the oldest pending file is older
+    than UPLOADER_HEALTH_MAX_PENDING_AGE. Reads the spool only: no network, no lock (a HEALTHCHECK).
+    """
+    settings = _settings_and_key(config_path, HealthSettings)[0]
+    spool = _existing_spool(settings)
+    problems = health_problems(
+        spool,
+        settings.instance_id or default_instance_id(),
+        max_silence=settings.health_max_silence,
+        max_pending_age=settings.health_max_pending_age,
+    )
+    line = health_line(problems)
+    if problems:
+        raise click.ClickException(line)
+    click.echo(line)

@@ -73,6 +73,13 @@ class Intake:
         self._put = put
         self._start_observer()
 
+    @property
+    def watcher_alive(self) -> bool | None:
+        """Whether the watchdog observer runs; None when not watching (``once``)."""
+        if self._put is None:
+            return None
+        return self._observer is not None and self._observer.is_alive()
+
     def stop(self) -> None:
         if self._observer is not None:
             self._observer.stop()

@@ -24,11 +24,8 @@ from the environment on every call (requests' own behaviour for a session).
 
 Where pycti is adapted, and why:
 
-* ``OpenCTIConnectorHelper.__init__`` replaces ``sys.excepthook`` with a hook that SIGTERMs the
-  process; the previous hook is put back right after construction, so an uncaught error in our
-  threads is reported, not turned into a silent kill of the uploader.
-* ``OpenCTIApiClient`` calls ``logging.basicConfig(force=True)`` from its constructor: the CLI's
-  redacting handler and the root logger's level are restored after it.
+* pycti's constructors run inside :func:`uploader.pycti_build.pycti_construction`, which keeps
+  the CLI's logging, excepthook and settings.
 * ``helper.stop()`` is never called: it sends ``deleteConnector``, which deletes the connector's
   works on the platform. :meth:`PyctiImporter.close` only stops the ping thread.
 * pycti's health check answers only True/False: when building the helper fails, the connector is
@@ -37,29 +34,37 @@ Where pycti is adapted, and why:
 * ``check_connector_buffering`` is not used: on any error it calls ``sys.excepthook`` (pycti's
   process-killing hook) and returns None; ``api.connector.read`` is the query it makes. Errors are
   classified by :mod:`uploader.classify`.
+
+A platform that no longer knows the connector (database restored, connector deleted in the UI,
+another platform at the URL) refuses what it sends; opencti-graphql answers ``stixBundlePush``
+with ``UnsupportedError('Invalid bundle')`` caused by ``'Invalid connector'`` (``sendStixBundle``,
+``src/domain/stix.js``) and ``workAdd`` with a TypeError naming nothing (its resolver in
+``src/resolvers/connector.js`` dereferences the null connector), and pycti 6.x passes on only
+"Invalid bundle"; so on a GraphQL error that names no cause ``connector(id)`` is asked, null for
+an unknown connector. The connector is registered again with
+``helper.api.connector.register(helper.connector)`` (what the helper's constructor sends), once for
+all threads that met the answer, with a warning, and the file imported under a new work.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
-import os
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pycti import OpenCTIApiClient, OpenCTIConnectorHelper
 from pycti.utils.opencti_stix2_splitter import is_id_supported
 
-from uploader.backpressure import CHECK_INTERVAL, QueueGate
+from uploader.backpressure import CHECK_INTERVAL, QueueGate, QueuePaused
 from uploader.chunking import Bundle
 from uploader.classify import (
     classify,
     describe,
     errors_text,
+    graphql_error,
+    names_unknown_connector,
     redact,
     unreachable,
     work_errors,
@@ -71,7 +76,11 @@ from uploader.errors import (
     WorkErrorsError,
 )
 from uploader.importer import ImportReceipt
+from uploader.pycti_build import pycti_construction
 from uploader.settings import UploaderSettings
+
+if TYPE_CHECKING:
+    from uploader.metrics import UploaderMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -81,33 +90,6 @@ OLDEST_PYCTI = "6.5.10"
 
 #: Seconds between two ``work(id)`` polls when waiting for a work to complete.
 WORK_POLL_INTERVAL = 2.0
-
-# pycti reads these environment variables *before* its config dict, and treats an empty one
-# (``CONNECTOR_QUEUE_PROTOCOL=`` in a compose file) as unset, falling back to its own default
-# (amqp!). Our settings already resolved env-over-config.yml with the same names, so while the
-# helper is built they are hidden and the config dict is authoritative. ``MQ_*`` stay visible:
-# they are pycti's documented RabbitMQ overrides and have no setting of ours.
-_PYCTI_ENV_SHADOWED = (
-    "OPENCTI_URL",
-    "OPENCTI_TOKEN",
-    "OPENCTI_SSL_VERIFY",
-    "OPENCTI_JSON_LOGGING",
-    "CONNECTOR_ID",
-    "CONNECTOR_TYPE",
-    "CONNECTOR_NAME",
-    "CONNECTOR_SCOPE",
-    "CONNECTOR_LOG_LEVEL",
-    "CONNECTOR_QUEUE_PROTOCOL",
-    "CONNECTOR_QUEUE_THRESHOLD",
-    "QUEUE_PROTOCOL",
-    "CONNECTOR_RUN_AND_TERMINATE",
-    "CONNECTOR_VALIDATE_BEFORE_IMPORT",
-    "CONNECTOR_SEND_TO_DIRECTORY",
-    "CONNECTOR_SEND_TO_QUEUE",
-    # Our own endpoint (shared.metrics) serves these: pycti's would bind the same port.
-    "CONNECTOR_EXPOSE_METRICS",
-    "CONNECTOR_METRICS_PORT",
-)
 
 
 class PyctiImporter:
@@ -131,8 +113,10 @@ class PyctiImporter:
         *,
         work_poll_interval: float = WORK_POLL_INTERVAL,
         queue_check_interval: float = CHECK_INTERVAL,
+        metrics: UploaderMetrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._work_poll_interval = work_poll_interval
         self._helper: Any = None
         self._multipart = False
@@ -142,6 +126,9 @@ class PyctiImporter:
         # ping thread and the caller.
         self._lock = threading.RLock()
         self._closed = threading.Event()
+        #: Registrations after the first, for telling one forgetting apart from the next.
+        self._registrations = 0
+        self._last_answer: float | None = None
         self._gate = QueueGate(
             self.queue_size_mb, settings.queue_threshold, check_interval=queue_check_interval
         )
@@ -160,11 +147,40 @@ class PyctiImporter:
         """The queue-threshold gate every push passes (for status and tests)."""
         return self._gate
 
+    @property
+    def last_answer(self) -> float | None:
+        """Unix time of the platform's last answer (a GraphQL error is one too), None before any."""
+        return self._last_answer
+
+    def probe(self) -> bool:
+        """Ask the platform for our connector (pycti's ``api.connector.read``); True if it answered.
+
+        Called by the heartbeat when the uploader has had nothing to import for a while. A null
+        connector means the platform forgot it: it is registered again, as for an import.
+        """
+        registration = self._registrations
+        try:
+            self.connect()
+            details = self._helper.api.connector.read(connector_id=self.connector_id)
+        except Exception:  # noqa: BLE001 - not reachable, or refusing our token: not an answer
+            return False
+        self._answered()
+        if details is None:
+            try:
+                self._register_again(registration, "connector(id) answered null")
+            except ImportFailure as exc:
+                logger.warning("could not register the connector again: %s", exc)
+        return True
+
+    def _answered(self) -> None:
+        self._last_answer = time.time()
+
     def connect(self) -> None:
         """Register the connector with OpenCTI (once); safe to call again after a failure."""
         with self._lock:
             if self._helper is None:
                 helper = self._create_helper()
+                self._answered()
                 # pycti 7 marks a work that gets several bundles (``isMultiPartWork``); 6.x has
                 # no such argument and completes the work as the expectations are met.
                 initiate = helper.api.work.initiate_work
@@ -195,7 +211,22 @@ class PyctiImporter:
         return float(queue.get("messages_size") or 0) / 1_000_000
 
     def import_bundle(self, work_name: str, bundle: Bundle) -> ImportReceipt:
-        """Import ``bundle`` under one new work; see :class:`uploader.importer.Importer`."""
+        """Import ``bundle`` under one new work; see :class:`uploader.importer.Importer`.
+
+        When the platform answers that it does not know our connector (module docstring), the
+        connector is registered again and the file imported once more under a new work.
+        """
+        registration = self._registrations
+        try:
+            return self._import(work_name, bundle)
+        except _ConnectorForgotten as forgotten:
+            failure = forgotten.failure
+            self._register_again(registration, str(failure), failure.work_id)
+        return self._import(work_name, bundle, forgotten_again_is_final=True)
+
+    def _import(
+        self, work_name: str, bundle: Bundle, *, forgotten_again_is_final: bool = False
+    ) -> ImportReceipt:
         pushes = bundle.pushes(is_id_supported)
         work_id: str | None = None
         try:
@@ -216,6 +247,7 @@ class PyctiImporter:
                     work_id,
                     f"ctx-uploader: none of the {bundle.objects} objects is of a type OpenCTI imports",
                 )
+                self._answered()
                 logger.warning(
                     "no object of this file is of a type OpenCTI imports",
                     extra={"work_id": work_id, "objects": bundle.objects},
@@ -225,21 +257,68 @@ class PyctiImporter:
                 if number:
                     self._gate.wait()
                 self._push(helper, chunk.decode("utf-8"), str(work_id))
+                if self._metrics is not None:
+                    self._metrics.pushed()
             helper.api.work.to_processed(
                 work_id, f"ctx-uploader: {bundle.objects} objects in {len(pushes)} push(es)"
             )
         except Exception as exc:  # pycti raises bare Exception/ValueError: classified here
             failure = self._classify(exc, work_id)
+            if graphql_error(exc) and not isinstance(failure, PlatformAuthError):
+                # An answer, though a refusal; a refused token or connector is not "well".
+                self._answered()
+            if self._metrics is not None and not isinstance(exc, QueuePaused):
+                self._metrics.platform_error(failure, unreachable=unreachable(exc))
+            if not forgotten_again_is_final and self._forgotten(exc, work_id):
+                # The connector's works went with it: nothing to mark in error.
+                raise _ConnectorForgotten(failure) from exc
             if work_id is not None and not unreachable(exc):
                 self._mark_in_error(work_id, failure)
             raise failure from exc
-        logger.info(
+        self._answered()
+        # The file's one INFO line, naming feed, file, work and objects, is the processor's.
+        logger.debug(
             "bundle pushed to OpenCTI",
             extra={"work_id": work_id, "pushes": len(pushes), "objects": bundle.objects},
         )
         if self._settings.wait_for_work:
             self._wait_for_work(str(work_id))
         return ImportReceipt(str(work_id), self.connector_id, len(pushes), bundle.objects)
+
+    def _forgotten(self, exc: BaseException, work_id: str | None) -> bool:
+        """Whether ``exc`` is the platform's answer to a connector it does not know."""
+        if names_unknown_connector(exc):
+            return True
+        if not graphql_error(exc) or self._helper is None:
+            return False
+        # workAdd for an unknown connector fails inside the platform's resolver with a TypeError
+        # that names nothing, and pycti 6.x keeps only "Invalid bundle" of a push's refusal (it
+        # drops the error's data, where the cause is): ask the platform whether it knows us.
+        try:
+            return self._helper.api.connector.read(connector_id=self.connector_id) is None
+        except Exception:  # noqa: BLE001 - no answer: not evidence that it forgot us
+            return False
+
+    def _register_again(self, registration: int, reason: str, work_id: str | None = None) -> None:
+        """Register the connector again, once for the answers seen since ``registration``."""
+        with self._lock:
+            if self._registrations != registration:
+                return  # another feed's thread met the same answer and registered already
+            helper = self._helper
+            try:
+                # What OpenCTIConnectorHelper.__init__ sends (pycti's public connector API).
+                helper.api.connector.register(helper.connector)
+            except Exception as exc:  # classified like any pycti failure
+                raise self._classify(exc, work_id) from exc
+            self._registrations += 1
+        if self._metrics is not None:
+            self._metrics.registered_again()
+        logger.warning(
+            "OpenCTI does not know connector %s (database restored, connector deleted in the UI, "
+            "or another platform at OPENCTI_URL): registered it again",
+            self.connector_id,
+            extra={"connector_id": self.connector_id, "reason": reason[:300]},
+        )
 
     def _push(self, helper: Any, text: str, work_id: str) -> None:
         if self._settings.queue_protocol == "api":
@@ -286,7 +365,7 @@ class PyctiImporter:
         }
 
     def _create_helper(self) -> Any:
-        with _pycti_construction():
+        with pycti_construction():
             try:
                 helper = OpenCTIConnectorHelper(self._pycti_config())
             except Exception as exc:  # noqa: BLE001 - pycti raises ValueError/requests errors/KeyError
@@ -308,7 +387,7 @@ class PyctiImporter:
         """
         s = self._settings
         try:
-            with _pycti_construction():
+            with pycti_construction():
                 api = OpenCTIApiClient(
                     s.opencti_url,
                     s.opencti_token.get_secret_value(),
@@ -369,34 +448,9 @@ class PyctiImporter:
         )
 
 
-@contextlib.contextmanager
-def _pycti_construction() -> Iterator[None]:
-    """Build a pycti object without losing the CLI's logging, excepthook and settings."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
-    saved_levels = {name: logging.getLogger(name).level for name in ("urllib3", "pika")}
-    saved_hook = sys.excepthook
-    try:
-        with _shadowed_env(_PYCTI_ENV_SHADOWED):
-            yield
-    finally:
-        # pycti's hook SIGTERMs the whole process on any uncaught exception (``killProgramHook``,
-        # set by ``OpenCTIConnectorHelper.__init__`` in pycti/connector/opencti_connector_helper.py):
-        # the uploader must survive a bad file or a dead thread, so the previous hook returns.
-        sys.excepthook = saved_hook
-        # pycti's logger() calls basicConfig(force=True) and would drop our redacting handler.
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        for name, level in saved_levels.items():
-            logging.getLogger(name).setLevel(level)
+class _ConnectorForgotten(Exception):  # noqa: N818 - a signal inside this module, never raised out
+    """The platform answered as it does for an unknown connector; ``failure`` classifies it."""
 
-
-@contextlib.contextmanager
-def _shadowed_env(names: tuple[str, ...]) -> Iterator[None]:
-    # os.environ is process-wide: this runs under the importer's lock and only for pycti's
-    # constructors; nothing else in the uploader reads these variables after start-up.
-    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
+    def __init__(self, failure: ImportFailure) -> None:
+        self.failure = failure
+        super().__init__(str(failure))

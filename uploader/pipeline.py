@@ -100,6 +100,7 @@ class Pipeline:
         *,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        on_result: Callable[[Result], None] | None = None,
     ) -> None:
         if lock.instance != options.instance:
             raise ValueError("the lock and the options name different instances")
@@ -109,6 +110,8 @@ class Pipeline:
         self.lock = lock
         self.clock = clock
         self.rand = rand
+        #: Told every result as it is applied (the metrics count them).
+        self.on_result = on_result
         self.events: queue.SimpleQueue[Path | Result] = queue.SimpleQueue()
         # Set when the run is stopping: workers retrying a move after an import give up.
         self._stopping = threading.Event()
@@ -155,11 +158,13 @@ class Pipeline:
         if watch:
             # Watch first, then scan: a file published in between is seen at least once.
             self.intake.watch(self.events.put)
+        # The absolute path: SPOOL_DIR's default is relative to the working directory.
         logger.info(
-            "uploader %s started (%s)",
+            "uploader %s started (%s), spool %s",
             self.options.instance,
             "watch" if watch else "once",
-            extra={"spool": str(self.spool.root), "reclaimed": reclaimed},
+            self.spool.root.absolute(),
+            extra={"spool": str(self.spool.root.absolute()), "reclaimed": reclaimed},
         )
         try:
             self.intake.start_scan()
@@ -244,6 +249,8 @@ class Pipeline:
 
     def _apply(self, result: Result) -> None:
         rescan = self.scheduler.apply(result)
+        if self.on_result is not None:
+            self.on_result(result)
         if rescan is not None:
             self.intake.scan_feed(rescan)
         if result.kind not in _WAITING:

@@ -83,6 +83,9 @@ class Scheduler:
     def has_pending(self) -> bool:
         return any(feed.pending for feed in self.feeds.values())
 
+    def pending_count(self) -> int:
+        return sum(len(feed.pending) for feed in self.feeds.values())
+
     def pending(self) -> list[str]:
         return sorted(str(rel) for feed in self.feeds.values() for rel in feed.pending)
 

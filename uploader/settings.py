@@ -19,7 +19,42 @@ class SpoolSettings(CommonSettings):
     the log level, no OpenCTI."""
 
 
-class UploaderSettings(SpoolSettings):
+class HealthSettings(SpoolSettings):
+    """What ``health`` needs: the spool, this uploader's instance and the health bounds."""
+
+    instance_id: str | None = setting(
+        None,
+        env="UPLOADER_INSTANCE_ID",
+        description="Name of this uploader's claim folder in processing/ (default: hostname); must be unique per uploader sharing a spool.",
+    )
+
+    health_max_silence: float = setting(
+        300.0,
+        env="UPLOADER_HEALTH_MAX_SILENCE",
+        description="ctx-uploader health fails when OpenCTI has not answered the running uploader for longer than this many seconds (when idle it asks the platform for its connector).",
+        gt=0,
+    )
+    health_max_pending_age: float = setting(
+        21600.0,
+        env="UPLOADER_HEALTH_MAX_PENDING_AGE",
+        description="ctx-uploader health fails when the oldest file waiting in incoming/ or processing/ is older than this many seconds.",
+        gt=0,
+    )
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not INSTANCE_ID_RE.match(value):
+            raise ValueError(
+                "must be one path component: letters, digits, '.', '_' or '-', not starting with '.'"
+            )
+        return value
+
+
+class UploaderSettings(HealthSettings):
     """Everything the uploader needs; nothing of the fetcher's."""
 
     opencti_url: str = setting(
@@ -124,23 +159,6 @@ class UploaderSettings(SpoolSettings):
         env="UPLOADER_STRICT_STIX",
         description="Parse every bundle with stix2 before import and fail files that do not validate.",
     )
-    instance_id: str | None = setting(
-        None,
-        env="UPLOADER_INSTANCE_ID",
-        description="Name of this uploader's claim folder in processing/ (default: hostname); must be unique per uploader sharing a spool.",
-    )
-
-    @field_validator("instance_id")
-    @classmethod
-    def _instance(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        if not INSTANCE_ID_RE.match(value):
-            raise ValueError(
-                "must be one path component: letters, digits, '.', '_' or '-', not starting with '.'"
-            )
-        return value
 
     @field_validator("opencti_url")
     @classmethod

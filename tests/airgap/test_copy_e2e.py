@@ -25,8 +25,15 @@ from shared.layout import Spool, walk_bundles
 from shared.signing import SigningKey
 from tests.airgap.conftest import KEY, add_signed
 from tests.standins.opencti import OpenCTIStandIn
-from tests.uploader.conftest import FEED_A, FEED_B, FEED_C, SpoolFiles, wait_until
-from tests.uploader.test_e2e import UPLOADER, Uploader
+from tests.uploader.conftest import (
+    FEED_A,
+    FEED_B,
+    FEED_C,
+    UPLOADER,
+    SpoolFiles,
+    Uploader,
+    wait_until,
+)
 
 pytest_plugins = ["tests.standins.fixtures"]
 

@@ -38,12 +38,15 @@ VERSIONS = {
     "7.261026.0": "7.x",
 }
 #: The uploader's end-to-end tests (api protocol through the real ctx-uploader process, amqp
-#: protocol against a private RabbitMQ) and the schema checks of the stand-in itself.
+#: protocol against a private RabbitMQ), a platform that forgot the connector, the health probe,
+#: and the schema checks of the stand-in itself.
 TESTS = [
     "tests/uploader/test_e2e.py",
     "tests/uploader/test_opencti_amqp.py",
     "tests/uploader/test_opencti_importer.py",
     "tests/uploader/test_platform_feedback.py",
+    "tests/uploader/test_forgotten_connector.py",
+    "tests/uploader/test_health.py",
     "tests/standins/test_opencti_schema.py",
 ]
 

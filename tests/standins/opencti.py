@@ -19,6 +19,7 @@ A body over ``max_body_bytes`` gets 413 (express body-parser).
 It records every registration, ping, work and push, and can be told to fail: :meth:`fail`
 (HTTP status, GraphQL error, delay, dropped connection; for one operation or all; N times),
 :meth:`go_down` / :meth:`come_up` (refuse connections, then serve again on the same port).
+:meth:`forget_connector` drops a registration, as a restored or replaced platform does.
 
 ``tls=`` (an ``ssl.SSLContext`` with the server's certificate) serves HTTPS instead of HTTP.
 
@@ -292,6 +293,20 @@ class OpenCTIStandIn:
             self.queue_bytes = size_bytes
             self.queue_messages = messages if messages is not None else (1 if size_bytes else 0)
 
+    def forget_connector(self, connector_id: str | None = None) -> list[str]:
+        """Forget ``connector_id`` (every connector when None) and its works, as a platform does
+        whose database was restored from before the registration, whose connector was deleted in
+        the UI, or that is a new platform behind the same URL. From then on the connector's pings,
+        works and pushes are refused as the platform refuses an unknown connector, until it
+        registers again. Returns the ids forgotten."""
+        with self.lock:
+            ids = list(self.connectors) if connector_id is None else [connector_id]
+            for cid in ids:
+                self.connectors.pop(cid, None)
+                for work_id in [w.id for w in self.works.values() if w.connector_id == cid]:
+                    del self.works[work_id]
+            return ids
+
     def refuse_object(self, object_id: str, message: str) -> None:
         """Make the "workers" fail the import of ``object_id``: each push holding it adds an
         error to its work, as a worker's ``reportExpectation(error:)`` does."""
@@ -414,8 +429,14 @@ class OpenCTIStandIn:
         connector_id = str(variables.get("id"))
         connector = self.connectors.get(connector_id)
         if connector is None:
+            # pingConnector in opencti-graphql src/domain/connector.js.
             return _data_error(
-                "pingConnector", "Invalid connector", "FUNCTIONAL_ERROR", id=connector_id
+                "pingConnector",
+                "No connector found with the specified ID",
+                "FUNCTIONAL_ERROR",
+                http_status=400,
+                genre="BUSINESS",
+                id=connector_id,
             )
         self.pings.append(dict(variables))
         connector["connector_state"] = variables.get("state")
@@ -433,7 +454,12 @@ class OpenCTIStandIn:
     def _work_add(self, variables: dict[str, Any], query: str) -> dict[str, Any]:
         connector_id = str(variables.get("connectorId"))
         if connector_id not in self.connectors:
-            return _data_error("workAdd", "Invalid connector", "FUNCTIONAL_ERROR")
+            # The workAdd resolver (opencti-graphql src/resolvers/connector.js) reads
+            # ``connector(...).id`` without checking: an unknown connector is a TypeError, which
+            # Apollo Server answers as an INTERNAL_SERVER_ERROR carrying the TypeError's text.
+            return _data_error(
+                "workAdd", "Cannot read properties of null (reading 'id')", "INTERNAL_SERVER_ERROR"
+            )
         work = Work(
             id=f"work_{connector_id}_{uuid.uuid4()}",
             connector_id=connector_id,

@@ -1,8 +1,12 @@
-"""Fixtures of the uploader tests: a spool in tmp_path, bundle files, a fake importer."""
+"""Fixtures of the uploader tests: a spool in tmp_path, bundle files, a fake importer, and
+``ctx-uploader`` run as a real process (``uploader_env``, ``launch``)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -13,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 
 from fetcher.bundle import canonical_json, make_bundle
 from shared.durable import publish_bytes, sha256_bytes
 from shared.layout import Spool, SpoolName, relative_path
+from tests.standins.opencti import OpenCTIStandIn
 from uploader.chunking import Bundle
 from uploader.claim import InstanceLock
+from uploader.cli import main
 from uploader.errors import PermanentImportError, TransientImportError
 from uploader.importer import ImportReceipt
 from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
@@ -240,3 +247,118 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float
             return True
         time.sleep(step)
     return predicate()
+
+
+# ``ctx-uploader`` as a real process against the OpenCTI stand-in (``opencti_standin`` comes from
+# tests.standins.fixtures, which the tests using these load).
+UPLOADER = Path(sys.executable).with_name("ctx-uploader")
+
+
+@pytest.fixture
+def uploader_env(spool: Spool, opencti_standin: OpenCTIStandIn) -> dict[str, str]:
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENCTI_", "CONNECTOR_", "MQ_", "UPLOADER_", "SPOOL_"))
+    }
+    return {
+        **base,
+        "SPOOL_DIR": str(spool.root),
+        "OPENCTI_URL": opencti_standin.url,
+        "OPENCTI_TOKEN": opencti_standin.token,
+        "CONNECTOR_ID": str(uuid.uuid4()),
+        "CONNECTOR_LOG_LEVEL": "info",
+        "UPLOADER_INSTANCE_ID": "e2e",
+        "UPLOADER_RETRY_INITIAL": "0.2",
+        "UPLOADER_RETRY_MAX": "1",
+        "UPLOADER_CONCURRENCY": "3",
+    }
+
+
+class Uploader:
+    """A running ``ctx-uploader`` whose stderr is read line by line in the background."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            [str(UPLOADER), *args],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self.cond:
+                self.lines.append(line)
+                self.cond.notify_all()
+
+    def wait_for_line(self, needle: str, timeout: float = 30) -> bool:
+        with self.cond:
+            return self.cond.wait_for(
+                lambda: any(needle in line for line in self.lines), timeout=timeout
+            )
+
+    def finish(self, timeout: float = 120) -> tuple[int, str]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        self._reader.join(10)
+        return self.proc.returncode, out
+
+    @property
+    def stderr(self) -> str:
+        with self.cond:
+            return "".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Any]:
+    started: list[Uploader] = []
+
+    def start(args: list[str], env: dict[str, str]) -> Uploader:
+        uploader = Uploader(args, env, tmp_path)
+        started.append(uploader)
+        return uploader
+
+    yield start
+    for uploader in started:
+        uploader.kill()
+        for stream in (uploader.proc.stdout, uploader.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+# ``ctx-uploader`` through click's CliRunner: ``env`` is a clean environment for it.
+@pytest.fixture
+def env(spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    # No ./config.yml of a developer's checkout may leak in.
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith(("OPENCTI_", "CONNECTOR_", "UPLOADER_", "SPOOL_")):
+            monkeypatch.delenv(name)
+    return {
+        "SPOOL_DIR": str(spool.root),
+        "OPENCTI_URL": "http://127.0.0.1:9",
+        "OPENCTI_TOKEN": "token-for-tests-1234",
+        "CONNECTOR_ID": "0b7f1c6e-3c55-4a43-9d5f-6f5a1b6a8d11",
+        "UPLOADER_INSTANCE_ID": "cli",
+        "UPLOADER_RETRY_INITIAL": "0.05",
+        "UPLOADER_RETRY_MAX": "0.1",
+        "UPLOADER_SETTLE_SECONDS": "0.2",
+    }
+
+
+def invoke(args: list[str], env: dict[str, str], importer: Any = None, **obj: Any) -> Result:
+    if importer is not None:
+        obj["importer_factory"] = lambda settings: importer
+    return CliRunner().invoke(main, args, env=env, obj=obj, catch_exceptions=False)

@@ -11,7 +11,6 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -23,6 +22,7 @@ from tests.uploader.conftest import (
     FEED_B,
     FakeImporter,
     SpoolFiles,
+    invoke,
     permanent,
     transient_then_ok,
     wait_until,
@@ -30,31 +30,6 @@ from tests.uploader.conftest import (
 from uploader.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def env(spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    # No ./config.yml of a developer's checkout may leak in.
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith(("OPENCTI_", "CONNECTOR_", "UPLOADER_", "SPOOL_")):
-            monkeypatch.delenv(name)
-    return {
-        "SPOOL_DIR": str(spool.root),
-        "OPENCTI_URL": "http://127.0.0.1:9",
-        "OPENCTI_TOKEN": "token-for-tests-1234",
-        "CONNECTOR_ID": "0b7f1c6e-3c55-4a43-9d5f-6f5a1b6a8d11",
-        "UPLOADER_INSTANCE_ID": "cli",
-        "UPLOADER_RETRY_INITIAL": "0.05",
-        "UPLOADER_RETRY_MAX": "0.1",
-        "UPLOADER_SETTLE_SECONDS": "0.2",
-    }
-
-
-def invoke(args: list[str], env: dict[str, str], importer: Any = None, **obj: Any) -> Result:
-    if importer is not None:
-        obj["importer_factory"] = lambda settings: importer
-    return CliRunner().invoke(main, args, env=env, obj=obj, catch_exceptions=False)
 
 
 def bundles(root: Path) -> list[str]:
@@ -114,7 +89,7 @@ def test_once_gives_up_after_max_wait_leaving_files_pending(
 
     assert result.exit_code == 3
     assert time.monotonic() - started < 10
-    assert f"pending: incoming/{files.rel(path)}" in result.output
+    assert f"pending per feed: {FEED_A} 1; oldest incoming/{files.rel(path)}" in result.stdout
     assert bundles(spool.incoming) == [files.rel(path)]
     assert bundles(spool.failed) == [] and bundles(spool.processing) == []
 

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +13,12 @@ import pytest
 
 from shared.layout import Spool, walk_bundles
 from tests.standins.opencti import OpenCTIStandIn
-from tests.uploader.conftest import FEED_A, FEED_B, FEED_C, SpoolFiles, wait_until
+from tests.uploader.conftest import FEED_A, FEED_B, FEED_C, UPLOADER, SpoolFiles, wait_until
 
 # The stand-in's fixtures (opencti_standin), loaded the way the other OpenCTI tests load them.
 pytest_plugins = ["tests.standins.fixtures"]
 
 REPO = Path(__file__).resolve().parents[2]
-UPLOADER = Path(sys.executable).with_name("ctx-uploader")
 pytestmark = pytest.mark.skipif(not UPLOADER.exists(), reason="ctx-uploader is not installed")
 
 
@@ -36,90 +31,6 @@ def spool_object_ids(root: Path) -> set[str]:
     for entry in walk_bundles(root):
         ids |= {obj["id"] for obj in json.loads(entry.path.read_bytes())["objects"]}
     return ids
-
-
-@pytest.fixture
-def uploader_env(spool: Spool, opencti_standin: OpenCTIStandIn) -> dict[str, str]:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OPENCTI_", "CONNECTOR_", "MQ_", "UPLOADER_", "SPOOL_"))
-    }
-    return {
-        **base,
-        "SPOOL_DIR": str(spool.root),
-        "OPENCTI_URL": opencti_standin.url,
-        "OPENCTI_TOKEN": opencti_standin.token,
-        "CONNECTOR_ID": str(uuid.uuid4()),
-        "CONNECTOR_LOG_LEVEL": "info",
-        "UPLOADER_INSTANCE_ID": "e2e",
-        "UPLOADER_RETRY_INITIAL": "0.2",
-        "UPLOADER_RETRY_MAX": "1",
-        "UPLOADER_CONCURRENCY": "3",
-    }
-
-
-class Uploader:
-    """A running ``ctx-uploader`` whose stderr is read line by line in the background."""
-
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            [str(UPLOADER), *args],
-            env=env,
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self.cond:
-                self.lines.append(line)
-                self.cond.notify_all()
-
-    def wait_for_line(self, needle: str, timeout: float = 30) -> bool:
-        with self.cond:
-            return self.cond.wait_for(
-                lambda: any(needle in line for line in self.lines), timeout=timeout
-            )
-
-    def finish(self, timeout: float = 120) -> tuple[int, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
-        self._reader.join(10)
-        return self.proc.returncode, out
-
-    @property
-    def stderr(self) -> str:
-        with self.cond:
-            return "".join(self.lines)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Any]:
-    started: list[Uploader] = []
-
-    def start(args: list[str], env: dict[str, str]) -> Uploader:
-        uploader = Uploader(args, env, tmp_path)
-        started.append(uploader)
-        return uploader
-
-    yield start
-    for uploader in started:
-        uploader.kill()
-        for stream in (uploader.proc.stdout, uploader.proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def fill(files: SpoolFiles, per_feed: int = 3) -> list[Path]:
