@@ -27,7 +27,7 @@ test: install
 compat:
 	$(PYTHON) -m tests.compat.run
 
-# The full crash/outage/hostile-input suite (issue 5); `make test` runs a shorter version of it.
+# The full crash/outage/hostile-input suite; `make test` runs a shorter version of it.
 reliability: install
 	CTX_RELIABILITY_FULL=1 $(PY) -m pytest -q tests/reliability
 

@@ -49,7 +49,7 @@ def bundle_json(objects: Iterable[dict[str, Any]]) -> bytes:
 
     The same bytes (sorted keys, same order, same deterministic id), built from each object's
     canonical bytes instead of serialising the whole bundle again: for a 40 MB report bundle that is
-    two fewer copies of it in memory at once (issue 6).
+    two fewer copies of it in memory at once.
     """
     return b"".join(BundleBuilder.of(objects).chunks())
 
@@ -58,7 +58,7 @@ class BundleBuilder:
     """:func:`bundle_json` fed one object at a time; only each object's canonical bytes are kept.
 
     A report bundle of 40 MB then never exists as dicts all at once: each page of the CTX answer
-    is reduced to bytes as it arrives (issue 6, big bundle). ``object_shas`` maps every id to the
+    is reduced to bytes as it arrives (big bundle). ``object_shas`` maps every id to the
     SHA-256 of its canonical bytes (the last object of an id wins): what the fetcher's ledger keeps.
     """
 

@@ -1,4 +1,4 @@
-"""The sending side of an air-gap transfer: which files to carry, and a manifest for them (issue 7).
+"""The sending side of an air-gap transfer: which files to carry, and a manifest for them.
 
 Pure spool operations, no network. A transfer set is every bundle file in ``incoming/`` that
 ``ctx-fetcher transfer --mark`` has not recorded yet (or all of them), named by its path relative to

@@ -116,7 +116,7 @@ def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
 
     ``sync_dir=False`` leaves the directory's fsync to the caller, who must fsync that directory
     after a later operation in it (the uploader's receipt and the bundle moved beside it: one
-    directory fsync makes both durable, issue 6). The file's own bytes are always fsynced before the
+    directory fsync makes both durable). The file's own bytes are always fsynced before the
     rename, so the name never points at a partial file after a crash.
     """
     tmp = stage_bytes(path, data)
@@ -133,7 +133,7 @@ def stage_bytes(path: Path, data: bytes | Sequence[bytes]) -> Path:
     """Write ``data`` durably to a hidden temp file beside ``path``; return the temp file.
 
     The first half of :func:`write_atomic`, for writers that stage files in parallel and publish
-    them in order with :func:`publish_staged` (the fetcher: issue 6). Raises :class:`SpoolError`,
+    them in order with :func:`publish_staged` (the fetcher). Raises :class:`SpoolError`,
     leaving no temp file behind. A temp file a crash leaves is removed by
     :func:`remove_stale_temps`.
     """

@@ -182,7 +182,7 @@ def walk_bundles(root: Path) -> Iterator[SpoolEntry]:
     directories are never entered. Order is by path, so within a feed by modified time.
 
     A folder below ``root`` that cannot be listed (permissions, I/O error) is logged and skipped:
-    one bad folder must not hide every file walked after it (issue 5). ``root`` itself raises.
+    one bad folder must not hide every file walked after it. ``root`` itself raises.
     """
     for path, rel, is_symlink in walk_bundle_paths(root):
         yield SpoolEntry(Path(path), PurePosixPath(rel), is_symlink)
@@ -192,7 +192,7 @@ def walk_bundle_paths(root: Path) -> Iterator[tuple[str, str, bool]]:
     """:func:`walk_bundles` as plain strings: ``(path, relative posix path, is_symlink)``.
 
     For walks over a whole spool (100,000 files): building two path objects per file was most of
-    the time of ``ctx-uploader status`` and of the uploader's start-up scan (issue 6).
+    the time of ``ctx-uploader status`` and of the uploader's start-up scan.
     """
     top = os.fspath(root)
     stack: list[tuple[str, str]] = [(top, "")]

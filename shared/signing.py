@@ -1,4 +1,4 @@
-"""Signing spool files with a key shared by the fetcher and the uploader (issue 7).
+"""Signing spool files with a key shared by the fetcher and the uploader.
 
 A signed bundle carries its proof in its name, ``<modified>_<subject>_<sha256>_<hmac>.json``, so
 the proof travels with the file through any copy tool and publishing stays one atomic rename.

@@ -82,7 +82,7 @@ def read_spool_file(path: Path, rel: PurePosixPath) -> SpoolFile:
         if not stat.S_ISREG(st.st_mode):
             raise BundleRejected("unreadable", "not a regular file", path)
         # Plain reads of the size fstat gave (one allocation, no buffered file object around the
-        # descriptor: fewer syscalls per file, issue 6); a file still growing is read to its end.
+        # descriptor: fewer syscalls per file); a file still growing is read to its end.
         # A short read of a regular file is its end: no second read (and no 1 MiB buffer) for it.
         chunks = []
         want = st.st_size + 1
@@ -133,7 +133,7 @@ def check_bundle(data: bytes) -> dict[str, Any]:
         raise BundleRejected("not-json", f"not JSON: {exc.msg} at line {exc.lineno}") from None
     except RecursionError:
         # Deeply nested arrays/objects exhaust the parser's stack: the content is at fault, and
-        # left to the retry loop the file would never leave incoming/ (issue 5).
+        # left to the retry loop the file would never leave incoming/.
         raise BundleRejected("not-json", "JSON nested too deeply to parse") from None
     if not isinstance(bundle, dict) or bundle.get("type") != "bundle":
         raise BundleRejected("not-a-bundle", "top level is not an object with type 'bundle'")
@@ -166,7 +166,7 @@ _DECODER = json.JSONDecoder()
 
 
 def scan_bundle(data: bytes, *, streaming_from: int = SCAN_STREAMING_BYTES) -> BundleScan:
-    """:func:`check_bundle`'s checks, without holding the parsed bundle (issue 6, big bundle).
+    """:func:`check_bundle`'s checks, without holding the parsed bundle (big bundle).
 
     Refuses exactly what :func:`check_bundle` refuses, with the same kinds and messages: a file
     smaller than ``streaming_from`` is simply parsed; a bigger one is decoded and parsed a slice

@@ -115,7 +115,7 @@ def claim(spool: Spool, instance: str, rel: PurePosixPath) -> Path:
             os.rename(src, dst)
         except FileNotFoundError:
             # The claim folders are made on first use (one failed rename per new folder, not a
-            # mkdir per file: issue 6). A missing source raises again below.
+            # mkdir per file). A missing source raises again below.
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.rename(src, dst)
     except FileNotFoundError:
@@ -214,7 +214,7 @@ def _prune_empty_dirs(directory: Path) -> None:
 def _claim_folders(spool: Spool) -> list[str]:
     """Names of the instance folders in ``processing/`` (real folders only, never symlinks)."""
     try:
-        # One listing, no stat per folder (asked for every file: issue 6).
+        # One listing, no stat per folder (asked for every file).
         with os.scandir(spool.processing) as it:
             return sorted(
                 entry.name

@@ -60,7 +60,7 @@ def sidecar_bytes(document: dict[str, Any]) -> bytes:
     """``json.dumps(document, indent=2, sort_keys=True)`` plus a newline, for flat documents fast.
 
     ``indent`` makes json use its pure-Python encoder, a tenth of a millisecond per file on the
-    upload path (issue 6); sidecars hold only scalars, whose indented form is the compact one.
+    upload path; sidecars hold only scalars, whose indented form is the compact one.
     """
     if not document or any(isinstance(value, dict | list) for value in document.values()):
         return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
@@ -111,7 +111,7 @@ def _place(claimed: Path, dst: Path, sidecar: Path, document: dict[str, Any]) ->
         claimed.unlink()
         fsync_dir(claimed.parent)
         return
-    # Two fsyncs per file instead of four (issue 6): the sidecar's bytes are fsynced before its
+    # Two fsyncs per file instead of four: the sidecar's bytes are fsynced before its
     # rename, and the one fsync of the folder after the bundle's link makes the sidecar's rename
     # and the link durable together. Journaled filesystems commit a folder's entries in the order
     # they were made, so the bundle never survives a crash without its sidecar. The claim folder
@@ -152,7 +152,7 @@ def mark_done(
     # the file failed: it is stale now.
     failed = spool.path_in(FAILED, rel)
     reason = sidecar_path(failed, REASON_SUFFIX)
-    # The reason is looked for first: it is almost never there (one syscall per file, issue 6).
+    # The reason is looked for first: it is almost never there (one syscall per file).
     if _exists(reason) and not _exists(failed):
         with contextlib.suppress(FileNotFoundError):
             reason.unlink()

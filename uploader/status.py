@@ -103,7 +103,7 @@ def status(spool: Spool, now: float | None = None) -> Status:
     """Walk every state of the spool (symlinks counted, never followed).
 
     Streams plain strings (:func:`walk_bundle_paths`) and keeps only the tallies, so memory does
-    not grow with the number of files and 100,000 files take about a second (issue 6).
+    not grow with the number of files and 100,000 files take about a second.
     """
     now = time.time() if now is None else now
     result = Status(states={state: Tally() for state in STATES})

@@ -23,7 +23,7 @@ def test_bundle_is_deterministic() -> None:
 
 
 def test_bundle_json_is_canonical_json_of_make_bundle() -> None:
-    # The fetcher writes bundle_json(objects) (issue 6, memory): it must stay byte-identical to
+    # The fetcher writes bundle_json(objects) (memory): it must stay byte-identical to
     # the canonical serialisation of make_bundle, or unchanged reports would look new.
     objects = [
         {"type": "indicator", "id": "indicator--b", "modified": "2024-01-02T00:00:00Z", "n": "é✓"},

@@ -1,4 +1,4 @@
-"""Shared machinery of the reliability suite (issue 5): real CLI processes, spool checks, results.
+"""Shared machinery of the reliability suite: real CLI processes, spool checks, results.
 
 Every scenario runs ``ctx-fetcher`` / ``ctx-uploader`` as separate processes against the stand-ins
 (which run in threads of the test process), records one row of figures with :func:`record`, and

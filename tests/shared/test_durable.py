@@ -76,7 +76,7 @@ def test_remove_stale_temps_touches_only_old_own_temp_names(tmp_path: Path) -> N
 
 
 def test_staged_bytes_are_published_in_place_once(tmp_path: Path) -> None:
-    # The fetcher stages report files in its pool threads and publishes them in order (issue 6).
+    # The fetcher stages report files in its pool threads and publishes them in order.
     target = tmp_path / "incoming" / FEED / "2024" / "05" / "01" / "f.json"
     pieces = [b'{"objects":[', b"1", b",", b"2" * (3 << 20), b"]}"]
     staged = durable.stage_bytes(target, pieces)

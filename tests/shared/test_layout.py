@@ -116,7 +116,7 @@ def test_walk_skips_hidden_and_reports_symlinks(tmp_path: Path) -> None:
 def test_walk_skips_an_unlistable_folder_and_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 5: a folder the uploader may not list (mode 000) aborted the whole walk, so every
+    # A folder the uploader may not list (mode 000) aborted the whole walk, so every
     # file after it stayed unseen. Tests run as root, so the refusal is simulated.
     root = tmp_path / "incoming"
     for feed in ("a", "b", "c"):

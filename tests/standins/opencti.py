@@ -726,7 +726,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes; with Nagle on, the body waited for the client's
     # delayed ACK of the headers: 40 ms added to every request on a kept-alive connection (found
-    # by make bench, issue 6). The platform's node server sets TCP_NODELAY too.
+    # by make bench). The platform's node server sets TCP_NODELAY too.
     disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:

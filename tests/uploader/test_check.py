@@ -1,4 +1,4 @@
-"""uploader.check.scan_bundle: check_bundle's verdicts, one object at a time (issue 6)."""
+"""uploader.check.scan_bundle: check_bundle's verdicts, one object at a time."""
 
 from __future__ import annotations
 

@@ -759,7 +759,7 @@ def test_a_cli_process_exits_normally_without_close(
 def test_concurrent_imports_keep_each_push_in_its_own_work(
     pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
 ) -> None:
-    # Imports are not serialised (issue 6): slow pushes make the threads' calls interleave, and
+    # Imports are not serialised: slow pushes make the threads' calls interleave, and
     # every work must still get exactly its own bundle and be marked processed.
     opencti_standin.slow(0.05, "StixBundlePush", times=12)
     bundles = [_report_bundle(3)[0] for _ in range(12)]

@@ -379,7 +379,7 @@ def test_hidden_temp_and_non_json_files_are_ignored(spool: Spool, files: SpoolFi
 def test_deeply_nested_json_fails_instead_of_retrying_forever(
     spool: Spool, files: SpoolFiles
 ) -> None:
-    # Issue 5: json.loads raised RecursionError, which the pipeline took for an unexpected error
+    # json.loads raised RecursionError, which the pipeline took for an unexpected error
     # and retried forever; the file never left incoming/.
     depth = 100_000
     data = b'{"type":"bundle","objects":[' + b"[" * depth + b"]" * depth + b"]}"
@@ -392,7 +392,7 @@ def test_deeply_nested_json_fails_instead_of_retrying_forever(
 
 
 def test_name_too_long_for_a_reason_file_is_left_not_retried_forever(spool: Spool) -> None:
-    # Issue 5: a 250-character name cannot get its ``.reason`` sidecar (NAME_MAX is 255); the
+    # A 250-character name cannot get its ``.reason`` sidecar (NAME_MAX is 255); the
     # refusal raised SpoolError and the file was retried forever.
     path = spool.incoming / FEED_A / "2024" / "05" / "01" / ("a" * 250 + ".json")
     path.parent.mkdir(parents=True)
@@ -780,7 +780,7 @@ def test_backoff_grows_from_initial_to_max_with_jitter() -> None:
 def test_a_feeds_next_import_starts_while_the_previous_file_is_being_recorded(
     spool: Spool, files: SpoolFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Issue 6: the move to done/ (two fsyncs) no longer holds the feed back. The first file's
+    # The move to done/ (two fsyncs) no longer holds the feed back. The first file's
     # move waits until the second file's import has started: without the early release this
     # would never happen and the move would give up waiting.
     first, second = (files.add(FEED_A, minutes=m) for m in (1, 2))
@@ -861,6 +861,6 @@ def test_a_move_still_failing_at_stop_puts_the_file_back_for_the_next_run(
     ],
 )
 def test_sidecars_are_the_indented_json_they_always_were(document: dict[str, object]) -> None:
-    # Written without json's slow indenting encoder (issue 6), byte for byte the same.
+    # Written without json's slow indenting encoder, byte for byte the same.
     expected = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
     assert sidecar_bytes(document) == expected
