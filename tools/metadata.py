@@ -82,6 +82,21 @@ def _oldest_pycti() -> str:
     return match.group(1)
 
 
+#: The limits a property of JSON type ``number`` carries.
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _floats_for_numbers(prop: dict[str, Any]) -> None:
+    """Write the limits of a ``number`` property as floats: pydantic before 2.11 writes ``gt=0`` on a
+    float field as ``0``, later versions as ``0.0``, and the committed files must not depend on which
+    pydantic the installed pycti pulled in."""
+    if prop.get("type") != "number":
+        return
+    for key in _BOUNDS:
+        if isinstance(prop.get(key), int) and not isinstance(prop[key], bool):
+            prop[key] = float(prop[key])
+
+
 def config_schema(slug: str) -> dict[str, Any]:
     """The environment-variable JSON schema of both halves (see the module docstring)."""
     properties: dict[str, Any] = {}
@@ -93,6 +108,7 @@ def config_schema(slug: str) -> dict[str, Any]:
             prop.pop("title", None)
             if prop.get("default", 0) is None:
                 del prop["default"]  # unset means unset, not a null value
+            _floats_for_numbers(prop)
             if name in properties and properties[name] != prop:
                 raise ValueError(f"{name} is described differently by {model.__name__}")
             properties.setdefault(name, prop)
