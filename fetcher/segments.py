@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -45,7 +46,8 @@ MIN_PAGES_TO_SPLIT = 4
 CLOCK_MARGIN = timedelta(minutes=5)
 _WAIT = 0.1
 #: Pages applied in one commit at most.
-GROUP = 16
+GROUP = 32
+GATHER = 0.1
 
 
 @dataclass(eq=False)
@@ -227,6 +229,7 @@ class ListingReader(Generic[P]):
         while not finished and ended is None:
             group: list[Item[P]] = []
             item = self._queue.get()
+            deadline = time.monotonic() + GATHER
             while True:
                 if item is None:
                     finished = True
@@ -238,7 +241,7 @@ class ListingReader(Generic[P]):
                 if len(group) >= GROUP:
                     break
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
             if group:
