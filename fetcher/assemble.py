@@ -43,9 +43,6 @@ logger = logging.getLogger(__name__)
 OBJECTS_PER_FILE = 1000
 #: Reports whose files are built ahead of the one being published (each holds its bytes).
 REPORTS_AHEAD = 32
-#: Batches recorded in one commit of the ledger. A commit writes every database page its rows
-#: touch, and the objects of a batch are spread over the whole mirror.
-BATCHES_PER_COMMIT = 8
 
 
 @dataclass
@@ -176,25 +173,19 @@ class Assembler:
     def _write_all(self, pool: ThreadPoolExecutor, batches: Iterator[list[_Group]]) -> None:
         """Build and publish a batch in the pool while the next one is read from the mirror.
 
-        The ledger records the files in order after they are published, :data:`BATCHES_PER_COMMIT`
-        batches to a commit. The reads of a batch do not need the records of the ones before
-        it (each starts after the last one's ids), and the pending objects of the next phase are
-        read after the last commit.
+        The ledger records each batch's files in order, in one commit, after they are published.
         """
         ahead: list[Future[_Built]] = []
         try:
             batch = next(batches, None)
             while batch is not None:
+                futures = [pool.submit(self._build, group) for group in batch]
+                ahead = futures
+                batch = next(batches, None)
                 with self.ledger.batch():
-                    for _ in range(BATCHES_PER_COMMIT):
-                        if batch is None:
-                            break
-                        futures = [pool.submit(self._build, group) for group in batch]
-                        ahead = futures
-                        batch = next(batches, None)
-                        for future in futures:
-                            self._record(future.result())
-                        ahead = []
+                    for future in futures:
+                        self._record(future.result())
+                ahead = []
         finally:
             # Files already published but not recorded are found in place by the next pass.
             for future in ahead:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -46,8 +45,7 @@ MIN_PAGES_TO_SPLIT = 4
 CLOCK_MARGIN = timedelta(minutes=5)
 _WAIT = 0.1
 #: Pages applied in one commit at most.
-GROUP = 32
-GATHER = 0.1
+GROUP = 16
 
 
 @dataclass(eq=False)
@@ -229,7 +227,6 @@ class ListingReader(Generic[P]):
         while not finished and ended is None:
             group: list[Item[P]] = []
             item = self._queue.get()
-            deadline = time.monotonic() + GATHER
             while True:
                 if item is None:
                     finished = True
@@ -241,7 +238,7 @@ class ListingReader(Generic[P]):
                 if len(group) >= GROUP:
                     break
                 try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
             if group:

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 # A temp file this old belongs to a write that died: publishing one file takes milliseconds.
 STALE_TEMP_SECONDS = 15 * 60
 #: Pages read ahead of the one being applied (100 objects each at most: a few MB).
-READ_AHEAD_PAGES = 32
+READ_AHEAD_PAGES = 16
 
 
 @dataclass

@@ -40,7 +40,7 @@ outside Python's heap.
   The half-end requests (a full page asked only for its `next`, where one half of a page was cut)
   cost about an eighth of the CPU; they are what keeps the walk complete (README, CTX API
   compatibility).
-- **Fetch memory.** The mirror is on disk; memory holds 32 pages read ahead, 32 report files in
+- **Fetch memory.** The mirror is on disk; memory holds 16 pages read ahead, 32 report files in
   flight and at most 1,000 objects per feed-level file. Sets of ids reach SQLite as one JSON
   parameter: with `IN (?, ?, …)` every count of ids was a prepared statement of its own, and the
   sqlite3 module's cache of 128 of them grew the heap with the feed (500 vs 2,000 reports: +13% peak
