@@ -16,7 +16,6 @@ with the feed (a feed of 40,000 records is tens of MB here, and nothing of it in
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import zlib
@@ -44,41 +43,13 @@ CREATE INDEX IF NOT EXISTS mirror_target ON mirror (feed_id, target_ref)
     WHERE target_ref IS NOT NULL;
 """
 
-# Each statement runs as few steps as it can. The sqlite3 module lets go of the GIL for every
-# step (every row of ``executemany`` or of a result, CPython ``Modules/_sqlite/cursor.c``) and
-# must win it back each time; while the listing's threads decode pages, each win can wait for a
-# switch interval (``sys.getswitchinterval``, 5 ms). So rows are written many to one statement,
-# and sets of rows are read as one aggregate row where the values allow it.
-
-#: Rows per upsert statement, largest first: at most this many statements, each prepared once.
-_UPSERT_SIZES = (64, 16, 4, 1)
-_UPSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)"
-
-
-@functools.cache
-def _upsert(rows: int) -> str:
-    values = ", ".join([_UPSERT_ROW] * rows)  # placeholders only
-    return (
-        "INSERT INTO mirror (feed_id, object_id, type, version, sha256, stamp, body, written, "  # noqa: S608
-        f"source_ref, target_ref) VALUES {values} "
-        "ON CONFLICT (feed_id, object_id) DO UPDATE SET type = excluded.type, "
-        "version = excluded.version, sha256 = excluded.sha256, stamp = excluded.stamp, "
-        "body = excluded.body, source_ref = excluded.source_ref, target_ref = excluded.target_ref"
-    )
-
-
-def _upserts(rows: list[tuple[object, ...]]) -> list[Statement]:
-    """Statements that upsert ``rows``, :data:`_UPSERT_SIZES` rows to a statement."""
-    statements: list[Statement] = []
-    start = 0
-    for size in _UPSERT_SIZES:
-        while len(rows) - start >= size:
-            chunk = rows[start : start + size]
-            statements.append((_upsert(size), tuple(value for row in chunk for value in row)))
-            start += size
-    return statements
-
-
+_UPSERT = (
+    "INSERT INTO mirror (feed_id, object_id, type, version, sha256, stamp, body, written, "
+    "source_ref, target_ref) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?) "
+    "ON CONFLICT (feed_id, object_id) DO UPDATE SET type = excluded.type, "
+    "version = excluded.version, sha256 = excluded.sha256, stamp = excluded.stamp, "
+    "body = excluded.body, source_ref = excluded.source_ref, target_ref = excluded.target_ref"
+)
 # Sets of ids are passed as one JSON array, ``IN (SELECT value FROM json_each(?))`` (SQLite's
 # json_each, built in since 3.38): one prepared statement whatever the number of ids. With
 # ``IN (?, ?, …)`` every count of ids is a statement of its own, and the sqlite3 module caches
@@ -111,29 +82,6 @@ class Applied:
     rejected: int = 0
 
 
-@dataclass(frozen=True)
-class Record:
-    """One object of a page, ready for the mirror: its version key, digest and stored row."""
-
-    object_id: str
-    key: str  # version_key|sha256: the greater one is the newer version
-    type: str
-    sha256: str
-    stamp: str
-    body: bytes  # canonical JSON, zlib-compressed
-    source_ref: str | None
-    target_ref: str | None
-
-
-@dataclass
-class Prepared:
-    """A page's records with only the newest of each id, and what was left out of it."""
-
-    records: dict[str, Record]
-    artefacts: int = 0
-    rejected: int = 0
-
-
 def _clean(obj: JSONDict) -> JSONDict:
     # The server never serves ``_`` keys (KEEP(doc, KEYS(doc, TRUE))); a proxy or another version
     # of it might, and they are storage bookkeeping, not STIX.
@@ -141,47 +89,6 @@ def _clean(obj: JSONDict) -> JSONDict:
     if "\0_" in "\0" + "\0".join(obj):
         return {key: value for key, value in obj.items() if not key.startswith("_")}
     return obj
-
-
-def prepare(feed_id: str, objects: Iterable[JSONDict], seen_at: str | None) -> Prepared:
-    """Check, clean, serialise and digest one page's records, without the database.
-
-    Safe in any thread: the listing's workers call it on the page they fetched, so the consumer
-    that writes the mirror (one thread, one connection) only compares and stores.
-    """
-    result = Prepared({})
-    for raw in objects:
-        try:
-            check_object(raw, path=f"/v1/feeds/{feed_id}/objects/", feed_id=feed_id)
-        except MalformedResponseError as exc:
-            # One bad record must not stop the feed: it is left out, said once, and the
-            # listing goes on past it.
-            result.rejected += 1
-            logger.error("record left out: %s", exc, extra={"feed_id": feed_id})
-            continue
-        obj = _clean(raw)
-        if is_storage_artefact(obj):
-            result.artefacts += 1
-            continue
-        data = canonical_json(obj)
-        sha = sha256_bytes(data)
-        key = f"{version_key(obj, seen_at)}|{sha}"
-        object_id = str(obj["id"])
-        held = result.records.get(object_id)
-        if held is not None and key <= held.key:
-            continue
-        source, target = obj.get("source_ref"), obj.get("target_ref")
-        result.records[object_id] = Record(
-            object_id,
-            key,
-            str(obj.get("type")),
-            sha,
-            object_time(obj) or (seen_at or ""),
-            zlib.compress(data, 1),
-            source if isinstance(source, str) else None,
-            target if isinstance(target, str) else None,
-        )
-    return result
 
 
 class Mirror:
@@ -198,58 +105,69 @@ class Mirror:
     def apply_pages(
         self, feed_id: str, pages: Iterable[tuple[Iterable[JSONDict], str | None]]
     ) -> Applied:
-        """:meth:`apply` for several pages at once (:meth:`apply_prepared` of each prepared)."""
-        return self.apply_prepared(feed_id, [prepare(feed_id, objs, seen) for objs, seen in pages])
-
-    def apply_prepared(self, feed_id: str, pages: Iterable[Prepared]) -> Applied:
-        """Keep each record newer than the one kept, the pages compared with each other first.
+        """:meth:`apply` for several pages at once, compared with each other before the mirror.
 
         Writes of an open batch are not visible to its reads, so the pages of one commit must
         be decided together or an older version could follow a newer one of the same commit.
         """
         result = Applied()
-        candidates: dict[str, Record] = {}
-        for page in pages:
-            result.artefacts += page.artefacts
-            result.rejected += page.rejected
-            for object_id, record in page.records.items():
-                held = candidates.get(object_id)
-                if held is None or record.key > held.key:
-                    candidates[object_id] = record
+        candidates: dict[str, tuple[str, str, JSONDict, bytes, str | None]] = {}
+        for raw, seen_at in ((o, seen) for objs, seen in pages for o in objs):
+            try:
+                check_object(raw, path=f"/v1/feeds/{feed_id}/objects/", feed_id=feed_id)
+            except MalformedResponseError as exc:
+                # One bad record must not stop the feed: it is left out, said once, and the
+                # listing goes on past it.
+                result.rejected += 1
+                logger.error("record left out: %s", exc, extra={"feed_id": feed_id})
+                continue
+            obj = _clean(raw)
+            if is_storage_artefact(obj):
+                result.artefacts += 1
+                continue
+            data = canonical_json(obj)
+            sha = sha256_bytes(data)
+            key = f"{version_key(obj, seen_at)}|{sha}"
+            object_id = str(obj["id"])
+            held = candidates.get(object_id)
+            if held is None or key > held[0]:
+                candidates[object_id] = (key, sha, obj, data, seen_at)
         if not candidates:
             return result
         kept = self._versions(feed_id, list(candidates))
-        rows: list[tuple[object, ...]] = []
-        for object_id, record in candidates.items():
+        statements: list[Statement] = []
+        for object_id, (key, sha, obj, data, seen) in candidates.items():
             old = kept.get(object_id)
-            if old is not None and (old[1] == record.sha256 or old[0] >= record.key):
+            if old is not None and (old[1] == sha or old[0] >= key):
                 continue
-            rows.append(
+            source, target = obj.get("source_ref"), obj.get("target_ref")
+            statements.append(
                 (
-                    feed_id,
-                    object_id,
-                    record.type,
-                    record.key,
-                    record.sha256,
-                    record.stamp,
-                    record.body,
-                    record.source_ref,
-                    record.target_ref,
+                    _UPSERT,
+                    (
+                        feed_id,
+                        object_id,
+                        str(obj.get("type")),
+                        key,
+                        sha,
+                        object_time(obj) or (seen or ""),
+                        zlib.compress(data, 1),
+                        source if isinstance(source, str) else None,
+                        target if isinstance(target, str) else None,
+                    ),
                 )
             )
-        result.changed = len(rows)
-        self._ledger.write(_upserts(rows))
+        result.changed = len(statements)
+        self._ledger.write(statements)
         return result
 
     def _versions(self, feed_id: str, ids: list[str]) -> dict[str, tuple[str, str]]:
-        """The kept version and sha256 of each of ``ids`` the mirror holds (one aggregate row)."""
         rows = self._ledger.query(
-            "SELECT json_group_object(object_id, json_array(version, sha256)) FROM mirror "
-            "WHERE feed_id = ? AND object_id IN (SELECT value FROM json_each(?))",
+            "SELECT object_id, version, sha256 FROM mirror WHERE feed_id = ? "
+            "AND object_id IN (SELECT value FROM json_each(?))",
             (feed_id, json.dumps(ids)),
         )
-        found: dict[str, list[str]] = json.loads(rows[0][0]) if rows and rows[0][0] else {}
-        return {object_id: (version, sha) for object_id, (version, sha) in found.items()}
+        return {str(object_id): (str(version), str(sha)) for object_id, version, sha in rows}
 
     def get(self, feed_id: str, ids: Iterable[str]) -> dict[str, Kept]:
         """The kept objects among ``ids`` (ids the mirror does not hold are left out)."""
@@ -305,19 +223,13 @@ class Mirror:
         return [str(row[0]) for row in rows]
 
     def mark_written(self, feed_id: str, shas: Mapping[str, str]) -> None:
-        """Record that a published file carries these versions (inside the ledger's batch).
-
-        ``shas`` maps object ids to the sha256 of the version the file carries; a row that holds
-        another version by now stays pending.
-        """
+        """Record that a published file carries these versions (inside the ledger's batch)."""
         self._ledger.write(
             [
                 (
-                    "UPDATE mirror SET written = sha256 WHERE feed_id = ?1 "
-                    "AND object_id IN (SELECT key FROM json_each(?2)) "
-                    "AND object_id || ' ' || sha256 IN "
-                    "(SELECT key || ' ' || value FROM json_each(?2))",
-                    (feed_id, json.dumps(dict(shas))),
+                    "UPDATE mirror SET written = ? WHERE feed_id = ? AND object_id = ?",
+                    (sha, feed_id, object_id),
                 )
+                for object_id, sha in shas.items()
             ]
         )

@@ -18,10 +18,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Generic, TypeVar
 
 from fetcher.client import CTXClient
 from fetcher.walk import (
@@ -63,40 +62,25 @@ class Segment:
         self.applied = self.start
 
 
-#: What the workers make of each step for the consumer (:class:`ListingReader`'s ``prepare``).
-P = TypeVar("P")
-
-
 @dataclass(frozen=True)
-class Item(Generic[P]):
-    """A step of one segment, and what ``prepare`` made of it, handed to the consumer."""
+class Item:
+    """A step of one segment, handed to the consumer."""
 
     segment: Segment
     step: Step
-    prepared: P
 
 
-class ListingReader(Generic[P]):
+class ListingReader:
     """Iterates :class:`Item` s of a feed's listing from ``cursor``, ``workers`` segments at once.
 
-    Each worker runs ``prepare`` on the step it fetched, so work that needs no shared state is
-    done in parallel, not by the consumer. The consumer applies each item, then calls
-    :meth:`applied`; :meth:`checkpoint` is the cursor safe to save after that. :meth:`close`
-    stops every thread.
+    The consumer applies each item, then calls :meth:`applied`; :meth:`checkpoint` is the cursor
+    safe to save after that. :meth:`close` stops every thread.
     """
 
     def __init__(
-        self,
-        client: CTXClient,
-        feed_id: str,
-        cursor: str | None,
-        *,
-        workers: int,
-        buffered: int,
-        prepare: Callable[[Step], P],
+        self, client: CTXClient, feed_id: str, cursor: str | None, *, workers: int, buffered: int
     ) -> None:
         self._client = client
-        self._prepare = prepare
         self._feed_id = feed_id
         first = open_walk(client, feed_id, cursor)
         self.paged = isinstance(first, NumberedWalk)
@@ -107,7 +91,7 @@ class ListingReader(Generic[P]):
         self._cap = cursor
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._queue: queue.Queue[Item[P] | BaseException | None] = queue.Queue(maxsize=buffered)
+        self._queue: queue.Queue[Item | BaseException | None] = queue.Queue(maxsize=buffered)
         self._workers = 1 if self.paged else max(1, workers)
         self._running = self._workers
         self._threads = [
@@ -187,7 +171,7 @@ class ListingReader(Generic[P]):
                 if segment is None:
                     return
                 step = segment.walk.step()
-                while self._put(Item(segment, step, self._prepare(step))) and not step.done:
+                while self._put(Item(segment, step)) and not step.done:
                     with self._cond:
                         self._cond.notify_all()
                     step = segment.walk.step()
@@ -207,7 +191,7 @@ class ListingReader(Generic[P]):
             if last:
                 self._put(None)
 
-    def _put(self, item: Item[P] | BaseException | None) -> bool:
+    def _put(self, item: Item | BaseException | None) -> bool:
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=_WAIT)
@@ -216,7 +200,7 @@ class ListingReader(Generic[P]):
                 continue
         return False
 
-    def __iter__(self) -> Iterator[list[Item[P]]]:
+    def __iter__(self) -> Iterator[list[Item]]:
         """Items in groups: one awaited, then those already waiting (at most ``GROUP`` in all).
 
         The consumer applies a group in one commit: one fsync for many pages when the segments
@@ -225,7 +209,7 @@ class ListingReader(Generic[P]):
         ended: BaseException | None = None
         finished = False
         while not finished and ended is None:
-            group: list[Item[P]] = []
+            group: list[Item] = []
             item = self._queue.get()
             while True:
                 if item is None:
@@ -246,7 +230,7 @@ class ListingReader(Generic[P]):
         if ended is not None:
             raise ended
 
-    def applied(self, item: Item[P]) -> None:
+    def applied(self, item: Item) -> None:
         """The consumer has made ``item`` durable."""
         with self._cond:
             segment = item.segment

@@ -96,14 +96,6 @@ class Ledger:
             # WAL + FULL: a committed cursor or ledger entry survives a power cut.
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            # A checkpoint copies every page the WAL holds into the database: with 8192 pages
-            # (32 MiB) rather than SQLite's 1000, a page rewritten by many commits of a pass is
-            # copied fewer times (https://www.sqlite.org/wal.html#automatic_checkpoint).
-            self._db.execute("PRAGMA wal_autocheckpoint=8192")
-            # Statement journals of multi-row writes and the sets of ``json_each`` stay in
-            # memory (a few pages each), not in temporary files written page by page
-            # (https://www.sqlite.org/tempfiles.html#statement_journals).
-            self._db.execute("PRAGMA temp_store=MEMORY")
             self._db.executescript(_SCHEMA_V0)
             self._migrate()
         except (OSError, sqlite3.Error) as exc:

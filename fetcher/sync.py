@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from fetcher.assemble import Assembler, Counts
 from fetcher.client import CTXClient, Subscription
 from fetcher.errors import FeedNotSubscribedError, FetcherError
-from fetcher.mirror import Mirror, prepare
+from fetcher.mirror import Mirror
 from fetcher.passes import PassLog
 from fetcher.reset import now_iso, redeliver
 from fetcher.segments import ListingReader
@@ -131,14 +131,13 @@ class FeedSync:
             cursor,
             workers=self.concurrency,
             buffered=READ_AHEAD_PAGES,
-            prepare=lambda step: prepare(self.feed_id, step.objects, step.proxy),
         )
         try:
             for group in reader:
                 # Not durable: a page lost to a power cut is read again (Ledger.batch).
                 with self.ledger.batch(durable=False):
-                    applied = self.mirror.apply_prepared(
-                        self.feed_id, [item.prepared for item in group]
+                    applied = self.mirror.apply_pages(
+                        self.feed_id, [(item.step.objects, item.step.proxy) for item in group]
                     )
                     for item in group:
                         reader.applied(item)
