@@ -200,8 +200,8 @@ def test_manifest_validates_and_matches_the_code() -> None:
     assert oldest is not None
     assert manifest["support_version"] == f">={oldest.group(1)}"
     # The type the uploader registers with is the type the catalog shows.
-    opencti = (ROOT / "uploader" / "opencti.py").read_text()
-    assert f'"type": "{manifest["container_type"]}"' in opencti
+    registration = (ROOT / "uploader" / "registration.py").read_text()
+    assert f'"type": "{manifest["container_type"]}"' in registration
     assert (
         manifest["container_image"]
         in (ROOT / "compose" / "docker-compose.uploader.yml").read_text()

@@ -53,7 +53,7 @@ MANIFEST_FILE = METADATA / "connector_manifest.json"
 SCHEMA_FILE = METADATA / "connector_config_schema.json"
 
 MODELS: tuple[type[SettingsBase], ...] = (FetcherSettings, UploaderSettings)
-#: The connector type the uploader registers with (``uploader/opencti.py``, pycti config).
+#: The connector type the uploader registers with (``uploader/registration.py``, pycti config).
 CONNECTOR_TYPE = "EXTERNAL_IMPORT"
 #: Left out as connectors-sdk's ``filter_schema`` does: managed deployment generates it.
 INJECTED = ("CONNECTOR_ID",)

@@ -1,7 +1,8 @@
 """The real :class:`uploader.importer.Importer`: one spool file → one OpenCTI work, through pycti.
 
-The only module that imports pycti; the CLI imports it only for commands that import (pycti 6.x
-needs libmagic: ``pycti/api/opencti_api_client.py`` imports ``magic``). Per file it follows the
+With :mod:`uploader.registration`, the only module that imports pycti; the CLI imports it only
+for commands that import (pycti 6.x needs libmagic: ``pycti/api/opencti_api_client.py`` imports
+``magic``). Per file it follows the
 diode-import connector's sequence (``DiodeImport._process_bundle`` in OpenCTI-Platform/connectors
 ``external-import/diode-import/src/diode_import.py``), with pycti's public calls only:
 
@@ -25,12 +26,11 @@ from the environment on every call (requests' own behaviour for a session).
 Where pycti is adapted, and why:
 
 * pycti's constructors run inside :func:`uploader.pycti_build.pycti_construction`, which keeps
-  the CLI's logging, excepthook and settings.
+  the CLI's logging, excepthook and settings (:mod:`uploader.registration`).
 * ``helper.stop()`` is never called: it sends ``deleteConnector``, which deletes the connector's
   works on the platform. :meth:`PyctiImporter.close` only stops the ping thread.
 * pycti's health check answers only True/False: when building the helper fails, the connector is
-  read through a pycti client built without it, whose error tells a wrong token
-  (:class:`PlatformAuthError`) from a platform that is down or starting.
+  read through a pycti client built without it (:mod:`uploader.registration`).
 * ``check_connector_buffering`` is not used: on any error it calls ``sys.excepthook`` (pycti's
   process-killing hook) and returns None; ``api.connector.read`` is the query it makes. Errors are
   classified by :mod:`uploader.classify`.
@@ -54,7 +54,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from pycti import OpenCTIApiClient, OpenCTIConnectorHelper
 from pycti.utils.opencti_stix2_splitter import is_id_supported
 
 from uploader.backpressure import CHECK_INTERVAL, QueueGate, QueuePaused
@@ -76,7 +75,7 @@ from uploader.errors import (
     WorkErrorsError,
 )
 from uploader.importer import ImportReceipt
-from uploader.pycti_build import pycti_construction
+from uploader.registration import create_helper
 from uploader.settings import UploaderSettings
 
 if TYPE_CHECKING:
@@ -179,7 +178,7 @@ class PyctiImporter:
         """Register the connector with OpenCTI (once); safe to call again after a failure."""
         with self._lock:
             if self._helper is None:
-                helper = self._create_helper()
+                helper = create_helper(self._settings)
                 self._answered()
                 # pycti 7 marks a work that gets several bundles (``isMultiPartWork``); 6.x has
                 # no such argument and completes the work as the expectations are met.
@@ -336,77 +335,6 @@ class PyctiImporter:
             update=True,
             cleanup_inconsistent_bundle=False,
         )
-
-    def _pycti_config(self) -> dict[str, dict[str, Any]]:
-        s = self._settings
-        return {
-            "opencti": {
-                "url": s.opencti_url,
-                "token": s.opencti_token.get_secret_value(),
-                # pycti's default is False: always pass ours (default True).
-                "ssl_verify": s.opencti_ssl_verify,
-                # Plain records through the CLI's redacting handler, not pycti's JSON handler.
-                "json_logging": False,
-            },
-            "connector": {
-                "id": s.connector_id,
-                "type": "EXTERNAL_IMPORT",
-                "name": s.connector_name,
-                "scope": s.connector_scope,
-                "log_level": "warning" if s.log_level == "warn" else s.log_level,
-                "queue_protocol": s.queue_protocol,
-                "queue_threshold": s.queue_threshold,
-                "run_and_terminate": False,
-                # No workbench/draft detour and no copy to a directory: straight to the queue.
-                "validate_before_import": False,
-                "send_to_queue": True,
-                "send_to_directory": False,
-            },
-        }
-
-    def _create_helper(self) -> Any:
-        with pycti_construction():
-            try:
-                helper = OpenCTIConnectorHelper(self._pycti_config())
-            except Exception as exc:  # noqa: BLE001 - pycti raises ValueError/requests errors/KeyError
-                raise self._why_not_registered(exc) from None
-        logger.info(
-            "connector registered with OpenCTI",
-            extra={
-                "connector_id": helper.connect_id,
-                "queue_protocol": self._settings.queue_protocol,
-            },
-        )
-        return helper
-
-    def _why_not_registered(self, exc: BaseException) -> ImportFailure:
-        """Read the connector through pycti to tell a wrong token from a platform that is down.
-
-        Any query answers AUTH_REQUIRED to a wrong token; ``api.connector.read`` is pycti's own,
-        and answers None (no error) for a connector not registered yet.
-        """
-        s = self._settings
-        try:
-            with pycti_construction():
-                api = OpenCTIApiClient(
-                    s.opencti_url,
-                    s.opencti_token.get_secret_value(),
-                    "error",
-                    s.opencti_ssl_verify,
-                    perform_health_check=False,
-                )
-            api.connector.read(connector_id=s.connector_id)
-        except Exception as probe_exc:  # noqa: BLE001 - classified
-            failure = self._classify(probe_exc, None)
-            if isinstance(failure, PlatformAuthError):
-                return PlatformAuthError(
-                    f"{failure}; check OPENCTI_TOKEN and that its user has the CONNECTORAPI capability"
-                )
-            if isinstance(failure, TransientImportError):
-                return TransientImportError(
-                    f"OpenCTI at {s.opencti_url} is not reachable or starting: {failure}"
-                )
-        return self._classify(exc, None)
 
     def _classify(self, exc: BaseException, work_id: str | None) -> ImportFailure:
         return classify(exc, work_id, self._settings.opencti_token.get_secret_value())

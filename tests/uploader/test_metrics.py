@@ -79,6 +79,15 @@ def test_metrics_match_status_while_watch_runs(
     ), watcher.stderr
     assert wait_until(lambda: any(spool.failed.rglob("*.json")), timeout=30)
 
+    def imported(samples: Samples) -> float:
+        return sum(
+            value(samples, "ctx_uploader_imports_total", feed=feed, outcome=outcome)
+            for feed in (FEED_A, FEED_B, FEED_C)
+            for outcome in ("done", "failed")
+        )
+
+    # A file is counted just after its move: the last count may trail the file by a moment.
+    assert wait_until(lambda: imported(scrape(port)) == 7, timeout=10)
     samples = scrape(port)
     status = json.loads(invoke(["status", "--json"], env).output)
     for feed, by_state in status["feeds"].items():
