@@ -1,7 +1,8 @@
 """``ctx-uploader``: the uploader's command line.
 
-Settings are loaded here once and passed down; logging is configured here only; errors become
-:class:`click.ClickException` here only. ``status``, ``verify``, ``replay`` and ``prune`` load only
+Settings are loaded once per command and passed down, and logging is configured from them
+(:mod:`uploader.cli_settings`); errors become :class:`click.ClickException` in the command line
+only. ``status``, ``verify``, ``replay`` and ``prune`` load only
 :class:`SpoolSettings` and never import pycti.
 
 Exit codes of ``once``: 0 all imported, 1 some file failed, 3 files still pending (transient
@@ -19,18 +20,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from shared.config import load_settings
 from shared.console import terminal_console
-from shared.errors import ConfigError, SharedError
+from shared.errors import SharedError
 from shared.layout import Spool
-from shared.logsetup import configure_logging
 from shared.metrics import serve_metrics
-from shared.signing import SigningKey
 from uploader.claim import InstanceLock, default_instance_id
+from uploader.cli_settings import (
+    existing_spool,
+    load_spool_settings,
+    settings_and_key,
+    spool_settings_and_key,
+    uploader_settings_and_key,
+)
 from uploader.errors import UploaderError
 from uploader.health import Heartbeat, health_line, health_problems
 from uploader.importer import Importer
@@ -43,13 +48,12 @@ from uploader.prune import parse_duration
 from uploader.prune import remove as prune_remove
 from uploader.replay import Source, select
 from uploader.replay import replay as replay_files
-from uploader.settings import HealthSettings, SpoolSettings, UploaderSettings
+from uploader.settings import HealthSettings, UploaderSettings
 from uploader.status import status as spool_status
 from uploader.status import status_table, verify_manifest
 from uploader.status import verify as verify_spool
 
 ImporterFactory = Callable[[UploaderSettings], Importer]
-_SpoolT = TypeVar("_SpoolT", bound=SpoolSettings)
 
 EXIT_FAILED = 1
 EXIT_PENDING = 3
@@ -76,69 +80,6 @@ def _pycti_importer(settings: UploaderSettings, metrics: UploaderMetrics | None 
     return PyctiImporter(settings, metrics=metrics)
 
 
-def _signing_key(settings: SpoolSettings) -> SigningKey | None:
-    try:
-        return settings.load_signing_key()
-    except SharedError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _key_secrets(key: SigningKey | None) -> list[str]:
-    return [key.mask_text] if key is not None and key.mask_text is not None else []
-
-
-def _load_spool_settings(config_path: Path | None) -> SpoolSettings:
-    return _spool_settings_and_key(config_path)[0]
-
-
-def _spool_settings_and_key(config_path: Path | None) -> tuple[SpoolSettings, SigningKey | None]:
-    return _settings_and_key(config_path, SpoolSettings)
-
-
-def _settings_and_key(
-    config_path: Path | None, model: type[_SpoolT]
-) -> tuple[_SpoolT, SigningKey | None]:
-    try:
-        settings = load_settings(model, config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    key = _signing_key(settings)
-    configure_logging(
-        settings.log_level, secrets=_key_secrets(key), json_lines=settings.json_logging
-    )
-    return settings, key
-
-
-def _load_uploader_settings(config_path: Path | None) -> UploaderSettings:
-    return _uploader_settings_and_key(config_path)[0]
-
-
-def _uploader_settings_and_key(
-    config_path: Path | None,
-) -> tuple[UploaderSettings, SigningKey | None]:
-    try:
-        settings = load_settings(UploaderSettings, config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    key = _signing_key(settings)
-    configure_logging(
-        settings.log_level,
-        secrets=[settings.opencti_token.get_secret_value(), *_key_secrets(key)],
-        json_lines=settings.json_logging,
-    )
-    return settings, key
-
-
-def _existing_spool(settings: SpoolSettings) -> Spool:
-    """The spool of a command that reads one; a directory that is not a spool is refused."""
-    spool = Spool(settings.spool_dir)
-    try:
-        spool.require()
-    except SharedError as exc:
-        raise click.ClickException(str(exc)) from None
-    return spool
-
-
 @contextmanager
 def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """SIGTERM/SIGINT set ``stop``: the current files finish, then the command exits."""
@@ -160,7 +101,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 def _run(
     ctx: click.Context, config_path: Path | None, *, watch: bool, max_wait: float | None
 ) -> RunSummary:
-    settings, key = _uploader_settings_and_key(config_path)
+    settings, key = uploader_settings_and_key(config_path)
     # watchdog's inotify thread warns when a folder is created while it is adding watches for its
     # parent; the second watch just replaces the first (and the periodic rescan backs it up).
     warnings.filterwarnings(
@@ -294,7 +235,7 @@ def replay(config_path: Path | None, source: str, feed: str | None, files: tuple
     A replayed failed file loses its .reason; a replayed done file keeps its .receipt in done/
     until its new import replaces it.
     """
-    spool = _existing_spool(_load_spool_settings(config_path))
+    spool = existing_spool(load_spool_settings(config_path))
     src: Source = "done" if source == "done" else "failed"
     try:
         rels = select(spool, src, feed=feed.lower() if feed else None, files=files)
@@ -318,7 +259,7 @@ def replay(config_path: Path | None, source: str, feed: str | None, files: tuple
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config_path: Path | None, as_json: bool) -> None:
     """Files and bytes per state and per feed, and the oldest pending file."""
-    result = spool_status(_existing_spool(_load_spool_settings(config_path)))
+    result = spool_status(existing_spool(load_spool_settings(config_path)))
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
     else:
@@ -342,8 +283,8 @@ def verify(config_path: Path | None, manifest_path: Path | None) -> None:
     --manifest, only the manifest's files are checked, wherever they are now (incoming/,
     processing/, done/ or failed/); a file in none of them is reported missing.
     """
-    settings, key = _spool_settings_and_key(config_path)
-    spool = _existing_spool(settings)
+    settings, key = spool_settings_and_key(config_path)
+    spool = existing_spool(settings)
     if manifest_path is None:
         checked, bad = verify_spool(spool, key)
     else:
@@ -382,7 +323,7 @@ def prune(config_path: Path | None, older_than: float, dry_run: bool) -> None:
     The age is the receipt's imported_at (the file's mtime without a receipt). Never touches
     incoming/, processing/ or failed/; removes date folders left empty.
     """
-    spool = _existing_spool(_load_spool_settings(config_path))
+    spool = existing_spool(load_spool_settings(config_path))
     total = 0
     count = 0
     verb = "would remove" if dry_run else "removed"
@@ -408,8 +349,8 @@ def health(config_path: Path | None) -> None:
     heartbeat in processing/<instance>/.health.json is stale), or the oldest pending file is older
     than UPLOADER_HEALTH_MAX_PENDING_AGE. Reads the spool only: no network, no lock (a HEALTHCHECK).
     """
-    settings = _settings_and_key(config_path, HealthSettings)[0]
-    spool = _existing_spool(settings)
+    settings = settings_and_key(config_path, HealthSettings)[0]
+    spool = existing_spool(settings)
     problems = health_problems(
         spool,
         settings.instance_id or default_instance_id(),
