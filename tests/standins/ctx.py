@@ -731,9 +731,9 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body are two writes: without TCP_NODELAY the body can wait for a delayed ACK
     # (see the OpenCTI stand-in); latency is what inject("latency") adds, nothing more.
     disable_nagle_algorithm = True
-    # Connections are kept open between requests, as the hosted API's HTTPS front does; every
-    # answer carries its Content-Length, and the faults that cut an answer close the connection.
-    protocol_version = "HTTP/1.1"
+    # HTTP/1.0 (http.server's default): the connection closes after every answer, as gunicorn's
+    # default sync workers do (cyberthreatexchange ``gunicorn.conf.py`` sets only ``workers``);
+    # what the hosted front in front of it does is not in the open-source code.
 
     def do_GET(self) -> None:
         self.server.standin.handle(self)  # type: ignore[attr-defined]
