@@ -43,31 +43,24 @@ def spool_settings_and_key(config_path: Path | None) -> tuple[SpoolSettings, Sig
 def settings_and_key(
     config_path: Path | None, model: type[_SpoolT]
 ) -> tuple[_SpoolT, SigningKey | None]:
+    """Settings of ``model``, the spool signing key, and logging that redacts both secrets (the
+    OpenCTI token too, for settings that hold one)."""
     try:
         settings = load_settings(model, config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     key = _signing_key(settings)
-    configure_logging(
-        settings.log_level, secrets=_key_secrets(key), json_lines=settings.json_logging
-    )
+    secrets = _key_secrets(key)
+    if isinstance(settings, UploaderSettings):
+        secrets.insert(0, settings.opencti_token.get_secret_value())
+    configure_logging(settings.log_level, secrets=secrets, json_lines=settings.json_logging)
     return settings, key
 
 
 def uploader_settings_and_key(
     config_path: Path | None,
 ) -> tuple[UploaderSettings, SigningKey | None]:
-    try:
-        settings = load_settings(UploaderSettings, config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    key = _signing_key(settings)
-    configure_logging(
-        settings.log_level,
-        secrets=[settings.opencti_token.get_secret_value(), *_key_secrets(key)],
-        json_lines=settings.json_logging,
-    )
-    return settings, key
+    return settings_and_key(config_path, UploaderSettings)
 
 
 def existing_spool(settings: SpoolSettings) -> Spool:
