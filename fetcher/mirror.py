@@ -8,10 +8,16 @@ they arrive in. Report files and feed-level files are built from it once the lis
 (:mod:`fetcher.assemble`), so a report's file holds the newest version of everything it names.
 
 Table ``mirror(feed_id, object_id, type, version, sha256, stamp, body, written, source_ref,
-target_ref)``: ``body`` is the object's canonical JSON, zlib-compressed; ``written`` the
-``sha256`` of the version last carried by a published file (NULL: none yet). An object whose
-``written`` differs from its ``sha256`` is pending. It is on disk so that memory does not grow
-with the feed (a feed of 40,000 records is tens of MB here, and nothing of it in memory).
+target_ref)``: ``body`` is the object's canonical JSON; ``written`` the ``sha256`` of the
+version last carried by a published file (NULL: none yet). An object whose ``written`` differs
+from its ``sha256`` is pending. It is on disk so that memory does not grow with the feed (a feed
+of 40,000 records is tens of MB here, and nothing of it in memory).
+
+Bodies are stored as they are. STIX objects as CTX serves them are a few hundred bytes each,
+which zlib shrinks by about a third, while compressing one costs about as much as everything
+else the fetcher does with a record (zlib sets up a fresh ~300 KB deflate state per call). State
+files written by earlier versions hold zlib-compressed bodies; they are read as such (a zlib
+stream starts with 0x78, canonical JSON with ``{``) and replaced as newer versions arrive.
 """
 
 from __future__ import annotations
@@ -91,6 +97,11 @@ def _clean(obj: JSONDict) -> JSONDict:
     return obj
 
 
+def _body(stored: bytes) -> bytes:
+    """The canonical JSON of a stored body (compressed by earlier versions of the fetcher)."""
+    return stored if stored[:1] == b"{" else zlib.decompress(stored)
+
+
 class Mirror:
     """The mirror table of the fetcher's database (:class:`fetcher.state.Ledger`)."""
 
@@ -151,7 +162,7 @@ class Mirror:
                         key,
                         sha,
                         object_time(obj) or (seen or ""),
-                        zlib.compress(data, 1),
+                        data,
                         source if isinstance(source, str) else None,
                         target if isinstance(target, str) else None,
                     ),
@@ -177,9 +188,7 @@ class Mirror:
             (feed_id, json.dumps(list(ids))),
         )
         return {
-            str(object_id): Kept(
-                str(object_id), str(kind), str(sha), str(stamp), zlib.decompress(body)
-            )
+            str(object_id): Kept(str(object_id), str(kind), str(sha), str(stamp), _body(body))
             for object_id, kind, sha, stamp, body in rows
         }
 

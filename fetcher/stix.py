@@ -18,6 +18,8 @@ JSONDict = dict[str, Any]
 #: (``stix2arango/config.py`` ``namespace``; ``utils.create_relationship_obj`` names each one
 #: ``relationship--uuid5(namespace, "<relationship_type>+<source>+<target>")``).
 STIX2ARANGO_NAMESPACE = uuid.UUID("72e906ce-ca1b-5d73-adcd-9ea9eb66a1b4")
+#: Where the version digit of the uuid sits in ``relationship--xxxxxxxx-xxxx-Vxxx-…``.
+_UUID_VERSION_AT = len("relationship--xxxxxxxx-xxxx-")
 
 # STIX 2.1 §3.1: reference properties end in ``_ref`` or ``_refs``; they may sit inside lists of
 # dicts (e.g. ``granular_markings[].marking_ref``).
@@ -47,8 +49,12 @@ def is_storage_artefact(obj: JSONDict) -> bool:
     )
     if not all(isinstance(v, str) for v in (kind, source, target)):
         return False
+    object_id = obj.get("id")
+    # A uuid5 has version digit 5 (RFC 9562 §5.5): any other id is settled without hashing.
+    if not isinstance(object_id, str) or object_id[_UUID_VERSION_AT : _UUID_VERSION_AT + 1] != "5":
+        return False
     expected = uuid.uuid5(STIX2ARANGO_NAMESPACE, f"{kind}+{source}+{target}")
-    return obj.get("id") == f"relationship--{expected}"
+    return object_id == f"relationship--{expected}"
 
 
 def references(obj: JSONDict, *, follow_contents: bool = True) -> Iterator[str]:

@@ -97,3 +97,7 @@ def test_storage_artefact_recognised_by_its_derived_id() -> None:
     assert is_storage_artefact(edge)
     assert not is_storage_artefact({**edge, "id": f"relationship--{uuid.uuid4()}"})
     assert not is_storage_artefact({**edge, "type": "indicator"})
+    # A uuid5 of another namespace (txt2stix and other producers derive their ids too) is kept.
+    other = uuid.uuid5(uuid.NAMESPACE_URL, f"object+{source}+{target}")
+    assert not is_storage_artefact({**edge, "id": f"relationship--{other}"})
+    assert not is_storage_artefact({**edge, "id": None})

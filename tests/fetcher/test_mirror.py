@@ -1,0 +1,76 @@
+"""The mirror: the newest version per STIX id, kept on disk."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import zlib
+from pathlib import Path
+
+from fetcher.bundle import canonical_json
+from fetcher.mirror import Mirror
+from fetcher.state import DB_NAME, Ledger
+
+FEED = "0b2d4e5f-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
+IND = "indicator--7e2b3a3c-0d4f-4c55-9a57-1b0b2f6b9a01"
+
+
+def _indicator(modified: str, name: str) -> dict[str, object]:
+    return {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": IND,
+        "created": "2025-01-01T00:00:00.000Z",
+        "modified": modified,
+        "name": name,
+        "pattern": "[ipv4-addr:value = '198.51.100.1']",
+        "pattern_type": "stix",
+        "valid_from": "2025-01-01T00:00:00Z",
+    }
+
+
+def test_newest_version_kept_whatever_the_order(tmp_path: Path) -> None:
+    newer, older = (
+        _indicator("2025-03-01T00:00:00.000Z", "b"),
+        _indicator("2025-02-01T00:00:00.000Z", "a"),
+    )
+    with Ledger(tmp_path) as ledger:
+        mirror = Mirror(ledger)
+        assert mirror.apply(FEED, [newer], "2025-03-02T00:00:00.000000Z").changed == 1
+        assert mirror.apply(FEED, [older], "2025-03-03T00:00:00.000000Z").changed == 0
+        assert mirror.apply(FEED, [newer], "2025-03-04T00:00:00.000000Z").changed == 0
+        kept = mirror.get(FEED, [IND])[IND]
+    assert kept.data == canonical_json(newer)
+    assert kept.obj()["name"] == "b"
+
+
+def test_bodies_compressed_by_an_earlier_fetcher_are_read(tmp_path: Path) -> None:
+    # Earlier versions stored zlib-compressed bodies; a state file they wrote keeps working.
+    obj = _indicator("2025-03-01T00:00:00.000Z", "old")
+    data = canonical_json(obj)
+    with Ledger(tmp_path) as ledger:
+        Mirror(ledger)
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute(
+        "INSERT INTO mirror (feed_id, object_id, type, version, sha256, stamp, body) "
+        "VALUES (?, ?, 'indicator', ?, ?, ?, ?)",
+        (
+            FEED,
+            IND,
+            "2025-03-01T00:00:00.000000Z|",
+            "0" * 64,
+            "2025-03-01T00:00:00.000000Z",
+            zlib.compress(data, 1),
+        ),
+    )
+    db.commit()
+    db.close()
+    with Ledger(tmp_path) as ledger:
+        mirror = Mirror(ledger)
+        assert mirror.get(FEED, [IND])[IND].data == data
+        newer = _indicator("2025-04-01T00:00:00.000Z", "new")
+        assert mirror.apply(FEED, [newer], None).changed == 1
+        kept = mirror.get(FEED, [IND])[IND]
+    assert json.loads(kept.data)["name"] == "new"
+    raw = sqlite3.connect(tmp_path / DB_NAME).execute("SELECT body FROM mirror").fetchone()[0]
+    assert raw == canonical_json(newer)  # stored as it is from now on
