@@ -17,6 +17,19 @@ FETCH_LATENCY = 0.02
 FETCH_RATE_LIMIT = 100.0
 
 
+def remove_spools(spools: list[Path]) -> None:
+    """Remove the spools of a benchmark's runs, after its last run.
+
+    Not between runs: ext4 without a journal (the filesystem of the machine these figures come
+    from) skips inodes freed in the last minute or more when it allocates one, reading each freed
+    inode to check (Linux ``fs/ext4/ialloc.c``, ``recently_deleted``). A run right after the
+    removal of a previous run's thousands of files spent a quarter of its CPU there (perf), which
+    is the benchmark's own doing, not the fetcher's.
+    """
+    for spool in spools:
+        shutil.rmtree(spool, ignore_errors=True)
+
+
 def fetch_once(
     opts: Options, ctx: CTXStandIn, feed: str, tag: str, **settings: str
 ) -> tuple[Child, list[float], Path]:
@@ -55,6 +68,7 @@ def bench_fetch(opts: Options) -> Result:
         windows: dict[str, list[float]] = {"default": [], "c1": [], "limited": []}
         rates: list[float] = []
         requests = 0
+        spools: list[Path] = []
         for run in range(runs):
             for tag, settings in (
                 ("default", {}),
@@ -75,8 +89,9 @@ def bench_fetch(opts: Options) -> Result:
                 requests = len(times)
                 if tag == "limited":
                     rates.append(max_rate(times))
-                shutil.rmtree(spool)
+                spools.append(spool)
                 log(f"fetch run {run + 1}/{runs} {tag}: {child.wall:.2f}s, {len(times)} requests")
+        remove_spools(spools)
     wall = {k: Series(v) for k, v in walls.items()}
     window = {k: Series(v) for k, v in windows.items()}
     ratio = Series.ratios(walls["c1"], walls["default"])
@@ -141,6 +156,7 @@ def bench_fetch_memory(opts: Options) -> Result:
     records: dict[int, int] = {}
     walls: dict[int, list[float]] = {n: [] for n in MEMORY_FEEDS}
     worlds = {n: CTXStandIn(feeds=1, reports=n, orphans=20, seed=13) for n in MEMORY_FEEDS}
+    spools: list[Path] = []
     try:
         for ctx in worlds.values():
             ctx.start()
@@ -154,13 +170,14 @@ def bench_fetch_memory(opts: Options) -> Result:
                     raise RuntimeError(f"fetch wrote {files} report files, not {n}")
                 peaks[n].append(rss_mib(child.peak_rss_kib))
                 walls[n].append(child.wall)
-                shutil.rmtree(spool)
+                spools.append(spool)
                 log(
                     f"fetch-memory run {run + 1} {n} reports: {peaks[n][-1]:.1f} MiB, {child.wall:.1f}s"
                 )
     finally:
         for ctx in worlds.values():
             ctx.stop()
+        remove_spools(spools)
     small, big = MEMORY_FEEDS
     growth = max(peaks[big]) / max(peaks[small]) - 1
     result.rows.append(

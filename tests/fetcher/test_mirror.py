@@ -74,3 +74,23 @@ def test_bodies_compressed_by_an_earlier_fetcher_are_read(tmp_path: Path) -> Non
     assert json.loads(kept.data)["name"] == "new"
     raw = sqlite3.connect(tmp_path / DB_NAME).execute("SELECT body FROM mirror").fetchone()[0]
     assert raw == canonical_json(newer)  # stored as it is from now on
+
+
+def test_written_marks_only_the_version_carried(tmp_path: Path) -> None:
+    old, new = (
+        _indicator("2025-02-01T00:00:00.000Z", "a"),
+        _indicator("2025-03-01T00:00:00.000Z", "b"),
+    )
+    other = {**_indicator("2025-02-01T00:00:00.000Z", "c"), "id": IND.replace("7e2b", "7e2c")}
+    with Ledger(tmp_path) as ledger:
+        mirror = Mirror(ledger)
+        mirror.apply(FEED, [old, other], None)
+        carried = {IND: mirror.get(FEED, [IND])[IND].sha256}
+        mirror.apply(FEED, [new], None)  # a newer version arrives after the file was built
+        mirror.mark_written(
+            FEED,
+            {**carried, str(other["id"]): mirror.get(FEED, [other["id"]])[str(other["id"])].sha256},
+        )
+        assert sorted(mirror.pending(FEED, reports=False)) == [IND]
+        mirror.mark_written(FEED, {IND: mirror.get(FEED, [IND])[IND].sha256})
+        assert mirror.pending(FEED, reports=False) == []
