@@ -9,19 +9,23 @@ which serves members in any stored version and loses members of big reports acro
 limited before it is sorted). Every pending object that no report file carried goes into
 feed-level files of at most :data:`OBJECTS_PER_FILE` objects.
 
-Files are built, staged (written and fsynced under a temporary name) and published (renamed into
-place, folder fsynced) in a pool of threads while the main thread reads the next batch from the
-mirror; the ledger records them after they are published, in order, one commit per batch.
+Each file is read from the mirror, built, staged (written and fsynced under a temporary name) and
+published (renamed into place, folder fsynced) by a pool thread, through that thread's own
+read-only connection to the fetcher's database (:class:`_Readers`): the reads, the JSON and the
+fsyncs of several files overlap. The main thread only lists what is pending and records the files
+after they are published, in order, one durable commit per batch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from fetcher.bundle import BundleBuilder
 from fetcher.errors import FetcherError
@@ -41,8 +45,12 @@ from shared.signing import SigningKey, signature_of
 logger = logging.getLogger(__name__)
 
 OBJECTS_PER_FILE = 1000
-#: Reports whose files are built ahead of the one being published (each holds its bytes).
-REPORTS_AHEAD = 32
+#: Report files recorded in one durable commit (a commit is an fsync of the database's log).
+REPORTS_PER_COMMIT = 64
+#: Reports one pool task reads and writes: their closures are read a level at a time together.
+REPORTS_PER_TASK = 32
+#: Batches in the pool besides the one being recorded (each report file holds its bytes there).
+BATCHES_AHEAD = 1
 
 
 @dataclass
@@ -64,6 +72,8 @@ class _Built:
     shas: dict[str, str]
     written: bool = False
     objects: int = 0
+    #: Objects the report refers to that the feed does not hold.
+    missing: int = 0
 
 
 @dataclass
@@ -75,6 +85,38 @@ class _Group:
     kept: list[Kept] = field(default_factory=list)
     #: The sha256 of the file the ledger holds for this report (None: none, or not a report).
     known_sha: str | None = None
+    missing: int = 0
+
+
+class _Readers:
+    """A read-only connection to the fetcher's database for each pool thread, closed at the end.
+
+    SQLite in WAL mode lets them read the last commit while the main connection records files
+    (https://sqlite.org/wal.html#concurrency). Everything they read was committed by the listing
+    before the first of them opened; the records the main thread adds concern other objects.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self._state_dir = state_dir
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened: list[Ledger] = []
+
+    def get(self) -> tuple[Mirror, Ledger]:
+        mine: tuple[Mirror, Ledger] | None = getattr(self._local, "reader", None)
+        if mine is None:
+            ledger = Ledger(self._state_dir, read_only=True)
+            with self._lock:
+                self._opened.append(ledger)
+            mine = (Mirror(ledger, create=False), ledger)
+            self._local.reader = mine
+        return mine
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for ledger in opened:
+            ledger.close()
 
 
 class Assembler:
@@ -101,19 +143,64 @@ class Assembler:
         self._progress = progress
 
     def run(self) -> Counts:
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="ctx-assemble") as pool:
-            self._write_all(pool, _batches(self._next_reports))
-            self._write_all(pool, _batches(self._next_objects))
+        readers = _Readers(self.ledger.path.parent)
+        try:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="ctx-assemble") as pool:
+                self._write_all(self._report_batches(pool, readers))
+                self._write_all(self._object_batches(pool, readers))
+        finally:
+            readers.close()
         return self.counts
 
-    def _next_reports(self, after: str) -> tuple[list[_Group], str]:
-        """The next reports' groups, their closures read a level at a time for all of them."""
-        ids = self.mirror.pending(self.feed_id, reports=True, after=after, limit=REPORTS_AHEAD)
-        if not ids:
-            return [], ""
-        known = self.mirror.get(self.feed_id, ids)
+    def _report_batches(
+        self, pool: ThreadPoolExecutor, readers: _Readers
+    ) -> Iterator[list[Future[list[_Built]]]]:
+        """Pending reports a commit's worth at a time, handed to the pool a task at a time."""
+        after = ""
+        while True:
+            ids = self.mirror.pending(
+                self.feed_id, reports=True, after=after, limit=REPORTS_PER_COMMIT
+            )
+            if not ids:
+                return
+            after = ids[-1]
+            yield [
+                pool.submit(self._reports_task, readers, ids[at : at + REPORTS_PER_TASK])
+                for at in range(0, len(ids), REPORTS_PER_TASK)
+            ]
+
+    def _object_batches(
+        self, pool: ThreadPoolExecutor, readers: _Readers
+    ) -> Iterator[list[Future[list[_Built]]]]:
+        """Pending objects that no report file carried, a feed-level file at a time."""
+        after = ""
+        while True:
+            ids = self.mirror.pending(
+                self.feed_id, reports=False, after=after, limit=OBJECTS_PER_FILE
+            )
+            if not ids:
+                return
+            after = ids[-1]
+            yield [pool.submit(self._objects_task, readers, ids)]
+
+    def _reports_task(self, readers: _Readers, ids: list[str]) -> list[_Built]:
+        """In a pool thread: the files of these reports, built and published if they are new."""
+        mirror, ledger = readers.get()
+        return [self._build(group) for group in self._report_groups(mirror, ledger, ids)]
+
+    def _objects_task(self, readers: _Readers, ids: list[str]) -> list[_Built]:
+        mirror, _ledger = readers.get()
+        kept = list(mirror.get(self.feed_id, ids).values())
+        if not kept:
+            return []
+        stamp = max((item.stamp for item in kept), default="")
+        return [self._build(_Group(FEED_OBJECTS_SUBJECT, stamp, kept))]
+
+    def _report_groups(self, mirror: Mirror, ledger: Ledger, ids: list[str]) -> list[_Group]:
+        """The reports' groups, their closures read a level at a time for all of them."""
+        known = mirror.get(self.feed_id, ids)
         reports = [known[report_id] for report_id in ids if report_id in known]
-        touching = self.mirror.touching(self.feed_id, [item.object_id for item in reports])
+        touching = mirror.touching(self.feed_id, [item.object_id for item in reports])
         refs_of: dict[str, list[str]] = {}
         absent: set[str] = set()
         members = {item.object_id: {item.object_id: item} for item in reports}
@@ -125,7 +212,7 @@ class Assembler:
         while frontier:
             wanted = {ref for refs in frontier.values() for ref in refs}
             unread = [ref for ref in wanted if ref not in known and ref not in absent]
-            found = self.mirror.get(self.feed_id, unread)
+            found = mirror.get(self.feed_id, unread)
             known.update(found)
             absent.update(ref for ref in unread if ref not in found)
             following: dict[str, list[str]] = {}
@@ -145,51 +232,42 @@ class Assembler:
                 if nxt:
                     following[report_id] = nxt
             frontier = following
-        shas = self.ledger.report_shas(self.feed_id, list(members))
-        groups = []
-        for item in reports:
-            if missing[item.object_id]:
-                self.counts.missing_refs += len(missing[item.object_id])
-                logger.info(
-                    "report refers to objects the feed does not hold",
-                    extra={
-                        "feed_id": self.feed_id,
-                        "report_id": item.object_id,
-                        "missing": len(missing[item.object_id]),
-                    },
-                )
-            group = list(members[item.object_id].values())
-            groups.append(_Group(item.object_id, item.stamp, group, shas.get(item.object_id)))
-        return groups, ids[-1]
+        shas = ledger.report_shas(self.feed_id, list(members))
+        return [
+            _Group(
+                item.object_id,
+                item.stamp,
+                list(members[item.object_id].values()),
+                shas.get(item.object_id),
+                missing=len(missing[item.object_id]),
+            )
+            for item in reports
+        ]
 
-    def _next_objects(self, after: str) -> tuple[list[_Group], str]:
-        ids = self.mirror.pending(self.feed_id, reports=False, after=after, limit=OBJECTS_PER_FILE)
-        if not ids:
-            return [], ""
-        kept = list(self.mirror.get(self.feed_id, ids).values())
-        stamp = max((item.stamp for item in kept), default="")
-        return [_Group(FEED_OBJECTS_SUBJECT, stamp, kept)], ids[-1]
+    def _write_all(self, batches: Iterator[list[Future[list[_Built]]]]) -> None:
+        """Record each batch's files, in order, in one commit, while later batches are built.
 
-    def _write_all(self, pool: ThreadPoolExecutor, batches: Iterator[list[_Group]]) -> None:
-        """Build and publish a batch in the pool while the next one is read from the mirror.
-
-        The ledger records each batch's files in order, in one commit, after they are published.
+        At most :data:`BATCHES_AHEAD` batches wait in the pool besides the one being recorded.
         """
-        ahead: list[Future[_Built]] = []
+        waiting: deque[list[Future[list[_Built]]]] = deque()
         try:
-            batch = next(batches, None)
-            while batch is not None:
-                futures = [pool.submit(self._build, group) for group in batch]
-                ahead = futures
-                batch = next(batches, None)
-                with self.ledger.batch():
-                    for future in futures:
-                        self._record(future.result())
-                ahead = []
+            for batch in batches:
+                waiting.append(batch)
+                if len(waiting) > BATCHES_AHEAD:
+                    self._record_batch(waiting.popleft())
+            while waiting:
+                self._record_batch(waiting.popleft())
         finally:
             # Files already published but not recorded are found in place by the next pass.
-            for future in ahead:
-                future.cancel()
+            for batch in waiting:
+                for future in batch:
+                    future.cancel()
+
+    def _record_batch(self, batch: list[Future[list[_Built]]]) -> None:
+        with self.ledger.batch():
+            for future in batch:
+                for built in future.result():
+                    self._record(built)
 
     def _build(self, group: _Group) -> _Built:
         """In a pool thread: the file's bytes and name; staged and published if it is new."""
@@ -212,7 +290,9 @@ class Assembler:
             )
         rel = relative_path(self.feed_id, SpoolName(when, group.subject, sha, signature))
         shas = {item.object_id: item.sha256 for item in group.kept}
-        built = _Built(group.subject, sha, rel, shas, objects=len(group.kept))
+        built = _Built(
+            group.subject, sha, rel, shas, objects=len(group.kept), missing=group.missing
+        )
         if group.known_sha != sha:
             path = self.spool.path_in("incoming", rel)
             built.written = publish_staged(stage_bytes(path, pieces), path)
@@ -221,6 +301,16 @@ class Assembler:
     def _record(self, built: _Built) -> None:
         report = built.subject != FEED_OBJECTS_SUBJECT
         written = built.written
+        if built.missing:
+            self.counts.missing_refs += built.missing
+            logger.info(
+                "report refers to objects the feed does not hold",
+                extra={
+                    "feed_id": self.feed_id,
+                    "report_id": built.subject,
+                    "missing": built.missing,
+                },
+            )
         if report:
             self.ledger.record_report(self.feed_id, built.subject, built.sha, str(built.rel))
             if written:
@@ -240,15 +330,3 @@ class Assembler:
         self.mirror.mark_written(self.feed_id, built.shas)
         if self._progress is not None:
             self._progress(self.counts)
-
-
-def _batches(read: Callable[[str], tuple[list[_Group], str]]) -> Iterator[list[_Group]]:
-    """Groups read from the mirror a batch at a time, each batch after the last one's ids."""
-    after = ""
-    while True:
-        groups, last = read(after)
-        if not last:
-            return
-        after = last
-        if groups:
-            yield groups

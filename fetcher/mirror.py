@@ -105,9 +105,11 @@ def _body(stored: bytes) -> bytes:
 class Mirror:
     """The mirror table of the fetcher's database (:class:`fetcher.state.Ledger`)."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, create: bool = True) -> None:
+        """``create=False`` for a read-only ledger: the table is there already, nothing is made."""
         self._ledger = ledger
-        ledger.executescript(SCHEMA)
+        if create:
+            ledger.executescript(SCHEMA)
 
     def apply(self, feed_id: str, objects: Iterable[JSONDict], seen_at: str | None) -> Applied:
         """Keep each object whose version is newer than the one kept (inside the ledger's batch)."""

@@ -65,6 +65,7 @@ import argparse
 import base64
 import contextlib
 import copy
+import heapq
 import json
 import struct
 import threading
@@ -72,6 +73,7 @@ import time
 from bisect import bisect_right
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import islice
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -244,8 +246,11 @@ def make_objects_page(
     if types is None:
         vertices = _after(runs["all"], added_after, limit)
     else:
-        found = [r for t in set(types) for r in _after(runs.get(("type", t)), added_after, limit)]
-        vertices = sorted(found, key=feed.vertex.order_key)[:limit]
+        # The union of the per-type runs, each sorted already, in the collection's order (the
+        # index on _record_modified serves the server's SORT): merged, not sorted again, which
+        # cost this stand-in more CPU than the fetcher it serves.
+        found = [_after(runs.get(("type", t)), added_after, limit) for t in set(types)]
+        vertices = list(islice(heapq.merge(*found, key=feed.vertex.order_key), limit))
     page += [(feed.vertex, r) for r in vertices]
     page.sort(key=lambda item: item[0].order_key(item[1]))
     return page
