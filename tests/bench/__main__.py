@@ -28,27 +28,31 @@ Profiles: py-spy (`py-spy record -f raw`, with `--gil` for who holds the interpr
 child processes, getrusage of the children, tracemalloc, and `/proc/<pid>/smaps` for memory
 outside Python's heap.
 
-- **Fetch.** A pass of 1,000 reports (about 22,000 listing records) is bound by one interpreter's
-  CPU, about 3.3 s of it: the HTTP client (requests) and JSON decoding of about 450 answers, the
-  mirror's per-record work (validation, canonical JSON, SHA-256, zlib, SQLite), building and
-  hashing 1,000 files, and about 0.4 s of start-up. Against a CTX 20 ms away, one request at a time
-  waits about 8.5 s for the network; in parallel segments the network time nearly vanishes and the
-  CPU is what remains, so the speed-up follows the CPU this shared machine lends at the time of the
-  run: between 3.0× and 3.5× for the same code. Doing the per-record work in the listing threads
-  instead of the consumer, writing the mirror 64 rows to a statement, or committing a quarter as
-  often moved no figure beyond the noise between runs: one interpreter's CPU is shared by all its
-  threads. What was cut: listing
-  pages are committed without waiting for the disk (a power cut loses whole pages with their
-  cursor), report closures are read a batch at a time while the pool builds and publishes the
-  previous batch, timestamps in the usual UTC form are normalised by slicing instead of parsing.
-  The half-end requests (a full page asked only for its `next`, where one half of a page was cut)
-  cost about an eighth of the CPU; they are what keeps the walk complete (README, CTX API
-  compatibility).
-- **Fetch memory.** The mirror is on disk; memory holds 16 pages read ahead, 32 report files in
-  flight and at most 1,000 objects per feed-level file. Sets of ids reach SQLite as one JSON
-  parameter: with `IN (?, ?, …)` every count of ids was a prepared statement of its own, and the
-  sqlite3 module's cache of 128 of them grew the heap with the feed (500 vs 2,000 reports: +13% peak
-  RSS before, flat after).
+- **Fetch.** A pass of 1,000 reports (about 22,000 listing records, 446 requests) against a CTX
+  20 ms away is bound by one interpreter lock, not by the network or the two cores: during the
+  listing the machine is about two thirds busy (`/proc/stat`), and py-spy `--gil` puts the lock's
+  time in four nearly equal parts: start-up imports (requests, pydantic, rich, prometheus_client),
+  the HTTP client (requests and urllib3, about 1 ms of Python per request, a new connection each
+  time since the server closes every one), the mirror's per-record work (validation, canonical
+  JSON — the biggest single item —, SHA-256, SQLite) and writing the 1,000 files. One request at
+  a time waits about 9 s for the network; in parallel segments that time nearly vanishes and the
+  lock is what remains. Measured and kept: mirror bodies stored as they are (zlib cost as much as
+  the rest of a record's work, for a third of a few hundred bytes), report closures read and
+  files written by the pool threads through their own read-only connections (the main thread
+  only records them). Measured and dropped: one `INSERT … SELECT FROM json_each` per page instead
+  of a row per object (slower: SQLite parses the row's JSON once per column), a shorter or longer
+  interpreter switch interval, a deeper read-ahead, splitting segments earlier. The half-end
+  requests (a full page asked only for its `next`, where one half of a page was cut) are what
+  keeps the walk complete (README, CTX API compatibility). The benchmark keeps every run's spool
+  until its last run: on this machine's ext4 (no journal) creating files right after deleting
+  thousands costs the kernel a scan of the freed inodes (`recently_deleted`, perf), which would
+  tax each run for the previous one's clean-up.
+- **Fetch memory.** The mirror is on disk; memory holds 16 pages read ahead, two commits' worth of
+  report files in flight and at most 1,000 objects per feed-level file; each assembling thread's
+  read-only SQLite connection has its own page cache (2 MiB at most, SQLite's default). Sets of
+  ids reach SQLite as one JSON parameter: with `IN (?, ?, …)` every count of ids is a prepared
+  statement of its own, and the sqlite3 module's cache of 128 of them grows the heap with the
+  feed.
 - **Upload.** The uploader makes the same three pycti calls per file as a bare loop
   (`initiate_work`, the push, `to_processed`) plus a look at the connector's queue every 10 s, and
   spends its own CPU on the digest check, the claim, the receipt and the durable moves. Against a

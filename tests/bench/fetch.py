@@ -147,9 +147,9 @@ MEMORY_SLACK = 0.10
 def bench_fetch_memory(opts: Options) -> Result:
     """Peak RSS of ``ctx-fetcher once`` on a feed of 500 reports and one of 2,000 (4× the records).
 
-    The fetcher keeps the feed in its mirror on disk and holds only bounded windows in memory (64
-    pages read ahead, 32 report files in flight, at most 1,000 objects per feed-level file), so
-    its peak must not follow the feed's size.
+    The fetcher keeps the feed in its mirror on disk and holds only bounded windows in memory (16
+    pages read ahead, two commits' worth of report files in flight, at most 1,000 objects per
+    feed-level file), so its peak must not follow the feed's size.
     """
     result = Result("fetch-memory")
     peaks: dict[int, list[float]] = {n: [] for n in MEMORY_FEEDS}
