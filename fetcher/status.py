@@ -9,16 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from fetcher.errors import NotASpoolError
 from fetcher.passes import PassLog, PassRecord, PendingReset
 from fetcher.state import DB_NAME, LISTING_CURSOR, Ledger
 from shared.errors import SpoolError
 from shared.layout import Spool
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 #: ``health`` fails when the last pass ended longer ago than this many intervals.
 STALE_INTERVALS = 2
@@ -160,6 +160,8 @@ def _short(value: str | None) -> str:
 
 def render_table(states: list[FeedState], console: Console) -> None:
     """The table ``state`` prints (``--json`` gives every field unabridged)."""
+    from rich.table import Table  # only this command draws tables: not every start-up pays rich
+
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("FEED", "CURSOR", "LAST PASS", "RESULT", "FILES LAST/ALL", "LAST ERROR"):
         table.add_column(column, overflow="fold")

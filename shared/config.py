@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -41,7 +40,9 @@ SettingsT = TypeVar("SettingsT", bound="SettingsBase")
 class SettingsBase(BaseModel):
     """Base of the settings models: frozen, unknown fields refused, fields named by env variable."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    # defer_build: a model's validator is built when it is first used, not when its class is
+    # defined, so a command pays only for the settings it loads (pydantic's ConfigDict docs).
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, defer_build=True)
 
 
 def setting(default: Any = ..., *, env: str, description: str, **kwargs: Any) -> Any:
@@ -143,6 +144,8 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(
             [ConfigProblem("--config", str(path), f"cannot read: {exc.strerror}")], str(path)
         ) from None
+    import yaml  # only with a config file: most deployments set environment variables alone
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -10,14 +10,29 @@ Off a terminal there is no display and nothing but log lines.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.highlighter import NullHighlighter
-from rich.logging import RichHandler
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+#: Variables with which rich may take a stream that is not a tty for a terminal (rich/console.py,
+#: ``Console.is_terminal``).
+_FORCING = ("FORCE_COLOR", "TTY_COMPATIBLE")
 
 
 def terminal_console() -> Console | None:
     """The console of a live display: stderr, where the log lines go, if it is a terminal."""
+    stream = sys.stderr
+    tty = stream is not None and stream.isatty()
+    if not tty and not any(name in os.environ for name in _FORCING):
+        # Off a terminal (services, cron, Docker) rich is not even imported: it is a tenth of
+        # a short command's start-up.
+        return None
+    from rich.console import Console
+
     console = Console(stderr=True)
     return console if console.is_terminal else None
 
@@ -25,6 +40,9 @@ def terminal_console() -> Console | None:
 def log_handler(console: Console) -> RichHandler:
     """A handler printing records above ``console``'s live display (use with
     :func:`shared.logsetup.records_through`, which gives it the configured formatter)."""
+    from rich.highlighter import NullHighlighter
+    from rich.logging import RichHandler
+
     # rich_tracebacks stays off: rich's tracebacks can show local variables, keys included;
     # the configured formatter (with its secret masking) formats every record, tracebacks too.
     return RichHandler(
