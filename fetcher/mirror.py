@@ -236,23 +236,15 @@ class Mirror:
     def mark_written(self, feed_id: str, shas: Mapping[str, str]) -> None:
         """Record that a published file carries these versions (inside the ledger's batch).
 
-        One statement for the whole file, not one per object: SQLite runs it in one call, where
-        a statement per row hands the interpreter lock to the pool's threads and waits to get it
-        back once per object. An object whose kept version is no longer the one carried keeps
-        its mark (the ``(object_id, sha256)`` test).
+        ``written`` takes the version the file carries: an object whose kept version has moved
+        on since stays pending (``written`` differs from its ``sha256``).
         """
-        if not shas:
-            return
-        pairs = json.dumps(list(shas.items()))
         self._ledger.write(
             [
                 (
-                    "UPDATE mirror SET written = sha256 WHERE feed_id = ?1 "
-                    "AND object_id IN (SELECT json_extract(value, '$[0]') FROM json_each(?2)) "
-                    "AND (object_id, sha256) IN "
-                    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
-                    "FROM json_each(?2))",
-                    (feed_id, pairs),
+                    "UPDATE mirror SET written = ? WHERE feed_id = ? AND object_id = ?",
+                    (sha, feed_id, object_id),
                 )
+                for object_id, sha in shas.items()
             ]
         )

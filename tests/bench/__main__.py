@@ -40,8 +40,9 @@ outside Python's heap.
   the rest of a record's work, for a third of a few hundred bytes), report closures read and
   files written by the pool threads through their own read-only connections (the main thread
   only records them). Measured and dropped: one `INSERT … SELECT FROM json_each` per page instead
-  of a row per object (slower: SQLite parses the row's JSON once per column), a shorter or longer
-  interpreter switch interval, a deeper read-ahead, splitting segments earlier. The half-end
+  of a row per object, and one `UPDATE` per file for the written marks (both slower: SQLite
+  parses the JSON once per column), a shorter or longer interpreter switch interval, a deeper
+  read-ahead, splitting segments earlier, other sizes of the assembling pool's tasks and commits. The half-end
   requests (a full page asked only for its `next`, where one half of a page was cut) are what
   keeps the walk complete (README, CTX API compatibility). The benchmark keeps every run's spool
   until its last run: on this machine's ext4 (no journal) creating files right after deleting
