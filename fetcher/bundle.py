@@ -19,11 +19,14 @@ from shared.durable import sha256_bytes
 BUNDLE_NAMESPACE = uuid.UUID("6b1e3c1a-2f4d-5e8b-9a7c-0d1e2f3a4b5c")
 
 
+#: ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``: one encoder for
+#: every call, since ``dumps`` with any non-default option builds a new one each time.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(obj: Any) -> bytes:
     """Deterministic UTF-8 JSON: sorted keys, no insignificant whitespace."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8"
-    )
+    return _CANONICAL.encode(obj).encode("utf-8")
 
 
 def make_bundle(objects: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 A cursor-style walk is a chain of round trips, each asked with the last one's position. But
 ``added_after=T`` starts a walk anywhere, so walks started at ``T1 < T2 < …`` cover ``(cursor,
-T1]``, ``(T1, T2]``, … between them. Nothing in an answer says how records spread over time, so
-segments are made by halving: a worker with nothing to do takes the running segment expected to
-need the most pages (from its pace so far) and cuts it in the middle
-(:meth:`fetcher.walk.CursorWalk.cut`); a span holding no record costs one empty answer. Records come back in any order and some twice; the
+T1]``, ``(T1, T2]``, … between them. Nothing in an answer says how records spread over time: once
+the first answer gives a position, what lies ahead of it is cut into one segment per worker; after
+that a worker with nothing to do takes the running segment expected to need the most pages (from
+its pace so far) and cuts it in the middle (:meth:`fetcher.walk.CursorWalk.cut`). A span holding
+no record costs one empty answer. Records come back in any order and some twice; the
 mirror is indifferent to both (:mod:`fetcher.state`).
 
 The cursor saved is the position of the first segment not yet wholly applied
@@ -89,6 +90,7 @@ class ListingReader:
         # that found nothing ends at its start, a time this machine's clock chose, and records
         # the server stores later may still get a time below it.
         self._cap = cursor
+        self._spread = False
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._queue: queue.Queue[Item | BaseException | None] = queue.Queue(maxsize=buffered)
@@ -132,8 +134,12 @@ class ListingReader:
         """
         if self._workers == 1:
             return None
-        best: tuple[float, int, datetime] | None = None
         horizon = datetime.now(UTC) + CLOCK_MARGIN
+        if not self._spread:
+            spread = self._spread_first(horizon)
+            if spread is not None:
+                return spread
+        best: tuple[float, int, datetime] | None = None
         for index, segment in enumerate(self._segments):
             walk = segment.walk
             if segment.fetched or not isinstance(walk, CursorWalk):
@@ -163,6 +169,43 @@ class ListingReader:
         segment = Segment(CursorWalk(self._client, self._feed_id, at, end_raw), at, owned=True)
         self._segments.insert(index + 1, segment)
         return segment
+
+    def _spread_first(self, horizon: datetime) -> Segment | None:
+        """Under the lock: once the first segment has a position, cut what lies ahead of it into
+        one segment per worker at once, instead of halving twice per doubling of the workers.
+
+        Nothing says how records spread over time; a piece that holds none costs one empty
+        answer, and a piece that holds most of them is halved later by its pace (:meth:`_split`).
+        """
+        if len(self._segments) != 1:
+            self._spread = True
+            return None
+        old = self._segments[0].walk
+        if not isinstance(old, CursorWalk) or self._segments[0].fetched:
+            self._spread = True
+            return None
+        position_raw = old.position()
+        if position_raw is None:
+            return None  # not yet: the first answer gives the position
+        self._spread = True
+        position = parse_record_time(position_raw)
+        end_raw = old.end()
+        end = parse_record_time(end_raw) if end_raw is not None else horizon
+        if position is None or end is None or end - position < self._workers * MIN_SPAN:
+            return None
+        step = (end - position) / self._workers
+        cuts = [format_record_time(position + step * i) for i in range(1, self._workers)]
+        if not old.cut(cuts[0]):
+            return None
+        ends: list[str | None] = [*cuts[1:], end_raw]
+        made = [
+            Segment(CursorWalk(self._client, self._feed_id, start, stop), start)
+            for start, stop in zip(cuts, ends, strict=True)
+        ]
+        self._segments[1:1] = made
+        made[0].owned = True
+        self._cond.notify_all()
+        return made[0]
 
     def _work(self) -> None:
         try:

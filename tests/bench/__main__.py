@@ -39,7 +39,9 @@ outside Python's heap.
   lock is what remains. Measured and kept: mirror bodies stored as they are (zlib cost as much as
   the rest of a record's work, for a third of a few hundred bytes), report closures read and
   files written by the pool threads through their own read-only connections (the main thread
-  only records them). Measured and dropped: one `INSERT … SELECT FROM json_each` per page instead
+  only records them), the listing cut into one segment per worker as soon as the first answer
+  gives a position (the ramp-up, about a tenth of a second), one JSON encoder for every record's
+  canonical JSON. Measured and dropped: one `INSERT … SELECT FROM json_each` per page instead
   of a row per object, and one `UPDATE` per file for the written marks (both slower: SQLite
   parses the JSON once per column), a shorter or longer interpreter switch interval, a deeper
   read-ahead, splitting segments earlier, other sizes of the assembling pool's tasks and commits. The half-end
