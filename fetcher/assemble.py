@@ -152,18 +152,18 @@ class Assembler:
             readers.close()
         return self.counts
 
+    def _pending(self, *, reports: bool, limit: int) -> Iterator[list[str]]:
+        """Ids of pending reports, or of every other pending object, ``limit`` at a time."""
+        after = ""
+        while ids := self.mirror.pending(self.feed_id, reports=reports, after=after, limit=limit):
+            after = ids[-1]
+            yield ids
+
     def _report_batches(
         self, pool: ThreadPoolExecutor, readers: _Readers
     ) -> Iterator[list[Future[list[_Built]]]]:
         """Pending reports a commit's worth at a time, handed to the pool a task at a time."""
-        after = ""
-        while True:
-            ids = self.mirror.pending(
-                self.feed_id, reports=True, after=after, limit=REPORTS_PER_COMMIT
-            )
-            if not ids:
-                return
-            after = ids[-1]
+        for ids in self._pending(reports=True, limit=REPORTS_PER_COMMIT):
             yield [
                 pool.submit(self._reports_task, readers, ids[at : at + REPORTS_PER_TASK])
                 for at in range(0, len(ids), REPORTS_PER_TASK)
@@ -173,14 +173,7 @@ class Assembler:
         self, pool: ThreadPoolExecutor, readers: _Readers
     ) -> Iterator[list[Future[list[_Built]]]]:
         """Pending objects that no report file carried, a feed-level file at a time."""
-        after = ""
-        while True:
-            ids = self.mirror.pending(
-                self.feed_id, reports=False, after=after, limit=OBJECTS_PER_FILE
-            )
-            if not ids:
-                return
-            after = ids[-1]
+        for ids in self._pending(reports=False, limit=OBJECTS_PER_FILE):
             yield [pool.submit(self._objects_task, readers, ids)]
 
     def _reports_task(self, readers: _Readers, ids: list[str]) -> list[_Built]:
