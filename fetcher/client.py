@@ -1,10 +1,9 @@
-"""The CTX HTTP client: one session, timeouts, retries, typed errors, checked answers.
+"""The CTX HTTP client: one session, timeouts, retries, rate limit, typed errors.
 
-The client knows URLs, pages and answer shapes (``cyberthreatexchange/server/arango_helpers.py``
-``get_objects`` for the listing; the hosted layer's ``v1/`` prefix, ``API-KEY`` header and
+The client knows URLs and how to ask (the hosted layer's ``v1/`` prefix, ``API-KEY`` header and
 ``v1/subscriptions/`` as the official OpenCTI connector uses them, ``external-import/
-dogesec-cyberthreatexchange``); what to ask and when to save a cursor is :mod:`fetcher.walk` and
-:mod:`fetcher.sync`'s job.
+dogesec-cyberthreatexchange``); the shapes of the answers are checked by :mod:`fetcher.answers`;
+what to ask and when to save a cursor is :mod:`fetcher.walk` and :mod:`fetcher.sync`'s job.
 """
 
 from __future__ import annotations
@@ -13,9 +12,8 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -24,6 +22,15 @@ from urllib3.connectionpool import ConnectionPool
 from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
+from fetcher.answers import (
+    JSONDict,
+    Page,
+    Subscription,
+    check_object,
+    int_or_none,
+    parse_page,
+    parse_subscription,
+)
 from fetcher.errors import (
     CTXAuthError,
     CTXConnectionError,
@@ -35,8 +42,7 @@ from fetcher.errors import (
 )
 from fetcher.metrics import FetcherMetrics
 from fetcher.settings import FetcherSettings
-from shared.errors import UnsafeNameError
-from shared.layout import check_feed_id, check_stix_id
+from shared.layout import check_feed_id
 
 logger = logging.getLogger(__name__)
 
@@ -49,43 +55,6 @@ MAX_PAGES = 100_000
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 MAX_RETRY_AFTER = 120.0
-
-JSONDict = dict[str, Any]
-Style = Literal["cursor", "page"]
-
-
-@dataclass(frozen=True)
-class Page:
-    """One page of ``objects``, in whichever pagination style the server answered."""
-
-    objects: list[JSONDict]
-    style: Style
-    next: str | None = None
-    page_number: int | None = None
-    page_size: int | None = None
-    total: int | None = None
-
-    @property
-    def is_last_numbered(self) -> bool:
-        """Page style: True when this page is empty or reaches ``total_results_count``."""
-        if not self.objects:
-            return True
-        if self.total is None or self.page_number is None or self.page_size is None:
-            return False
-        return self.page_number * self.page_size >= self.total
-
-
-@dataclass(frozen=True)
-class Subscription:
-    """A feed the team is subscribed to, and the subscription's status."""
-
-    feed_id: str
-    name: str
-    status: str
-
-    @property
-    def active(self) -> bool:
-        return self.status.lower() == "active"
 
 
 class RateLimiter:
@@ -304,15 +273,15 @@ class CTXClient:
             if not isinstance(results, list):
                 raise MalformedResponseError("subscriptions answer has no results list", path=path)
             for item in results:
-                sub = _subscription(item, path)
+                sub = parse_subscription(item, path)
                 if sub is not None:
                     out.append(sub)
             page = Page(
                 objects=results,
                 style="page",
-                page_number=_int_or_none(body.get("page_number")),
-                page_size=_int_or_none(body.get("page_size")),
-                total=_int_or_none(body.get("total_results_count")),
+                page_number=int_or_none(body.get("page_number")),
+                page_size=int_or_none(body.get("page_size")),
+                total=int_or_none(body.get("total_results_count")),
             )
             if page.is_last_numbered:
                 break
@@ -324,75 +293,6 @@ class CTXClient:
         path = f"v1/feeds/{feed_id}/objects/"
         body = self.get_json(path, params, feed_id=feed_id)
         return parse_page(body, path=path, feed_id=feed_id)
-
-
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _subscription(item: object, path: str) -> Subscription | None:
-    if not isinstance(item, dict):
-        raise MalformedResponseError("a subscription is not an object", path=path)
-    feed = item.get("feed")
-    sub = item.get("subscription")
-    if not isinstance(feed, dict) or not isinstance(sub, dict):
-        raise MalformedResponseError("a subscription lacks feed or subscription", path=path)
-    try:
-        feed_id = check_feed_id(feed.get("id"))
-    except UnsafeNameError as exc:
-        # One bad entry must not hide the team's other feeds; it can never be fetched anyway.
-        logger.warning("ignoring a subscription with an unusable feed id: %s", exc)
-        return None
-    return Subscription(feed_id, str(feed.get("name", "")), str(sub.get("status", "")))
-
-
-def parse_page(body: JSONDict, *, path: str, feed_id: str | None = None) -> Page:
-    """Check an ``objects`` answer and tell its pagination style from its keys.
-
-    Cursor style: ``{objects, next, count}`` (arango_helpers.py ``get_objects``); page-number
-    style: ``{page_size, page_number, page_results_count, total_results_count, objects}`` (the
-    older ``get_paginated_response``). Objects are checked one by one where they are kept
-    (:meth:`fetcher.mirror.Mirror.apply`), so one bad record cannot stop a feed.
-    """
-    objects = body.get("objects")
-    if objects is None and ("next" in body or "page_number" in body):
-        # Some servers drop the key of an empty list.
-        objects = []
-    if not isinstance(objects, list):
-        raise MalformedResponseError("answer has no objects list", path=path, feed_id=feed_id)
-    if not all(isinstance(obj, dict) for obj in objects):
-        raise MalformedResponseError("an object is not a JSON object", path=path, feed_id=feed_id)
-    if "next" in body:
-        nxt = body["next"]
-        if nxt is not None and not isinstance(nxt, str):
-            raise MalformedResponseError("next is not a string", path=path, feed_id=feed_id)
-        return Page(objects=objects, style="cursor", next=nxt or None)
-    if "page_number" in body or "total_results_count" in body:
-        return Page(
-            objects=objects,
-            style="page",
-            page_number=_int_or_none(body.get("page_number")),
-            page_size=_int_or_none(body.get("page_size")),
-            total=_int_or_none(body.get("total_results_count")),
-        )
-    raise MalformedResponseError(
-        "answer is neither cursor- nor page-style", path=path, feed_id=feed_id
-    )
-
-
-def check_object(obj: object, *, path: str, feed_id: str | None = None) -> JSONDict:
-    """An object from an answer: a JSON object whose ``id`` is ``<type>--<uuid>`` of its ``type``."""
-    if not isinstance(obj, dict):
-        raise MalformedResponseError("an object is not a JSON object", path=path, feed_id=feed_id)
-    try:
-        object_id = check_stix_id(obj.get("id"))
-    except UnsafeNameError as exc:
-        raise MalformedResponseError(str(exc), path=path, feed_id=feed_id) from None
-    if obj.get("type") != object_id.split("--", 1)[0]:
-        raise MalformedResponseError(
-            f"object {object_id} has type {str(obj.get('type'))[:60]!r}", path=path, feed_id=feed_id
-        )
-    return obj
 
 
 __all__ = [

@@ -25,11 +25,11 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from fetcher.answers import check_object
 from fetcher.bundle import canonical_json
-from fetcher.client import check_object
 from fetcher.errors import MalformedResponseError
 from fetcher.state import Ledger, Statement
 from fetcher.stix import JSONDict, is_storage_artefact, object_time, version_key
@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS mirror (
     sha256 TEXT NOT NULL, stamp TEXT NOT NULL, body BLOB NOT NULL, written TEXT,
     source_ref TEXT, target_ref TEXT,
     PRIMARY KEY (feed_id, object_id));
-CREATE INDEX IF NOT EXISTS mirror_pending ON mirror (feed_id, type, object_id)
+DROP INDEX IF EXISTS mirror_pending;
+CREATE INDEX IF NOT EXISTS mirror_pending_rows ON mirror (feed_id, type)
     WHERE written IS NOT sha256;
 CREATE INDEX IF NOT EXISTS mirror_source ON mirror (feed_id, source_ref)
     WHERE source_ref IS NOT NULL;
@@ -221,17 +222,32 @@ class Mirror:
                 ]
             )
 
-    def pending(
-        self, feed_id: str, *, reports: bool, after: str = "", limit: int = 1000
-    ) -> list[str]:
-        """Ids of pending objects, in id order from ``after``: reports, or everything else."""
-        test = "=" if reports else "!="
-        rows = self._ledger.query(
-            f"SELECT object_id FROM mirror WHERE feed_id = ? AND type {test} 'report' "  # noqa: S608
-            "AND written IS NOT sha256 AND object_id > ? ORDER BY object_id LIMIT ?",
-            (feed_id, after, limit),
-        )
-        return [str(row[0]) for row in rows]
+    def pending(self, feed_id: str, *, reports: bool, limit: int = 1000) -> Iterator[list[str]]:
+        """Ids of pending objects, ``limit`` at a time: reports, or everything else by type.
+
+        In the order the rows were stored (SQLite's ``rowid``, kept by an upsert), which is the
+        listing's order: the objects one upload stored together sit side by side, so the files
+        of neighbouring reports read and mark neighbouring pages of the table, not one page per
+        object (https://sqlite.org/lang_createtable.html#rowid). The index holds only pending
+        rows, each entry ending with its rowid, so both orders come from it without sorting.
+        """
+        kind, after = ("report", 0) if reports else ("", 0)
+        while True:
+            rows = self._ledger.query(
+                "SELECT object_id, type, rowid FROM mirror WHERE feed_id = ? AND type = ? "
+                "AND written IS NOT sha256 AND rowid > ? ORDER BY rowid LIMIT ?",
+                (feed_id, kind, after, limit),
+            )
+            if not reports and len(rows) < limit:
+                rows += self._ledger.query(
+                    "SELECT object_id, type, rowid FROM mirror WHERE feed_id = ? AND type > ? "
+                    "AND type != 'report' AND written IS NOT sha256 ORDER BY type, rowid LIMIT ?",
+                    (feed_id, kind, limit - len(rows)),
+                )
+            if not rows:
+                return
+            kind, after = str(rows[-1][1]), int(rows[-1][2])
+            yield [str(row[0]) for row in rows]
 
     def mark_written(self, feed_id: str, shas: Mapping[str, str]) -> None:
         """Record that a published file carries these versions (inside the ledger's batch).

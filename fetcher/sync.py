@@ -20,14 +20,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fetcher.answers import Subscription
 from fetcher.assemble import Assembler, Counts
-from fetcher.client import CTXClient, Subscription
+from fetcher.client import CTXClient
 from fetcher.errors import FeedNotSubscribedError, FetcherError
 from fetcher.mirror import Mirror
 from fetcher.passes import PassLog
 from fetcher.reset import now_iso, redeliver
 from fetcher.segments import ListingReader
 from fetcher.state import LISTING_CURSOR, Ledger
+from fetcher.workers import Workers
 from shared.durable import remove_stale_temps
 from shared.errors import SpoolError
 from shared.layout import Spool, check_feed_id
@@ -114,8 +116,12 @@ class FeedSync:
     def run(self) -> FeedResult:
         """Run the pass; errors end up in ``result.error``, never raised."""
         try:
-            self._read_listing()
-            self._assemble()
+            # Started before the listing is read, so that the processes that write files are
+            # ready when it ends (fetcher.workers).
+            with Workers.for_concurrency(self.mirror, self.ledger, self.concurrency) as workers:
+                workers.start()
+                self._read_listing()
+                self._assemble(workers)
         except (FetcherError, SpoolError) as exc:
             if isinstance(exc, FetcherError) and exc.feed_id is None:
                 exc.feed_id = self.feed_id
@@ -171,7 +177,7 @@ class FeedSync:
             },
         )
 
-    def _assemble(self) -> None:
+    def _assemble(self, workers: Workers) -> None:
         def progress(counts: Counts) -> None:
             self.result.take(counts)
             self._tick()
@@ -181,7 +187,7 @@ class FeedSync:
             self.ledger,
             self.spool,
             self.feed_id,
-            concurrency=self.concurrency,
+            workers,
             signing_key=self.signing_key,
             progress=progress,
         )

@@ -28,7 +28,8 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from fetcher.client import OBJECTS_PAGE_SIZE, CTXClient, JSONDict, Page
+from fetcher.answers import JSONDict, Page
+from fetcher.client import OBJECTS_PAGE_SIZE, CTXClient
 from fetcher.errors import MalformedResponseError
 
 logger = logging.getLogger(__name__)

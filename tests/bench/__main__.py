@@ -28,34 +28,41 @@ Profiles: py-spy (`py-spy record -f raw`, with `--gil` for who holds the interpr
 child processes, getrusage of the children, tracemalloc, and `/proc/<pid>/smaps` for memory
 outside Python's heap.
 
-- **Fetch.** A pass of 1,000 reports (about 22,000 listing records, 446 requests) against a CTX
-  20 ms away is bound by one interpreter lock, not by the network or the two cores: during the
-  listing the machine is about two thirds busy (`/proc/stat`), and py-spy `--gil` puts the lock's
-  time in four nearly equal parts: start-up imports (requests, pydantic, rich, prometheus_client),
-  the HTTP client (requests and urllib3, about 1 ms of Python per request, a new connection each
-  time since the server closes every one), the mirror's per-record work (validation, canonical
-  JSON — the biggest single item —, SHA-256, SQLite) and writing the 1,000 files. One request at
-  a time waits about 9 s for the network; in parallel segments that time nearly vanishes and the
-  lock is what remains. Measured and kept: mirror bodies stored as they are (zlib cost as much as
-  the rest of a record's work, for a third of a few hundred bytes), report closures read and
-  files written by the pool threads through their own read-only connections (the main thread
-  only records them), the listing cut into one segment per worker as soon as the first answer
-  gives a position (the ramp-up, about a tenth of a second), one JSON encoder for every record's
-  canonical JSON. Measured and dropped: one `INSERT … SELECT FROM json_each` per page instead
-  of a row per object, and one `UPDATE` per file for the written marks (both slower: SQLite
-  parses the JSON once per column), a shorter or longer interpreter switch interval, a deeper
-  read-ahead, splitting segments earlier, other sizes of the assembling pool's tasks and commits. The half-end
+- **Fetch.** A pass of 1,000 reports (about 22,000 listing records, 450 requests) against a CTX
+  20 ms away is bound by Python's interpreter lock, not by the network: during the listing the
+  machine is about two thirds busy (`/proc/stat`), and py-spy `--gil` puts the lock's time in
+  four parts: start-up imports (requests, pydantic, prometheus_client), the HTTP client (requests
+  and urllib3, about 1 ms of Python per request, a new connection each time since the server
+  closes every one), the mirror's per-record work (validation, canonical JSON — the biggest single
+  item —, SHA-256, SQLite) and building the 1,000 files. One request at a time waits about 9 s
+  for the network; in parallel segments that time nearly vanishes and the lock is what remains.
+  The files are therefore built in up to four worker processes (fetcher/workers.py), which the
+  main process only feeds and records: in threads of one process the 1,000 files took about
+  0.95 s after the last request, in processes about 0.7 s (interleaved runs of the same pass,
+  `python -m tests.bench fetch` and an A/B harness); the fork server is started while the listing
+  is read. Pending reports are taken in the order they were stored, so neighbouring files read
+  and mark neighbouring pages of the state (a third fewer page reads and writes, strace).
+  Measured and kept before: mirror bodies stored as they are (zlib cost as much as the rest of a
+  record's work), the listing cut into one segment per worker as soon as the first answer gives a
+  position (the ramp-up, about a tenth of a second), one JSON encoder for every record's
+  canonical JSON. Measured and dropped: one `INSERT … SELECT FROM json_each` per page instead of a
+  row per object, and one `UPDATE` per file for the written marks (both slower: SQLite parses the
+  JSON once per column), a shorter or longer interpreter switch interval, a deeper read-ahead,
+  splitting segments earlier, a larger SQLite page cache and rarer WAL checkpoints. The half-end
   requests (a full page asked only for its `next`, where one half of a page was cut) are what
   keeps the walk complete (README, CTX API compatibility). The benchmark keeps every run's spool
   until its last run: on this machine's ext4 (no journal) creating files right after deleting
   thousands costs the kernel a scan of the freed inodes (`recently_deleted`, perf), which would
   tax each run for the previous one's clean-up.
 - **Fetch memory.** The mirror is on disk; memory holds 16 pages read ahead, two commits' worth of
-  report files in flight and at most 1,000 objects per feed-level file; each assembling thread's
-  read-only SQLite connection has its own page cache (2 MiB at most, SQLite's default). Sets of
-  ids reach SQLite as one JSON parameter: with `IN (?, ?, …)` every count of ids is a prepared
-  statement of its own, and the sqlite3 module's cache of 128 of them grows the heap with the
-  feed.
+  report files in flight and at most 1,000 objects per feed-level file. The fetcher's memory is
+  counted over all its processes (the fetcher, the fork server, the workers, multiprocessing's
+  resource tracker): the greatest sum of their proportional set sizes (PSS, a page shared by
+  several of them counted once) over samples every 5 ms, or the fetcher's own `VmHWM` if greater
+  (harness.Child.memory_peak_kib). Each worker's read-only SQLite connection has its own page
+  cache (2 MiB at most, SQLite's default). Sets of ids reach SQLite as one JSON parameter: with
+  `IN (?, ?, …)` every count of ids is a prepared statement of its own, and the sqlite3 module's
+  cache of 128 of them grows the heap with the feed.
 - **Upload.** The uploader makes the same three pycti calls per file as a bare loop
   (`initiate_work`, the push, `to_processed`) plus a look at the connector's queue every 10 s, and
   spends its own CPU on the digest check, the claim, the receipt and the durable moves. Against a

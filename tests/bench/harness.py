@@ -92,10 +92,32 @@ class TimedOpenCTI(OpenCTIStandIn):
 
 def vm_hwm_kib(pid: int) -> int | None:
     """The process's own peak RSS (``VmHWM`` of its address space), None once it is gone."""
+    return _status_kib(pid, b"VmHWM:")
+
+
+def vm_rss_kib(pid: int) -> int | None:
+    """The process's RSS now (``VmRSS``), None once it is gone."""
+    return _status_kib(pid, b"VmRSS:")
+
+
+def pss_kib(pid: int) -> int | None:
+    """The process's proportional set size now (``Pss`` of ``smaps_rollup``): its private pages
+    plus its share of each page it shares with other processes. None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _status_kib(pid: int, key: bytes) -> int | None:
     try:
         with open(f"/proc/{pid}/status", "rb") as fh:
             for line in fh:
-                if line.startswith(b"VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         return None
@@ -111,6 +133,17 @@ def child_pids(pid: int) -> list[int]:
                 found.extend(int(p) for p in fh.read().split())
     except (OSError, ValueError):
         pass
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: its children, theirs, and so on (the fetcher's fork server
+    and the file-writing workers it forks are grandchildren)."""
+    found: list[int] = []
+    todo = child_pids(pid)
+    while todo:
+        found.append(todo.pop())
+        todo.extend(child_pids(found[-1]))
     return found
 
 
@@ -141,8 +174,11 @@ class Child:
     started: float = field(init=False)
     ended: float | None = None
     peak_rss_kib: int | None = None
-    #: Peak ``VmHWM`` of each process the child started, by pid.
+    #: Peak ``VmHWM`` of each process the child started (at any depth), by pid.
     helper_peaks_kib: dict[int, int] = field(default_factory=dict)
+    #: The greatest sum of the RSS of the child and every process it started, over the samples.
+    tree_rss_kib: int = 0
+    tree_pss_kib: int = 0
     #: User + system CPU seconds of the child (and the children it waited for), from ``wait4``.
     cpu: float | None = None
     #: ``ru_maxrss`` from ``wait4``, kept for comparison only (see the class docstring).
@@ -201,19 +237,39 @@ class Child:
         own = self._cmdline
         if own is None:
             own = self._cmdline = cmdline(self.proc.pid)
-        for helper in child_pids(self.proc.pid):
+        now = vm_rss_kib(self.proc.pid) or 0
+        pss = pss_kib(self.proc.pid) or 0
+        for helper in descendants(self.proc.pid):
             line = cmdline(helper)
             if line is None or line == own:
                 continue
             peak = vm_hwm_kib(helper)
             if peak:
                 self.helper_peaks_kib[helper] = peak
+                now += vm_rss_kib(helper) or 0
+                pss += pss_kib(helper) or 0
+        self.tree_rss_kib = max(self.tree_rss_kib, now)
+        self.tree_pss_kib = max(self.tree_pss_kib, pss)
 
     @property
     def tree_peak_kib(self) -> int:
         """The child's peak plus the peak of every process it started (all at once, at worst)."""
         assert self.peak_rss_kib is not None
         return self.peak_rss_kib + sum(self.helper_peaks_kib.values())
+
+    @property
+    def memory_peak_kib(self) -> int:
+        """Memory of a program that may run several processes: the greatest sum, over the samples,
+        of the proportional set size (PSS) of the child and every process it started, or the
+        child's own ``VmHWM`` if that is greater (a lone process: its exact peak).
+
+        Not the sum of each process's peak (:attr:`tree_peak_kib`): a fork server and the
+        workers it forks share most of their pages, and their peaks need not coincide; PSS
+        counts a shared page once across the processes that share it, as a cgroup memory limit
+        counts it.
+        """
+        assert self.peak_rss_kib is not None
+        return max(self.peak_rss_kib, self.tree_pss_kib)
 
     @property
     def wall(self) -> float:

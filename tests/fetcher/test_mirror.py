@@ -91,6 +91,35 @@ def test_written_marks_only_the_version_carried(tmp_path: Path) -> None:
             FEED,
             {**carried, str(other["id"]): mirror.get(FEED, [other["id"]])[str(other["id"])].sha256},
         )
-        assert sorted(mirror.pending(FEED, reports=False)) == [IND]
+        assert list(mirror.pending(FEED, reports=False)) == [[IND]]
         mirror.mark_written(FEED, {IND: mirror.get(FEED, [IND])[IND].sha256})
-        assert mirror.pending(FEED, reports=False) == []
+        assert list(mirror.pending(FEED, reports=False)) == []
+
+
+def test_pending_in_stored_order_reports_apart_others_by_type(tmp_path: Path) -> None:
+    # Stored order, not id order: a file's objects were stored side by side (fetcher.mirror).
+    def obj(kind: str, uuid: str) -> dict[str, object]:
+        return {"type": kind, "id": f"{kind}--{uuid}", "modified": "2025-01-01T00:00:00.000Z"}
+
+    late_id, early_id = (
+        "ffffffff-0000-4000-8000-000000000000",
+        "00000000-0000-4000-8000-000000000000",
+    )
+    stored = [
+        obj("report", late_id),
+        obj("indicator", late_id),
+        obj("report", early_id),
+        obj("malware", early_id),
+        obj("indicator", early_id),
+    ]
+    with Ledger(tmp_path) as ledger:
+        mirror = Mirror(ledger)
+        for item in stored:
+            mirror.apply(FEED, [item], None)
+        reports = list(mirror.pending(FEED, reports=True, limit=1))
+        others = list(mirror.pending(FEED, reports=False, limit=2))
+    assert reports == [[f"report--{late_id}"], [f"report--{early_id}"]]
+    assert others == [
+        [f"indicator--{late_id}", f"indicator--{early_id}"],
+        [f"malware--{early_id}"],
+    ]

@@ -1,0 +1,159 @@
+"""One spool file from the mirror: a report's closure, or a set of feed-level objects.
+
+A report's file holds the report's newest version and, in their newest versions, every object it
+refers to (``object_refs``, ``created_by_ref``, ``object_marking_refs`` and the references of
+those, but not the contents of a container it names), plus the relationships that have the report
+itself as an end. Objects are taken from the mirror, not from the server's ``bundle/`` answer,
+which serves members in any stored version and loses members of big reports across pages
+(``cyberthreatexchange/server/arango_helpers.py`` ``make_bundle_query``: each direction is
+limited before it is sorted).
+
+A :class:`FileWriter` reads, builds, stages (written and fsynced under a temporary name) and
+publishes (renamed into place, folder fsynced) files; it records nothing. It runs where
+:mod:`fetcher.workers` puts it (a worker process, or the fetcher's own process), so it holds only
+what pickles: the spool's root, the feed and the signing key; the mirror is handed to each call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from fetcher.bundle import BundleBuilder
+from fetcher.errors import FetcherError
+from fetcher.mirror import Kept, Mirror
+from fetcher.state import Ledger
+from fetcher.stix import references
+from shared.durable import publish_staged, stage_bytes
+from shared.layout import (
+    FEED_OBJECTS_SUBJECT,
+    Spool,
+    SpoolName,
+    parse_stix_timestamp,
+    relative_path,
+)
+from shared.signing import SigningKey, signature_of
+
+
+@dataclass
+class Built:
+    """A file built (and published if it was new): what the fetcher records about it."""
+
+    subject: str
+    sha: str
+    rel: PurePosixPath
+    #: The sha256 of each object the file carries, by id.
+    shas: dict[str, str]
+    written: bool = False
+    objects: int = 0
+    #: Objects the report refers to that the feed does not hold.
+    missing: int = 0
+
+
+@dataclass
+class _Group:
+    """Objects of one file, read from the mirror."""
+
+    subject: str
+    stamp: str
+    kept: list[Kept] = field(default_factory=list)
+    #: The sha256 of the file the ledger holds for this report (None: none, or not a report).
+    known_sha: str | None = None
+    missing: int = 0
+
+
+@dataclass(frozen=True)
+class FileWriter:
+    """Builds and publishes the files of one feed into ``spool``'s ``incoming/``."""
+
+    spool: Spool
+    feed_id: str
+    signing_key: SigningKey | None = None
+
+    def reports(self, mirror: Mirror, ledger: Ledger, ids: list[str]) -> list[Built]:
+        """The files of these reports, each published if its content is new."""
+        return [self._build(group) for group in self._report_groups(mirror, ledger, ids)]
+
+    def objects(self, mirror: Mirror, ids: list[str]) -> list[Built]:
+        """One feed-level file of these objects (none if the mirror holds none of them)."""
+        kept = list(mirror.get(self.feed_id, ids).values())
+        if not kept:
+            return []
+        stamp = max((item.stamp for item in kept), default="")
+        return [self._build(_Group(FEED_OBJECTS_SUBJECT, stamp, kept))]
+
+    def _report_groups(self, mirror: Mirror, ledger: Ledger, ids: list[str]) -> list[_Group]:
+        """The reports' groups, their closures read a level at a time for all of them."""
+        known = mirror.get(self.feed_id, ids)
+        reports = [known[report_id] for report_id in ids if report_id in known]
+        touching = mirror.touching(self.feed_id, [item.object_id for item in reports])
+        refs_of: dict[str, list[str]] = {}
+        absent: set[str] = set()
+        members = {item.object_id: {item.object_id: item} for item in reports}
+        missing: dict[str, set[str]] = {item.object_id: set() for item in reports}
+        frontier = {
+            item.object_id: [*references(item.obj()), *touching.get(item.object_id, [])]
+            for item in reports
+        }
+        while frontier:
+            wanted = {ref for refs in frontier.values() for ref in refs}
+            unread = [ref for ref in wanted if ref not in known and ref not in absent]
+            found = mirror.get(self.feed_id, unread)
+            known.update(found)
+            absent.update(ref for ref in unread if ref not in found)
+            following: dict[str, list[str]] = {}
+            for report_id, refs in frontier.items():
+                kept, nxt = members[report_id], []
+                for ref in dict.fromkeys(refs):
+                    item = known.get(ref)
+                    if ref in kept:
+                        continue
+                    if item is None:
+                        missing[report_id].add(ref)
+                        continue
+                    kept[ref] = item
+                    if ref not in refs_of:
+                        refs_of[ref] = list(references(item.obj(), follow_contents=False))
+                    nxt.extend(refs_of[ref])
+                if nxt:
+                    following[report_id] = nxt
+            frontier = following
+        shas = ledger.report_shas(self.feed_id, list(members))
+        return [
+            _Group(
+                item.object_id,
+                item.stamp,
+                list(members[item.object_id].values()),
+                shas.get(item.object_id),
+                missing=len(missing[item.object_id]),
+            )
+            for item in reports
+        ]
+
+    def _build(self, group: _Group) -> Built:
+        """The file's bytes and name; staged and published if it is new."""
+        builder = BundleBuilder()
+        for item in group.kept:
+            builder.add_canonical(item.data, item.object_id, item.sha256)
+        pieces = builder.chunks()
+        digest = hashlib.sha256()
+        mac = None if self.signing_key is None else self.signing_key.new_mac()
+        for piece in pieces:
+            digest.update(piece)
+            if mac is not None:
+                mac.update(piece)
+        sha = digest.hexdigest()
+        signature = None if mac is None else signature_of(mac)
+        when = parse_stix_timestamp(group.stamp) if group.stamp else None
+        if when is None:
+            raise FetcherError(
+                f"{group.subject} has no modified, created or record time", feed_id=self.feed_id
+            )
+        rel = relative_path(self.feed_id, SpoolName(when, group.subject, sha, signature))
+        shas = {item.object_id: item.sha256 for item in group.kept}
+        built = Built(group.subject, sha, rel, shas, objects=len(group.kept), missing=group.missing)
+        if group.known_sha != sha:
+            path = self.spool.path_in("incoming", rel)
+            built.written = publish_staged(stage_bytes(path, pieces), path)
+        return built
