@@ -9,7 +9,7 @@ which serves members in any stored version and loses members of big reports acro
 limited before it is sorted).
 
 A :class:`FileWriter` reads, builds, stages (written and fsynced under a temporary name) and
-publishes (renamed into place, folder fsynced) files; it records nothing. It runs where
+publishes (renamed into place, then each folder fsynced once per call) files; it records nothing. It runs where
 :mod:`fetcher.workers` puts it (a worker process, or the fetcher's own process), so it holds only
 what pickles: the spool's root, the feed and the signing key; the mirror is handed to each call.
 """
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from fetcher.bundle import BundleBuilder
 from fetcher.errors import FetcherError
 from fetcher.mirror import Kept, Mirror
 from fetcher.state import Ledger
 from fetcher.stix import references
-from shared.durable import publish_staged, stage_bytes
+from shared.durable import fsync_dirs, publish_staged, stage_bytes
 from shared.layout import (
     FEED_OBJECTS_SUBJECT,
     Spool,
@@ -72,8 +72,16 @@ class FileWriter:
     signing_key: SigningKey | None = None
 
     def reports(self, mirror: Mirror, ledger: Ledger, ids: list[str]) -> list[Built]:
-        """The files of these reports, each published if its content is new."""
-        return [self._build(group) for group in self._report_groups(mirror, ledger, ids)]
+        """The files of these reports, each published if its content is new.
+
+        Each folder that received a file is fsynced once, after the last of them and before
+        this returns: the files are recorded only after that, and reports taken in stored
+        order often share a day's folder.
+        """
+        folders: list[Path] = []
+        built = [self._build(group, folders) for group in self._report_groups(mirror, ledger, ids)]
+        fsync_dirs(folders)
+        return built
 
     def objects(self, mirror: Mirror, ids: list[str]) -> list[Built]:
         """One feed-level file of these objects (none if the mirror holds none of them)."""
@@ -81,7 +89,10 @@ class FileWriter:
         if not kept:
             return []
         stamp = max((item.stamp for item in kept), default="")
-        return [self._build(_Group(FEED_OBJECTS_SUBJECT, stamp, kept))]
+        folders: list[Path] = []
+        built = [self._build(_Group(FEED_OBJECTS_SUBJECT, stamp, kept), folders)]
+        fsync_dirs(folders)
+        return built
 
     def _report_groups(self, mirror: Mirror, ledger: Ledger, ids: list[str]) -> list[_Group]:
         """The reports' groups, their closures read a level at a time for all of them."""
@@ -131,8 +142,9 @@ class FileWriter:
             for item in reports
         ]
 
-    def _build(self, group: _Group) -> Built:
-        """The file's bytes and name; staged and published if it is new."""
+    def _build(self, group: _Group, folders: list[Path]) -> Built:
+        """The file's bytes and name; staged and published if it is new (its folder is added
+        to ``folders``, to be fsynced by the caller)."""
         builder = BundleBuilder()
         for item in group.kept:
             builder.add_canonical(item.data, item.object_id, item.sha256)
@@ -155,5 +167,7 @@ class FileWriter:
         built = Built(group.subject, sha, rel, shas, objects=len(group.kept), missing=group.missing)
         if group.known_sha != sha:
             path = self.spool.path_in("incoming", rel)
-            built.written = publish_staged(stage_bytes(path, pieces), path)
+            built.written = publish_staged(stage_bytes(path, pieces), path, sync_dir=False)
+            if built.written:
+                folders.append(path.parent)
         return built
