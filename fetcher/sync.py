@@ -96,10 +96,12 @@ class FeedSync:
         feed_id: str,
         *,
         concurrency: int,
+        workers: Workers,
         progress: Progress | None = None,
         signing_key: SigningKey | None = None,
     ) -> None:
         self.client = client
+        self.workers = workers
         self.ledger = ledger
         self.mirror = Mirror(ledger)
         self.spool = spool
@@ -116,12 +118,8 @@ class FeedSync:
     def run(self) -> FeedResult:
         """Run the pass; errors end up in ``result.error``, never raised."""
         try:
-            # Started before the listing is read, so that the processes that write files are
-            # ready when it ends (fetcher.workers).
-            with Workers.for_concurrency(self.mirror, self.ledger, self.concurrency) as workers:
-                workers.start()
-                self._read_listing()
-                self._assemble(workers)
+            self._read_listing()
+            self._assemble()
         except (FetcherError, SpoolError) as exc:
             if isinstance(exc, FetcherError) and exc.feed_id is None:
                 exc.feed_id = self.feed_id
@@ -177,7 +175,7 @@ class FeedSync:
             },
         )
 
-    def _assemble(self, workers: Workers) -> None:
+    def _assemble(self) -> None:
         def progress(counts: Counts) -> None:
             self.result.take(counts)
             self._tick()
@@ -187,7 +185,7 @@ class FeedSync:
             self.ledger,
             self.spool,
             self.feed_id,
-            workers,
+            self.workers,
             signing_key=self.signing_key,
             progress=progress,
         )
@@ -209,6 +207,35 @@ def run_pass(
 
     When ``stop`` is set the pass ends after the current feed; the feeds left have no result.
     """
+    # The processes that write files start now, while the pass mostly waits for the network, and
+    # serve every feed of the pass (fetcher.workers).
+    with Workers.for_concurrency(ledger, concurrency) as workers:
+        workers.start()
+        return _run_feeds(
+            client,
+            ledger,
+            spool,
+            feed_ids,
+            concurrency=concurrency,
+            workers=workers,
+            progress=progress,
+            stop=stop,
+            signing_key=signing_key,
+        )
+
+
+def _run_feeds(
+    client: CTXClient,
+    ledger: Ledger,
+    spool: Spool,
+    feed_ids: tuple[str, ...],
+    *,
+    concurrency: int,
+    workers: Workers,
+    progress: Progress | None,
+    stop: threading.Event | None,
+    signing_key: SigningKey | None,
+) -> list[FeedResult]:
     try:
         subscriptions: dict[str, Subscription] | None = {
             sub.feed_id: sub for sub in client.subscriptions()
@@ -248,6 +275,7 @@ def run_pass(
                     spool,
                     feed_id,
                     concurrency=concurrency,
+                    workers=workers,
                     progress=progress,
                     signing_key=signing_key,
                 ).run()

@@ -11,7 +11,7 @@ machine's other cores stayed idle; in processes the cores share it (docs/perform
   fetcher itself, which runs threads (HTTP, metrics), can leave a child stuck on a lock another
   thread held (Python 3.12 warns about it). The fork server is a fresh interpreter that imports
   this module and what it needs, no HTTP stack, so a worker starts in milliseconds. It stays
-  until the fetcher exits; the workers live for one feed's pass.
+  until the fetcher exits; the workers live for one pass.
 * Each worker reads the mirror through its own read-only connection (SQLite WAL readers,
   https://sqlite.org/wal.html#concurrency), opened at its first task.
 * A worker ends when the fetcher ends, even if the fetcher was killed outright
@@ -21,7 +21,8 @@ machine's other cores stayed idle; in processes the cores share it (docs/perform
   written are finished: they are complete and content-addressed, and recorded by the next pass).
 * An error raised in a worker comes back as it is (fetcher and spool errors pickle whole:
   :func:`shared.errors.restore_error`); a worker that dies (killed, out of memory) fails the
-  feed's pass with a :class:`FetcherError`, and what it did not write stays pending.
+  feed it was writing for with a :class:`FetcherError` (what it did not write stays pending),
+  and the next feed gets new workers.
 * With ``CYBERTHREATEXCHANGE_CONCURRENCY=1`` no process is started: files are built one after
   another in the fetcher's own process, through its own connection.
 """
@@ -55,39 +56,43 @@ _T = TypeVar("_T")
 class Workers:
     """Runs :class:`FileWriter` calls in ``processes`` worker processes, or inline if 0."""
 
-    def __init__(self, mirror: Mirror, ledger: Ledger, *, processes: int) -> None:
-        self._mirror = mirror
+    def __init__(self, ledger: Ledger, *, processes: int) -> None:
         self._ledger = ledger
-        self._pool: ProcessPoolExecutor | None = None
+        # Inline, files are read through the fetcher's own connection; the pass made the table.
+        self._mirror = Mirror(ledger, create=False)
+        self._processes = processes
+        self._pool = self._new_pool() if processes > 0 else None
         self._starting: threading.Thread | None = None
-        if processes > 0:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload([__name__])
-            try:
-                self._pool = ProcessPoolExecutor(
-                    processes,
-                    mp_context=context,
-                    initializer=_start_worker,
-                    initargs=(str(ledger.path.parent), os.getpid()),
-                )
-            except OSError as exc:
-                # Its queues need POSIX semaphores (/dev/shm); CONCURRENCY=1 needs none.
-                raise FetcherError(
-                    f"cannot prepare processes to write files: {exc} "
-                    "(CYBERTHREATEXCHANGE_CONCURRENCY=1 writes them without)"
-                ) from None
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        try:
+            return ProcessPoolExecutor(
+                self._processes,
+                mp_context=context,
+                initializer=_start_worker,
+                initargs=(str(self._ledger.path.parent), os.getpid()),
+            )
+        except OSError as exc:
+            # Its queues need POSIX semaphores (/dev/shm); CONCURRENCY=1 needs none.
+            raise FetcherError(
+                f"cannot prepare processes to write files: {exc} "
+                "(CYBERTHREATEXCHANGE_CONCURRENCY=1 writes them without)"
+            ) from None
 
     @classmethod
-    def for_concurrency(cls, mirror: Mirror, ledger: Ledger, concurrency: int) -> Workers:
+    def for_concurrency(cls, ledger: Ledger, concurrency: int) -> Workers:
         """Workers for CYBERTHREATEXCHANGE_CONCURRENCY: up to :data:`MAX_PROCESSES`, none for 1."""
         processes = 0 if concurrency <= 1 else min(concurrency, MAX_PROCESSES)
-        return cls(mirror, ledger, processes=processes)
+        return cls(ledger, processes=processes)
 
     def start(self) -> None:
         """Start the first worker (and the fork server) in the background; returns at once.
 
         The first process costs about a tenth of a second (a fresh interpreter importing this
-        module); started while the listing is read, it is not waited for when files are due.
+        module); started when the pass starts, while the fetcher mostly waits for the network,
+        it is ready when files are due.
         """
         if self._pool is not None and self._starting is None:
             self._starting = threading.Thread(
@@ -114,9 +119,16 @@ class Workers:
     def _submit(self, task: Callable[..., _T], *args: object) -> Future[_T]:
         assert self._pool is not None
         try:
-            return self._pool.submit(task, *args)
+            try:
+                return self._pool.submit(task, *args)
+            except BrokenExecutor:
+                # A worker died (killed, out of memory): the feed it wrote for has failed
+                # (outcome()); what comes next gets new workers.
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+                return self._pool.submit(task, *args)
         except (BrokenExecutor, OSError) as exc:
-            # A worker died earlier, or no process can be started (limits, memory).
+            # No process can be started (limits, memory).
             raise FetcherError(f"cannot run a process to write files: {exc}") from None
 
     def close(self) -> None:

@@ -105,7 +105,7 @@ def test_files_built_in_processes_are_the_files_built_inline(tmp_path: Path) -> 
     built = {}
     for name, processes in (("processes", 2), ("inline", 0)):
         writer = FileWriter(spools[name], FEED)
-        with Workers(mirror, ledger, processes=processes) as workers:
+        with Workers(ledger, processes=processes) as workers:
             futures = [workers.reports(writer, ids[at : at + 7]) for at in range(0, 40, 7)]
             built[name] = [b for future in futures for b in outcome(future, FEED)]
     ledger.close()
@@ -129,7 +129,7 @@ def test_an_error_in_a_worker_comes_back_whole(tmp_path: Path) -> None:
         "object_refs": [],
     }
     ledger, mirror = _ledger(tmp_path, [report])
-    with Workers(mirror, ledger, processes=2) as workers:
+    with Workers(ledger, processes=2) as workers:
         future = workers.reports(FileWriter(Spool(tmp_path / "spool"), FEED), _report_ids(mirror))
         with pytest.raises(FetcherError, match="has no modified, created or record time") as err:
             outcome(future, FEED)
@@ -201,7 +201,7 @@ def test_no_worker_outlives_a_killed_fetcher(tmp_path: Path) -> None:
             mirror = Mirror(ledger)
             ids = [i for ids in mirror.pending({FEED!r}, reports=True) for i in ids]
             writer = FileWriter(Spool(Path({str(tmp_path / "spool")!r})), {FEED!r})
-            workers = Workers(mirror, ledger, processes=3)
+            workers = Workers(ledger, processes=3)
             futures = [workers.reports(writer, [i]) for i in ids]
             for future in futures:
                 outcome(future, {FEED!r})
@@ -231,3 +231,36 @@ def test_no_worker_outlives_a_killed_fetcher(tmp_path: Path) -> None:
     while time.monotonic() < deadline and any(_running(pid) for pid in helpers):
         time.sleep(0.05)
     assert not [pid for pid in helpers if _running(pid)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_after_a_worker_is_killed_new_workers_take_over(tmp_path: Path) -> None:
+    ledger, mirror = _ledger(tmp_path, _objects(4))
+    ids = _report_ids(mirror)
+    writer = FileWriter(Spool(tmp_path / "spool"), FEED)
+    with Workers(ledger, processes=2) as workers:
+        assert outcome(workers.reports(writer, ids[:1]), FEED)
+        # The workers are the fork server's children: this process's grandchildren.
+        direct = _descendants(os.getpid()) - {
+            pid for child in _descendants(os.getpid()) for pid in _descendants(child)
+        }
+        killed = _descendants(os.getpid()) - direct
+        assert killed
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_running(pid) for pid in killed):
+            time.sleep(0.02)
+        # A task handed over before the pool noticed the deaths fails with a FetcherError; once
+        # it has noticed, the next task gets new workers.
+        built = None
+        for _ in range(100):
+            try:
+                built = outcome(workers.reports(writer, ids[1:]), FEED)
+                break
+            except FetcherError as exc:
+                assert "ended unexpectedly" in str(exc)
+                time.sleep(0.05)
+    ledger.close()
+    assert built is not None
+    assert [b.subject for b in built] == ids[1:]
