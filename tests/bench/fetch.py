@@ -70,7 +70,7 @@ def bench_fetch(opts: Options) -> Result:
         requests = 0
         spools: list[Path] = []
         # One pass first, not measured: the stand-in encodes each record's JSON the first time
-        # it serves it and keeps it (Collection.json in tests/standins/ctx_world.py), which
+        # it serves it and keeps it (Collection.json in tests/standins/ctx_records.py), which
         # would otherwise load the machine during whichever set-up happens to run first.
         _child, _times, warm_up = fetch_once(opts, ctx, feed, "warm-up")
         spools.append(warm_up)

@@ -77,22 +77,19 @@ from itertools import islice
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.standins.ctx_world import (
-    ALL_KINDS,
-    CUSTOM_KINDS,
+from tests.standins.ctx_producer import ALL_KINDS, CUSTOM_KINDS, SCO_KINDS, SDO_KINDS
+from tests.standins.ctx_records import (
     S2A_IDENTITY_ID,
-    SCO_KINDS,
-    SDO_KINDS,
     TS_FORMAT,
     Collection,
     Feed,
     Run,
-    World,
     refs_of,
     strip,
     synthetic_id,
     ts,
 )
+from tests.standins.ctx_world import World
 
 __all__ = [
     "ALL_KINDS",
