@@ -69,22 +69,22 @@ class Assembler:
         self._progress = progress
 
     def run(self) -> Counts:
-        self._write_all(self._report_batches(self.workers))
-        self._write_all(self._object_batches(self.workers))
+        self._write_all(self._report_batches())
+        self._write_all(self._object_batches())
         return self.counts
 
-    def _report_batches(self, workers: Workers) -> Iterator[list[Future[list[Built]]]]:
+    def _report_batches(self) -> Iterator[list[Future[list[Built]]]]:
         """Pending reports a commit's worth at a time, handed to the workers a task at a time."""
         for ids in self.mirror.pending(self.feed_id, reports=True, limit=REPORTS_PER_COMMIT):
             yield [
-                workers.reports(self.writer, ids[at : at + REPORTS_PER_TASK])
+                self.workers.reports(self.writer, ids[at : at + REPORTS_PER_TASK])
                 for at in range(0, len(ids), REPORTS_PER_TASK)
             ]
 
-    def _object_batches(self, workers: Workers) -> Iterator[list[Future[list[Built]]]]:
+    def _object_batches(self) -> Iterator[list[Future[list[Built]]]]:
         """Pending objects that no report file carried, a feed-level file at a time."""
         for ids in self.mirror.pending(self.feed_id, reports=False, limit=OBJECTS_PER_FILE):
-            yield [workers.objects(self.writer, ids)]
+            yield [self.workers.objects(self.writer, ids)]
 
     def _write_all(self, batches: Iterator[list[Future[list[Built]]]]) -> None:
         """Record each batch's files, in order, in one commit, while later batches are built.

@@ -107,7 +107,8 @@ class Mirror:
     """The mirror table of the fetcher's database (:class:`fetcher.state.Ledger`)."""
 
     def __init__(self, ledger: Ledger, *, create: bool = True) -> None:
-        """``create=False`` for a read-only ledger: the table is there already, nothing is made."""
+        """``create=False`` where the table is there already (a read-only ledger, or a pass that
+        made it): nothing is run."""
         self._ledger = ledger
         if create:
             ledger.executescript(SCHEMA)

@@ -82,7 +82,7 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 class Ledger:
     """Cursors and dedup records of every feed. Use from one thread.
 
-    Other threads read through their own read-only ledgers (``read_only=True``): SQLite in WAL
+    Other processes read through their own read-only ledgers (``read_only=True``): SQLite in WAL
     mode lets readers read the last commit while this one writes
     (https://sqlite.org/wal.html#concurrency).
     """
@@ -121,13 +121,8 @@ class Ledger:
         try:
             # mode=ro (https://sqlite.org/uri.html#urimode): the database is never written; in WAL
             # mode a reader still uses the -wal/-shm files beside it.
-            # check_same_thread=False: a pool may open a reader in its thread and close it in
-            # the thread that ran the pool, after the pool has ended (one user at a time).
             db = sqlite3.connect(
-                f"{self.path.absolute().as_uri()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
+                f"{self.path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None
             )
             db.execute("SELECT count(*) FROM sqlite_master").fetchall()
         except sqlite3.Error as exc:

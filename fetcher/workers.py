@@ -103,7 +103,7 @@ class Workers:
     def _start_one(self) -> None:
         assert self._pool is not None
         # Only a head start: if no process can be started, the first real task says so.
-        with contextlib.suppress(BrokenExecutor, OSError, RuntimeError):
+        with contextlib.suppress(OSError, RuntimeError):  # RuntimeError: BrokenExecutor too
             self._pool.submit(_ready)
 
     def reports(self, writer: FileWriter, ids: list[str]) -> Future[list[Built]]:

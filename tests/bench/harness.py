@@ -90,32 +90,21 @@ class TimedOpenCTI(OpenCTIStandIn):
                 self.pushed.wait(min(left, 0.05))
 
 
-def vm_hwm_kib(pid: int) -> int | None:
-    """The process's own peak RSS (``VmHWM`` of its address space), None once it is gone."""
-    return _status_kib(pid, b"VmHWM:")
-
-
-def vm_rss_kib(pid: int) -> int | None:
-    """The process's RSS now (``VmRSS``), None once it is gone."""
-    return _status_kib(pid, b"VmRSS:")
-
-
 def pss_kib(pid: int) -> int | None:
     """The process's proportional set size now (``Pss`` of ``smaps_rollup``): its private pages
     plus its share of each page it shares with other processes. None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return _proc_kib(f"/proc/{pid}/smaps_rollup", b"Pss:")
 
 
-def _status_kib(pid: int, key: bytes) -> int | None:
+def vm_hwm_kib(pid: int) -> int | None:
+    """The process's own peak RSS (``VmHWM`` of its address space), None once it is gone."""
+    return _proc_kib(f"/proc/{pid}/status", b"VmHWM:")
+
+
+def _proc_kib(path: str, key: bytes) -> int | None:
+    """The kB value of the line starting with ``key`` in a /proc file, None if unreadable."""
     try:
-        with open(f"/proc/{pid}/status", "rb") as fh:
+        with open(path, "rb") as fh:
             for line in fh:
                 if line.startswith(key):
                     return int(line.split()[1])
@@ -176,8 +165,7 @@ class Child:
     peak_rss_kib: int | None = None
     #: Peak ``VmHWM`` of each process the child started (at any depth), by pid.
     helper_peaks_kib: dict[int, int] = field(default_factory=dict)
-    #: The greatest sum of the RSS of the child and every process it started, over the samples.
-    tree_rss_kib: int = 0
+    #: The greatest sum of the PSS of the child and every process it started, over the samples.
     tree_pss_kib: int = 0
     #: User + system CPU seconds of the child (and the children it waited for), from ``wait4``.
     cpu: float | None = None
@@ -224,7 +212,8 @@ class Child:
         return self.returncode
 
     def sample_helpers(self) -> None:
-        """Record the peak RSS of the processes the child runs now (they may end before it).
+        """Record the peak RSS of the processes the child runs now (they may end before it), and
+        the sum of their PSS and the child's (:attr:`memory_peak_kib`).
 
         Between fork and exec a child still shares its parent's memory and reports the parent's
         peak: a helper is read only once its command line is no longer the parent's (exec has
@@ -237,7 +226,6 @@ class Child:
         own = self._cmdline
         if own is None:
             own = self._cmdline = cmdline(self.proc.pid)
-        now = vm_rss_kib(self.proc.pid) or 0
         pss = pss_kib(self.proc.pid) or 0
         for helper in descendants(self.proc.pid):
             line = cmdline(helper)
@@ -246,9 +234,7 @@ class Child:
             peak = vm_hwm_kib(helper)
             if peak:
                 self.helper_peaks_kib[helper] = peak
-                now += vm_rss_kib(helper) or 0
                 pss += pss_kib(helper) or 0
-        self.tree_rss_kib = max(self.tree_rss_kib, now)
         self.tree_pss_kib = max(self.tree_pss_kib, pss)
 
     @property
