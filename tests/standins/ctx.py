@@ -51,7 +51,8 @@ code first):
 Tests inject faults (:meth:`CTXStandIn.inject`), change the data only through uploads
 (:meth:`~CTXStandIn.update_report`, :meth:`~CTXStandIn.upload_old_version`,
 :meth:`~CTXStandIn.add_objects`, :meth:`~CTXStandIn.add_raw`, :meth:`~CTXStandIn.upload`) or the
-server's own in-place update (:meth:`~CTXStandIn.touch_record`), read ground truth
+server's own in-place update (:meth:`~CTXStandIn.touch_record`), or let a
+:class:`tests.standins.ctx_live.LiveWriter` upload while it serves (live mode), read ground truth
 (:meth:`~CTXStandIn.latest_objects`, :meth:`~CTXStandIn.records`, :meth:`~CTXStandIn.related_ids`)
 and read :attr:`CTXStandIn.requests`.
 
@@ -189,6 +190,16 @@ class CTXStandIn:
         self._server.daemon_threads = True
         self._server.standin = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
+
+    @property
+    def world(self) -> World:
+        """The records behind every answer; change them only while holding :attr:`lock`."""
+        return self._world
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by every answer and every change: a request never sees half of a commit."""
+        return self._lock
 
     @property
     def active_feed_ids(self) -> list[str]:

@@ -85,20 +85,37 @@ def synthetic_id(relationship_type: str, source: str, target: str) -> str:
 
 
 class Clock:
-    """The server's ``datetime.now``: each record a few microseconds after the previous one."""
+    """The server's ``datetime.now``: each record a few microseconds after the previous one.
+
+    Simulated (seeded, from ``start``) until :meth:`use_real_time`; from then on the machine's UTC
+    time, as ``insert_several_objects`` takes it (``datetime.now(timezone.utc)``), so records a
+    live writer adds sort after the world's history and ties happen only when the clock says so.
+    """
 
     def __init__(self, start: datetime, rng: random.Random, tie_every: int) -> None:
         self.now = start
         self.rng = rng
         self.tie_every = tie_every
+        self.real = False
         self._count = 0
 
+    def use_real_time(self) -> None:
+        self.real = True
+        self.now = datetime.now(UTC)
+
     def next_upload(self) -> None:
+        if self.real:
+            self.now = datetime.now(UTC)
+            return
         self.now += timedelta(
             seconds=self.rng.randint(1, 900), microseconds=self.rng.randint(1, 999_999)
         )
 
     def tick(self, same_time: bool) -> str:
+        if self.real:
+            if not same_time:
+                self.now = datetime.now(UTC)
+            return ts(self.now)
         self._count += 1
         tie = same_time or (self.tie_every > 0 and self._count % self.tie_every == 0)
         if not tie:

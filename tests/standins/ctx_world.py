@@ -34,6 +34,15 @@ do what the real write path does:
 ``now`` is a simulated clock (:class:`Clock`): strictly increasing by default, with ``tie_every``
 or ``same_time`` giving several records one ``_record_modified`` as a fast insert loop does.
 
+:meth:`World.upload` runs an upload's steps back to back. They exist one by one for a writer that
+interleaves uploads while the server answers (:mod:`tests.standins.ctx_live`), as stix2arango at
+f2dddc3 commits them in separate transactions (``stix2arango/stix2arango.py``):
+:meth:`~World.prepare` (the API's ``build_context``), :meth:`~World.stage_vertices` (records
+stamped) and :meth:`~World.commit` (``process_bundle_into_graph``'s transaction, ~L503),
+:meth:`~World.stage_edges` + commit (``map_relationships``, ~L570), :meth:`~World.stage_synthetic`
++ commit (``map_embedded_relationships``, ~L630). ``update_identities`` splits the same way
+(:meth:`~World.touch_stamp`, :meth:`~World.apply_touch`).
+
 The synthetic relationship follows the newest stix2arango code and tests: ``relationship_type``
 from the property name (``object_refs`` → ``object``, ``created_by_ref`` → ``created-by``,
 ``object_marking_refs`` → ``object-marking``, ``resolves_to_refs`` → ``resolves-to``), ``id`` =
@@ -51,6 +60,7 @@ from __future__ import annotations
 import copy
 import random
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -70,6 +80,23 @@ from tests.standins.ctx_records import (
     synthetic_id,
     ts,
 )
+
+
+@dataclass
+class Upload:
+    """One upload on its way through stix2arango: what the API accepted, the records stamped and
+    not yet committed (collection, records, the key map their ``_from``/``_to`` go to), the ids
+    committed so far."""
+
+    feed: Feed
+    objects: list[dict[str, Any]]
+    same_time: bool
+    note: str
+    key_map: dict[Any, str] = field(default_factory=dict)
+    staged: list[tuple[Collection, list[dict[str, Any]], dict[Any, str]]] = field(
+        default_factory=list
+    )
+    inserted: list[Any] = field(default_factory=list)
 
 
 class World:
@@ -196,38 +223,81 @@ class World:
         embedded: bool = True,
     ) -> list[Any]:
         """Store ``objects`` as one CTX bundle upload does; the ids that got a new record."""
+        up = self.prepare(feed, objects, same_time=same_time, checked=checked, note=note)
+        self.stage_vertices(up)
+        self.commit(up)
+        self.stage_edges(up)
+        self.commit(up)
+        if embedded:
+            self.stage_synthetic(up)
+            self.commit(up)
+        return up.inserted
+
+    # The same path in steps, for writers that interleave uploads (tests.standins.ctx_live) -----
+
+    def prepare(
+        self,
+        feed: Feed,
+        objects: list[dict[str, Any]],
+        *,
+        same_time: bool = False,
+        checked: bool = True,
+        note: str = "",
+    ) -> Upload:
+        """An upload as the API accepts it (``build_context``'s checks), nothing stamped yet."""
         objects = [dict(o) for o in objects]
         if checked:
             objects = self._build_context(feed, objects)
         self.clock.next_upload()
-        key_map: dict[Any, str] = {}
-        vertices = [o for o in objects if o.get("type") != "relationship"]
-        relationships = [o for o in objects if o.get("type") == "relationship"]
+        return Upload(feed, objects, same_time, note)
+
+    def stage_vertices(self, up: Upload) -> None:
+        """``process_bundle_into_graph`` up to ``insert_several_objects``: every vertex record
+        stamped with ``now``; nothing is visible until :meth:`commit`."""
+        vertices = [o for o in up.objects if o.get("type") != "relationship"]
         for o in vertices:
-            o.setdefault("_stix2arango_note", note)
-        new_vertices = self._insert(feed.vertex, vertices, same_time, key_map)
-        self._update_is_latest(feed, feed.vertex, new_vertices)
+            o.setdefault("_stix2arango_note", up.note)
+        up.staged.append((up.feed.vertex, self._stamp(up.feed.vertex, vertices, up), up.key_map))
+
+    def stage_edges(self, up: Upload) -> None:
+        """``map_relationships``, stamped now: needs the vertices committed (its
+        ``object_key_mapping``), as the server's second transaction does."""
+        feed = up.feed
+        relationships = [o for o in up.objects if o.get("type") == "relationship"]
         for rel in relationships:
             rel.setdefault("_is_ref", False)
-            rel.setdefault("_stix2arango_note", note)
-            self._link(feed, rel, key_map)
-        new_edges = self._insert(feed.edge, relationships, same_time, key_map)
-        self._update_is_latest(feed, feed.edge, new_edges)
-        inserted = new_vertices + new_edges
-        if embedded:
-            synthetic = []
-            for obj in objects:
-                if obj.get("id") not in inserted or obj.get("type") in SMO_TYPES:
-                    continue
-                if obj.get("type") == "relationship":
-                    continue
-                for rel_type, targets in refs_of(strip(obj)):
-                    for target in targets:
-                        if isinstance(target, str):
-                            synthetic.append(self._synthetic(feed, obj, rel_type, target, key_map))
-            self._update_is_latest(
-                feed, feed.edge, self._insert(feed.edge, synthetic, same_time, {})
-            )
+            rel.setdefault("_stix2arango_note", up.note)
+            self._link(feed, rel, up.key_map)
+        up.staged.append((feed.edge, self._stamp(feed.edge, relationships, up), up.key_map))
+
+    def stage_synthetic(self, up: Upload) -> None:
+        """``map_embedded_relationships``, after the relationships' commit: a synthetic edge for
+        every ref of each vertex this upload inserted (``ignore_embedded_relationships_sro``/
+        ``_smo``)."""
+        feed = up.feed
+        synthetic = []
+        for obj in up.objects:
+            if obj.get("id") not in up.inserted or obj.get("type") in SMO_TYPES:
+                continue
+            if obj.get("type") == "relationship":
+                continue
+            for rel_type, targets in refs_of(strip(obj)):
+                for target in targets:
+                    if isinstance(target, str):
+                        synthetic.append(self._synthetic(feed, obj, rel_type, target, up.key_map))
+        # Synthetic edges map nothing: their key map is a throwaway.
+        up.staged.append((feed.edge, self._stamp(feed.edge, synthetic, up), {}))
+
+    def commit(self, up: Upload) -> list[Any]:
+        """The transaction's commit: staged records become visible (``insert_many`` with the
+        ``s2a_unique_constraint`` deciding what is new now, then ``update_is_latest_several``)."""
+        inserted: list[Any] = []
+        for collection, records, key_map in up.staged:
+            new = self._store(collection, records, key_map)
+            self._update_is_latest(up.feed, collection, new)
+            inserted += new
+        up.staged.clear()
+        up.inserted += inserted
         return inserted
 
     def _build_context(self, feed: Feed, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -240,13 +310,24 @@ class World:
             latest = feed.latest_record(obj.get("id"))
             if latest is not None and latest["_record_md5_hash"] == md5_of(obj):
                 continue  # existing_object
-            if obj.get("type") == "relationship" and not all(
-                obj.get(end) in in_upload or feed.latest_record(obj.get(end)) is not None
-                for end in ("source_ref", "target_ref")
-            ):
+            if not self._ends_known(feed, obj, in_upload):
                 continue  # missing_source / missing_target
             kept.append(obj)
         return kept
+
+    def missing_ends(self, feed: Feed, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The relationships ``build_context`` warns about (``missing_source``/``missing_target``:
+        an end neither in ``objects`` nor stored), which CTX's TAXII connector holds back
+        (``worker/tasks.py`` ``remove_problematic_relationships``)."""
+        in_upload = {o.get("id") for o in objects}
+        return [o for o in objects if not self._ends_known(feed, o, in_upload)]
+
+    @staticmethod
+    def _ends_known(feed: Feed, obj: dict[str, Any], in_upload: set[Any]) -> bool:
+        return obj.get("type") != "relationship" or all(
+            obj.get(end) in in_upload or feed.latest_record(obj.get(end)) is not None
+            for end in ("source_ref", "target_ref")
+        )
 
     def _link(self, feed: Feed, rel: dict[str, Any], key_map: dict[Any, str]) -> None:
         for end, attr in (("source_ref", "_from"), ("target_ref", "_to")):
@@ -277,25 +358,15 @@ class World:
         )
         return rel
 
-    def _insert(
-        self,
-        collection: Collection,
-        objects: list[dict[str, Any]],
-        same_time: bool,
-        key_map: dict[Any, str],
-    ) -> list[Any]:
-        inserted = []
+    def _stamp(
+        self, collection: Collection, objects: list[dict[str, Any]], up: Upload
+    ) -> list[dict[str, Any]]:
+        """``insert_several_objects``' loop: ``_record_modified`` = ``now`` per record."""
+        records = []
         unique = {(o.get("id"), o.get("_record_md5_hash") or md5_of(o)): o for o in objects}
         for (object_id, digest), obj in unique.items():
-            now = self.clock.tick(same_time)
+            now = self.clock.tick(up.same_time)
             key = f"{object_id}+{now}"
-            existing = next(
-                (r for r in collection.by_id.get(object_id, []) if r["_record_md5_hash"] == digest),
-                None,
-            )
-            if existing is not None:
-                key_map[object_id] = existing["_id"]
-                continue
             record = dict(obj)
             record.update(
                 _record_md5_hash=digest,
@@ -308,6 +379,22 @@ class World:
             if record.get("type") == "relationship":
                 record["_target_type"] = str(record.get("target_ref")).split("--")[0]
                 record["_source_type"] = str(record.get("source_ref")).split("--")[0]
+            records.append(record)
+        return records
+
+    def _store(
+        self, collection: Collection, records: list[dict[str, Any]], key_map: dict[Any, str]
+    ) -> list[Any]:
+        inserted = []
+        for record in records:
+            object_id, digest, key = record.get("id"), record["_record_md5_hash"], record["_key"]
+            existing = next(
+                (r for r in collection.by_id.get(object_id, []) if r["_record_md5_hash"] == digest),
+                None,
+            )
+            if existing is not None:
+                key_map[object_id] = existing["_id"]
+                continue
             if key in collection.by_key:
                 continue  # insert_many(overwrite_mode="ignore") drops a clashing _key silently
             collection.add(record)
@@ -368,12 +455,21 @@ class World:
     def touch_record(self, feed: Feed, object_id: str, *, whole_second: bool = False) -> str:
         """models.py ``update_identities``: ``UPDATE`` every record of the id with a new
         ``_record_modified`` (``timezone.now().isoformat()`` with ``Z``), content unchanged."""
+        stamp = self.touch_stamp(whole_second=whole_second)
+        self.apply_touch(feed, object_id, stamp)
+        return stamp
+
+    def touch_stamp(self, *, whole_second: bool = False) -> str:
+        """The first half of ``update_identities``: the time, taken before the query waits for
+        the collection's lock (an upload's exclusive transaction)."""
         self.clock.next_upload()
         if whole_second:
             self.clock.now = (self.clock.now + timedelta(seconds=1)).replace(microsecond=0)
-        stamp = self.clock.now.isoformat().replace("+00:00", "Z")
+        return self.clock.now.isoformat().replace("+00:00", "Z")
+
+    def apply_touch(self, feed: Feed, object_id: str, stamp: str) -> None:
+        """The second half: the ``UPDATE`` that makes ``stamp`` visible."""
         for collection in (feed.vertex, feed.edge):
             for record in collection.by_id.get(object_id, []):
                 record["_record_modified"] = stamp
             collection.changed()
-        return stamp
