@@ -34,14 +34,17 @@ class Page:
     page_size: int | None = None
     total: int | None = None
 
-    @property
-    def is_last_numbered(self) -> bool:
-        """Page style: True when this page is empty or reaches ``total_results_count``."""
+    def ends_numbered(self, read: int) -> bool:
+        """Page style: True when this page is empty, or the ``read`` records so far (this page's
+        included) reach ``total_results_count``.
+
+        Never from the envelope's ``page_size``: the server reports its default page size
+        there, not the one it used (``arango_helpers.py`` ``execute_query`` passes the class
+        attribute), so a server whose pages are smaller would end every walk early.
+        """
         if not self.objects:
             return True
-        if self.total is None or self.page_number is None or self.page_size is None:
-            return False
-        return self.page_number * self.page_size >= self.total
+        return self.total is not None and read >= self.total
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,12 @@ module decides what is pending and records what was written: it lists pending re
 worth at a time, hands them to the workers a task at a time, and records each batch's files after
 they are published, in order, one durable commit per batch, while later batches are built. Every
 pending object that no report file carried goes into feed-level files of at most
-:data:`OBJECTS_PER_FILE` objects.
+:data:`OBJECTS_PER_FILE` objects, except what a waiting report would carry: that waits with it,
+so that its file carries it and no feed-level file before.
+
+A report that names objects the mirror lacks waits (:mod:`fetcher.gaps`) for at most ``grace``
+from when it was first found lacking one; then it is written with what exists, with a warning
+naming what it lacks, and written again when one of those arrives.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from fetcher.files import Built, FileWriter
+from fetcher.gaps import ReportGaps
 from fetcher.mirror import Mirror
 from fetcher.state import Ledger
+from fetcher.walk import format_record_time
 from fetcher.workers import Workers, outcome
 from shared.layout import FEED_OBJECTS_SUBJECT, Spool
 from shared.signing import SigningKey
@@ -44,6 +52,10 @@ class Counts:
     objects_files_written: int = 0
     objects_written: int = 0
     missing_refs: int = 0
+    #: Reports not written because they wait for objects they name.
+    reports_waiting: int = 0
+    #: Reports written without some objects they name (their grace ran out).
+    reports_incomplete: int = 0
 
 
 class Assembler:
@@ -59,13 +71,24 @@ class Assembler:
         *,
         signing_key: SigningKey | None = None,
         progress: Callable[[Counts], None] | None = None,
+        grace: timedelta = timedelta(hours=1),
     ) -> None:
         self.mirror = mirror
         self.ledger = ledger
+        self.gaps = ReportGaps(ledger)
         self.feed_id = feed_id
         self.workers = workers
-        self.writer = FileWriter(spool, feed_id, signing_key)
+        now = datetime.now(UTC)
+        self._now = format_record_time(now)
+        self.writer = FileWriter(
+            spool,
+            feed_id,
+            signing_key,
+            wait_cutoff=format_record_time(now - grace) if grace else None,
+        )
         self.counts = Counts()
+        #: What waiting reports would carry: kept out of feed-level files.
+        self._held: set[str] = set()
         self._progress = progress
 
     def run(self) -> Counts:
@@ -84,7 +107,9 @@ class Assembler:
     def _object_batches(self) -> Iterator[list[Future[list[Built]]]]:
         """Pending objects that no report file carried, a feed-level file at a time."""
         for ids in self.mirror.pending(self.feed_id, reports=False, limit=OBJECTS_PER_FILE):
-            yield [self.workers.objects(self.writer, ids)]
+            free = [object_id for object_id in ids if object_id not in self._held]
+            if free:
+                yield [self.workers.objects(self.writer, free)]
 
     def _write_all(self, batches: Iterator[list[Future[list[Built]]]]) -> None:
         """Record each batch's files, in order, in one commit, while later batches are built.
@@ -114,9 +139,12 @@ class Assembler:
     def _record(self, built: Built) -> None:
         report = built.subject != FEED_OBJECTS_SUBJECT
         written = built.written
+        if built.waiting:
+            self._wait(built)
+            return
         if built.missing:
             self.counts.missing_refs += built.missing
-            logger.info(
+            logger.debug(
                 "report refers to objects the feed does not hold",
                 extra={
                     "feed_id": self.feed_id,
@@ -125,6 +153,7 @@ class Assembler:
                 },
             )
         if report:
+            self._settle_gaps(built)
             self.ledger.record_report(self.feed_id, built.subject, built.sha, str(built.rel))
             if written:
                 self.counts.reports_written += 1
@@ -143,3 +172,43 @@ class Assembler:
         self.mirror.mark_written(self.feed_id, built.shas)
         if self._progress is not None:
             self._progress(self.counts)
+
+    def _wait(self, built: Built) -> None:
+        """A report that waits: what it lacks is recorded, what it would carry held back."""
+        self.counts.reports_waiting += 1
+        self._held.update(built.shas)
+        self.gaps.record(
+            self.feed_id,
+            built.subject,
+            built.lacking,
+            since=built.lacking_since or self._now,
+            written=False,
+        )
+        logger.debug(
+            "report waits for objects it names",
+            extra={"feed_id": self.feed_id, "report_id": built.subject, "lacking": built.lacking},
+        )
+
+    def _settle_gaps(self, built: Built) -> None:
+        """A report file published: what it still lacks (past the grace) is recorded, so that
+        its arrival writes the report again; a complete report has nothing recorded."""
+        if not built.lacking:
+            if built.lacking_since is not None:
+                self.gaps.record(self.feed_id, built.subject, [], since="", written=True)
+            return
+        self.counts.reports_incomplete += 1
+        self.gaps.record(
+            self.feed_id,
+            built.subject,
+            built.lacking,
+            since=built.lacking_since or self._now,
+            written=True,
+        )
+        if built.written:
+            logger.warning(
+                "report %s written without %d objects it names, which CTX has not listed: %s",
+                built.subject,
+                len(built.lacking),
+                ", ".join(built.lacking),
+                extra={"feed_id": self.feed_id, "report_id": built.subject},
+            )

@@ -130,6 +130,8 @@ def _one_pass(
                 progress=progress,
                 stop=stop,
                 signing_key=key,
+                overlap=settings.overlap,
+                report_grace=settings.report_grace,
             )
     except (FetcherError, SpoolError) as exc:
         # A failure outside any one feed (the state, the client, the spool): said here, once.

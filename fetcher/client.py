@@ -267,6 +267,7 @@ class CTXClient:
         """Every subscription of the team (``v1/subscriptions/``, every page)."""
         path = "v1/subscriptions/"
         out: list[Subscription] = []
+        read = 0
         for number in range(1, MAX_PAGES):
             body = self.get_json(path, {"page": number, "page_size": SUBSCRIPTIONS_PAGE_SIZE})
             results = body.get("results")
@@ -283,7 +284,8 @@ class CTXClient:
                 page_size=int_or_none(body.get("page_size")),
                 total=int_or_none(body.get("total_results_count")),
             )
-            if page.is_last_numbered:
+            read += len(results)
+            if page.ends_numbered(read):
                 break
         return out
 

@@ -8,6 +8,10 @@ which serves members in any stored version and loses members of big reports acro
 (``cyberthreatexchange/server/arango_helpers.py`` ``make_bundle_query``: each direction is
 limited before it is sorted).
 
+A report that names objects (``object_refs``, ``created_by_ref``, ``object_marking_refs``) the mirror
+does not hold yet is not written: it waits for them (:mod:`fetcher.gaps`) until the writer's
+``wait_cutoff``, and is then written with what exists.
+
 A :class:`FileWriter` reads, builds, stages (written and fsynced under a temporary name) and
 publishes (renamed into place, then each folder fsynced once per call) files; it records nothing. It runs where
 :mod:`fetcher.workers` puts it (a worker process, or the fetcher's own process), so it holds only
@@ -22,9 +26,10 @@ from pathlib import Path, PurePosixPath
 
 from fetcher.bundle import BundleBuilder
 from fetcher.errors import FetcherError
+from fetcher.gaps import ReportGaps
 from fetcher.mirror import Kept, Mirror
 from fetcher.state import Ledger
-from fetcher.stix import references
+from fetcher.stix import object_time, references
 from shared.durable import fsync_dirs, publish_staged, stage_bytes
 from shared.layout import (
     FEED_OBJECTS_SUBJECT,
@@ -47,8 +52,28 @@ class Built:
     shas: dict[str, str]
     written: bool = False
     objects: int = 0
-    #: Objects the report refers to that the feed does not hold.
+    #: Objects the report refers to, directly or through its members, that the feed does not hold.
     missing: int = 0
+    #: Objects the report names itself that the mirror does not hold (:data:`NAMING_KEYS`).
+    lacking: list[str] = field(default_factory=list)
+    #: When the report was first found lacking one (None: not before now).
+    lacking_since: str | None = None
+    #: Not written: the report waits for what it lacks; ``shas`` is what its file would carry.
+    waiting: bool = False
+
+
+#: The properties by which a report names what it is about; it waits for these (fetcher.gaps).
+NAMING_KEYS = ("object_refs", "created_by_ref", "object_marking_refs")
+
+
+def named_ids(report: dict[str, object]) -> list[str]:
+    """The ids a report names through :data:`NAMING_KEYS`, in order, once each."""
+    found: list[str] = []
+    for key in NAMING_KEYS:
+        value = report.get(key)
+        values = value if isinstance(value, list) else [value]
+        found.extend(item for item in values if isinstance(item, str))
+    return list(dict.fromkeys(found))
 
 
 @dataclass
@@ -61,6 +86,8 @@ class _Group:
     #: The sha256 of the file the ledger holds for this report (None: none, or not a report).
     known_sha: str | None = None
     missing: int = 0
+    lacking: list[str] = field(default_factory=list)
+    lacking_since: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +97,9 @@ class FileWriter:
     spool: Spool
     feed_id: str
     signing_key: SigningKey | None = None
+    #: A report first found lacking a named object after this time (a record time,
+    #: :func:`fetcher.walk.format_record_time`) waits; None: none waits.
+    wait_cutoff: str | None = None
 
     def reports(self, mirror: Mirror, ledger: Ledger, ids: list[str]) -> list[Built]:
         """The files of these reports, each published if its content is new.
@@ -79,16 +109,42 @@ class FileWriter:
         order often share a day's folder.
         """
         folders: list[Path] = []
-        built = [self._build(group, folders) for group in self._report_groups(mirror, ledger, ids)]
+        built = [
+            self._waiting(group) if self._waits(group) else self._build(group, folders)
+            for group in self._report_groups(mirror, ledger, ids)
+        ]
         fsync_dirs(folders)
         return built
+
+    def _waits(self, group: _Group) -> bool:
+        if not group.lacking or self.wait_cutoff is None:
+            return False
+        return group.lacking_since is None or group.lacking_since > self.wait_cutoff
+
+    @staticmethod
+    def _waiting(group: _Group) -> Built:
+        shas = {item.object_id: item.sha256 for item in group.kept}
+        return Built(
+            group.subject,
+            "",
+            PurePosixPath(),
+            shas,
+            objects=len(group.kept),
+            missing=group.missing,
+            lacking=group.lacking,
+            lacking_since=group.lacking_since,
+            waiting=True,
+        )
 
     def objects(self, mirror: Mirror, ids: list[str]) -> list[Built]:
         """One feed-level file of these objects (none if the mirror holds none of them)."""
         kept = list(mirror.get(self.feed_id, ids).values())
         if not kept:
             return []
-        stamp = max((item.stamp for item in kept), default="")
+        # The spool contract names a file by the newest modified (else created) of what it
+        # holds; the listing's time only when nothing in it has either (SCOs).
+        times = [object_time(item.obj()) for item in kept]
+        stamp = max(times) or max(item.stamp for item in kept)
         folders: list[Path] = []
         built = [self._build(_Group(FEED_OBJECTS_SUBJECT, stamp, kept), folders)]
         fsync_dirs(folders)
@@ -131,6 +187,11 @@ class FileWriter:
                     following[report_id] = nxt
             frontier = following
         shas = ledger.report_shas(self.feed_id, list(members))
+        lacking = {
+            item.object_id: [ref for ref in named_ids(item.obj()) if ref not in known]
+            for item in reports
+        }
+        since = ReportGaps(ledger).since(self.feed_id, list(lacking))
         return [
             _Group(
                 item.object_id,
@@ -138,6 +199,8 @@ class FileWriter:
                 list(members[item.object_id].values()),
                 shas.get(item.object_id),
                 missing=len(missing[item.object_id]),
+                lacking=lacking[item.object_id],
+                lacking_since=since.get(item.object_id),
             )
             for item in reports
         ]
@@ -164,7 +227,16 @@ class FileWriter:
             )
         rel = relative_path(self.feed_id, SpoolName(when, group.subject, sha, signature))
         shas = {item.object_id: item.sha256 for item in group.kept}
-        built = Built(group.subject, sha, rel, shas, objects=len(group.kept), missing=group.missing)
+        built = Built(
+            group.subject,
+            sha,
+            rel,
+            shas,
+            objects=len(group.kept),
+            missing=group.missing,
+            lacking=group.lacking,
+            lacking_since=group.lacking_since,
+        )
         if group.known_sha != sha:
             path = self.spool.path_in("incoming", rel)
             built.written = publish_staged(stage_bytes(path, pieces), path, sync_dir=False)

@@ -26,13 +26,19 @@ import json
 import logging
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fetcher.answers import check_object
 from fetcher.bundle import canonical_json
 from fetcher.errors import MalformedResponseError
 from fetcher.state import Ledger, Statement
-from fetcher.stix import JSONDict, is_storage_artefact, object_time, version_key
+from fetcher.stix import (
+    JSONDict,
+    is_storage_artefact,
+    object_time,
+    served_position,
+    version_key,
+)
 from shared.durable import sha256_bytes
 
 SCHEMA = """
@@ -87,6 +93,8 @@ class Applied:
     changed: int = 0
     artefacts: int = 0
     rejected: int = 0
+    #: Ids the mirror did not hold before.
+    new_ids: list[str] = field(default_factory=list)
 
 
 def _clean(obj: JSONDict) -> JSONDict:
@@ -96,6 +104,12 @@ def _clean(obj: JSONDict) -> JSONDict:
     if "\0_" in "\0" + "\0".join(obj):
         return {key: value for key, value in obj.items() if not key.startswith("_")}
     return obj
+
+
+def _listing_time(served: str) -> str:
+    """The listing's ``next`` of a page's served position ('' for the page-number style)."""
+    head = served.split("|", 1)[0]
+    return "" if head.startswith("#") else head
 
 
 def _body(stored: bytes) -> bytes:
@@ -113,48 +127,52 @@ class Mirror:
         if create:
             ledger.executescript(SCHEMA)
 
-    def apply(self, feed_id: str, objects: Iterable[JSONDict], seen_at: str | None) -> Applied:
+    def apply(self, feed_id: str, objects: Iterable[JSONDict], served: str) -> Applied:
         """Keep each object whose version is newer than the one kept (inside the ledger's batch)."""
-        return self.apply_pages(feed_id, [(objects, seen_at)])
+        return self.apply_pages(feed_id, [(objects, served)])
 
-    def apply_pages(
-        self, feed_id: str, pages: Iterable[tuple[Iterable[JSONDict], str | None]]
-    ) -> Applied:
+    def apply_pages(self, feed_id: str, pages: Iterable[tuple[Iterable[JSONDict], str]]) -> Applied:
         """:meth:`apply` for several pages at once, compared with each other before the mirror.
 
-        Writes of an open batch are not visible to its reads, so the pages of one commit must
-        be decided together or an older version could follow a newer one of the same commit.
+        Each page comes with where the listing served it (:attr:`fetcher.walk.Step.served`);
+        with its place on the page that orders versions ``modified`` cannot tell apart
+        (:func:`fetcher.stix.served_position`). Writes of an open batch are not visible to its
+        reads, so the pages of one commit must be decided together or an older version could
+        follow a newer one of the same commit.
         """
         result = Applied()
-        candidates: dict[str, tuple[str, str, JSONDict, bytes, str | None]] = {}
-        for raw, seen_at in ((o, seen) for objs, seen in pages for o in objs):
-            try:
-                check_object(raw, path=f"/v1/feeds/{feed_id}/objects/", feed_id=feed_id)
-            except MalformedResponseError as exc:
-                # One bad record must not stop the feed: it is left out, said once, and the
-                # listing goes on past it.
-                result.rejected += 1
-                logger.error("record left out: %s", exc, extra={"feed_id": feed_id})
-                continue
-            obj = _clean(raw)
-            if is_storage_artefact(obj):
-                result.artefacts += 1
-                continue
-            data = canonical_json(obj)
-            sha = sha256_bytes(data)
-            key = f"{version_key(obj, seen_at)}|{sha}"
-            object_id = str(obj["id"])
-            held = candidates.get(object_id)
-            if held is None or key > held[0]:
-                candidates[object_id] = (key, sha, obj, data, seen_at)
+        candidates: dict[str, tuple[str, str, JSONDict, bytes, str]] = {}
+        for objects, page in pages:
+            for index, raw in enumerate(objects):
+                try:
+                    check_object(raw, path=f"/v1/feeds/{feed_id}/objects/", feed_id=feed_id)
+                except MalformedResponseError as exc:
+                    # One bad record must not stop the feed: it is left out, said once, and the
+                    # listing goes on past it.
+                    result.rejected += 1
+                    logger.error("record left out: %s", exc, extra={"feed_id": feed_id})
+                    continue
+                obj = _clean(raw)
+                if is_storage_artefact(obj):
+                    result.artefacts += 1
+                    continue
+                data = canonical_json(obj)
+                sha = sha256_bytes(data)
+                key = f"{version_key(obj, served_position(page, index))}|{sha}"
+                object_id = str(obj["id"])
+                held = candidates.get(object_id)
+                if held is None or key > held[0]:
+                    candidates[object_id] = (key, sha, obj, data, page)
         if not candidates:
             return result
         kept = self._versions(feed_id, list(candidates))
         statements: list[Statement] = []
-        for object_id, (key, sha, obj, data, seen) in candidates.items():
+        for object_id, (key, sha, obj, data, page) in candidates.items():
             old = kept.get(object_id)
             if old is not None and (old[1] == sha or old[0] >= key):
                 continue
+            if old is None:
+                result.new_ids.append(object_id)
             source, target = obj.get("source_ref"), obj.get("target_ref")
             statements.append(
                 (
@@ -165,7 +183,8 @@ class Mirror:
                         str(obj.get("type")),
                         key,
                         sha,
-                        object_time(obj) or (seen or ""),
+                        # Without modified or created: the listing's time, the best there is.
+                        object_time(obj) or _listing_time(page),
                         data,
                         source if isinstance(source, str) else None,
                         target if isinstance(target, str) else None,

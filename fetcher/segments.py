@@ -11,7 +11,14 @@ mirror is indifferent to both (:mod:`fetcher.state`).
 
 The cursor saved is the position of the first segment not yet wholly applied
 (:meth:`ListingReader.checkpoint`): every record at or before it is in the mirror, whatever the
-other segments did. The page-number style has no start parameter and stays one walk.
+other segments did. A segment that ended because the listing ended, below its own end, covers its
+span only as far as the listing reached when it asked: the last segments reach past the newest
+record (up to this machine's clock and a margin), and records the server stores while the pass
+runs get times in that span. So such a segment stops the checkpoint at what it read, and only a
+segment that read past its end hands the checkpoint on to the next one. Segments are cut only
+once a page has proved the server's page size (:class:`fetcher.walk.PageLimit`): a feed with
+little to read costs one or two requests. The page-number style has no start parameter and stays
+one walk.
 """
 
 from __future__ import annotations
@@ -27,10 +34,10 @@ from fetcher.client import CTXClient
 from fetcher.walk import (
     CursorWalk,
     NumberedWalk,
+    PageLimit,
     Step,
     Walk,
     format_record_time,
-    just_below,
     open_walk,
     parse_record_time,
 )
@@ -58,6 +65,9 @@ class Segment:
     owned: bool = False
     fetched: bool = False
     finished: bool = False
+    #: Once finished: its end then, and how far its span is known whole (:meth:`reach`).
+    end: str | None = None
+    reached: str | None = None
 
     def __post_init__(self) -> None:
         self.applied = self.start
@@ -83,13 +93,10 @@ class ListingReader:
     ) -> None:
         self._client = client
         self._feed_id = feed_id
-        first = open_walk(client, feed_id, cursor)
+        self._limit = PageLimit()
+        first = open_walk(client, feed_id, cursor, self._limit)
         self.paged = isinstance(first, NumberedWalk)
         self._segments = [Segment(first, cursor)]
-        # The checkpoint never passes the newest record time the server has shown: a segment
-        # that found nothing ends at its start, a time this machine's clock chose, and records
-        # the server stores later may still get a time below it.
-        self._cap = cursor
         self._spread = False
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -132,7 +139,7 @@ class ListingReader:
         :data:`MIN_PAGES_TO_SPLIT` pages is left alone, so a small feed or a sparse stretch of
         time costs no request for splitting.
         """
-        if self._workers == 1:
+        if self._workers == 1 or not self._limit.confirmed:
             return None
         horizon = datetime.now(UTC) + CLOCK_MARGIN
         if not self._spread:
@@ -166,7 +173,9 @@ class ListingReader:
         end_raw = old.end()
         if not old.cut(at):
             return None
-        segment = Segment(CursorWalk(self._client, self._feed_id, at, end_raw), at, owned=True)
+        segment = Segment(
+            CursorWalk(self._client, self._feed_id, at, end_raw, limit=self._limit), at, owned=True
+        )
         self._segments.insert(index + 1, segment)
         return segment
 
@@ -199,7 +208,7 @@ class ListingReader:
             return None
         ends: list[str | None] = [*cuts[1:], end_raw]
         made = [
-            Segment(CursorWalk(self._client, self._feed_id, start, stop), start)
+            Segment(CursorWalk(self._client, self._feed_id, start, stop, limit=self._limit), start)
             for start, stop in zip(cuts, ends, strict=True)
         ]
         self._segments[1:1] = made
@@ -213,11 +222,11 @@ class ListingReader:
                 segment = self._claim()
                 if segment is None:
                     return
-                step = segment.walk.step()
+                step = self._fetch(segment)
                 while self._put(Item(segment, step)) and not step.done:
                     with self._cond:
                         self._cond.notify_all()
-                    step = segment.walk.step()
+                    step = self._fetch(segment)
                 with self._cond:
                     segment.owned = False
                     segment.fetched = step.done
@@ -233,6 +242,30 @@ class ListingReader:
                 self._cond.notify_all()
             if last:
                 self._put(None)
+
+    def _fetch(self, segment: Segment) -> Step:
+        step = segment.walk.step()
+        if step.done:
+            end = segment.walk.end() if isinstance(segment.walk, CursorWalk) else None
+            with self._cond:
+                segment.end = end
+                segment.reached = self.reach(step, end)
+        return step
+
+    @staticmethod
+    def reach(step: Step, end: str | None) -> str | None:
+        """How far the span of a segment that ended with ``step`` is known whole.
+
+        A segment that read past its end covers all of it. One that found the end of the
+        listing covers what the listing held then, up to ``step.resume``: records stored later
+        may get a time between that and its end (the server stamps records with its clock), so
+        it covers no more, whatever other segments have read since.
+        """
+        if step.cut:
+            return end
+        if end is None or step.resume is None:
+            return step.resume
+        return min(step.resume, end)
 
     def _put(self, item: Item | BaseException | None) -> bool:
         while not self._stop.is_set():
@@ -277,28 +310,33 @@ class ListingReader:
         """The consumer has made ``item`` durable."""
         with self._cond:
             segment = item.segment
-            if item.step.resume is not None:
+            if item.step.resume is not None and (
+                segment.applied is None or item.step.resume > segment.applied
+            ):
                 segment.applied = item.step.resume
             if item.step.done:
                 segment.finished = True
-            if item.step.proxy is not None:
-                seen = just_below(item.step.proxy) or item.step.proxy
-                if self._cap is None or seen > self._cap:
-                    self._cap = seen
 
     def checkpoint(self) -> str | None:
-        """The cursor to save: every record at or before it has been applied. None: none yet."""
+        """The cursor to save: every record at or before it has been applied. None: none yet.
+
+        Segments in order: the first that is not finished gives what it applied; a finished one
+        that did not reach its end (:meth:`reach`) gives its reach; one that did hands on to the
+        next. Never a page's ``next``: past a half that was cut it lies beyond records no step
+        has served yet.
+        """
         if self.paged:
             return None
         with self._cond:
             position: str | None = None
             for segment in self._segments:
-                position = segment.applied
                 if not segment.finished:
+                    position = segment.applied
                     break
-            if position is None or self._cap is None:
-                return None
-            return min(position, self._cap)
+                position = segment.reached
+                if segment.end is None or position is None or position < segment.end:
+                    break
+            return position
 
     def close(self) -> None:
         self._stop.set()

@@ -178,6 +178,26 @@ class FetcherSettings(ScheduleSettings):
         env="CYBERTHREATEXCHANGE_CA_BUNDLE",
         description="A CA bundle file to verify CTX with instead of the system's.",
     )
+    overlap_minutes: float = setting(
+        15.0,
+        env="CYBERTHREATEXCHANGE_OVERLAP_MINUTES",
+        description="Minutes of CTX record time behind the saved cursor that each pass reads again, for records the server stored late (stamped before they became visible); already-seen records cost a request, not a file. 0 turns it off.",
+        ge=0,
+    )
+    report_grace_minutes: float = setting(
+        60.0,
+        env="CYBERTHREATEXCHANGE_REPORT_GRACE_MINUTES",
+        description="Minutes a report waits, unwritten, for objects it names that CTX has not listed yet (from when it was first found lacking one); after that it is written with what exists, with a warning, and written again when they arrive.",
+        ge=0,
+    )
+
+    @property
+    def overlap(self) -> timedelta:
+        return timedelta(minutes=self.overlap_minutes)
+
+    @property
+    def report_grace(self) -> timedelta:
+        return timedelta(minutes=self.report_grace_minutes)
 
     @field_validator("base_url")
     @classmethod

@@ -16,6 +16,8 @@ Tables:
   ``health`` read it).
 * ``resets(feed_id, since, rewrite, asked_at)`` — a ``ctx-fetcher reset`` the next pass of the
   feed still has to carry out (:mod:`fetcher.reset`).
+* ``report_gaps`` — reports that name objects the mirror does not hold yet, owned by
+  :mod:`fetcher.gaps` (schema 2).
 
 The schema's version is SQLite's ``user_version`` (https://sqlite.org/pragma.html#pragma_user_version):
 a state file of an older fetcher is brought up to date when it is opened for writing, and a read-only
@@ -74,6 +76,13 @@ _MIGRATIONS = (
     CREATE TABLE IF NOT EXISTS resets (
         feed_id TEXT NOT NULL PRIMARY KEY, since TEXT, rewrite INTEGER NOT NULL,
         asked_at TEXT NOT NULL);
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS report_gaps (
+        feed_id TEXT NOT NULL, report_id TEXT NOT NULL, member_id TEXT NOT NULL,
+        since TEXT NOT NULL, written INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (feed_id, report_id, member_id));
+    CREATE INDEX IF NOT EXISTS report_gaps_member ON report_gaps (feed_id, member_id);
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)

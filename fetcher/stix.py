@@ -101,18 +101,35 @@ def normal_time(value: object) -> str:
     return f"{day}T{clock}.{(fraction or '')[:6]:0<6}Z"
 
 
-def version_key(obj: JSONDict, seen_at: str | None) -> str:
+def version_key(obj: JSONDict, served: str) -> str:
     """A string that orders the versions of one STIX id: the newer version has the greater key.
 
     STIX 2.1 §3.2: ``modified`` tells versions of an object apart, so it decides. Records of one
     id share a ``modified`` only when the producer broke that rule; objects without ``modified``
-    (SCOs, §6) have no version of their own. In both cases the record served later in the listing
-    wins, as far as the page's ``next`` (``seen_at``) tells: the server stores a changed object as
-    a new record with a later ``_record_modified`` (stix2arango ``insert_several_objects``). The
+    (SCOs, §6) have no version of their own. In both cases the record the server stored later
+    wins: stix2arango stores a changed object as a new record with a later ``_record_modified``
+    (``services/arangodb_service.py`` ``insert_several_objects``) and takes the latest record as
+    the latest version when ``modified`` cannot tell (``services/version_annotator.py``). The
+    server never serves ``_record_modified``; ``served`` (:func:`served_position`) is where the
+    listing served the record, which orders records as their ``_record_modified`` does. The
     content's digest, appended by the caller, settles what is still equal.
     """
     modified = normal_time(obj.get("modified"))
-    return f"{modified}|{seen_at or ''}"
+    return f"{modified}|{served}"
+
+
+def served_position(page: str, index: int) -> str:
+    """Where a record was served: its page's position (:attr:`fetcher.walk.Step.served`) and its
+    place on the page.
+
+    A page is sorted by ``_record_modified`` (``arango_helpers.py`` ``get_objects``: both halves
+    ``SORT _record_modified ASC``, then sorted together), so of two records on one page the later
+    one was stored later. Between pages, the page served from the later ``added_after`` has the
+    greater (or equal) ``next``: with a fixed set of records each half's end only grows with its
+    start. So ``(next, added_after, place)`` orders every serving of two versions of one id as
+    their record times do, whichever segment served them and in which order they were applied.
+    """
+    return f"{page}|{index:06d}"
 
 
 def object_time(obj: JSONDict) -> str:

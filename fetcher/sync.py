@@ -2,11 +2,15 @@
 
 Per feed:
 
-1. read ``v1/feeds/{feed}/objects/`` from the feed's cursor (:mod:`fetcher.segments`, in
-   parallel segments) into the mirror (:mod:`fetcher.mirror`), one commit per page together with
-   the cursor that is safe after it;
-2. write a file for every report whose newest version is not yet in the spool, and feed-level
-   files for every other object whose newest version no file carries (:mod:`fetcher.assemble`).
+1. read ``v1/feeds/{feed}/objects/`` from a while before the feed's cursor (the overlap: the
+   server stamps a record when it prepares it, not when it becomes visible, so records appear
+   below times the listing already served) in parallel segments (:mod:`fetcher.segments`) into
+   the mirror (:mod:`fetcher.mirror`), one commit per group of pages together with the cursor
+   that is safe after it; the cursor never moves back;
+2. write a file for every report whose newest version is not yet in the spool and whose named
+   objects are all in the mirror (or have been awaited long enough, :mod:`fetcher.gaps`), and
+   feed-level files for every other object whose newest version no file carries
+   (:mod:`fetcher.assemble`).
 
 Both steps are idempotent: a pass killed anywhere leaves a cursor at or before what the mirror
 holds and the mirror's pending marks on what no published file carries, so the next pass
@@ -19,16 +23,19 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from fetcher.answers import Subscription
 from fetcher.assemble import Assembler, Counts
 from fetcher.client import CTXClient
 from fetcher.errors import FeedNotSubscribedError, FetcherError
+from fetcher.gaps import ReportGaps
 from fetcher.mirror import Mirror
 from fetcher.passes import PassLog
 from fetcher.reset import now_iso, redeliver
 from fetcher.segments import ListingReader
 from fetcher.state import LISTING_CURSOR, Ledger
+from fetcher.walk import earlier
 from fetcher.workers import Workers
 from shared.durable import remove_stale_temps
 from shared.errors import SpoolError
@@ -39,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 # A temp file this old belongs to a write that died: publishing one file takes milliseconds.
 STALE_TEMP_SECONDS = 15 * 60
+#: Defaults of the settings (fetcher.settings) for callers that have none.
+DEFAULT_OVERLAP = timedelta(minutes=15)
+DEFAULT_REPORT_GRACE = timedelta(hours=1)
 #: Pages read ahead of the one being applied (100 objects each at most: a few MB).
 READ_AHEAD_PAGES = 16
 
@@ -55,6 +65,8 @@ class FeedResult:
     reports_unchanged: int = 0
     objects_files_written: int = 0
     objects_written: int = 0
+    reports_waiting: int = 0
+    reports_incomplete: int = 0
     error: FetcherError | SpoolError | None = field(default=None, repr=False)
 
     @property
@@ -70,6 +82,8 @@ class FeedResult:
         self.reports_unchanged = counts.reports_unchanged
         self.objects_files_written = counts.objects_files_written
         self.objects_written = counts.objects_written
+        self.reports_waiting = counts.reports_waiting
+        self.reports_incomplete = counts.reports_incomplete
 
     def summary(self) -> str:
         text = (
@@ -78,6 +92,10 @@ class FeedResult:
             f"objects bundles written {self.objects_files_written} "
             f"({self.objects_written} objects)"
         )
+        if self.reports_waiting:
+            text += f", reports waiting for objects they name {self.reports_waiting}"
+        if self.reports_incomplete:
+            text += f", written without some {self.reports_incomplete}"
         # The error itself is logged once, where the feed failed (run_pass); not repeated here.
         return text if self.ok else f"FAILED ({text})"
 
@@ -99,7 +117,11 @@ class FeedSync:
         workers: Workers,
         progress: Progress | None = None,
         signing_key: SigningKey | None = None,
+        overlap: timedelta = DEFAULT_OVERLAP,
+        report_grace: timedelta = DEFAULT_REPORT_GRACE,
     ) -> None:
+        self.overlap = overlap
+        self.report_grace = report_grace
         self.client = client
         self.workers = workers
         self.ledger = ledger
@@ -129,10 +151,11 @@ class FeedSync:
     def _read_listing(self) -> None:
         cursor = self.ledger.cursor(self.feed_id, LISTING_CURSOR)
         reset = PassLog(self.ledger).pending_resets().get(self.feed_id)
+        gaps = ReportGaps(self.ledger)
         reader = ListingReader(
             self.client,
             self.feed_id,
-            cursor,
+            None if cursor is None else earlier(cursor, self.overlap),
             workers=self.concurrency,
             buffered=READ_AHEAD_PAGES,
         )
@@ -141,7 +164,12 @@ class FeedSync:
                 # Not durable: a page lost to a power cut is read again (Ledger.batch).
                 with self.ledger.batch(durable=False):
                     applied = self.mirror.apply_pages(
-                        self.feed_id, [(item.step.objects, item.step.proxy) for item in group]
+                        self.feed_id, [(item.step.objects, item.step.served) for item in group]
+                    )
+                    # An object a written report lacked has arrived: that report is written
+                    # again, with it.
+                    self.mirror.forget_written(
+                        self.feed_id, gaps.awaiting(self.feed_id, applied.new_ids)
                     )
                     for item in group:
                         reader.applied(item)
@@ -157,7 +185,8 @@ class FeedSync:
                     self.result.records_kept += applied.changed
                     self.result.artefacts_dropped += applied.artefacts
                     checkpoint = reader.checkpoint()
-                    if checkpoint is not None and checkpoint != cursor:
+                    # The overlap reads below the cursor: what it finds moves it back never.
+                    if checkpoint is not None and (cursor is None or checkpoint > cursor):
                         self.ledger.set_cursor(self.feed_id, LISTING_CURSOR, checkpoint)
                         cursor = checkpoint
                 self._tick()
@@ -188,6 +217,7 @@ class FeedSync:
             self.workers,
             signing_key=self.signing_key,
             progress=progress,
+            grace=self.report_grace,
         )
         self.result.take(assembler.run())
 
@@ -202,6 +232,8 @@ def run_pass(
     progress: Progress | None = None,
     stop: threading.Event | None = None,
     signing_key: SigningKey | None = None,
+    overlap: timedelta = DEFAULT_OVERLAP,
+    report_grace: timedelta = DEFAULT_REPORT_GRACE,
 ) -> list[FeedResult]:
     """One pass over every configured feed; each feed's failure stays that feed's.
 
@@ -221,6 +253,8 @@ def run_pass(
             progress=progress,
             stop=stop,
             signing_key=signing_key,
+            overlap=overlap,
+            report_grace=report_grace,
         )
 
 
@@ -235,6 +269,8 @@ def _run_feeds(
     progress: Progress | None,
     stop: threading.Event | None,
     signing_key: SigningKey | None,
+    overlap: timedelta,
+    report_grace: timedelta,
 ) -> list[FeedResult]:
     try:
         subscriptions: dict[str, Subscription] | None = {
@@ -278,6 +314,8 @@ def _run_feeds(
                     workers=workers,
                     progress=progress,
                     signing_key=signing_key,
+                    overlap=overlap,
+                    report_grace=report_grace,
                 ).run()
         client.metrics.feed_done(result)
         log.finished(

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 #: stix2arango's ``_record_modified`` (``services/arangodb_service.py``, insert_several_objects).
 RECORD_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _RECORD_TIME_LENGTH = len("2024-01-01T00:00:00.000000Z")
+_WHOLE_SECOND_LENGTH = len("2024-01-01T00:00:00Z")
 #: The edge half holds exactly this type (stix2arango ``map_relationships``; sightings are vertices).
 EDGE_TYPE = "relationship"
 
@@ -58,13 +59,29 @@ def format_record_time(when: datetime) -> str:
 def just_below(value: str) -> str | None:
     """The greatest record time strictly below ``value`` (one microsecond earlier).
 
-    Asking ``added_after`` with it serves the records *at* ``value`` again. None when ``value`` is
-    not in stix2arango's fixed-width format: then no string is known to sit just below it.
+    Asking ``added_after`` with it serves the records *at* ``value`` again. CTX's
+    ``update_identities`` (``server/models.py``) writes ``isoformat()`` plus ``Z``, so a whole
+    second reads ``…:05Z``, which sorts after ``…:05.999999Z``: just below it is that time. None
+    when ``value`` is in neither format: then no string is known to sit just below it.
     """
+    if len(value) == _WHOLE_SECOND_LENGTH and value.endswith("Z"):
+        if parse_record_time(f"{value[:-1]}.000000Z") is not None:
+            return f"{value[:-1]}.999999Z"
+        return None
     when = parse_record_time(value)
     if when is None or when == datetime.min.replace(tzinfo=UTC):
         return None
     return format_record_time(when - timedelta(microseconds=1))
+
+
+def earlier(value: str, by: timedelta) -> str:
+    """The record time ``by`` before ``value``; ``value`` itself when it cannot be read as one."""
+    when = parse_record_time(value)
+    if when is None and len(value) == _WHOLE_SECOND_LENGTH:
+        when = parse_record_time(f"{value[:-1]}.000000Z")
+    if when is None or not by:
+        return value
+    return format_record_time(when - by)
 
 
 @dataclass(frozen=True)
@@ -74,12 +91,50 @@ class Step:
     ``resume`` is the ``added_after`` the walk goes on from (None: from the start of the feed);
     every record with a ``_record_modified`` up to and including it has been yielded by this step
     or an earlier one. ``proxy`` is the page's ``next``, an upper bound of these records' times.
+    ``served`` places the page among the others (:func:`fetcher.stix.served_position`). A step
+    that is ``done`` either passed the walk's end (``cut``) or found the end of the listing.
     """
 
     objects: list[JSONDict]
     resume: str | None
     proxy: str | None
     done: bool
+    served: str = ""
+    cut: bool = False
+
+
+class PageLimit:
+    """How many records make a half of a page full, shared by the walks of one listing.
+
+    The open-source server clamps ``limit`` to 50 (``arango_helpers.py`` ``get_limit``), and a
+    half of 50 records proves the server serves that many. The hosted layer is not public code:
+    until a page proves it, a short page is followed by one more request from its ``next``
+    (:meth:`CursorWalk.step`), and a server that answers it with records although the short page
+    looked complete serves fewer than asked: from then on a half that holds as many records as
+    the short page's largest counts as full.
+    """
+
+    #: A half smaller than this never lowers the limit: records that came after a short page
+    #: are far likelier to be new than a server page of so few records.
+    MIN_CLAMP = 10
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.full_at = OBJECTS_PAGE_SIZE
+        self.confirmed = False
+
+    def seen(self, largest: int) -> None:
+        if largest >= self.full_at:
+            self.confirmed = True
+
+    def lower(self, size: int) -> bool:
+        """Take ``size`` as the server's limit; False when it is not a plausible one."""
+        with self._lock:
+            if self.confirmed or size < self.MIN_CLAMP or size >= self.full_at:
+                return False
+            self.full_at = size
+            self.confirmed = True
+            return True
 
 
 class CursorWalk:
@@ -96,6 +151,7 @@ class CursorWalk:
         start: str | None,
         end: str | None = None,
         *,
+        limit: PageLimit,
         first: Page | None = None,
     ) -> None:
         self._client = client
@@ -105,11 +161,10 @@ class CursorWalk:
         self._first = first
         self._done = False
         self._bound: str | None = None
-        # The largest half ever seen: a half this full counts as cut by the server's limit even
-        # if the server clamps ``limit`` below what we ask (the hosted layer is not public code).
-        self._largest = 0
+        self._limit = limit
+        #: After a short page: its ``next`` and its largest half (the next step asks from there).
+        self._probe: tuple[str, int] | None = None
         self._lock = threading.Lock()
-        self._warned_ties = False
         self._steps = 0
         self._first_position: str | None = None
 
@@ -161,40 +216,65 @@ class CursorWalk:
 
     def step(self) -> Step:
         """Ask one page (and, where a half was cut short, that half's end) and move on."""
-        after = self._after
-        page = self._ask(after)
+        after, probe = self._after, self._probe
+        self._probe = None
+        asked = probe[0] if probe is not None else after
+        page = self._ask(asked)
+        served = f"{page.next or ''}|{asked or ''}"
         if not page.objects or page.next is None:
-            return self._finish(page.objects, after, page.next)
+            # Nothing after ``asked``: after a short page, that page held the rest.
+            return self._finish(page.objects, asked, page.next, served)
+        if probe is not None and self._limit.lower(probe[1]):
+            # Records right after a page that looked complete: the server's pages are smaller
+            # than asked. Read again from before that page, with halves of this size full.
+            logger.debug(
+                "the objects listing serves %d records a half; reading on with that limit",
+                probe[1],
+                extra={"feed_id": self._feed_id},
+            )
+            return Step(page.objects, after, page.next, done=False, served=served)
         edges = sum(1 for obj in page.objects if obj.get("type") == EDGE_TYPE)
         vertices = len(page.objects) - edges
-        self._largest = max(self._largest, edges, vertices)
-        full_at = min(OBJECTS_PAGE_SIZE, self._largest)
+        self._limit.seen(max(edges, vertices))
+        full_at = self._limit.full_at
         last_is_edge = page.objects[-1].get("type") == EDGE_TYPE
-        bounds: list[str] = []
+        bounds: list[tuple[str, int]] = []
         if edges >= full_at:
-            bounds.append(page.next if last_is_edge else self._half_end(after, EDGE_TYPE))
+            bounds.append((page.next if last_is_edge else self._half_end(asked, EDGE_TYPE), edges))
         if vertices >= full_at:
             kinds = sorted({str(o.get("type")) for o in page.objects if o.get("type") != EDGE_TYPE})
-            bounds.append(page.next if not last_is_edge else self._half_end(after, ",".join(kinds)))
+            bounds.append(
+                (
+                    page.next if not last_is_edge else self._half_end(asked, ",".join(kinds)),
+                    vertices,
+                )
+            )
         if not bounds:
-            if len(page.objects) < OBJECTS_PAGE_SIZE:
-                # Neither half was cut: every record after ``after`` is on this page.
-                return self._finish(page.objects, page.next, page.next)
-            # A server that limits the whole page rather than each half (not the open-source
-            # one) would have cut it here; the page is sorted, so ``next`` is where it stopped.
-            bounds.append(page.next)
-        bound = min(bounds)
+            if len(page.objects) >= OBJECTS_PAGE_SIZE:
+                # A server that limits the whole page rather than each half (not the open-source
+                # one) would have cut it here; the page is sorted, so ``next`` is where it stopped.
+                bounds.append((page.next, len(page.objects)))
+            elif self._limit.confirmed:
+                # Neither half was cut: every record after ``asked`` is on this page.
+                return self._finish(page.objects, page.next, page.next, served)
+            else:
+                # Complete unless the server serves fewer than asked (PageLimit): one more
+                # request from ``next`` tells. The walk does not move on before it answers.
+                self._probe = (page.next, max(edges, vertices))
+                return Step(page.objects, after, page.next, done=False, served=served)
+        bound, count = min(bounds)
         resume = just_below(bound)
         if (self._bound is not None and bound <= self._bound) or resume is None:
-            # More records share one time than a half holds, or the time is in an unknown
-            # format: nothing just below it can be asked, so the ones beyond the cut are lost.
-            if not self._warned_ties:
-                logger.warning(
-                    "a page of the objects listing was cut inside records that share one "
-                    "_record_modified; some of them may be missed",
-                    extra={"feed_id": self._feed_id, "record_modified": bound},
-                )
-                self._warned_ties = True
+            # More records share one time than a half holds (or the time is in no known
+            # format): nothing just below it can be asked, and the records at that time that
+            # did not fit on the page are served by no request.
+            logger.warning(
+                "%d records of the objects listing share the _record_modified %s, a whole page; "
+                "the listing cannot serve more of them, so any beyond these are missed",
+                count,
+                bound,
+                extra={"feed_id": self._feed_id, "record_modified": bound, "records": count},
+            )
             resume = bound
         self._bound = bound
         with self._lock:
@@ -204,8 +284,8 @@ class CursorWalk:
                 self._first_position = resume
             end = self._end
         if end is not None and resume >= end:
-            return self._finish(page.objects, resume, page.next, cut=True)
-        return Step(page.objects, resume, page.next, done=False)
+            return self._finish(page.objects, resume, page.next, served, cut=True)
+        return Step(page.objects, resume, page.next, done=False, served=served)
 
     def _half_end(self, after: str | None, types: str) -> str:
         """The greatest record time the listing reaches from ``after`` in one half alone.
@@ -224,7 +304,13 @@ class CursorWalk:
         return page.next
 
     def _finish(
-        self, objects: list[JSONDict], resume: str | None, proxy: str | None, *, cut: bool = False
+        self,
+        objects: list[JSONDict],
+        resume: str | None,
+        proxy: str | None,
+        served: str,
+        *,
+        cut: bool = False,
     ) -> Step:
         # The end of the listing: the records at the last time were all on the page, but a
         # record stored later in the same microsecond is served again by resuming just below.
@@ -235,7 +321,7 @@ class CursorWalk:
             if resume is not None and (self._after is None or resume > self._after):
                 self._after = resume
             resume = self._after
-        return Step(objects, resume, proxy, done=True)
+        return Step(objects, resume, proxy, done=True, served=served, cut=cut)
 
 
 class NumberedWalk:
@@ -251,6 +337,7 @@ class NumberedWalk:
         self._feed_id = feed_id
         self._page: Page | None = first
         self._number = first.page_number or 1
+        self._read = 0
 
     def step(self) -> Step:
         page = self._page
@@ -265,14 +352,18 @@ class NumberedWalk:
                     feed_id=self._feed_id,
                 )
         self._page = None
-        self._number = (page.page_number or self._number) + 1
-        return Step(page.objects, None, None, done=page.is_last_numbered)
+        number = page.page_number or self._number
+        self._number = number + 1
+        self._read += len(page.objects)
+        return Step(
+            page.objects, None, None, done=page.ends_numbered(self._read), served=f"#{number:09d}"
+        )
 
 
 Walk = CursorWalk | NumberedWalk
 
 
-def open_walk(client: CTXClient, feed_id: str, cursor: str | None) -> Walk:
+def open_walk(client: CTXClient, feed_id: str, cursor: str | None, limit: PageLimit) -> Walk:
     """The walk from ``cursor``, in whichever pagination style the server answers."""
     params: dict[str, str | int] = {
         "limit": OBJECTS_PAGE_SIZE,
@@ -285,4 +376,4 @@ def open_walk(client: CTXClient, feed_id: str, cursor: str | None) -> Walk:
     first = client.objects_page(feed_id, params)
     if first.style == "page":
         return NumberedWalk(client, feed_id, first)
-    return CursorWalk(client, feed_id, cursor, first=first)
+    return CursorWalk(client, feed_id, cursor, limit=limit, first=first)

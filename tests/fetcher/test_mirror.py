@@ -69,7 +69,7 @@ def test_bodies_compressed_by_an_earlier_fetcher_are_read(tmp_path: Path) -> Non
         mirror = Mirror(ledger)
         assert mirror.get(FEED, [IND])[IND].data == data
         newer = _indicator("2025-04-01T00:00:00.000Z", "new")
-        assert mirror.apply(FEED, [newer], None).changed == 1
+        assert mirror.apply(FEED, [newer], "").changed == 1
         kept = mirror.get(FEED, [IND])[IND]
     assert json.loads(kept.data)["name"] == "new"
     raw = sqlite3.connect(tmp_path / DB_NAME).execute("SELECT body FROM mirror").fetchone()[0]
@@ -84,9 +84,9 @@ def test_written_marks_only_the_version_carried(tmp_path: Path) -> None:
     other = {**_indicator("2025-02-01T00:00:00.000Z", "c"), "id": IND.replace("7e2b", "7e2c")}
     with Ledger(tmp_path) as ledger:
         mirror = Mirror(ledger)
-        mirror.apply(FEED, [old, other], None)
+        mirror.apply(FEED, [old, other], "")
         carried = {IND: mirror.get(FEED, [IND])[IND].sha256}
-        mirror.apply(FEED, [new], None)  # a newer version arrives after the file was built
+        mirror.apply(FEED, [new], "")  # a newer version arrives after the file was built
         mirror.mark_written(
             FEED,
             {**carried, str(other["id"]): mirror.get(FEED, [other["id"]])[str(other["id"])].sha256},
@@ -115,7 +115,7 @@ def test_pending_in_stored_order_reports_apart_others_by_type(tmp_path: Path) ->
     with Ledger(tmp_path) as ledger:
         mirror = Mirror(ledger)
         for item in stored:
-            mirror.apply(FEED, [item], None)
+            mirror.apply(FEED, [item], "")
         reports = list(mirror.pending(FEED, reports=True, limit=1))
         others = list(mirror.pending(FEED, reports=False, limit=2))
     assert reports == [[f"report--{late_id}"], [f"report--{early_id}"]]
