@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from tests.standins.ctx import CTXStandIn
@@ -142,7 +143,7 @@ class LiveWriter:
             self.world.clock.use_real_time()
         self._t0 = time.monotonic()
         for index, planned in enumerate(self.plan):
-            self._push(planned.at, lambda d, i=index, p=planned: self._start(d, i, p), start=True)
+            self._push(planned.at, partial(self._start, index=index, planned=planned), start=True)
         self._thread.start()
         return self
 
@@ -157,10 +158,6 @@ class LiveWriter:
     def settle(self, timeout: float = 120.0) -> bool:
         """Wait until every planned write is visible; False on timeout."""
         return self._done.wait(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def wait_for(self, predicate: Callable[[list[Step]], bool], timeout: float = 30.0) -> bool:
         """Wait until ``predicate(steps)`` holds (steps so far, in commit order)."""
@@ -328,15 +325,10 @@ class LiveWriter:
     # Content ----------------------------------------------------------------------------------
 
     def _report(self, feed: Feed) -> list[dict[str, Any]]:
-        record = feed.latest_record(feed.identity_id)
-        if record is None:
-            raise KeyError(feed.identity_id)
+        """A new report, last in its bundle (``Producer.report_bundle``)."""
+        identity = copy.deepcopy(strip(_latest(feed, str(feed.identity_id))))
         size = self.rng.randint(4, 8)
-        producer = self.world.producers[feed.id]
-        report_id, objects = producer.report_bundle(size, copy.deepcopy(strip(record)))
-        if objects[-1]["id"] != report_id:
-            raise AssertionError("the producer puts the report last")
-        return objects
+        return self.world.producers[feed.id].report_bundle(size, identity)[1]
 
     def _version(self, feed: Feed, report_id: str) -> list[dict[str, Any]]:
         """A later ``modified`` of the report, of one to three of its members, and a new member."""
