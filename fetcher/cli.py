@@ -302,7 +302,8 @@ def _read_state(settings: ScheduleSettings) -> list[FeedState]:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
 def state(config_path: Path | None, as_json: bool) -> None:
-    """Where each feed stands: cursor, last pass, files written, last error. Read-only."""
+    """Where each feed stands: cursor, last pass, files written, reports waiting for objects they
+    name or written without some, last error. Read-only."""
     settings = _load(ScheduleSettings, config_path)
     states = _read_state(settings)
     if as_json:
@@ -317,7 +318,8 @@ def state(config_path: Path | None, as_json: bool) -> None:
     from rich.console import Console
 
     console = Console()
-    render_table(states, console if console.is_terminal else Console(width=200))
+    # Off a terminal (a pipe, a log): wide enough that only the error column folds.
+    render_table(states, console if console.is_terminal else Console(width=240))
 
 
 @main.command()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fetcher.errors import NotASpoolError
+from fetcher.gaps import GapCounts, ReportGaps
 from fetcher.passes import PassLog, PassRecord, PendingReset
 from fetcher.state import DB_NAME, LISTING_CURSOR, Ledger
 from shared.errors import SpoolError
@@ -33,6 +34,8 @@ class FeedState:
     cursor: str | None
     passes: PassRecord | None
     reset: PendingReset | None
+    #: Reports waiting for objects they name, and reports written without some.
+    gaps: GapCounts
 
     def as_dict(self) -> dict[str, Any]:
         """The ``--json`` form (times in ISO 8601 UTC, null when unknown)."""
@@ -58,6 +61,8 @@ class FeedState:
             "reset_pending": None
             if self.reset is None
             else {"from": self.reset.since, "rewrite": self.reset.rewrite},
+            "reports_waiting": self.gaps.waiting,
+            "reports_incomplete": self.gaps.incomplete,
         }
 
 
@@ -85,6 +90,8 @@ def read_state(ledger: Ledger, configured: tuple[str, ...]) -> list[FeedState]:
     log = PassLog(ledger)
     passes = log.records()
     resets = log.pending_resets()
+    # A state file older than the report_gaps table (schema 2) has none: zero of each.
+    gaps = ReportGaps(ledger).counts()
     known = {feed for feed, _ in cursors} | set(passes) | set(resets)
     feeds = list(configured) + sorted(known - set(configured))
     return [
@@ -94,6 +101,7 @@ def read_state(ledger: Ledger, configured: tuple[str, ...]) -> list[FeedState]:
             cursors.get((feed_id, LISTING_CURSOR)),
             passes.get(feed_id),
             resets.get(feed_id),
+            gaps.get(feed_id, GapCounts()),
         )
         for feed_id in feeds
     ]
@@ -163,7 +171,15 @@ def render_table(states: list[FeedState], console: Console) -> None:
     from rich.table import Table  # only this command draws tables: not every start-up pays rich
 
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("FEED", "CURSOR", "LAST PASS", "RESULT", "FILES LAST/ALL", "LAST ERROR"):
+    for column in (
+        "FEED",
+        "CURSOR",
+        "LAST PASS",
+        "RESULT",
+        "FILES LAST/ALL",
+        "REPORTS WAITING/INCOMPLETE",
+        "LAST ERROR",
+    ):
         table.add_column(column, overflow="fold")
     for feed in states:
         p = feed.passes
@@ -181,5 +197,6 @@ def render_table(states: list[FeedState], console: Console) -> None:
         if p is not None and p.running:
             result += f"; started {_short(p.started_at)}, not finished"
         error = "-" if p is None or p.error is None else f"{_short(p.error_at)}: {p.error}"
-        table.add_row(name, cursor, last, result, files, error)
+        reports = f"{feed.gaps.waiting}/{feed.gaps.incomplete}"
+        table.add_row(name, cursor, last, result, files, reports, error)
     console.print(table)

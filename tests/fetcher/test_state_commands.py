@@ -94,6 +94,44 @@ def test_state_marks_a_pass_that_did_not_finish(
     assert "not finished" in invoke(["state"], env).stdout
 
 
+def test_state_counts_reports_waiting_and_written_incomplete(
+    standin: CTXStandIn, env: dict[str, str], spool_dir: Path
+) -> None:
+    feed, other = standin.active_feed_ids
+    assert invoke(["once"], env).exit_code == 0
+    first, second, third = standin.report_ids(feed)[:3]
+    # What fetcher.gaps records: two reports wait (one lacks two objects), one went out without.
+    rows = [
+        (first, "indicator--1", 0),
+        (first, "indicator--2", 0),
+        (second, "indicator--3", 0),
+        (third, "indicator--4", 1),
+    ]
+    with sqlite3.connect(spool_dir / DB) as db:
+        db.executemany(
+            "INSERT INTO report_gaps (feed_id, report_id, member_id, since, written) "
+            "VALUES (?, ?, ?, '2026-01-01T00:00:00.000000Z', ?)",
+            [(feed, *row) for row in rows],
+        )
+
+    state = _state(env)
+
+    assert (state[feed]["reports_waiting"], state[feed]["reports_incomplete"]) == (2, 1)
+    assert (state[other]["reports_waiting"], state[other]["reports_incomplete"]) == (0, 0)
+    table = invoke(["state"], env)
+    assert "REPORTS WAITING/INCOMPLETE" in table.stdout
+    rows_by_feed = {line.split()[0]: line.split() for line in table.stdout.splitlines()[1:]}
+    assert rows_by_feed[feed][9] == "2/1"
+    assert rows_by_feed[other][9] == "0/0"
+
+    # A state file of schema 1 has no report_gaps table: read as none, not as an error.
+    with sqlite3.connect(spool_dir / DB) as db:
+        db.executescript("DROP TABLE report_gaps; PRAGMA user_version = 1;")
+    state = _state(env)
+    assert (state[feed]["reports_waiting"], state[feed]["reports_incomplete"]) == (0, 0)
+    assert invoke(["state"], env).exit_code == 0
+
+
 def _set_ended(spool_dir: Path, ago: timedelta) -> None:
     when = (datetime.now(UTC) - ago).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     with sqlite3.connect(spool_dir / DB) as db:
@@ -267,6 +305,7 @@ def test_a_state_file_of_the_previous_schema_keeps_working(
     state = _state(env)
     assert state[feed]["cursor"] == old_cursor
     assert state[feed]["last_pass"] is None
+    assert (state[feed]["reports_waiting"], state[feed]["reports_incomplete"]) == (0, 0)
     assert "no pass has finished yet" in invoke(["health"], env).output
     with sqlite3.connect(spool_dir / DB) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 0
