@@ -1,5 +1,6 @@
-"""``ctx-fetcher``: CTX feeds into the spool (``once``, ``run``, ``feeds``, ``transfer``) and the
-commands that read or reset the fetcher's state (``state``, ``health``, ``reset``)."""
+"""``ctx-fetcher``: CTX feeds into the spool (``once``, ``run``, ``feeds``, ``transfer``), the
+commands that read or reset the fetcher's state (``state``, ``health``, ``reset``) and ``audit``
+(:mod:`fetcher.cli_audit`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import TypeVar
 
 import click
 
+from fetcher.cli_audit import audit_command
 from fetcher.client import CTXClient
 from fetcher.errors import FetcherError, LedgerError
 from fetcher.lock import StateLock
@@ -391,3 +393,6 @@ def reset(
         f"{feed_id}: the next pass reads from {start} (was {outcome.before or 'the start'}); "
         + ("its files are written again" if rewrite else "only changed files are written")
     )
+
+
+main.add_command(audit_command(config_option, _settings))
