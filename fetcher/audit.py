@@ -19,7 +19,6 @@ not yet fetched by a pass, is reported in no file: audit after a pass, not durin
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Callable, Iterable
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fetcher.client import CTXClient
-from fetcher.gaps import ReportGaps
+from fetcher.gaps import GapCounts, ReportGaps
 from fetcher.mirror import Mirror
 from fetcher.state import Ledger
 from fetcher.walk import PageLimit, open_walk
@@ -61,6 +60,9 @@ class FeedAudit:
     lacking: dict[str, list[str]] = field(default_factory=dict)
     #: Objects such reports name that the listing does not hold (information only).
     not_listed: dict[str, list[str]] = field(default_factory=dict)
+    #: Reports the fetcher holds back, waiting for objects they name (fetcher.gaps): they and
+    #: what they carry are in no file yet, by design.
+    waiting: int = 0
 
     @property
     def complete(self) -> bool:
@@ -76,6 +78,12 @@ class FeedAudit:
             found.append(f"{_plural(len(self.not_in_files), 'object')} in no file")
         if self.lacking:
             found.append(f"{_plural(len(self.lacking), 'report')} lacking members")
+        if self.waiting:
+            found.append(
+                f"of which {_plural(self.waiting, 'report')} and what they carry wait for "
+                "objects they name (written when those arrive, or after "
+                "CYBERTHREATEXCHANGE_REPORT_GRACE_MINUTES)"
+            )
         return f"{head}, {', '.join(found)}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -88,6 +96,7 @@ class FeedAudit:
             "not_in_files": self.not_in_files,
             "reports_lacking_members": self.lacking,
             "members_not_listed": self.not_listed,
+            "reports_waiting": self.waiting,
         }
 
 
@@ -109,7 +118,9 @@ def audit_feed(
                 carried = written.of(ids)
                 result.objects += len(ids)
                 result.not_in_files += [i for i in ids if carried.get(i) != kept[i].sha256]
-        _check_reports(result, listing, written, ReportGaps(state).incomplete(feed_id))
+        gaps = ReportGaps(state)
+        _check_reports(result, listing, written, gaps.incomplete(feed_id))
+        result.waiting = gaps.counts().get(feed_id, GapCounts()).waiting
     logger.info(
         "audit: %s",
         result.summary(),
@@ -176,27 +187,13 @@ def _held(listing: Mirror, feed_id: str, ids: set[str]) -> set[str]:
 
 
 class _Written:
-    """The ``written`` mark of the state's mirror (:mod:`fetcher.mirror`), read-only.
-
-    :class:`fetcher.mirror.Mirror` has no reader of that column, so the audit reads it here, with
-    the same query shape as the mirror's own reads. A state whose fetcher never applied a page has
-    no mirror table: nothing in it is written.
-    """
+    """The state's written marks of one feed (:meth:`fetcher.mirror.Mirror.written`); none in a
+    state whose fetcher never read a page."""
 
     def __init__(self, state: Ledger, feed_id: str) -> None:
-        self._state = state
         self._feed_id = feed_id
-        self._exists = bool(
-            state.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mirror'", ())
-        )
+        self._mirror = Mirror(state, create=False) if Mirror.exists(state) else None
 
     def of(self, ids: Iterable[str]) -> dict[str, str]:
         """The sha256 a published file carries of each of ``ids`` (absent: none)."""
-        if not self._exists:
-            return {}
-        rows = self._state.query(
-            "SELECT object_id, written FROM mirror WHERE feed_id = ? AND written IS NOT NULL "
-            "AND object_id IN (SELECT value FROM json_each(?))",
-            (self._feed_id, json.dumps(list(ids))),
-        )
-        return {str(object_id): str(sha) for object_id, sha in rows}
+        return {} if self._mirror is None else self._mirror.written(self._feed_id, ids)

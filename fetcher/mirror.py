@@ -215,6 +215,23 @@ class Mirror:
             for object_id, kind, sha, stamp, body in rows
         }
 
+    @staticmethod
+    def exists(ledger: Ledger) -> bool:
+        """Whether ``ledger`` has a mirror table (a state whose fetcher never read a page has
+        none; a read-only ledger cannot create it)."""
+        return bool(
+            ledger.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mirror'", ())
+        )
+
+    def written(self, feed_id: str, ids: Iterable[str]) -> dict[str, str]:
+        """The sha256 of the version a published file carries, of each of ``ids`` that has one."""
+        rows = self._ledger.query(
+            "SELECT object_id, written FROM mirror WHERE feed_id = ? AND written IS NOT NULL "
+            "AND object_id IN (SELECT value FROM json_each(?))",
+            (feed_id, json.dumps(list(ids))),
+        )
+        return {str(object_id): str(sha) for object_id, sha in rows}
+
     def touching(self, feed_id: str, object_ids: list[str]) -> dict[str, list[str]]:
         """Per id in ``object_ids``: the relationships kept whose source or target it is."""
         ends = json.dumps(object_ids)

@@ -1,6 +1,6 @@
 """``python -m tests.bench [--quick] [--runs N] [NAME ...]``: run the benchmarks, write BENCHMARKS.md.
 
-Names: fetch, upload, watch, scale, big (default: all). A full run (all benchmarks, not ``--quick``)
+Names: fetch, fetch-memory, fetch-quiet, upload, watch, scale, big (default: all). A full run (all benchmarks, not ``--quick``)
 writes ``BENCHMARKS.md`` at the repository root; a partial or quick run only prints, unless
 ``--output`` says where to write.
 """

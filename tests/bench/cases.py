@@ -30,6 +30,7 @@ from tests.bench.harness import (
     uploader_env,
     write_spool_files,
 )
+from tests.bench.quiet import bench_quiet
 from tests.bench.result import Options, Result, Row
 from tests.standins.ctx import CTXStandIn, ts
 
@@ -597,6 +598,7 @@ def bench_big(opts: Options) -> Result:
 BENCHMARKS = {
     "fetch": bench_fetch,
     "fetch-memory": bench_fetch_memory,
+    "fetch-quiet": bench_quiet,
     "upload": bench_upload,
     "watch": bench_watch,
     "scale": bench_scale,

@@ -81,6 +81,7 @@ def test_after_a_pass_the_audit_is_clean_and_touches_nothing(
             "not_in_files": [],
             "reports_lacking_members": {},
             "members_not_listed": {},
+            "reports_waiting": 0,
         }
         assert entry["records"] >= entry["objects"]
         assert (
