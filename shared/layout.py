@@ -62,6 +62,14 @@ _NAME_RE = re.compile(
 )
 
 
+#: What a bundle file's path must be, in words: ``verify`` and the uploader's ``invalid-name``
+#: refusal say the same thing.
+PATH_RULE = (
+    "a spool file must be <feed UUID>/<YYYY>/<MM>/<DD>/<modified>_<report id or objects>_"
+    "<sha256>[_<signature>].json, its date folders those of <modified>"
+)
+
+
 def check_feed_id(value: object) -> str:
     """Return ``value`` if it is a lower-case canonical UUID, else raise :class:`UnsafeNameError`."""
     if isinstance(value, str) and _UUID_RE.match(value.lower()):

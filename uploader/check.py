@@ -17,7 +17,7 @@ from typing import Any
 
 from shared.durable import sha256_bytes
 from shared.errors import UnsafeNameError
-from shared.layout import SpoolName, parse_relative_path
+from shared.layout import PATH_RULE, SpoolName, parse_relative_path
 from shared.signing import SigningKey
 from uploader.errors import BundleRejected
 
@@ -43,8 +43,10 @@ def parse_name(rel: PurePosixPath) -> tuple[str, SpoolName]:
     """Feed id and name of ``rel``, or :class:`BundleRejected` ``invalid-name``."""
     try:
         return parse_relative_path(rel)
-    except UnsafeNameError as exc:
-        raise BundleRejected("invalid-name", str(exc)) from None
+    except UnsafeNameError:
+        raise BundleRejected(
+            "invalid-name", f"{str(rel)[:200]!r} is not a spool file name: {PATH_RULE}"
+        ) from None
 
 
 def under_symlinked_folder(incoming: Path, rel: PurePosixPath) -> bool:

@@ -17,6 +17,7 @@ from shared.layout import (
     DONE,
     FAILED,
     INCOMING,
+    PATH_RULE,
     PROCESSING,
     STATES,
     Spool,
@@ -257,12 +258,7 @@ def verify(spool: Spool, key: SigningKey | None = None) -> tuple[int, list[BadFi
         try:
             _feed, name = parse_rel(item.rel)
         except UnsafeNameError:
-            bad.append(
-                BadFile(
-                    item.display,
-                    "name is not <modified>_<id>_<sha256>[_<signature>].json in a dated feed folder",
-                )
-            )
+            bad.append(BadFile(item.display, f"not a spool file name: {PATH_RULE}"))
             continue
         try:
             problem = _check_file(item.path, name, key)
