@@ -33,8 +33,8 @@ from fetcher.status import (
     render_table,
 )
 from fetcher.sync import FeedResult, run_pass
-from fetcher.transfer import manifest, mark, transfer_set
-from shared.config import load_settings
+from fetcher.transfer import manifest, mark, open_transfer_state, transfer_set
+from shared.config import load_settings, warn_unknown_settings
 from shared.console import terminal_console
 from shared.durable import write_atomic
 from shared.errors import ConfigError, SharedError, SpoolError, UnsafeNameError
@@ -68,6 +68,7 @@ def _settings_and_key(config_path: Path | None) -> tuple[FetcherSettings, Signin
     if key is not None and key.mask_text is not None:
         secrets.append(key.mask_text)
     configure_logging(settings.log_level, secrets=secrets, json_lines=settings.json_logging)
+    warn_unknown_settings(settings)
     return settings, key
 
 
@@ -91,6 +92,7 @@ def _load(model: type[_LoadedT], config_path: Path | None) -> _LoadedT:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     configure_logging(settings.log_level, json_lines=settings.json_logging)
+    warn_unknown_settings(settings)
     return settings
 
 
@@ -279,7 +281,7 @@ def transfer(
     settings = _load(SpoolStateSettings, config_path)
     spool = Spool(settings.spool_dir)
     try:
-        with Ledger(settings.effective_state_dir) as ledger:
+        with open_transfer_state(settings.spool_dir, settings.effective_state_dir) as ledger:
             paths = transfer_set(spool, ledger, include_all=include_all)
             if manifest_path is not None:
                 write_atomic(manifest_path, manifest(spool, paths))
@@ -388,6 +390,15 @@ def reset(
             outcome = reset_feed(ledger, feed_id, since=when, rewrite=rewrite)
     except FetcherError as exc:
         raise click.ClickException(str(exc)) from None
+    if outcome.after == outcome.before:
+        # The cursor never moves forward (fetcher.reset): a date after it re-reads nothing.
+        where = outcome.before or "the start of the feed"
+        click.echo(
+            f"{feed_id}: the next pass already reads from {where}, "
+            + ("" if since is None else f"before {since.strip()}, ")
+            + "so nothing changes"
+        )
+        return
     start = outcome.after or "the start of the feed"
     click.echo(
         f"{feed_id}: the next pass reads from {start} (was {outcome.before or 'the start'}); "

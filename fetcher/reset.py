@@ -101,12 +101,19 @@ def reset_feed(
     with ledger.batch():
         ledger.write(statements)
         PassLog(ledger).request_reset(PendingReset(feed_id, after, rewrite, now_iso()))
-    logger.info(
-        "feed reset: the next pass reads it from %s%s",
-        after or "its start",
-        " and writes its files again" if rewrite else "",
-        extra={"feed_id": feed_id},
-    )
+    if after == before:
+        logger.info(
+            "feed reset: the next pass already reads it from %s; nothing changes",
+            after or "its start",
+            extra={"feed_id": feed_id},
+        )
+    else:
+        logger.info(
+            "feed reset: the next pass reads it from %s%s",
+            after or "its start",
+            " and writes its files again" if rewrite else "",
+            extra={"feed_id": feed_id},
+        )
     return ResetOutcome(feed_id, before, after, rewrite)
 
 

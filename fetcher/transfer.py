@@ -5,19 +5,36 @@ Pure spool operations, no network. A transfer set is every bundle file in ``inco
 ``SPOOL_DIR`` (``incoming/<feed>/<YYYY>/<MM>/<DD>/<name>.json``) so that the list feeds
 ``rsync --files-from`` and ``tar -T`` run from ``SPOOL_DIR``, and the manifest is checked by
 ``sha256sum -c`` from there or by ``ctx-uploader verify --manifest`` on the receiving side.
+
+``transfer`` writes (the transfer record, a manifest), so it opens the fetcher's state only where
+``state`` and ``health`` would read one (:func:`open_transfer_state`): a mistyped ``SPOOL_DIR`` is
+refused, not created and reported as an empty transfer set.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from fetcher.errors import TransferError
 from fetcher.state import Ledger
+from fetcher.status import open_state
 from shared.durable import sha256_file
 from shared.errors import UnsafeNameError
 from shared.layout import INCOMING, Spool, parse_relative_path, walk_bundles
+
+
+def open_transfer_state(spool_dir: Path, state_dir: Path) -> Ledger:
+    """The fetcher's state at ``state_dir``, for ``transfer`` to read and mark.
+
+    Raises :class:`fetcher.errors.NotASpoolError`, creating nothing, where
+    :func:`fetcher.status.open_state` refuses: ``spool_dir`` is not a spool, or the fetcher never
+    ran with it (a wrong ``CYBERTHREATEXCHANGE_STATE_DIR`` would otherwise list every file as new).
+    """
+    with open_state(spool_dir, state_dir):
+        pass
+    return Ledger(state_dir)
 
 
 def transfer_set(spool: Spool, ledger: Ledger, *, include_all: bool = False) -> list[str]:
