@@ -1,11 +1,16 @@
-"""Opt-in: one import into a real OpenCTI, when OPENCTI_URL and OPENCTI_TOKEN are set.
+"""Opt-in: one import into a real OpenCTI, when CTX_LIVE_TEST_OPENCTI_URL and
+CTX_LIVE_TEST_OPENCTI_TOKEN are set.
+
+Variables used for nothing else: an operator's own ``OPENCTI_URL``/``OPENCTI_TOKEN`` never turn this
+test on (tests/conftest.py removes them for the session). ``CTX_LIVE_TEST_OPENCTI_SSL_VERIFY=false``
+and ``CTX_LIVE_TEST_CONNECTOR_ID`` are optional.
 
 The other tests talk to the stand-in (:mod:`tests.standins.opencti`); this one shows that a real
 platform accepts the documents of the installed pycti and that its workers complete the work
 (``get_work`` in ``pycti/api/opencti_api_work.py``, status ``complete``). Run it with the pycti
 of the platform's version.
 
-Registers a connector (``CONNECTOR_ID`` or a new UUID) named "ctx-uploader live test" and imports
+Registers a connector (``CTX_LIVE_TEST_CONNECTOR_ID`` or a new UUID) named "ctx-uploader live test" and imports
 one identity under one work, waiting for the platform's workers to complete it.
 """
 
@@ -21,21 +26,25 @@ from uploader.chunking import read_bundle
 from uploader.opencti import PyctiImporter
 from uploader.settings import UploaderSettings
 
+URL = "CTX_LIVE_TEST_OPENCTI_URL"
+TOKEN = "CTX_LIVE_TEST_OPENCTI_TOKEN"
+
 pytestmark = [
     pytest.mark.opencti_live,
     pytest.mark.skipif(
-        not (os.environ.get("OPENCTI_URL") and os.environ.get("OPENCTI_TOKEN")),
-        reason="set OPENCTI_URL and OPENCTI_TOKEN to run against a real OpenCTI",
+        not (os.environ.get(URL) and os.environ.get(TOKEN)),
+        reason=f"set {URL} and {TOKEN} to run against a real OpenCTI",
     ),
 ]
 
 
 def test_import_one_bundle_into_a_real_platform() -> None:
     settings = UploaderSettings(
-        opencti_url=os.environ["OPENCTI_URL"],
-        opencti_token=os.environ["OPENCTI_TOKEN"],
-        opencti_ssl_verify=os.environ.get("OPENCTI_SSL_VERIFY", "true").lower() != "false",
-        connector_id=os.environ.get("CONNECTOR_ID") or str(uuid.uuid4()),
+        opencti_url=os.environ[URL],
+        opencti_token=os.environ[TOKEN],
+        opencti_ssl_verify=os.environ.get("CTX_LIVE_TEST_OPENCTI_SSL_VERIFY", "true").lower()
+        != "false",
+        connector_id=os.environ.get("CTX_LIVE_TEST_CONNECTOR_ID") or str(uuid.uuid4()),
         connector_name="ctx-uploader live test",
         wait_for_work=True,
         work_timeout=300,
