@@ -291,6 +291,67 @@ def test_dockerfile_builds_from_this_tree() -> None:
     assert "libmagic1" in text
 
 
+def _dockerignored(path: str, rules: list[str]) -> bool:
+    """Whether the build context leaves ``path`` out, by the .dockerignore rules of the Dockerfile
+    reference: Go ``filepath.Match`` patterns plus ``**``, matched against the path and each of
+    its parent folders, ``!`` re-including, the last matching rule winning."""
+    excluded = False
+    parts = path.split("/")
+    for rule in rules:
+        negate = rule.startswith("!")
+        pattern = rule.lstrip("!").strip("/")
+        regex = "".join(
+            ".*"
+            if token == "**"
+            else "[^/]*"
+            if token == "*"
+            else "[^/]"
+            if token == "?"
+            else re.escape(token)
+            for token in re.split(r"(\*\*|\*|\?)", pattern)
+            if token
+        )
+        if any(re.fullmatch(regex, "/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_keeps_the_context_to_what_the_image_runs() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    rules = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    copied = {
+        src.rstrip("/")
+        for arguments in re.findall(r"^COPY (.+)$", DOCKERFILE.read_text(), re.M)
+        for src in arguments.split()[:-1]
+    }
+    # Everything out, then exactly what the Dockerfile copies back in.
+    assert rules[0] == "*"
+    assert {rule[1:] for rule in rules if rule.startswith("!")} == copied
+    for path in (
+        ".venv/bin/python",
+        ".venv-compat/6.5.10/pyvenv.cfg",
+        "spool/incoming/x.json",
+        "demo-spool/.fetcher/fetcher.sqlite3",
+        ".env",
+        "compose/.env",
+        ".git/config",
+        ".mypy_cache/x",
+        "tests/test_compose.py",
+        "docs/x.md",
+        "shared/__pycache__/config.cpython-311.pyc",
+        "ctx_opencti_spool.egg-info/PKG-INFO",
+    ):
+        assert _dockerignored(path, rules), f"{path} would be in the build context"
+    for path in (
+        "pyproject.toml",
+        "README.md",
+        "shared/config.py",
+        "fetcher/cli.py",
+        "uploader/cli.py",
+    ):
+        assert not _dockerignored(path, rules), f"{path} is needed by the build"
+
+
 def test_default_pycti_pin_matches_pyproject() -> None:
     pin = re.search(r"^ARG PYCTI_VERSION=(\S+)$", DOCKERFILE.read_text(), re.M)
     assert pin is not None
