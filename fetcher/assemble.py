@@ -157,7 +157,7 @@ class Assembler:
             self.ledger.record_report(self.feed_id, built.subject, built.sha, str(built.rel))
             if written:
                 self.counts.reports_written += 1
-                logger.info(
+                logger.debug(
                     "report bundle written", extra={"feed_id": self.feed_id, "file": str(built.rel)}
                 )
             else:
@@ -165,7 +165,7 @@ class Assembler:
         elif written:
             self.counts.objects_files_written += 1
             self.counts.objects_written += built.objects
-            logger.info(
+            logger.debug(
                 "objects bundle written",
                 extra={"feed_id": self.feed_id, "file": str(built.rel), "objects": built.objects},
             )

@@ -297,7 +297,9 @@ class FileProcessor:
                     )
                     return Result(feed, rel, "retry", attempts=attempts, released=True)
                 continue
-            logger.info(
+            # Per file at debug, so that a run of thousands of files stays readable at info, where
+            # failed and waiting files are said.
+            logger.debug(
                 "imported %s",
                 rel.name,
                 extra={**ctx, "objects": receipt.objects},

@@ -68,23 +68,31 @@ def test_once_summarises_pending_files_per_feed(env: dict[str, str], files: Spoo
     assert len(lines) == 2
 
 
-def test_one_info_line_per_imported_file(
+def test_per_file_lines_are_debug_only(
     env: dict[str, str], files: SpoolFiles, opencti_standin: OpenCTIStandIn
 ) -> None:
-    added = [files.add(feed) for feed in (FEED_A, FEED_B) for _ in range(2)]
+    pytest.importorskip("pycti")
     pycti_env = {
         **env,
         "OPENCTI_URL": opencti_standin.url,
         "OPENCTI_TOKEN": opencti_standin.token,
         "CONNECTOR_LOG_LEVEL": "info",
     }
-    pytest.importorskip("pycti")
+    for feed in (FEED_A, FEED_B):
+        files.add(feed)
 
-    result = invoke(["once"], pycti_env)
+    quiet = invoke(["once"], pycti_env)
+
+    assert quiet.exit_code == 0, quiet.output
+    assert " imported " not in quiet.stderr
+    assert "bundle pushed" not in quiet.stderr
+
+    added = [files.add(feed) for feed in (FEED_A, FEED_B) for _ in range(2)]
+    result = invoke(["once"], {**pycti_env, "CONNECTOR_LOG_LEVEL": "debug"})
 
     assert result.exit_code == 0, result.output
     imported = [
-        line for line in result.stderr.splitlines() if " INFO uploader.process imported " in line
+        line for line in result.stderr.splitlines() if " DEBUG uploader.process imported " in line
     ]
     assert len(imported) == len(added)
     works = {w.id for w in opencti_standin.works.values()}
@@ -95,7 +103,6 @@ def test_one_info_line_per_imported_file(
         work = re.search(r"work_id=(\S+)", line)
         assert work is not None and work[1] in works
         assert "objects=2" in line
-    assert "bundle pushed" not in result.stderr
 
 
 def test_once_shows_progress_on_a_terminal_and_logs_above_it(
@@ -125,17 +132,26 @@ def test_once_off_a_terminal_prints_log_lines_only(env: dict[str, str], files: S
     assert "started (once)" in result.stderr
 
 
-def test_the_imported_line_in_json_carries_feed_file_work_and_objects(
+def test_the_imported_line_is_debug_and_in_json_carries_feed_file_work_and_objects(
     env: dict[str, str], files: SpoolFiles
 ) -> None:
     added = [files.add(FEED_A), files.add(FEED_B)]
-    result = invoke(["once"], {**env, "OPENCTI_JSON_LOGGING": "true"}, FakeImporter())
+    quiet = invoke(["once"], {**env, "OPENCTI_JSON_LOGGING": "true"}, FakeImporter())
+    assert quiet.exit_code == 0, quiet.output
+    # At info, a file imported is no line of its own.
+    assert not [line for line in quiet.stderr.splitlines() if '"imported ' in line]
+    added = [files.add(FEED_A), files.add(FEED_B)]
+    result = invoke(
+        ["once"],
+        {**env, "OPENCTI_JSON_LOGGING": "true", "CONNECTOR_LOG_LEVEL": "debug"},
+        FakeImporter(),
+    )
     assert result.exit_code == 0, result.output
-    records = [json.loads(line) for line in result.stderr.splitlines()]
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     imported = [r for r in records if r["message"].startswith("imported ")]
     assert sorted(r["file"] for r in imported) == sorted(files.rel(p) for p in added)
     for record in imported:
-        assert record["level"] == "INFO"
+        assert record["level"] == "DEBUG"
         assert record["feed"] == record["file"].split("/")[0]
         assert record["work_id"].startswith("work-")
         assert record["objects"] == 2
