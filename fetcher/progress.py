@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
 from fetcher.sync import FeedResult
 from fetcher.sync import Progress as ProgressCallback
@@ -24,7 +25,10 @@ class PassProgress:
         self._progress = Progress(
             SpinnerColumn(finished_text="done"),
             TextColumn("{task.description}"),
-            TextColumn("{task.fields[detail]}"),
+            # One line whatever the terminal's width: cut with an ellipsis, never wrapped.
+            TextColumn(
+                "{task.fields[detail]}", table_column=Column(no_wrap=True, overflow="ellipsis")
+            ),
             TimeElapsedColumn(),
             console=console,
             # The per-feed summary lines replace the display when the pass ends.
@@ -35,16 +39,20 @@ class PassProgress:
 
     def update(self, result: FeedResult) -> None:
         """Show ``result``'s counts (called from the thread that runs the pass)."""
+        # Short enough for an 80-column terminal with the feed's id shortened to its first part.
         detail = (
-            f"records {result.records_listed}, reports {result.reports_written} new "
-            f"{result.reports_unchanged} unchanged, objects files {result.objects_files_written}"
+            f"{result.records_listed} records, {result.reports_written} reports, "
+            f"{result.objects_files_written} objects files"
         )
+        if result.reports_waiting:
+            detail += f", {result.reports_waiting} waiting"
         task = self._tasks.get(result.feed_id)
         if task is None:
             if self._current is not None:
                 # Feeds run one after another: a new feed means the last one is done.
                 self._progress.update(self._current, total=1, completed=1)
-            task = self._progress.add_task(result.feed_id, total=None, detail=detail)
+            label = f"{result.feed_id.split('-', 1)[0]}…"
+            task = self._progress.add_task(label, total=None, detail=detail)
             self._tasks[result.feed_id] = task
             self._current = task
         else:

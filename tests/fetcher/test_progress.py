@@ -131,3 +131,26 @@ def test_log_records_shown_above_the_display_are_still_masked() -> None:
     # The handlers configured before the display are back once it ended.
     assert len(after) == 1
     assert not isinstance(after[0], type(display)) and after[0].formatter is not None
+
+
+def test_the_progress_line_fits_an_80_column_terminal() -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=80, color_system=None)
+    display = PassProgress(console)
+    result = FeedResult(
+        "18252016-06d1-5dc0-aa1b-917b2ea17a2f",
+        records_listed=123456,
+        reports_written=4321,
+        objects_files_written=12,
+        reports_waiting=3,
+    )
+
+    with display.live() as progress:
+        progress(result)
+        console.print(display._progress)  # the line as the live display draws it
+
+    # Control sequences (erase line, cursor moves) take no column.
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    drawn = [line for line in plain.splitlines() if "records" in line]
+    assert drawn and all(len(line) <= 80 for line in drawn)
+    assert "18252016…" in drawn[-1] and "123456 records" in drawn[-1]
