@@ -5,7 +5,12 @@ Tree::
     UploaderError
     ├── ImportFailure                    importing one bundle into OpenCTI failed
     │   ├── TransientImportError         retry later, never fail the file (platform down, 5xx, 429,
-    │   │                                timeout, connection refused, platform starting)
+    │   │   │                            timeout, connection refused, platform starting)
+    │   │   └── PlatformConfigError      the platform refuses our set-up: the command stops (``setting``)
+    │   │       ├── PlatformAuthError    OPENCTI_TOKEN refused, or its user lacks CONNECTORAPI
+    │   │       └── PyctiMismatchError   the installed pycti is newer than the platform
+    │   │                                (``pycti_version``, ``platform_version``, ``install``,
+    │   │                                ``detail``)
     │   └── PermanentImportError         the platform refused the content: the file goes to failed/
     │       └── WorkErrorsError          the platform accepted the bundle, its workers reported
     │                                    errors on objects of it (``errors``)
@@ -18,8 +23,9 @@ Tree::
     └── ReplayError                      a file asked for by ``replay`` is not in the source state
                                          (``path``)
 
-A wrong token or an unregistered connector is a :class:`TransientImportError` subclass
-(:class:`PlatformAuthError`): it is a configuration problem, not the file's fault, so files stay pending.
+A :class:`PlatformConfigError` is a :class:`TransientImportError`: the file is not at fault and stays
+pending, but retrying cannot help until a setting or the installed pycti changes, so ``once`` and
+``watch`` stop at the first one instead of retrying.
 """
 
 from __future__ import annotations
@@ -44,8 +50,44 @@ class TransientImportError(ImportFailure):
     """Worth retrying later: the platform or the network, not the bundle."""
 
 
-class PlatformAuthError(TransientImportError):
-    """The platform refused our token or connector: fix the configuration; files stay pending."""
+class PlatformConfigError(TransientImportError):
+    """The platform refuses what we are set up with; ``setting`` names what to change."""
+
+    def __init__(self, message: str, *, setting: str, work_id: str | None = None) -> None:
+        self.setting = setting
+        super().__init__(message, work_id=work_id)
+
+
+class PlatformAuthError(PlatformConfigError):
+    """The platform refused ``OPENCTI_TOKEN``, or its user may not act as a connector."""
+
+    def __init__(self, message: str, *, work_id: str | None = None) -> None:
+        super().__init__(message, setting="OPENCTI_TOKEN", work_id=work_id)
+
+
+class PyctiMismatchError(PlatformConfigError):
+    """The installed pycti asks for what the platform's schema does not have.
+
+    ``platform_version`` is None when the platform did not say; ``install`` is the pip command
+    that installs the matching pycti (None when the platform's version is unknown); ``detail``
+    is the platform's refusal of one of pycti's requests, when that is how the mismatch showed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pycti_version: str,
+        platform_version: str | None,
+        install: str | None,
+        detail: str = "",
+        work_id: str | None = None,
+    ) -> None:
+        self.detail = detail
+        self.pycti_version = pycti_version
+        self.platform_version = platform_version
+        self.install = install
+        super().__init__(message, setting="pycti", work_id=work_id)
 
 
 class PermanentImportError(ImportFailure):
