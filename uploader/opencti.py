@@ -29,8 +29,10 @@ Where pycti is adapted, and why:
   the CLI's logging, excepthook and settings (:mod:`uploader.registration`).
 * ``helper.stop()`` is never called: it sends ``deleteConnector``, which deletes the connector's
   works on the platform. :meth:`PyctiImporter.close` only stops the ping thread.
-* pycti's health check answers only True/False: when building the helper fails, the connector is
-  read through a pycti client built without it (:mod:`uploader.registration`).
+* pycti's health check answers only True/False: its query (``about { version }``) is sent through
+  a pycti client built without it, before registering, so that a refused token or a pycti newer
+  than the platform stops the command with one line instead of a retry; when building the helper
+  fails, the connector is read through that client too (:mod:`uploader.registration`).
 * ``check_connector_buffering`` is not used: on any error it calls ``sys.excepthook`` (pycti's
   process-killing hook) and returns None; ``api.connector.read`` is the query it makes. Errors are
   classified by :mod:`uploader.classify`.
@@ -70,7 +72,7 @@ from uploader.classify import (
 )
 from uploader.errors import (
     ImportFailure,
-    PlatformAuthError,
+    PlatformConfigError,
     TransientImportError,
     WorkErrorsError,
 )
@@ -100,7 +102,9 @@ class PyctiImporter:
 
     Errors: :class:`TransientImportError` (platform down or starting, connection refused, timeout,
     429, 5xx, work not completed within ``work_timeout``, stopping while the queue is over its
-    threshold), :class:`PlatformAuthError` (wrong token, missing capability, unknown connector),
+    threshold, a connector the platform forgot twice), :class:`PlatformAuthError` (wrong token,
+    missing capability) and :class:`PyctiMismatchError` (pycti newer than the platform), both
+    :class:`PlatformConfigError`: retrying cannot help,
     :class:`PermanentImportError` (the platform refused the bundle, or one object alone is over
     ``max_push_bytes``), :class:`WorkErrorsError` (with ``wait_for_work``: the platform's workers
     reported errors on the work). ``work_id`` is set on the error when a work had been created.
@@ -118,6 +122,7 @@ class PyctiImporter:
         self._metrics = metrics
         self._work_poll_interval = work_poll_interval
         self._helper: Any = None
+        self._platform_version: str | None = None
         self._multipart = False
         # Guards building the helper (registration, env shadowing, logging restore). Imports run
         # without it, one per feed thread at a time: the calls made pass work_id explicitly and
@@ -140,6 +145,11 @@ class PyctiImporter:
     def helper(self) -> Any:
         """The pycti helper once connected (for tests and diagnostics), else ``None``."""
         return self._helper
+
+    @property
+    def platform_version(self) -> str | None:
+        """The platform's ``about { version }`` once connected (None: not yet, or not said)."""
+        return self._platform_version
 
     @property
     def gate(self) -> QueueGate:
@@ -178,7 +188,7 @@ class PyctiImporter:
         """Register the connector with OpenCTI (once); safe to call again after a failure."""
         with self._lock:
             if self._helper is None:
-                helper = create_helper(self._settings)
+                helper, self._platform_version = create_helper(self._settings)
                 self._answered()
                 # pycti 7 marks a work that gets several bundles (``isMultiPartWork``); 6.x has
                 # no such argument and completes the work as the expectations are met.
@@ -263,7 +273,7 @@ class PyctiImporter:
             )
         except Exception as exc:  # pycti raises bare Exception/ValueError: classified here
             failure = self._classify(exc, work_id)
-            if graphql_error(exc) and not isinstance(failure, PlatformAuthError):
+            if graphql_error(exc) and not isinstance(failure, PlatformConfigError):
                 # An answer, though a refusal; a refused token or connector is not "well".
                 self._answered()
             if self._metrics is not None and not isinstance(exc, QueuePaused):

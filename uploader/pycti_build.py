@@ -8,6 +8,10 @@ Where pycti is adapted, and why:
 * ``OpenCTIApiClient`` calls ``logging.basicConfig(force=True)`` from its constructor: the CLI's
   redacting handler and the root logger's level are restored after it.
 * pycti reads its environment variables before its config dict: ours are hidden meanwhile.
+* pycti's own records are quieter (:class:`PyctiRecords`, a filter on its loggers): its INFO
+  lines (three per imported file: ``initiate_work``, the push, ``to_processed``) show only at
+  DEBUG, and an error it logs with a traceback for a failure :mod:`uploader.classify` reads is
+  shown at DEBUG without the traceback, since our own line says what it means.
 
 Nothing here imports pycti: :mod:`uploader.opencti` stays the only module that does.
 """
@@ -19,6 +23,8 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+
+from uploader.classify import describe, recognised
 
 # pycti reads these environment variables *before* its config dict, and treats an empty one
 # (``CONNECTOR_QUEUE_PROTOCOL=`` in a compose file) as unset, falling back to its own default
@@ -48,9 +54,58 @@ PYCTI_ENV_SHADOWED = (
 )
 
 
+#: The loggers pycti writes to besides the connector's, whose name is the connector's name
+#: (``logger(...)`` in pycti/utils/opencti_logger.py returns ``AppLogger``, a wrapper of
+#: ``logging.getLogger(name)``; ``OpenCTIApiClient.__init__`` makes "api" and, from 6.8, "admin";
+#: ``OpenCTIConnectorHelper.__init__`` makes ``connector_logger`` named ``connect_name``).
+PYCTI_LOGGERS = ("api", "admin")
+
+
+class PyctiRecords(logging.Filter):
+    """Makes pycti's records fit the uploader's log (module docstring).
+
+    pycti's ``AppLogger.info`` logs what the uploader does per file; ``AppLogger.error`` always
+    passes ``exc_info=1`` (a traceback), e.g. ``OpenCTIApiClient.health_check`` for every failed
+    attempt, and the ping thread (``PingAlive.ping``) for every failed ping. A record lowered to
+    DEBUG is dropped unless the logger is enabled for DEBUG (our ``CONNECTOR_LOG_LEVEL=debug``).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO:
+            _lower(record)
+        elif record.levelno >= logging.ERROR and record.exc_info:
+            exc = record.exc_info[1]
+            if exc is not None and recognised(exc):
+                record.msg = f"{record.getMessage()} ({describe(exc)[:500]})"
+                record.args = ()
+                record.exc_info = None
+                record.exc_text = None
+                _lower(record)
+        if record.levelno == logging.DEBUG:
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _lower(record: logging.LogRecord) -> None:
+    record.levelno = logging.DEBUG
+    record.levelname = logging.getLevelName(logging.DEBUG)
+
+
+def quiet_pycti(*names: str) -> None:
+    """Put :class:`PyctiRecords` on pycti's loggers and on ``names`` (the connector's), once."""
+    for name in (*PYCTI_LOGGERS, *names):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, PyctiRecords) for f in target.filters):
+            target.addFilter(PyctiRecords())
+
+
 @contextlib.contextmanager
-def pycti_construction() -> Iterator[None]:
-    """Build a pycti object without losing the CLI's logging, excepthook and settings."""
+def pycti_construction(connector_name: str | None = None) -> Iterator[None]:
+    """Build a pycti object without losing the CLI's logging, excepthook and settings.
+
+    ``connector_name`` is the name of the logger a connector helper built inside logs to.
+    """
+    quiet_pycti(*([connector_name] if connector_name else []))
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
     saved_levels = {name: logging.getLogger(name).level for name in ("urllib3", "pika")}
