@@ -6,12 +6,16 @@ only. ``status``, ``verify``, ``replay`` and ``prune`` load only
 :class:`SpoolSettings` and never import pycti.
 
 Exit codes of ``once``: 0 all imported, 1 some file failed, 3 files still pending (transient
-errors outlasted ``--max-wait``) or left untouched.
+errors outlasted ``--max-wait``) or left untouched. A platform that refuses what the uploader is
+set up with (:class:`uploader.errors.PlatformConfigError`) stops ``once`` and ``watch`` at once,
+with one line naming what to change: 1 (:data:`EXIT_CONFIG`, as for invalid settings) for a pycti
+newer than the platform, 3 for a refused ``OPENCTI_TOKEN`` (every file is left pending).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 import warnings
@@ -20,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -28,7 +32,9 @@ from shared.console import terminal_console
 from shared.errors import SharedError
 from shared.layout import Spool
 from shared.metrics import serve_metrics
+from uploader.chunking import Bundle
 from uploader.claim import InstanceLock, default_instance_id
+from uploader.classify import installed_pycti
 from uploader.cli_settings import (
     existing_spool,
     load_spool_settings,
@@ -36,9 +42,9 @@ from uploader.cli_settings import (
     spool_settings_and_key,
     uploader_settings_and_key,
 )
-from uploader.errors import UploaderError
+from uploader.errors import PlatformAuthError, PlatformConfigError, UploaderError
 from uploader.health import Heartbeat, health_line, health_problems
-from uploader.importer import Importer
+from uploader.importer import Importer, ImportReceipt
 from uploader.metrics import UploaderMetrics
 from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
 from uploader.process import Result
@@ -53,10 +59,17 @@ from uploader.status import status as spool_status
 from uploader.status import status_table, verify_manifest
 from uploader.status import verify as verify_spool
 
+if TYPE_CHECKING:
+    from uploader.opencti import PyctiImporter
+
 ImporterFactory = Callable[[UploaderSettings], Importer]
+
+logger = logging.getLogger(__name__)
 
 EXIT_FAILED = 1
 EXIT_PENDING = 3
+#: What click exits with for a ClickException: invalid settings, and a pycti the platform refuses.
+EXIT_CONFIG = click.ClickException.exit_code
 
 config_option = click.option(
     "--config",
@@ -67,7 +80,7 @@ config_option = click.option(
 )
 
 
-def _pycti_importer(settings: UploaderSettings, metrics: UploaderMetrics | None = None) -> Importer:
+def _pycti_importer_class() -> type[PyctiImporter]:
     # Imported here so that status/verify/replay work without pycti installed.
     try:
         from uploader.opencti import PyctiImporter
@@ -76,8 +89,11 @@ def _pycti_importer(settings: UploaderSettings, metrics: UploaderMetrics | None 
             f"cannot load pycti ({exc}); install the uploader with its 'opencti' extra "
             "and a pycti version matching your platform"
         ) from None
+    return PyctiImporter
 
-    return PyctiImporter(settings, metrics=metrics)
+
+def _pycti_importer(settings: UploaderSettings, metrics: UploaderMetrics | None = None) -> Importer:
+    return _pycti_importer_class()(settings, metrics=metrics)
 
 
 @contextmanager
@@ -96,6 +112,57 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class _StopOnConfigError:
+    """The pipeline's importer: passes each import on, and at the first
+    :class:`PlatformConfigError` sets ``stop`` (no retry can help) and keeps it for the exit line."""
+
+    def __init__(self, importer: Importer, stop: threading.Event) -> None:
+        self._importer = importer
+        self._stop = stop
+        self._lock = threading.Lock()
+        self.error: PlatformConfigError | None = None
+
+    def import_bundle(self, work_name: str, bundle: Bundle) -> ImportReceipt:
+        try:
+            return self._importer.import_bundle(work_name, bundle)
+        except PlatformConfigError as exc:
+            with self._lock:
+                if self.error is None:
+                    self.error = exc
+            self._stop.set()
+            raise
+
+
+class _PendingError(click.ClickException):
+    """One line, and the exit status that says files were left pending."""
+
+    exit_code = EXIT_PENDING
+
+
+def _config_exit(exc: PlatformConfigError) -> click.ClickException:
+    """The one line that ends the command; a refused token leaves every file pending (exit 3)."""
+    if isinstance(exc, PlatformAuthError):
+        return _PendingError(str(exc))
+    return click.ClickException(str(exc))
+
+
+def _connect_at_start(importer: Importer) -> None:
+    """Register before the first file (the real importer has ``connect``; test fakes need not).
+
+    A :class:`PlatformConfigError` ends the command; a platform that is down or starting only
+    delays the files, which are retried as any transient failure.
+    """
+    connect = getattr(importer, "connect", None)
+    if not callable(connect):
+        return
+    try:
+        connect()
+    except PlatformConfigError:
+        raise
+    except UploaderError as exc:
+        logger.warning("OpenCTI is not ready yet, files will be retried: %s", exc)
 
 
 def _run(
@@ -122,8 +189,10 @@ def _run(
             endpoint = serve_metrics(settings, metrics.registry)
             importer = factory(settings)
             try:
+                _connect_at_start(importer)
+                guard = _StopOnConfigError(importer, stop)
                 options = PipelineOptions.from_settings(settings, instance, signing_key=key)
-                pipeline = Pipeline(spool, importer, options, lock, on_result=metrics.result)
+                pipeline = Pipeline(spool, guard, options, lock, on_result=metrics.result)
                 heartbeat = Heartbeat(
                     spool,
                     instance,
@@ -138,12 +207,17 @@ def _run(
                     display = RunProgress(console, pipeline.scheduler.pending_count)
                     pipeline.on_result = _each(metrics.result, display.update)
                 with heartbeat, display.live() if display is not None else nullcontext():
-                    return pipeline.run(stop, watch=watch, max_wait=max_wait)
+                    summary = pipeline.run(stop, watch=watch, max_wait=max_wait)
+                if guard.error is not None:
+                    raise guard.error
+                return summary
             finally:
                 # PyctiImporter.close() stops its ping thread (never unregisters the connector).
                 close = getattr(importer, "close", None)
                 if callable(close):
                     close()
+    except PlatformConfigError as exc:
+        raise _config_exit(exc) from None
     except (UploaderError, SharedError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -214,6 +288,32 @@ def watch(ctx: click.Context, config_path: Path | None) -> None:
     """Import files as they arrive, until SIGTERM or SIGINT (then finish the current files)."""
     summary = _run(ctx, config_path, watch=True, max_wait=None)
     _echo_summary(summary)
+
+
+@main.command("check")
+@config_option
+def check_platform(config_path: Path | None) -> None:
+    """Check that OpenCTI takes this uploader: versions, token, connector registration.
+
+    Reads the platform's version, compares it with the installed pycti's and registers the
+    connector, as ``once`` and ``watch`` do at start; prints both versions. Exit 1 with one line
+    saying what to change when pycti is newer than the platform, OPENCTI_TOKEN is refused or its
+    user lacks the CONNECTORAPI capability, or the platform cannot be reached.
+    """
+    settings = uploader_settings_and_key(config_path)[0]
+    importer = _pycti_importer_class()(settings)
+    try:
+        importer.connect()
+    except UploaderError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        importer.close()
+    platform = importer.platform_version
+    verdict = "match" if platform else "work together (the platform did not say its version)"
+    click.echo(
+        f"OpenCTI {platform or '(version unknown)'} at {settings.opencti_url} and pycti "
+        f"{installed_pycti()} {verdict}; connector {settings.connector_id} registered"
+    )
 
 
 @main.command()
