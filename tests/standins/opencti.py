@@ -44,8 +44,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.standins.opencti_schema import SchemaValidator
+from tests.standins.opencti_schema import RELEASE_VERSIONS, SchemaValidator
 
+#: ``about { version }`` of a release without an entry in RELEASE_VERSIONS.
 PLATFORM_VERSION = "6.5.10"
 #: The token the fixtures use (any string of 4+ characters works).
 STANDIN_TOKEN = "standin-token-5e1f0c2a9b"
@@ -150,10 +151,13 @@ class OpenCTIStandIn:
         work_status: str | None = None,
         tls: ssl.SSLContext | None = None,
         platform_version: str | None = None,
+        version: str | None = None,
     ) -> None:
         self.token = token
         #: Every request is validated against this OpenCTI release's schema (tests/standins/opencti_schema.py).
         self.schema = SchemaValidator.for_release(platform_version)
+        #: What ``about { version }`` answers (``healthCheck``): ``version``, else the release's.
+        self.version = version or RELEASE_VERSIONS.get(self.schema.release, PLATFORM_VERSION)
         self.tls = tls
         self.amqp = amqp or AmqpConfig()
         self.max_body_bytes = max_body_bytes
@@ -376,7 +380,7 @@ class OpenCTIStandIn:
             return 200, handler(self, request.variables, request.query)
 
     def _health(self, variables: dict[str, Any], query: str) -> dict[str, Any]:
-        return {"data": {"about": {"version": PLATFORM_VERSION}}}
+        return {"data": {"about": {"version": self.version}}}
 
     def _register(self, variables: dict[str, Any], query: str) -> dict[str, Any]:
         data = dict(variables.get("input") or {})

@@ -45,6 +45,11 @@ RELEASE_ENV = "CTX_STANDIN_OPENCTI_RELEASE"
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 #: Used when neither the environment nor an installed pycti names a release.
 DEFAULT_RELEASE = "6.8"
+#: What ``about { version }`` answers on each stored release: the platform version the tests
+#: pair with it (tests/compat/run.py). A 7.x platform says its date version, as its
+#: opencti-graphql ``package.json`` does (7.260910.0 for the copy ``opencti-7.x.graphql`` is
+#: taken from); the 7.x subset also has what pycti 7.261026.0 sends, hence that version.
+RELEASE_VERSIONS = {"6.5": "6.5.10", "6.8": "6.8.17", "6.9": "6.9.29", "7.x": "7.261026.0"}
 
 
 class SchemaViolationError(AssertionError):

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from tests.standins.opencti import STANDIN_TOKEN, OpenCTIStandIn
+from tests.standins.opencti_schema import RELEASE_VERSIONS
 
 REGISTER = """mutation RegisterConnector($input: RegisterConnectorInput) {
   registerConnector(input: $input) { id connector_state config { push_exchange } connector_user_id }
@@ -43,7 +44,14 @@ def _post(
 def test_health_check_reports_the_platform_version(opencti_standin: OpenCTIStandIn) -> None:
     answer = _post(opencti_standin, HEALTH)
     assert answer.status_code == 200
-    assert answer.json() == {"data": {"about": {"version": "6.5.10"}}}
+    # The version of the release whose schema it enforces (RELEASE_VERSIONS), unless told.
+    expected = RELEASE_VERSIONS[opencti_standin.schema.release]
+    assert answer.json() == {"data": {"about": {"version": expected}}}
+    told = OpenCTIStandIn(STANDIN_TOKEN, platform_version="6.8", version="6.8.3").start()
+    try:
+        assert _post(told, HEALTH).json() == {"data": {"about": {"version": "6.8.3"}}}
+    finally:
+        told.stop()
 
 
 def test_wrong_token_gets_auth_required_like_the_platform(opencti_standin: OpenCTIStandIn) -> None:
@@ -142,7 +150,7 @@ def test_standalone_prints_its_url_and_serves(tmp_path: Any) -> None:
             headers={"Authorization": "Bearer demo-token"},
             timeout=10,
         )
-        assert answer.json()["data"]["about"]["version"] == "6.5.10"
+        assert answer.json()["data"]["about"]["version"] in RELEASE_VERSIONS.values()
     finally:
         process.terminate()
         process.wait(timeout=10)
