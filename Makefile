@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test compat reliability bench lint typecheck format manifest clean
+.PHONY: install demo standins test compat reliability bench lint typecheck format manifest clean
 
 install: $(STAMP)
 
@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml
 # (kept by the next run; `make demo ARGS=--fresh` starts over).
 demo: install
 	$(PY) -m tests.demo $(ARGS)
+
+# Both stand-ins alone, on 127.0.0.1 with the demo's data, until Ctrl-C: prints the export lines
+# that point ctx-fetcher and ctx-uploader at them (tests/demo.py --serve; any free ports, or
+# `make standins ARGS='--ctx-port 8000 --opencti-port 8080'`).
+standins: install
+	$(PY) -m tests.demo --serve $(ARGS)
 
 test: install
 	$(PY) -m pytest -q
