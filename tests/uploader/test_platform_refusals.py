@@ -95,8 +95,9 @@ def test_a_registration_the_schema_refuses_names_the_field_when_the_version_is_u
     uploader_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    if _OLDER is None:
-        pytest.skip(f"no stored platform release older than pycti {PYCTI}")
+    if release_for_pycti(PYCTI) not in ("6.9", "7.x"):
+        # The 6.5 schema subset is the 6.8 copy: pycti 6.8 registers there.
+        pytest.skip(f"pycti {PYCTI} asks nothing an older stored schema lacks")
     files.add()
     # A platform version that does not read as numbers (a development build): registration goes
     # ahead and the older schema refuses what this pycti asks.
@@ -134,7 +135,8 @@ def test_a_wrong_token_stops_at_once_naming_opencti_token(
     assert time.monotonic() - started < 30
     assert done.returncode == EXIT_PENDING, done.stderr
     [line] = _errors(done.stderr)
-    assert "OPENCTI_TOKEN" in line and "AUTH_REQUIRED" in line, line
+    # pycti 7 passes the platform's code on (AUTH_REQUIRED), 6.x its message.
+    assert "OPENCTI_TOKEN" in line and "logged in" in line, line
     assert "Traceback" not in done.stderr
     assert "wrong-token-0000" not in done.stderr + done.stdout
     assert opencti_standin.auth_failures == 1
