@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import click
 
-from shared.config import load_settings
+from shared.config import load_settings, warn_unknown_settings
 from shared.errors import ConfigError, SharedError
 from shared.layout import Spool
 from shared.logsetup import configure_logging
@@ -54,6 +54,7 @@ def settings_and_key(
     if isinstance(settings, UploaderSettings):
         secrets.insert(0, settings.opencti_token.get_secret_value())
     configure_logging(settings.log_level, secrets=secrets, json_lines=settings.json_logging)
+    warn_unknown_settings(settings)
     return settings, key
 
 
