@@ -89,8 +89,19 @@ class ListingReader:
     """
 
     def __init__(
-        self, client: CTXClient, feed_id: str, cursor: str | None, *, workers: int, buffered: int
+        self,
+        client: CTXClient,
+        feed_id: str,
+        cursor: str | None,
+        *,
+        workers: int,
+        buffered: int,
+        hold: str | None = None,
     ) -> None:
+        """``hold``: no segment is cut before the first walk has read past it (an incremental
+        pass starts an overlap below its saved cursor: those few pages are read by one walk, and
+        what lies beyond is cut only when there is something)."""
+        self._hold = hold
         self._client = client
         self._feed_id = feed_id
         self._limit = PageLimit()
@@ -139,7 +150,7 @@ class ListingReader:
         :data:`MIN_PAGES_TO_SPLIT` pages is left alone, so a small feed or a sparse stretch of
         time costs no request for splitting.
         """
-        if self._workers == 1 or not self._limit.confirmed:
+        if self._workers == 1 or not self._limit.confirmed or self._holding():
             return None
         horizon = datetime.now(UTC) + CLOCK_MARGIN
         if not self._spread:
@@ -178,6 +189,17 @@ class ListingReader:
         )
         self._segments.insert(index + 1, segment)
         return segment
+
+    def _holding(self) -> bool:
+        """Under the lock: whether the first walk has yet to read past ``hold``."""
+        if self._hold is None:
+            return False
+        first = self._segments[0]
+        position = first.walk.position() if isinstance(first.walk, CursorWalk) else None
+        if first.fetched or position is None or position <= self._hold:
+            return True
+        self._hold = None
+        return False
 
     def _spread_first(self, horizon: datetime) -> Segment | None:
         """Under the lock: once the first segment has a position, cut what lies ahead of it into

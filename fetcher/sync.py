@@ -158,6 +158,7 @@ class FeedSync:
             None if cursor is None else earlier(cursor, self.overlap),
             workers=self.concurrency,
             buffered=READ_AHEAD_PAGES,
+            hold=cursor,
         )
         try:
             for group in reader:
