@@ -166,37 +166,65 @@ def _short(value: str | None) -> str:
     return value[:19].replace("T", " ") + "Z"
 
 
+#: Narrower than this, ``state`` prints a block per feed: seven columns would fold every cell.
+TABLE_MIN_WIDTH = 140
+
+
+COLUMNS = (
+    "FEED",
+    "CURSOR",
+    "LAST PASS",
+    "RESULT",
+    "FILES LAST/ALL",
+    "REPORTS WAITING/INCOMPLETE",
+    "LAST ERROR",
+)
+
+
+def _row(feed: FeedState) -> tuple[str, ...]:
+    """What ``state`` shows of one feed, by column."""
+    p = feed.passes
+    cursor = feed.cursor or "start of feed"
+    if feed.reset is not None:
+        rewrite = ", files rewritten" if feed.reset.rewrite else ""
+        cursor += f" (reset pending{rewrite})"
+    if p is None or p.last_ended_at is None:
+        last, result, files = "never finished", "-", f"0/{0 if p is None else p.files_total}"
+    else:
+        last = f"{_short(p.last_started_at)} - {_short(p.last_ended_at)}"
+        result = p.last_result or "-"
+        files = f"{p.last_files}/{p.files_total}"
+    if p is not None and p.running:
+        result += f"; started {_short(p.started_at)}, not finished"
+    return (
+        feed.feed_id if feed.configured else f"{feed.feed_id} (not configured)",
+        cursor,
+        last,
+        result,
+        files,
+        f"{feed.gaps.waiting}/{feed.gaps.incomplete}",
+        "-" if p is None or p.error is None else f"{_short(p.error_at)}: {p.error}",
+    )
+
+
 def render_table(states: list[FeedState], console: Console) -> None:
-    """The table ``state`` prints (``--json`` gives every field unabridged)."""
+    """The table ``state`` prints, or a block per feed on a narrow terminal (``--json`` gives
+    every field unabridged)."""
     from rich.table import Table  # only this command draws tables: not every start-up pays rich
 
+    rows = [_row(feed) for feed in states]
+    if console.width < TABLE_MIN_WIDTH:
+        for row in rows:
+            grid = Table.grid(padding=(0, 2))
+            grid.add_column(no_wrap=True)
+            grid.add_column(overflow="fold")
+            for column, value in zip(COLUMNS[1:], row[1:], strict=True):
+                grid.add_row(f"  {column.lower()}", value)
+            console.print(row[0], grid, sep="\n")
+        return
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in (
-        "FEED",
-        "CURSOR",
-        "LAST PASS",
-        "RESULT",
-        "FILES LAST/ALL",
-        "REPORTS WAITING/INCOMPLETE",
-        "LAST ERROR",
-    ):
+    for column in COLUMNS:
         table.add_column(column, overflow="fold")
-    for feed in states:
-        p = feed.passes
-        name = feed.feed_id if feed.configured else f"{feed.feed_id} (not configured)"
-        cursor = feed.cursor or "start of feed"
-        if feed.reset is not None:
-            rewrite = ", files rewritten" if feed.reset.rewrite else ""
-            cursor += f" (reset pending{rewrite})"
-        if p is None or p.last_ended_at is None:
-            last, result, files = "never finished", "-", f"0/{0 if p is None else p.files_total}"
-        else:
-            last = f"{_short(p.last_started_at)} - {_short(p.last_ended_at)}"
-            result = p.last_result or "-"
-            files = f"{p.last_files}/{p.files_total}"
-        if p is not None and p.running:
-            result += f"; started {_short(p.started_at)}, not finished"
-        error = "-" if p is None or p.error is None else f"{_short(p.error_at)}: {p.error}"
-        reports = f"{feed.gaps.waiting}/{feed.gaps.incomplete}"
-        table.add_row(name, cursor, last, result, files, reports, error)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)

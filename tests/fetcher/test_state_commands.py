@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 import uuid
@@ -10,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
+from fetcher.gaps import GapCounts
 from fetcher.lock import StateLock
+from fetcher.passes import PassRecord
 from fetcher.state import SCHEMA_VERSION
+from fetcher.status import FeedState, render_table
 from fetcher.sync import DEFAULT_OVERLAP
 from fetcher.walk import earlier
 from tests.fetcher.helpers import cursors, invoke, spool_files
@@ -406,3 +411,19 @@ def test_a_bad_duration_period_is_refused_clearly(
     assert "CONNECTOR_DURATION_PERIOD" in result.output
     assert message in result.output
     assert not spool_dir.exists()
+
+
+def test_state_on_a_narrow_terminal_is_a_block_per_feed_with_the_whole_error() -> None:
+    error = "CTX refused v1/subscriptions/ with 401: the API key is wrong or not entitled"
+    at = "2026-12-02T21:36:24.123456Z"
+    feed = "0b2d4e5f-1111-4111-8111-111111111111"
+    passes = PassRecord(feed, at, at, at, "failed", 0, 0, 10, None, error, at)
+    console = Console(width=80, file=io.StringIO())
+
+    render_table([FeedState(feed, True, None, passes, None, GapCounts(2, 1))], console)
+
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert text.splitlines()[0] == feed
+    assert error in " ".join(part.strip() for part in text.split())
+    assert "reports waiting/incomplete  2/1" in text
