@@ -160,9 +160,9 @@ class Pipeline:
             self.intake.watch(self.events.put)
         # The absolute path: SPOOL_DIR's default is relative to the working directory.
         logger.info(
-            "uploader %s started (%s), spool %s",
-            self.options.instance,
+            "uploader started (%s), instance %r, spool %s",
             "watch" if watch else "once",
+            self.options.instance,
             self.spool.root.absolute(),
             extra={"spool": str(self.spool.root.absolute()), "reclaimed": reclaimed},
         )
