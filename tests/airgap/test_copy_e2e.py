@@ -97,7 +97,7 @@ def watched(
     }
     uploader = Uploader(["watch"], env, tmp_path)
     try:
-        assert uploader.wait_for_line("uploader airgap started", timeout=60), uploader.stderr
+        assert uploader.wait_for_line("instance 'airgap'", timeout=60), uploader.stderr
         yield spool, uploader
     finally:
         uploader.kill()
