@@ -16,7 +16,10 @@ Layout (relative to ``SPOOL_DIR``)::
 * Files are published atomically and durably (:func:`shared.durable.publish_bytes`): a hidden temp
   name in the same directory, fsync, rename, fsync of the directory. Readers ignore hidden names
   and anything that does not end in ``.json``, so they never see a partial bundle.
-* Sidecars (``.receipt``, ``.reason``) do not end in ``.json`` and so are never taken for bundles.
+* Sidecars (``.receipt``, ``.reason``, ``.source``) do not end in ``.json`` and so are never taken
+  for bundles. ``.source`` is the origin of an adopted file (``ctx-uploader adopt``, the drop
+  folder): the pycti connector that wrote it, its applicant, ``update`` and its original name.
+* ``.adopt/`` holds the adoption ledger (digests of the files adopted, so none is adopted twice).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ FETCHER_STATE_DIRNAME = ".fetcher"
 BUNDLE_SUFFIX = ".json"
 RECEIPT_SUFFIX = ".receipt"
 REASON_SUFFIX = ".reason"
+SOURCE_SUFFIX = ".source"
+ADOPT_STATE_DIRNAME = ".adopt"
 FEED_OBJECTS_SUBJECT = "objects"
 
 MODIFIED_FORMAT = "%Y%m%dT%H%M%S%fZ"
@@ -262,6 +267,11 @@ class Spool:
     @property
     def failed(self) -> Path:
         return self.root / FAILED
+
+    @property
+    def adopt_state(self) -> Path:
+        """Where the adoption ledger lives (``.adopt/``, hidden: never walked as a feed)."""
+        return self.root / ADOPT_STATE_DIRNAME
 
     @property
     def default_fetcher_state(self) -> Path:

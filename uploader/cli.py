@@ -18,6 +18,7 @@ import json
 import logging
 import signal
 import threading
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -32,6 +33,9 @@ from shared.console import terminal_console
 from shared.errors import SharedError
 from shared.layout import Spool
 from shared.metrics import serve_metrics
+from uploader.adopt import Adopter, adopt_folder
+from uploader.adopt_ledger import AdoptLedger
+from uploader.adopt_watch import DropFolder
 from uploader.chunking import Bundle
 from uploader.claim import InstanceLock, default_instance_id
 from uploader.classify import installed_pycti
@@ -46,6 +50,7 @@ from uploader.errors import PlatformAuthError, PlatformConfigError, UploaderErro
 from uploader.health import Heartbeat, health_line, health_problems
 from uploader.importer import Importer, ImportReceipt
 from uploader.metrics import UploaderMetrics
+from uploader.origin import Origin
 from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
 from uploader.process import Result
 from uploader.progress import RunProgress
@@ -54,7 +59,7 @@ from uploader.prune import parse_duration
 from uploader.prune import remove as prune_remove
 from uploader.replay import Source, select
 from uploader.replay import replay as replay_files
-from uploader.settings import HealthSettings, UploaderSettings
+from uploader.settings import AdoptSettings, HealthSettings, UploaderSettings
 from uploader.status import status as spool_status
 from uploader.status import status_table, verify_manifest
 from uploader.status import verify as verify_spool
@@ -124,9 +129,13 @@ class _StopOnConfigError:
         self._lock = threading.Lock()
         self.error: PlatformConfigError | None = None
 
-    def import_bundle(self, work_name: str, bundle: Bundle) -> ImportReceipt:
+    def import_bundle(
+        self, work_name: str, bundle: Bundle, origin: Origin | None = None
+    ) -> ImportReceipt:
         try:
-            return self._importer.import_bundle(work_name, bundle)
+            if origin is None:
+                return self._importer.import_bundle(work_name, bundle)
+            return self._importer.import_bundle(work_name, bundle, origin)
         except PlatformConfigError as exc:
             with self._lock:
                 if self.error is None:
@@ -206,7 +215,12 @@ def _run(
                 if console is not None:
                     display = RunProgress(console, pipeline.scheduler.pending_count)
                     pipeline.on_result = _each(metrics.result, display.update)
-                with heartbeat, display.live() if display is not None else nullcontext():
+                drop = _drop_folder(settings, spool) if watch else None
+                with (
+                    heartbeat,
+                    display.live() if display is not None else nullcontext(),
+                    drop if drop is not None else nullcontext(),
+                ):
                     summary = pipeline.run(stop, watch=watch, max_wait=max_wait)
                 if guard.error is not None:
                     raise guard.error
@@ -223,6 +237,30 @@ def _run(
     finally:
         if endpoint is not None:
             endpoint.close()
+
+
+def _adopter(settings: AdoptSettings, spool: Spool, *, keep: bool) -> Adopter:
+    spool.ensure()
+    return Adopter(
+        spool,
+        AdoptLedger(spool.adopt_state),
+        feed_id=settings.adopt_feed_id,
+        settle_seconds=settings.settle_seconds,
+        keep=keep,
+    )
+
+
+def _drop_folder(settings: UploaderSettings, spool: Spool) -> DropFolder | None:
+    """The drop folder ``watch`` adopts from (``UPLOADER_DROP_DIR``), None when not set."""
+    if settings.drop_dir is None:
+        return None
+    return DropFolder(
+        _adopter(settings, spool, keep=settings.adopt_keep),
+        settings.drop_dir,
+        polling=settings.polling,
+        poll_interval=settings.poll_interval,
+        rescan_interval=settings.rescan_interval,
+    )
 
 
 def _each(*targets: Callable[[Result], None]) -> Callable[[Result], None]:
@@ -288,6 +326,52 @@ def watch(ctx: click.Context, config_path: Path | None) -> None:
     """Import files as they arrive, until SIGTERM or SIGINT (then finish the current files)."""
     summary = _run(ctx, config_path, watch=True, max_wait=None)
     _echo_summary(summary)
+
+
+@main.command()
+@config_option
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Leave every source file where it is (the ledger in SPOOL_DIR/.adopt/ still adopts "
+    "each content once).",
+)
+@click.argument(
+    "directory",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+def adopt(config_path: Path | None, keep: bool, directory: Path) -> None:
+    """Publish foreign files of DIRECTORY into the spool's incoming/: pycti diode files (into
+    their source connector's feed folder) and plain STIX 2.1 bundles (UPLOADER_ADOPT_FEED_ID).
+
+    Each source file is removed once its spool copy is durable (not with --keep, nor from a
+    read-only folder); a file that is not JSON or not a bundle is copied to failed/ with a reason
+    and left in place. Files being written are waited for. No network: `once` or `watch` import
+    what was adopted. Exit 1 if some file was refused or still being written.
+    """
+    settings = settings_and_key(config_path, AdoptSettings)[0]
+    spool = Spool(settings.spool_dir)
+    try:
+        adopter = _adopter(settings, spool, keep=keep or settings.adopt_keep)
+    except (UploaderError, SharedError) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        summary = adopt_folder(
+            adopter, directory, patience=settings.settle_seconds + 5.0, sleep=time.sleep
+        )
+    except (UploaderError, SharedError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        adopter.ledger.close()
+    waiting = summary.waiting or []
+    for path in waiting:
+        click.echo(f"still being written: {path}")
+    click.echo(
+        f"adopted {summary.adopted}, already adopted {summary.duplicate}, "
+        f"refused {summary.failed}, still being written {len(waiting)}"
+    )
+    if summary.failed or waiting:
+        raise click.exceptions.Exit(EXIT_FAILED)
 
 
 @main.command("check")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from uploader.chunking import Bundle
+    from uploader.origin import Origin
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,13 @@ class ImportReceipt:
 class Importer(Protocol):
     """Imports one spool file's bundle into OpenCTI as one work."""
 
-    def import_bundle(self, work_name: str, bundle: Bundle) -> ImportReceipt:
+    def import_bundle(
+        self, work_name: str, bundle: Bundle, origin: Origin | None = None
+    ) -> ImportReceipt:
         """Import ``bundle`` (a file's checked bundle, :mod:`uploader.chunking`) under one new work.
+
+        ``origin`` is an adopted diode file's: its work is created under the connector that wrote
+        it (registered first) and pushed as its mapped applicant (:mod:`uploader.origin`).
 
         Raises :class:`uploader.errors.TransientImportError` when it is worth retrying later and
         :class:`uploader.errors.PermanentImportError` when the platform refused the content.

@@ -77,8 +77,10 @@ from uploader.errors import (
     WorkErrorsError,
 )
 from uploader.importer import ImportReceipt
+from uploader.origin import Origin
 from uploader.registration import create_helper
 from uploader.settings import UploaderSettings
+from uploader.sources import SourceConnectors
 
 if TYPE_CHECKING:
     from uploader.metrics import UploaderMetrics
@@ -133,6 +135,7 @@ class PyctiImporter:
         #: Registrations after the first, for telling one forgetting apart from the next.
         self._registrations = 0
         self._last_answer: float | None = None
+        self._sources = SourceConnectors(settings)
         self._gate = QueueGate(
             self.queue_size_mb, settings.queue_threshold, check_interval=queue_check_interval
         )
@@ -219,35 +222,48 @@ class PyctiImporter:
         queue = (details or {}).get("connector_queue_details") or {}
         return float(queue.get("messages_size") or 0) / 1_000_000
 
-    def import_bundle(self, work_name: str, bundle: Bundle) -> ImportReceipt:
+    def import_bundle(
+        self, work_name: str, bundle: Bundle, origin: Origin | None = None
+    ) -> ImportReceipt:
         """Import ``bundle`` under one new work; see :class:`uploader.importer.Importer`.
+
+        An adopted diode file (``origin`` with a connector) is imported as that connector
+        (:mod:`uploader.sources`).
 
         When the platform answers that it does not know our connector (module docstring), the
         connector is registered again and the file imported once more under a new work.
         """
         registration = self._registrations
         try:
-            return self._import(work_name, bundle)
+            return self._import(work_name, bundle, origin)
         except _ConnectorForgotten as forgotten:
             failure = forgotten.failure
             self._register_again(registration, str(failure), failure.work_id)
-        return self._import(work_name, bundle, forgotten_again_is_final=True)
+        return self._import(work_name, bundle, origin, forgotten_again_is_final=True)
 
     def _import(
-        self, work_name: str, bundle: Bundle, *, forgotten_again_is_final: bool = False
+        self,
+        work_name: str,
+        bundle: Bundle,
+        origin: Origin | None,
+        *,
+        forgotten_again_is_final: bool = False,
     ) -> ImportReceipt:
         pushes = bundle.pushes(is_id_supported)
         work_id: str | None = None
+        source = None if origin is None else origin.connector
+        # Our own id from the settings, never helper.connect_id (set per push in amqp).
+        connector_id = self.connector_id
         try:
             self.connect()
             self._gate.wait()
             helper = self._helper
+            if source is not None:
+                connector_id = self._sources.connector_id(helper, source)
             if self._multipart and len(pushes) > 1:
-                work_id = helper.api.work.initiate_work(
-                    helper.connect_id, work_name, is_multipart=True
-                )
+                work_id = helper.api.work.initiate_work(connector_id, work_name, is_multipart=True)
             else:
-                work_id = helper.api.work.initiate_work(helper.connect_id, work_name)
+                work_id = helper.api.work.initiate_work(connector_id, work_name)
             if not pushes:
                 # Every object is of a type OpenCTI does not import (a feed-level file of
                 # extension definitions, say): pycti would raise "Nothing to import" and the file
@@ -261,11 +277,11 @@ class PyctiImporter:
                     "no object of this file is of a type OpenCTI imports",
                     extra={"work_id": work_id, "objects": bundle.objects},
                 )
-                return ImportReceipt(str(work_id), self.connector_id, 0, bundle.objects)
+                return ImportReceipt(str(work_id), connector_id, 0, bundle.objects)
             for number, chunk in enumerate(pushes):
                 if number:
                     self._gate.wait()
-                self._push(helper, chunk.decode("utf-8"), str(work_id))
+                self._push(helper, chunk.decode("utf-8"), str(work_id), connector_id, origin)
                 if self._metrics is not None:
                     self._metrics.pushed()
             helper.api.work.to_processed(
@@ -278,7 +294,10 @@ class PyctiImporter:
                 self._answered()
             if self._metrics is not None and not isinstance(exc, QueuePaused):
                 self._metrics.platform_error(failure, unreachable=unreachable(exc))
-            if not forgotten_again_is_final and self._forgotten(exc, work_id):
+            if source is not None and names_unknown_connector(exc):
+                # The platform forgot the source connector: registered again on the retry.
+                self._sources.forget(source.id)
+            elif not forgotten_again_is_final and self._forgotten(exc, work_id):
                 # The connector's works went with it: nothing to mark in error.
                 raise _ConnectorForgotten(failure) from exc
             if work_id is not None and not unreachable(exc):
@@ -292,7 +311,7 @@ class PyctiImporter:
         )
         if self._settings.wait_for_work:
             self._wait_for_work(str(work_id))
-        return ImportReceipt(str(work_id), self.connector_id, len(pushes), bundle.objects)
+        return ImportReceipt(str(work_id), connector_id, len(pushes), bundle.objects)
 
     def _forgotten(self, exc: BaseException, work_id: str | None) -> bool:
         """Whether ``exc`` is the platform's answer to a connector it does not know."""
@@ -329,22 +348,26 @@ class PyctiImporter:
             extra={"connector_id": self.connector_id, "reason": reason[:300]},
         )
 
-    def _push(self, helper: Any, text: str, work_id: str) -> None:
+    def _push(
+        self, helper: Any, text: str, work_id: str, connector_id: str, origin: Origin | None
+    ) -> None:
         if self._settings.queue_protocol == "api":
-            helper.api.send_bundle_to_api(
-                connector_id=helper.connector_id, bundle=text, work_id=work_id
+            self._sources.api_for(helper, origin).send_bundle_to_api(
+                connector_id=connector_id, bundle=text, work_id=work_id
             )
             return
-        helper.send_stix2_bundle(
-            text,
-            work_id=work_id,
-            # The spool holds the newest version of each object, so it may overwrite the
-            # platform's copy (send_stix2_bundle's ``update``, pycti 6.x: "whether to update data
-            # in the database"). The api path has no such flag: the platform's sendStixBundle
-            # (opencti-graphql src/domain/stix.js) queues its bundle with update: true.
-            update=True,
-            cleanup_inconsistent_bundle=False,
-        )
+        with self._sources.amqp_helper(helper, origin):
+            helper.send_stix2_bundle(
+                text,
+                work_id=work_id,
+                # The spool holds the newest version of each object, so it may overwrite the
+                # platform's copy (send_stix2_bundle's ``update``, pycti 6.x: "whether to update
+                # data in the database"); an adopted diode file says its own. The api path has
+                # no such flag: the platform's sendStixBundle (opencti-graphql
+                # src/domain/stix.js) queues its bundle with update: true.
+                update=True if origin is None or origin.connector is None else origin.update,
+                cleanup_inconsistent_bundle=False,
+            )
 
     def _classify(self, exc: BaseException, work_id: str | None) -> ImportFailure:
         return classify(exc, work_id, self._settings.opencti_token.get_secret_value())

@@ -9,7 +9,8 @@ beside the bundle. Order, so that a crash at any point loses nothing and never l
    ``conflict`` failure);
 2. write the sidecar atomically (temp + fsync + rename);
 3. move the bundle with :func:`shared.durable.move_no_replace`, whose fsync of the destination
-   folder makes the sidecar's rename and the bundle's link durable together.
+   folder makes the sidecar's rename and the bundle's link durable together;
+4. an adopted file's ``.source`` (:mod:`uploader.origin`) follows it out of ``incoming/``.
 
 A crash after 2 leaves the bundle claimed: it is reclaimed into ``incoming/`` and imported again
 (OpenCTI upserts), and its new sidecar replaces the stale one. A crash inside 3 (after the link,
@@ -30,9 +31,10 @@ from typing import Any, Literal
 
 from shared.durable import fsync_dir, move_no_replace, sha256_file, write_atomic
 from shared.errors import DestinationExistsError, SpoolError
-from shared.layout import DONE, FAILED, REASON_SUFFIX, RECEIPT_SUFFIX, Spool
+from shared.layout import DONE, FAILED, INCOMING, REASON_SUFFIX, RECEIPT_SUFFIX, Spool
 from uploader.claim import release_claim
 from uploader.importer import ImportReceipt
+from uploader.origin import carry_origin
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +150,7 @@ def mark_done(
         "attempts": attempts,
     }
     _place(claimed, dst, sidecar_path(dst, RECEIPT_SUFFIX), document)
+    carry_origin(spool, rel, INCOMING, DONE)
     # A reason left without its bundle by a crash during an earlier failing attempt would claim
     # the file failed: it is stale now.
     failed = spool.path_in(FAILED, rel)
@@ -183,6 +186,7 @@ def mark_failed(
     if failure.platform_errors:
         document["platform_errors"] = list(failure.platform_errors)
     _place(claimed, dst, sidecar_path(dst, REASON_SUFFIX), document)
+    carry_origin(spool, rel, INCOMING, FAILED)
     return dst
 
 

@@ -52,6 +52,7 @@ from uploader.errors import (
     WorkErrorsError,
 )
 from uploader.importer import Importer, ImportReceipt
+from uploader.origin import Origin, read_origin
 from uploader.outcome import Failure, fail_claimed, mark_done
 from uploader.settle import Settling
 
@@ -82,6 +83,14 @@ def work_name(feed_id: str, spool_file: SpoolFile) -> str:
     """The OpenCTI work name of a file: says the feed and the report (or feed objects) it holds."""
     modified = spool_file.name.modified.strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"CTX {feed_id} {spool_file.name.subject} ({modified})"
+
+
+def adopted_work_name(origin: Origin, spool_file: SpoolFile) -> str:
+    """An adopted file's work name: diode-import's ``<connector name> run @ <time>`` (its
+    ``_process_bundle``), with the time from the file's name and the original file name."""
+    when = spool_file.name.modified.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    who = origin.connector.name if origin.connector is not None else "Adopted bundle"
+    return f"{who} run @ {when} ({origin.original_name})"
 
 
 @dataclass(frozen=True)
@@ -217,8 +226,17 @@ class FileProcessor:
         bundle: Bundle,
         attempts: int,
     ) -> Result:
+        # An adopted file's origin (uploader.origin) stays in incoming/ while the file is claimed.
+        origin = read_origin(self.spool, rel)
         try:
-            receipt = self.importer.import_bundle(work_name(spool_file.feed_id, spool_file), bundle)
+            if origin is None:
+                receipt = self.importer.import_bundle(
+                    work_name(spool_file.feed_id, spool_file), bundle
+                )
+            else:
+                receipt = self.importer.import_bundle(
+                    adopted_work_name(origin, spool_file), bundle, origin
+                )
         except TransientImportError as exc:
             release_claim(self.spool, claimed, rel)
             delay = self.retry_delay(attempts)

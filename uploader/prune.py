@@ -33,6 +33,7 @@ from shared.layout import (
     parse_stix_timestamp,
     walk_bundles,
 )
+from uploader.origin import source_path
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def remove(spool: Spool, item: Pruned) -> None:
     try:
         bundle.unlink(missing_ok=True)
         receipt.unlink(missing_ok=True)
+        source_path(bundle).unlink(missing_ok=True)
         fsync_dir(bundle.parent)
     except OSError as exc:
         raise SpoolError(f"cannot remove {item.display}: {exc.strerror or exc}", bundle) from exc

@@ -24,10 +24,11 @@ platform's schema refuses (``GRAPHQL_VALIDATION_FAILED``) is a :class:`PyctiMism
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
-from pycti import OpenCTIApiClient, OpenCTIConnectorHelper
+from pycti import OpenCTIApiClient, OpenCTIConnector, OpenCTIConnectorHelper
 
 from uploader.classify import classify, installed_pycti, mismatch
 from uploader.errors import (
@@ -37,6 +38,7 @@ from uploader.errors import (
     PyctiMismatchError,
     TransientImportError,
 )
+from uploader.origin import SourceConnector
 from uploader.pycti_build import pycti_construction
 from uploader.settings import UploaderSettings
 
@@ -185,3 +187,46 @@ def why_not_registered(settings: UploaderSettings, exc: BaseException) -> Import
                 f"OpenCTI at {s.opencti_url} is not reachable or starting: {failure}"
             )
     return direct
+
+
+def register_source(helper: Any, source: SourceConnector) -> dict[str, Any]:
+    """Register the connector that wrote an adopted diode file, as diode-import does.
+
+    ``DiodeImport._process_bundle`` (OpenCTI-Platform/connectors
+    ``external-import/diode-import/src/diode_import.py``) sends
+    ``helper.api.connector.register(OpenCTIConnector(id, name, type, scope, auto,
+    only_contextual=False, playbook_compatible=False, auto_update=False,
+    enrichment_resolution="none"))``; pycti 6.5 has no ``auto_update``/``enrichment_resolution``,
+    so only the arguments the installed ``OpenCTIConnector`` takes are passed. Returns the
+    platform's answer (``registerConnector``: its ``config`` names the source's queues).
+    Raises :class:`PermanentImportError` for a connector type pycti does not know.
+    """
+    arguments: dict[str, Any] = {
+        "connector_id": source.id,
+        "connector_name": source.name,
+        "connector_type": source.type,
+        "scope": source.scope,
+        "auto": source.auto,
+        "only_contextual": False,
+        "playbook_compatible": False,
+        "auto_update": False,
+        "enrichment_resolution": "none",
+    }
+    accepted = inspect.signature(OpenCTIConnector.__init__).parameters
+    try:
+        connector = OpenCTIConnector(**{k: v for k, v in arguments.items() if k in accepted})
+    except ValueError as exc:
+        raise PermanentImportError(
+            f"the diode file's connector {source.id} cannot be registered: {exc}"
+        ) from None
+    return dict(helper.api.connector.register(connector) or {})
+
+
+def impersonating_client(settings: UploaderSettings, applicant_id: str) -> Any:
+    """A pycti client whose requests carry ``opencti-applicant-id: <applicant_id>``
+    (``OpenCTIApiClient.set_applicant_id_header``, what pycti's helper does for a work's
+    applicant): the platform then imports what it pushes as that user. One client per applicant,
+    so that no header is switched on a client other threads use."""
+    client = _api_client(settings)
+    client.set_applicant_id_header(applicant_id)
+    return client

@@ -20,6 +20,7 @@ from shared.durable import fsync_dir, move_no_replace
 from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
 from shared.layout import DONE, FAILED, INCOMING, REASON_SUFFIX, Spool, check_feed_id, walk_bundles
 from uploader.errors import ReplayError
+from uploader.origin import carry_origin
 from uploader.outcome import sidecar_path
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ def replay(spool: Spool, source: Source, rels: list[PurePosixPath]) -> list[Repl
         if source == FAILED:
             with contextlib.suppress(OSError, ValueError):
                 reason = str(json.loads(reason_file.read_text(encoding="utf-8")).get("kind", ""))
+        # An adopted file's origin goes first: the uploader never sees it without.
+        carry_origin(spool, rel, source, INCOMING)
         try:
             move_no_replace(src, dst)
         except DestinationExistsError:

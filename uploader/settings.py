@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from pathlib import Path
 from typing import Literal
 
 from pydantic import SecretStr, field_validator
@@ -19,7 +20,46 @@ class SpoolSettings(CommonSettings):
     the log level, no OpenCTI."""
 
 
-class HealthSettings(SpoolSettings):
+#: The feed folder of adopted plain STIX bundles by default (uuid5 of the URL namespace and
+#: "ctx-opencti-spool:adopted"): one fixed source, so their order and status are one feed's.
+ADOPTED_FEED_ID = "6d2ae27f-8bbb-5d15-b4b7-958aa36293c9"
+
+
+class AdoptSettings(SpoolSettings):
+    """What ``adopt`` needs: the spool, where foreign files come from and how long a copy may take."""
+
+    settle_seconds: float = setting(
+        5.0,
+        env="UPLOADER_SETTLE_SECONDS",
+        description="A file whose digest does not match (or an adopted file that does not parse) is failed only after it has not changed for this long (copy in progress).",
+        ge=0,
+    )
+    drop_dir: Path | None = setting(
+        None,
+        env="UPLOADER_DROP_DIR",
+        description="A folder watched by ctx-uploader watch for foreign files (pycti diode files, plain STIX 2.1 bundles), each adopted into the spool and removed once its spool copy is durable (docs/diode.md).",
+    )
+    adopt_feed_id: str = setting(
+        ADOPTED_FEED_ID,
+        env="UPLOADER_ADOPT_FEED_ID",
+        description="Feed folder (a UUID) of adopted plain STIX bundles; diode files go to the folder of the connector that wrote them.",
+    )
+    adopt_keep: bool = setting(
+        False,
+        env="UPLOADER_ADOPT_KEEP",
+        description="Never remove an adopted file from the drop folder (the ledger in .adopt/ still adopts each content once).",
+    )
+
+    @field_validator("adopt_feed_id")
+    @classmethod
+    def _feed(cls, value: str) -> str:
+        try:
+            return str(uuid.UUID(value.strip()))
+        except ValueError:
+            raise ValueError("must be a UUID") from None
+
+
+class HealthSettings(AdoptSettings):
     """What ``health`` needs: the spool, this uploader's instance and the health bounds."""
 
     instance_id: str | None = setting(
@@ -113,12 +153,6 @@ class UploaderSettings(HealthSettings):
         description="Seconds between full rescans of incoming/ (catches missed events).",
         gt=0,
     )
-    settle_seconds: float = setting(
-        5.0,
-        env="UPLOADER_SETTLE_SECONDS",
-        description="A file whose digest does not match is failed as corrupt only after it has not changed for this long (copy in progress).",
-        ge=0,
-    )
     retry_initial: float = setting(
         2.0,
         env="UPLOADER_RETRY_INITIAL",
@@ -154,11 +188,27 @@ class UploaderSettings(HealthSettings):
         description="With UPLOADER_WAIT_FOR_WORK, seconds to wait for a work to complete before retrying.",
         gt=0,
     )
+    applicant_mappings: str = setting(
+        "",
+        env="UPLOADER_APPLICANT_MAPPINGS",
+        description="For adopted diode files: source user id:target user id, comma-separated (diode-import's DIODE_IMPORT_APPLICANT_MAPPINGS); a file whose applicant is mapped is imported as the target user, any other as the connector's user.",
+    )
     strict_stix: bool = setting(
         False,
         env="UPLOADER_STRICT_STIX",
         description="Parse every bundle with stix2 before import and fail files that do not validate.",
     )
+
+    @field_validator("applicant_mappings")
+    @classmethod
+    def _mappings(cls, value: str) -> str:
+        parse_applicant_mappings(value)
+        return value.strip()
+
+    @property
+    def applicants(self) -> dict[str, str]:
+        """``UPLOADER_APPLICANT_MAPPINGS`` as source user id → target user id."""
+        return parse_applicant_mappings(self.applicant_mappings)
 
     @field_validator("opencti_url")
     @classmethod
@@ -183,3 +233,21 @@ class UploaderSettings(HealthSettings):
         except ValueError:
             raise ValueError("must be a UUID (generate one with `uuidgen`)") from None
         return str(parsed)
+
+
+def parse_applicant_mappings(text: str) -> dict[str, str]:
+    """``src:target,src:target`` → dict; blank entries are ignored, anything else malformed raises.
+
+    diode-import (``DiodeImport.__init__``) only warns about a malformed entry; a setting that
+    says nothing about who imports is refused here instead.
+    """
+    mappings: dict[str, str] = {}
+    for entry in text.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        source, sep, target = entry.partition(":")
+        if not sep or not source.strip() or not target.strip() or ":" in target:
+            raise ValueError(f"entry {entry!r} is not source_id:target_id")
+        mappings[source.strip()] = target.strip()
+    return mappings

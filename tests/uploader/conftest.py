@@ -28,6 +28,7 @@ from uploader.claim import InstanceLock
 from uploader.cli import main
 from uploader.errors import PermanentImportError, TransientImportError
 from uploader.importer import ImportReceipt
+from uploader.origin import Origin
 from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
 
 FEED_A = "11111111-1111-4111-8111-111111111111"
@@ -117,16 +118,20 @@ class FakeImporter:
 
     behaviour: Callable[[str, bytes], None] | None = None
     calls: list[tuple[str, bytes]] = field(default_factory=list)
+    origins: list[Origin | None] = field(default_factory=list)
     accepted: list[bytes] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
     active: int = 0
     max_active: int = 0
     active_names: list[str] = field(default_factory=list)
 
-    def import_bundle(self, work_name: str, checked: Bundle) -> ImportReceipt:
+    def import_bundle(
+        self, work_name: str, checked: Bundle, origin: Origin | None = None
+    ) -> ImportReceipt:
         bundle = checked.data
         with self.cond:
             self.calls.append((work_name, bundle))
+            self.origins.append(origin)
             self.active += 1
             self.max_active = max(self.max_active, self.active)
             self.cond.notify_all()

@@ -1,0 +1,399 @@
+"""Adoption: a foreign file (a pycti diode file, a plain STIX 2.1 bundle) published into the spool.
+
+After adoption a file is a spool file like any other, so checks, signing rules, order per feed,
+``done/``/``failed/``, receipts, replay, status and metrics are the path every spool file takes.
+
+* **Diode files** are what ``OpenCTIConnectorHelper.send_stix2_bundle`` writes with
+  ``CONNECTOR_SEND_TO_DIRECTORY`` (pycti ``connector/opencti_connector_helper.py``; 7.x:
+  ``_generate_bundle_filename`` and ``_create_message_bundle``): one JSON line
+  ``{"bundle_type": "DIRECTORY_BUNDLE", "applicant_id", "connector": {"id", "name", "type",
+  "scope", "auto", "validate_before_import"}, "entities_types", "bundle": {…}, "update"}`` named
+  ``<connector name>-<YYYYmmdd-HHMMSS>-<time.time()>.json``. Its bundle goes into the feed folder
+  of the connector's id, dated by the epoch in the name (not the mtime, which copies change and
+  removable media round), its origin in the ``.source`` sidecar (:mod:`uploader.origin`).
+  pycti 7's ``S3_BUNDLE`` payload is the same object and is taken the same way.
+* **Plain bundles** (any name) go unchanged into the feed folder ``UPLOADER_ADOPT_FEED_ID``, dated
+  by their newest ``modified`` (else ``created``, else the file's mtime).
+
+A file is taken only when complete: never a hidden or ``*.tmp`` name (pycti writes
+``<name>.json.tmp`` and renames), its size and mtime the same before and after reading, and its
+bytes parsing whole; one that does not parse is waited for until it has not changed for
+``settle_seconds``. Its source is removed only after its spool copy and the ledger row are
+durable (:mod:`uploader.adopt_ledger`), and never with ``keep`` or when the folder is read-only.
+A file that is not JSON or not a bundle is copied into ``failed/`` with a ``.reason`` and left
+where it is.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from shared.durable import makedirs_durable, publish_bytes, sha256_bytes
+from shared.errors import UnsafeNameError
+from shared.layout import (
+    DONE,
+    FAILED,
+    FEED_OBJECTS_SUBJECT,
+    INCOMING,
+    REASON_SUFFIX,
+    Spool,
+    SpoolName,
+    check_feed_id,
+    check_stix_id,
+    parse_stix_timestamp,
+    relative_path,
+)
+from uploader.adopt_ledger import AdoptLedger
+from uploader.origin import Origin, SourceConnector, write_origin
+from uploader.outcome import sidecar_path, utc_now_iso, write_sidecar
+
+logger = logging.getLogger(__name__)
+
+#: ``_generate_bundle_filename``: ``<name>-%Y%m%d-%H%M%S-<str(time.time())>.json``.
+DIODE_NAME_RE = re.compile(r"-(\d{8})-(\d{6})-(\d+(?:\.\d+)?(?:e[+-]?\d+)?)\.json$")
+#: The ``bundle_type`` values of pycti's directory and S3 payloads.
+DIODE_BUNDLE_TYPES = ("DIRECTORY_BUNDLE", "S3_BUNDLE")
+
+Outcome = Literal["adopted", "duplicate", "failed", "waiting", "ignored"]
+
+
+@dataclass(frozen=True)
+class AdoptResult:
+    """What became of one source file; ``spool_path`` is ``<state>/<rel>`` in the spool."""
+
+    source: Path
+    outcome: Outcome
+    spool_path: str | None = None
+    reason: str | None = None
+
+
+class _RefusedError(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    feed: str
+    data: bytes
+    name: SpoolName
+    origin: Origin
+
+
+class Adopter:
+    """Adopts files one at a time into ``spool``; not thread-safe (one adopting thread)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        ledger: AdoptLedger,
+        *,
+        feed_id: str,
+        settle_seconds: float,
+        keep: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spool = spool
+        self.ledger = ledger
+        self.feed_id = check_feed_id(feed_id)
+        self.settle_seconds = settle_seconds
+        self.keep = keep
+        self.clock = clock
+        self._read_only_noted: set[Path] = set()
+        # (path, size, mtime_ns) of files refused or already seen as failed: not read again.
+        self._left: set[tuple[str, int, int]] = set()
+
+    def adopt(self, path: Path) -> AdoptResult:
+        """Adopt one file (see the module docstring); never raises for the file's content."""
+        if path.name.startswith(".") or not path.name.endswith(".json"):
+            return AdoptResult(path, "ignored")
+        try:
+            before = os.lstat(path)
+            if not stat.S_ISREG(before.st_mode):
+                return AdoptResult(path, "ignored", reason="not a regular file")
+            key = (str(path), before.st_size, before.st_mtime_ns)
+            if key in self._left:
+                return AdoptResult(path, "failed")
+            data = path.read_bytes()
+            after = os.lstat(path)
+        except FileNotFoundError:
+            return AdoptResult(path, "ignored", reason="gone")
+        except OSError as exc:
+            logger.error("cannot read %s: %s", path, exc.strerror or exc, extra={"file": str(path)})
+            return AdoptResult(path, "waiting", reason=str(exc))
+        if (after.st_size, after.st_mtime_ns, after.st_ino) != (
+            before.st_size,
+            before.st_mtime_ns,
+            before.st_ino,
+        ):
+            return AdoptResult(path, "waiting", reason="changing")
+        digest = sha256_bytes(data)
+        known = self.ledger.spool_path(digest)
+        if known is not None:
+            if known.startswith(f"{FAILED}/"):
+                self._left.add(key)
+                return AdoptResult(path, "failed", known)
+            self._remove_source(path)
+            return AdoptResult(path, "duplicate", known)
+        try:
+            plan = self._plan(path, data, after.st_mtime)
+        except _RefusedError as exc:
+            if exc.kind == "not-json" and self.clock() - after.st_mtime < self.settle_seconds:
+                return AdoptResult(path, "waiting", reason=str(exc))
+            spool_path = self._fail(path, data, digest, after.st_mtime, exc)
+            self._left.add(key)
+            return AdoptResult(path, "failed", spool_path, reason=str(exc))
+        rel = relative_path(plan.feed, plan.name)
+        spool_path = self._publish(rel, plan)
+        self.ledger.record(digest, path.name, spool_path, "adopted")
+        self._remove_source(path)
+        logger.debug(
+            "adopted %s as %s", path.name, spool_path, extra={"file": str(path), "feed": plan.feed}
+        )
+        return AdoptResult(path, "adopted", spool_path)
+
+    def _plan(self, path: Path, data: bytes, mtime: float) -> _Plan:
+        try:
+            document = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _RefusedError("not-json", f"not JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise _RefusedError("not-a-bundle", "neither a pycti diode file nor a STIX bundle")
+        if isinstance(document.get("connector"), dict) and "bundle" in document:
+            return self._diode_plan(path, document, mtime)
+        if document.get("type") == "bundle" and isinstance(document.get("objects"), list):
+            modified = _newest(document["objects"]) or datetime.fromtimestamp(mtime, UTC)
+            name = SpoolName(modified, _subject(document), sha256_bytes(data))
+            return _Plan(self.feed_id, data, name, Origin(original_name=path.name))
+        raise _RefusedError(
+            "not-a-bundle",
+            "neither a pycti diode file (connector, bundle) nor a STIX bundle (type bundle, objects)",
+        )
+
+    def _diode_plan(self, path: Path, document: dict[str, Any], mtime: float) -> _Plan:
+        connector = document["connector"]
+        bundle = document["bundle"]
+        if isinstance(bundle, str):
+            # pycti writes an object; a string holding the bundle is taken too.
+            try:
+                bundle = json.loads(bundle)
+            except ValueError:
+                raise _RefusedError("not-a-bundle", "its bundle is not JSON") from None
+        if not (
+            isinstance(bundle, dict)
+            and bundle.get("type") == "bundle"
+            and isinstance(bundle.get("objects"), list)
+        ):
+            raise _RefusedError("not-a-bundle", "a diode file whose bundle is not a STIX bundle")
+        try:
+            feed = check_feed_id(connector.get("id"))
+        except UnsafeNameError:
+            raise _RefusedError(
+                "not-a-bundle",
+                f"a diode file whose connector id {connector.get('id')!r} is no UUID",
+            ) from None
+        match = DIODE_NAME_RE.search(path.name)
+        epoch = match.group(3) if match else None
+        modified = _from_epoch(epoch) if epoch else None
+        if modified is None:
+            # Renamed on the way: the bundle's own times order it, else the mtime.
+            modified = _newest(bundle["objects"]) or datetime.fromtimestamp(mtime, UTC)
+        data = json.dumps(bundle, ensure_ascii=False).encode("utf-8")
+        applicant = document.get("applicant_id")
+        origin = Origin(
+            original_name=path.name,
+            connector=SourceConnector(
+                id=feed,
+                name=str(connector.get("name") or feed),
+                type=str(connector.get("type") or "EXTERNAL_IMPORT"),
+                scope=_scope(connector.get("scope")),
+                auto=bool(connector.get("auto", False)),
+                validate_before_import=bool(connector.get("validate_before_import", False)),
+            ),
+            applicant_id=str(applicant) if applicant else None,
+            update=bool(document.get("update", False)),
+            bundle_type=str(document.get("bundle_type") or ""),
+            epoch=epoch,
+        )
+        return _Plan(feed, data, SpoolName(modified, _subject(bundle), sha256_bytes(data)), origin)
+
+    def _publish(self, rel: PurePosixPath, plan: _Plan) -> str:
+        """Publish into ``incoming/`` unless a crash left this very file in the spool already."""
+        existing = self._in_spool(rel)
+        if existing is not None:
+            return existing
+        path = self.spool.path_in(INCOMING, rel)
+        makedirs_durable(path.parent)
+        # The sidecar first: the processor never sees a bundle without its origin.
+        write_origin(path, plan.origin)
+        publish_bytes(path, plan.data)
+        return f"{INCOMING}/{rel}"
+
+    def _in_spool(self, rel: PurePosixPath) -> str | None:
+        for state in (INCOMING, DONE, FAILED):
+            if self.spool.path_in(state, rel).exists():
+                return f"{state}/{rel}"
+        try:
+            instances = sorted(p.name for p in self.spool.processing.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            instances = []
+        for instance in instances:
+            if (self.spool.processing / instance / rel).exists():
+                return f"{INCOMING}/{rel}"
+        return None
+
+    def _fail(self, path: Path, data: bytes, digest: str, mtime: float, exc: _RefusedError) -> str:
+        """Copy a refused file into ``failed/`` with its reason; the source stays where it is."""
+        name = SpoolName(datetime.fromtimestamp(mtime, UTC), FEED_OBJECTS_SUBJECT, digest)
+        rel = relative_path(self.feed_id, name)
+        dst = self.spool.path_in(FAILED, rel)
+        makedirs_durable(dst.parent)
+        write_sidecar(
+            sidecar_path(dst, REASON_SUFFIX),
+            {
+                "file": str(rel),
+                "kind": exc.kind,
+                "message": f"{exc} (adopted from {path})",
+                "attempts": 0,
+                "failed_at": utc_now_iso(),
+                "work_id": None,
+                "instance": "adopt",
+                "source": str(path),
+            },
+        )
+        write_origin(dst, Origin(original_name=path.name))
+        publish_bytes(dst, data)
+        spool_path = f"{FAILED}/{rel}"
+        self.ledger.record(digest, path.name, spool_path, "failed")
+        logger.error(
+            "refused %s: %s; copied to %s, left in place",
+            path.name,
+            exc,
+            spool_path,
+            extra={"file": str(path), "kind": exc.kind},
+        )
+        return spool_path
+
+    def _remove_source(self, path: Path) -> None:
+        if self.keep or path.parent in self._read_only_noted:
+            return
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            self._read_only_noted.add(path.parent)
+            logger.warning(
+                "%s is read-only: adopted files are left in it (the ledger adopts each once)",
+                path.parent,
+                extra={"dir": str(path.parent)},
+            )
+
+
+def walk_drop(directory: Path) -> Iterator[Path]:
+    """Every non-hidden ``*.json`` below ``directory``, by path, without following symlinks."""
+    stack = [directory]
+    found: list[Path] = []
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif entry.name.endswith(".json"):
+                found.append(Path(entry.path))
+    yield from sorted(found)
+
+
+@dataclass
+class AdoptSummary:
+    adopted: int = 0
+    duplicate: int = 0
+    failed: int = 0
+    waiting: list[Path] | None = None
+
+
+def adopt_folder(
+    adopter: Adopter, directory: Path, *, patience: float, sleep: Callable[[float], None]
+) -> AdoptSummary:
+    """Adopt every file of ``directory`` once; files being written are waited for (``patience``
+    seconds without any of them finishing, after which they are reported as still waiting)."""
+    summary = AdoptSummary()
+    pending = list(walk_drop(directory))
+    quiet_since = time.monotonic()
+    while pending:
+        waiting: list[Path] = []
+        for path in pending:
+            result = adopter.adopt(path)
+            if result.outcome == "waiting":
+                waiting.append(path)
+            elif result.outcome in ("adopted", "duplicate", "failed"):
+                setattr(summary, result.outcome, getattr(summary, result.outcome) + 1)
+                quiet_since = time.monotonic()
+        if not waiting or time.monotonic() - quiet_since > patience:
+            summary.waiting = waiting
+            break
+        pending = waiting
+        sleep(0.2)
+    return summary
+
+
+def _from_epoch(text: str) -> datetime | None:
+    try:
+        value = Decimal(text)
+        seconds = int(value)
+        micros = int((value - seconds) * 1_000_000)
+        return datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
+    except (InvalidOperation, ValueError, OverflowError, OSError):
+        return None
+
+
+def _newest(objects: list[Any]) -> datetime | None:
+    newest: datetime | None = None
+    for obj in objects:
+        if not isinstance(obj, dict):
+            continue
+        stamp = obj.get("modified") or obj.get("created")
+        if not isinstance(stamp, str):
+            continue
+        try:
+            when = parse_stix_timestamp(stamp)
+        except ValueError:
+            continue
+        if newest is None or when > newest:
+            newest = when
+    return newest
+
+
+def _subject(bundle: dict[str, Any]) -> str:
+    try:
+        return check_stix_id(bundle.get("id"))
+    except UnsafeNameError:
+        return FEED_OBJECTS_SUBJECT
+
+
+def _scope(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return "" if value is None else str(value)

@@ -1,0 +1,109 @@
+"""The drop folder (``UPLOADER_DROP_DIR``): foreign files adopted as they arrive, in ``watch``.
+
+The watchdog handler only enqueues paths (:mod:`uploader.discover`); one thread pulls them and
+adopts each (:mod:`uploader.adopt`), and a start-up scan and a periodic rescan feed the same
+queue. A file still being copied is looked at again shortly; a published spool file is then found
+by the pipeline's own watch of ``incoming/``, so nothing here talks to the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+from watchdog.observers.api import BaseObserver
+
+from uploader.adopt import Adopter, walk_drop
+from uploader.discover import start_observer
+
+logger = logging.getLogger(__name__)
+
+# Seconds between two looks at a file that was still being written.
+_RETRY = 0.25
+
+
+class DropFolder:
+    """Watches ``directory`` and adopts what lands in it, until :meth:`stop`."""
+
+    def __init__(
+        self,
+        adopter: Adopter,
+        directory: Path,
+        *,
+        polling: bool,
+        poll_interval: float,
+        rescan_interval: float,
+    ) -> None:
+        self.adopter = adopter
+        self.directory = directory
+        self.polling = polling
+        self.poll_interval = poll_interval
+        self.rescan_interval = rescan_interval
+        self._queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._observer: BaseObserver | None = None
+        self._thread = threading.Thread(target=self._run, name="uploader-adopt", daemon=True)
+        #: Files adopted since start (for tests and the log).
+        self.adopted = 0
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # Watch first, then scan: a file dropped in between is seen at least once.
+        self._observer = start_observer(
+            self.directory, self._queue.put, polling=self.polling, poll_interval=self.poll_interval
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def __enter__(self) -> DropFolder:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        waiting: dict[Path, float] = {}
+        next_rescan = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_rescan:
+                for path in walk_drop(self.directory):
+                    self._queue.put(path)
+                next_rescan = now + self.rescan_interval
+            for path in [p for p, when in waiting.items() if when <= now]:
+                del waiting[path]
+                self._queue.put(path)
+            wake = min([next_rescan, *waiting.values()]) - now
+            try:
+                item = self._queue.get(timeout=max(0.01, min(wake, 1.0)))
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            if item.is_dir():
+                # A folder moved or unpacked in (tar): its files may predate its watch.
+                for path in walk_drop(item):
+                    self._queue.put(path)
+                continue
+            try:
+                result = self.adopter.adopt(item)
+            except Exception:
+                logger.exception("adopting %s failed; trying again later", item)
+                waiting[item] = time.monotonic() + self.rescan_interval
+                continue
+            if result.outcome == "waiting":
+                waiting.setdefault(item, time.monotonic() + _RETRY)
+            elif result.outcome == "adopted":
+                self.adopted += 1
