@@ -16,13 +16,15 @@ from pathlib import Path
 
 from watchdog.observers.api import BaseObserver
 
-from uploader.adopt import Adopter, walk_drop
+from uploader.adopt import Adopter, source_order, walk_drop
 from uploader.discover import start_observer
 
 logger = logging.getLogger(__name__)
 
 # Seconds between two looks at a file that was still being written.
 _RETRY = 0.25
+# Seconds without a new event that end a batch of files arriving together.
+_GATHER = 0.1
 
 
 class DropFolder:
@@ -90,20 +92,40 @@ class DropFolder:
                 item = self._queue.get(timeout=max(0.01, min(wake, 1.0)))
             except queue.Empty:
                 continue
-            if item is None:
+            batch = self._batch(item)
+            if batch is None:
                 return
+            for path in batch:
+                try:
+                    result = self.adopter.adopt(path)
+                except Exception:
+                    # Disk full, a bug: the file stays where it is and is tried again later.
+                    logger.exception("adopting %s failed; trying again later", path)
+                    waiting[path] = time.monotonic() + self.rescan_interval
+                    continue
+                if result.outcome == "waiting":
+                    waiting.setdefault(path, time.monotonic() + _RETRY)
+                elif result.outcome == "adopted":
+                    self.adopted += 1
+
+    def _batch(self, first: Path | None) -> list[Path] | None:
+        """``first`` and what arrives with it, by source time; None when stopping.
+
+        Files copied together (``cp *``, ``rsync``, ``tar x``) are published in the order of the
+        epoch in their names, so that a feed's newer file is never in ``incoming/`` (and taken)
+        before an older one of the same copy.
+        """
+        items: set[Path] = set()
+        item = first
+        while True:
+            if item is None:
+                return None
             if item.is_dir():
                 # A folder moved or unpacked in (tar): its files may predate its watch.
-                for path in walk_drop(item):
-                    self._queue.put(path)
-                continue
+                items.update(walk_drop(item))
+            else:
+                items.add(item)
             try:
-                result = self.adopter.adopt(item)
-            except Exception:
-                logger.exception("adopting %s failed; trying again later", item)
-                waiting[item] = time.monotonic() + self.rescan_interval
-                continue
-            if result.outcome == "waiting":
-                waiting.setdefault(item, time.monotonic() + _RETRY)
-            elif result.outcome == "adopted":
-                self.adopted += 1
+                item = self._queue.get(timeout=_GATHER)
+            except queue.Empty:
+                return sorted(items, key=source_order)

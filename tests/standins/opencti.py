@@ -86,6 +86,10 @@ class Push:
     work_id: str | None
     bundle: dict[str, Any]
     size: int
+    #: The user the push was made as: the ``opencti-applicant-id`` header (pycti's
+    #: ``OpenCTIApiClient.set_applicant_id_header``; opencti-graphql takes it as the applicant of
+    #: an impersonating request), None without it.
+    applicant_id: str | None = None
 
 
 @dataclass
@@ -127,6 +131,7 @@ class _Request:
     root_field: str | None
     query: str
     variables: dict[str, Any]
+    applicant_id: str | None = None
 
 
 def _now() -> str:
@@ -185,6 +190,7 @@ class OpenCTIStandIn:
         #: Object ids whose import the "workers" report as an error on the work (:meth:`refuse_object`).
         self.refused_objects: dict[str, str] = {}
         self._faults: list[Fault] = []
+        self._applicant: str | None = None
         self._port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -377,6 +383,7 @@ class OpenCTIStandIn:
                 "data": None,
             }
         with self.lock:
+            self._applicant = request.applicant_id
             return 200, handler(self, request.variables, request.query)
 
     def _health(self, variables: dict[str, Any], query: str) -> dict[str, Any]:
@@ -538,7 +545,7 @@ class OpenCTIStandIn:
             work_id = self._work_add(
                 {"connectorId": connector_id, "friendlyName": f"{name} run @ {_now()}"}, ""
             )["data"]["workAdd"]["id"]
-        self.pushes.append(Push(connector_id, work_id, bundle, len(text or "")))
+        self.pushes.append(Push(connector_id, work_id, bundle, len(text or ""), self._applicant))
         work = self.works.get(str(work_id)) if work_id else None
         if work is not None:
             work.pushed_objects += len(bundle["objects"])
@@ -776,6 +783,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         request = parse_request(body)
+        request.applicant_id = self.headers.get("opencti-applicant-id")
         fault = standin._take_fault(request.operation)
         if fault is not None:
             if fault.delay:
