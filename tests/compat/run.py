@@ -39,7 +39,8 @@ VERSIONS = {
 }
 #: The uploader's end-to-end tests (api protocol through the real ctx-uploader process, amqp
 #: protocol against a private RabbitMQ), a platform that forgot the connector, the health probe,
-#: and the schema checks of the stand-in itself.
+#: diode files written by that pycti adopted and imported as their connectors, and the schema
+#: checks of the stand-in itself.
 TESTS = [
     "tests/uploader/test_e2e.py",
     "tests/uploader/test_opencti_amqp.py",
@@ -47,6 +48,7 @@ TESTS = [
     "tests/uploader/test_platform_feedback.py",
     "tests/uploader/test_forgotten_connector.py",
     "tests/uploader/test_health.py",
+    "tests/uploader/test_diode_e2e.py",
     "tests/standins/test_opencti_schema.py",
 ]
 
