@@ -237,8 +237,9 @@ class Adopter:
             return existing
         path = self.spool.path_in(INCOMING, rel)
         makedirs_durable(path.parent)
-        # The sidecar first: the processor never sees a bundle without its origin.
-        write_origin(path, plan.origin)
+        # The sidecar first: the processor never sees a bundle without its origin. Publishing
+        # fsyncs the folder, which makes both names durable.
+        write_origin(path, plan.origin, sync_dir=False)
         publish_bytes(path, plan.data)
         return f"{INCOMING}/{rel}"
 
@@ -359,16 +360,18 @@ def adopt_folder(
     return summary
 
 
-def source_order(path: Path) -> tuple[str, Decimal, str]:
-    """Sort key of files adopted together: per connector name, by the epoch in a diode name."""
+def source_order(path: Path) -> tuple[int, Decimal, str]:
+    """Sort key of files adopted together: diode files by the epoch in their names (so each
+    connector's in its own order, and the connectors interleaved: their feeds import in
+    parallel), then other files by name."""
     match = DIODE_NAME_RE.search(path.name)
     if match is None:
-        return ("", Decimal(0), path.name)
+        return (1, Decimal(0), path.name)
     try:
         epoch = Decimal(match.group(3))
     except InvalidOperation:
-        epoch = Decimal(0)
-    return (path.name[: match.start()], epoch, path.name)
+        return (1, Decimal(0), path.name)
+    return (0, epoch, path.name)
 
 
 def _from_epoch(text: str) -> datetime | None:

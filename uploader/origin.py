@@ -69,9 +69,10 @@ def source_path(bundle_path: Path) -> Path:
     return bundle_path.with_name(bundle_path.name + SOURCE_SUFFIX)
 
 
-def write_origin(bundle_path: Path, origin: Origin) -> None:
-    """Durably write the sidecar of ``bundle_path`` (before the bundle is published)."""
-    write_atomic(source_path(bundle_path), origin.to_json())
+def write_origin(bundle_path: Path, origin: Origin, *, sync_dir: bool = True) -> None:
+    """Durably write the sidecar of ``bundle_path`` (before the bundle is published); with
+    ``sync_dir=False`` the bundle's publication, which fsyncs the same folder, makes it durable."""
+    write_atomic(source_path(bundle_path), origin.to_json(), sync_dir=sync_dir)
 
 
 def read_origin(spool: Spool, rel: PurePosixPath) -> Origin | None:

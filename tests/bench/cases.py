@@ -15,6 +15,7 @@ from typing import Any
 
 from shared.durable import publish_bytes, sha256_bytes
 from shared.layout import SpoolName, relative_path
+from tests.bench.diode import bench_diode
 from tests.bench.fetch import bench_fetch, bench_fetch_memory, fetch_once
 from tests.bench.harness import (
     FEED_IDS,
@@ -603,4 +604,5 @@ BENCHMARKS = {
     "watch": bench_watch,
     "scale": bench_scale,
     "big": bench_big,
+    "diode": bench_diode,
 }
