@@ -15,6 +15,7 @@ from tests.standins.opencti import AmqpConfig, OpenCTIStandIn
 from tests.standins.rabbitmq import RabbitMQNode
 from uploader.chunking import read_bundle
 from uploader.opencti import PyctiImporter
+from uploader.origin import Origin, SourceConnector
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -110,3 +111,58 @@ def test_amqp_push_reaches_rabbitmq_with_the_work_id(
     work = amqp_standin.works[receipt.work_id]
     assert work.expectations == len(messages)  # pycti's addExpectations before publishing
     assert work.processed
+
+
+def test_an_adopted_diode_file_is_published_to_its_source_connectors_queue(
+    pycti_env: None,
+    amqp_standin: OpenCTIStandIn,
+    channel: Any,
+    make_settings: Callable[..., Any],
+) -> None:
+    ours = str(uuid.uuid4())
+    source = SourceConnector(str(uuid.uuid4()), "Upstream Feed", "EXTERNAL_IMPORT", "identity")
+    exchange = amqp_standin.amqp.push_exchange
+    channel.exchange_declare(exchange=exchange, exchange_type="direct", durable=True)
+    queues = {}
+    for connector_id in (ours, source.id):
+        queues[connector_id] = f"push_{connector_id}"
+        channel.queue_declare(queue=queues[connector_id], durable=True)
+        channel.queue_bind(
+            queue=queues[connector_id],
+            exchange=exchange,
+            routing_key=f"push_routing_{connector_id}",
+        )
+    upstream_user, target_user = str(uuid.uuid4()), str(uuid.uuid4())
+    objects = [
+        {
+            "type": "identity",
+            "spec_version": "2.1",
+            "id": f"identity--{uuid.uuid4()}",
+            "created": "2026-01-01T00:00:00.000Z",
+            "modified": "2026-01-01T00:00:00.000Z",
+            "name": "org",
+        }
+    ]
+    data = json.dumps({"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects})
+    settings = make_settings(
+        amqp_standin,
+        opencti_token="amqp-token-0001",
+        connector_id=ours,
+        queue_protocol="amqp",
+        applicant_mappings=f"{upstream_user}:{target_user}",
+    )
+    origin = Origin("upstream_feed-x.json", source, applicant_id=upstream_user, update=False)
+
+    with PyctiImporter(settings) as importer:
+        receipt = importer.import_bundle("diode", read_bundle(data.encode(), 1 << 20), origin)
+        helper = importer.helper
+        # The helper is ours again after the push.
+        assert helper.connect_id == ours and helper.applicant_id == amqp_standin.connector_user_id
+
+    messages = _drain(channel, queues[source.id])
+    assert messages and not _drain(channel, queues[ours])
+    assert {m["applicant_id"] for m in messages} == {target_user}
+    assert {m["update"] for m in messages} == {False}
+    assert receipt.connector_id == source.id
+    assert amqp_standin.works[receipt.work_id].connector_id == source.id
+    assert amqp_standin.connectors[source.id]["name"] == "Upstream Feed"
