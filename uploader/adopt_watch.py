@@ -23,8 +23,10 @@ logger = logging.getLogger(__name__)
 
 # Seconds between two looks at a file that was still being written.
 _RETRY = 0.25
-# Seconds without a new event that end a batch of files arriving together.
+# Seconds without a new event that end a batch of files arriving together, and the longest a
+# batch gathers (a long copy is adopted while it runs).
 _GATHER = 0.1
+_GATHER_MAX = 1.0
 
 
 class DropFolder:
@@ -117,6 +119,7 @@ class DropFolder:
         """
         items: set[Path] = set()
         item = first
+        until = time.monotonic() + _GATHER_MAX
         while True:
             if item is None:
                 return None
@@ -125,7 +128,10 @@ class DropFolder:
                 items.update(walk_drop(item))
             else:
                 items.add(item)
+            left = until - time.monotonic()
+            if left <= 0:
+                return sorted(items, key=source_order)
             try:
-                item = self._queue.get(timeout=_GATHER)
+                item = self._queue.get(timeout=min(_GATHER, left))
             except queue.Empty:
                 return sorted(items, key=source_order)
