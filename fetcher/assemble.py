@@ -177,17 +177,15 @@ class Assembler:
         """A report that waits: what it lacks is recorded, what it would carry held back."""
         self.counts.reports_waiting += 1
         self._held.update(built.shas)
-        self.gaps.record(
-            self.feed_id,
-            built.subject,
-            built.lacking,
-            since=built.lacking_since or self._now,
-            written=False,
-        )
+        self._record_gap(built, written=False)
         logger.debug(
             "report waits for objects it names",
             extra={"feed_id": self.feed_id, "report_id": built.subject, "lacking": built.lacking},
         )
+
+    def _record_gap(self, built: Built, *, written: bool) -> None:
+        since = built.lacking_since or self._now
+        self.gaps.record(self.feed_id, built.subject, built.lacking, since=since, written=written)
 
     def _settle_gaps(self, built: Built) -> None:
         """A report file published: what it still lacks (past the grace) is recorded, so that
@@ -197,13 +195,7 @@ class Assembler:
                 self.gaps.record(self.feed_id, built.subject, [], since="", written=True)
             return
         self.counts.reports_incomplete += 1
-        self.gaps.record(
-            self.feed_id,
-            built.subject,
-            built.lacking,
-            since=built.lacking_since or self._now,
-            written=True,
-        )
+        self._record_gap(built, written=True)
         if built.written:
             logger.warning(
                 "report %s written without %d objects it names, which CTX has not listed: %s",
