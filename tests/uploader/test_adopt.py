@@ -10,7 +10,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -78,7 +78,7 @@ def test_diode_files_go_to_their_connectors_feed_dated_by_the_epoch_in_their_nam
         assert abs(SpoolName.parse(rel.split("/")[4]).modified.timestamp() - float(epoch)) < 1e-5
         bundle = json.loads((spool.incoming / rel).read_bytes())
         assert bundle["id"] == line["bundle_id"]
-        origin = read_origin(spool, Path(rel))  # type: ignore[arg-type]
+        origin = read_origin(spool, PurePosixPath(rel))
         assert origin is not None and origin.original_name == name
         assert origin.connector is not None and origin.connector.id == CONNECTOR
         assert origin.connector.name == "Up Feed" and origin.applicant_id
