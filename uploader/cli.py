@@ -2,7 +2,7 @@
 
 Settings are loaded once per command and passed down, and logging is configured from them
 (:mod:`uploader.cli_settings`); errors become :class:`click.ClickException` in the command line
-only. ``status``, ``verify``, ``replay`` and ``prune`` load only
+only. ``status``, ``verify``, ``replay`` and ``prune`` (:mod:`uploader.cli_spool`) load only
 :class:`SpoolSettings` and never import pycti.
 
 Exit codes of ``once``: 0 all imported, 1 some file failed, 3 files still pending (transient
@@ -14,7 +14,6 @@ newer than the platform, 3 for a refused ``OPENCTI_TOKEN`` (every file is left p
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -40,12 +39,13 @@ from uploader.chunking import Bundle
 from uploader.claim import InstanceLock, default_instance_id
 from uploader.classify import installed_pycti
 from uploader.cli_settings import (
+    EXIT_FAILED,
+    config_option,
     existing_spool,
-    load_spool_settings,
     settings_and_key,
-    spool_settings_and_key,
     uploader_settings_and_key,
 )
+from uploader.cli_spool import SPOOL_COMMANDS
 from uploader.errors import PlatformAuthError, PlatformConfigError, UploaderError
 from uploader.health import Heartbeat, health_line, health_problems
 from uploader.importer import Importer, ImportReceipt
@@ -54,15 +54,7 @@ from uploader.origin import Origin
 from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
 from uploader.process import Result
 from uploader.progress import RunProgress
-from uploader.prune import candidates as prune_candidates
-from uploader.prune import parse_duration
-from uploader.prune import remove as prune_remove
-from uploader.replay import Source, select
-from uploader.replay import replay as replay_files
 from uploader.settings import AdoptSettings, HealthSettings, UploaderSettings
-from uploader.status import status as spool_status
-from uploader.status import status_table, verify_manifest
-from uploader.status import verify as verify_spool
 
 if TYPE_CHECKING:
     from uploader.opencti import PyctiImporter
@@ -71,18 +63,9 @@ ImporterFactory = Callable[[UploaderSettings], Importer]
 
 logger = logging.getLogger(__name__)
 
-EXIT_FAILED = 1
 EXIT_PENDING = 3
 #: What click exits with for a ClickException: invalid settings, and a pycti the platform refuses.
 EXIT_CONFIG = click.ClickException.exit_code
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="config.yml to read (default: ./config.yml if present). Environment variables win.",
-)
 
 
 def _pycti_importer_class() -> type[PyctiImporter]:
@@ -402,129 +385,6 @@ def check_platform(config_path: Path | None) -> None:
 
 @main.command()
 @config_option
-@click.option(
-    "--from",
-    "source",
-    type=click.Choice(["failed", "done"]),
-    default="failed",
-    show_default=True,
-    help="Folder to move files out of.",
-)
-@click.option("--feed", default=None, help="Only files of this feed (UUID).")
-@click.argument("files", nargs=-1)
-def replay(config_path: Path | None, source: str, feed: str | None, files: tuple[str, ...]) -> None:
-    """Move files from failed/ (or done/) back into incoming/, never overwriting.
-
-    FILES are paths inside the folder (or relative to it, or bare file names); none means all.
-    A replayed failed file loses its .reason; a replayed done file keeps its .receipt in done/
-    until its new import replaces it.
-    """
-    spool = existing_spool(load_spool_settings(config_path))
-    src: Source = "done" if source == "done" else "failed"
-    try:
-        rels = select(spool, src, feed=feed.lower() if feed else None, files=files)
-        results = replay_files(spool, src, rels)
-    except (UploaderError, SharedError) as exc:
-        raise click.ClickException(str(exc)) from None
-    skipped = 0
-    for result in results:
-        if result.moved:
-            click.echo(f"moved {src}/{result.rel} -> incoming/{result.rel}")
-        else:
-            skipped += 1
-            click.echo(f"skipped {src}/{result.rel}: {result.reason}")
-    click.echo(f"{len(results) - skipped} moved, {skipped} skipped")
-    if skipped:
-        raise click.exceptions.Exit(EXIT_FAILED)
-
-
-@main.command()
-@config_option
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(config_path: Path | None, as_json: bool) -> None:
-    """Files and bytes per state and per feed, and the oldest pending file."""
-    result = spool_status(existing_spool(load_spool_settings(config_path)))
-    if as_json:
-        click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
-    else:
-        click.echo(status_table(result))
-
-
-@main.command()
-@config_option
-@click.option(
-    "--manifest",
-    "manifest_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Check the files a `ctx-fetcher transfer --manifest` lists instead: each must be in "
-    "some state of the spool with the listed SHA-256.",
-)
-def verify(config_path: Path | None, manifest_path: Path | None) -> None:
-    """Check every .json in every state against the SHA-256 in its name; exit 1 if any is bad.
-
-    With SPOOL_SIGNING_KEY(_FILE) set, unsigned and wrongly signed files are bad too. With
-    --manifest, only the manifest's files are checked, wherever they are now (incoming/,
-    processing/, done/ or failed/); a file in none of them is reported missing.
-    """
-    settings, key = spool_settings_and_key(config_path)
-    spool = existing_spool(settings)
-    if manifest_path is None:
-        checked, bad = verify_spool(spool, key)
-    else:
-        try:
-            checked, bad = verify_manifest(spool, manifest_path, key)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise click.ClickException(f"cannot read the manifest {manifest_path}: {exc}") from None
-    for item in bad:
-        click.echo(
-            f"{'MISSING' if item.problem.startswith('missing') else 'BAD'} {item.path}: {item.problem}"
-        )
-    click.echo(f"{checked} checked, {len(bad)} bad")
-    if bad:
-        raise click.exceptions.Exit(EXIT_FAILED)
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-@main.command()
-@config_option
-@click.option(
-    "--older-than",
-    required=True,
-    callback=_duration,
-    help="Age of the files to remove: a whole number with s, m, h or d (45s, 90m, 12h, 30d).",
-)
-@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
-def prune(config_path: Path | None, older_than: float, dry_run: bool) -> None:
-    """Remove files (and their receipts) from done/ imported longer ago than --older-than.
-
-    The age is the receipt's imported_at (the file's mtime without a receipt). Never touches
-    incoming/, processing/ or failed/; removes date folders left empty.
-    """
-    spool = existing_spool(load_spool_settings(config_path))
-    total = 0
-    count = 0
-    verb = "would remove" if dry_run else "removed"
-    try:
-        for item in prune_candidates(spool, older_than):
-            if not dry_run:
-                prune_remove(spool, item)
-            count += 1
-            total += item.bytes
-            click.echo(f"{verb} {item.display} ({item.bytes} bytes)")
-    except SharedError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"{count} file(s), {total} bytes {'would be removed' if dry_run else 'removed'}")
-
-
-@main.command()
-@config_option
 def health(config_path: Path | None) -> None:
     """Exit 0 when the uploader of this spool and instance is running and well.
 
@@ -545,3 +405,7 @@ def health(config_path: Path | None) -> None:
     if problems:
         raise click.ClickException(line)
     click.echo(line)
+
+
+for _command in SPOOL_COMMANDS:
+    main.add_command(_command)
