@@ -47,7 +47,7 @@ from uploader.cli_settings import (
 )
 from uploader.cli_spool import SPOOL_COMMANDS
 from uploader.errors import PlatformAuthError, PlatformConfigError, UploaderError
-from uploader.health import Heartbeat, health_line, health_problems
+from uploader.health import Heartbeat, health_line, health_problems, record_stop
 from uploader.importer import Importer, ImportReceipt
 from uploader.metrics import UploaderMetrics
 from uploader.origin import Origin
@@ -214,6 +214,7 @@ def _run(
                 if callable(close):
                     close()
     except PlatformConfigError as exc:
+        record_stop(spool, instance, mode="watch" if watch else "once", reason=str(exc))
         raise _config_exit(exc) from None
     except (UploaderError, SharedError) as exc:
         raise click.ClickException(str(exc)) from None

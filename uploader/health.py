@@ -67,6 +67,8 @@ class HeartbeatRecord:
     last_platform_answer_at: float | None
     watcher_alive: bool | None
     stopped_at: float | None = None
+    #: Why it stopped, when no retry could help (a pycti newer than the platform, a refused token).
+    stopped_because: str | None = None
 
     @classmethod
     def read(cls, path: Path) -> HeartbeatRecord:
@@ -82,6 +84,29 @@ class HeartbeatRecord:
 
 def heartbeat_path(spool: Spool, instance: str) -> Path:
     return spool.processing / instance / HEARTBEAT_NAME
+
+
+def record_stop(spool: Spool, instance: str, *, mode: str, reason: str) -> None:
+    """Leave a heartbeat saying the uploader stopped and why, for ``health`` to repeat: a
+    container that exits on a set-up the platform refuses is then unhealthy with that reason."""
+    now = time.time()
+    record = HeartbeatRecord(
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        instance=instance,
+        mode=mode,
+        interval=HEARTBEAT_INTERVAL,
+        started_at=now,
+        updated_at=now,
+        last_platform_answer_at=None,
+        watcher_alive=None,
+        stopped_at=now,
+        stopped_because=reason,
+    )
+    try:
+        write_atomic(heartbeat_path(spool, instance), json.dumps(asdict(record), indent=1).encode())
+    except SharedError as exc:
+        logger.warning("cannot write the health heartbeat: %s", exc)
 
 
 class Heartbeat:
@@ -184,7 +209,8 @@ def heartbeat_problems(
     now = time.time() if now is None else now
     problems: list[str] = []
     if record.stopped_at is not None:
-        return [f"the uploader (pid {record.pid}) stopped at {_when(record.stopped_at)}"]
+        why = f": {record.stopped_because}" if record.stopped_because else ""
+        return [f"the uploader (pid {record.pid}) stopped at {_when(record.stopped_at)}{why}"]
     if record.host == socket.gethostname() and not _pid_alive(record.pid):
         return [
             f"the uploader (pid {record.pid}) is gone; its last heartbeat was at "

@@ -89,6 +89,23 @@ def test_pycti_newer_than_the_platform_stops_with_both_versions_and_the_command(
     assert _pending(spool) == [files.rel(path)]
 
 
+def test_after_such_a_stop_health_says_why(
+    files: SpoolFiles,
+    older_platform: OpenCTIStandIn,
+    uploader_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    files.add()
+    env = {**uploader_env, "OPENCTI_URL": older_platform.url}
+    [stopped] = _errors(_uploader(["watch"], env, tmp_path).stderr)
+
+    health = _uploader(["health"], env, tmp_path)
+
+    assert health.returncode != 0
+    [line] = _errors(health.stderr)
+    assert "stopped at" in line and stopped.removeprefix("Error: ") in line, line
+
+
 def test_a_registration_the_schema_refuses_names_the_field_when_the_version_is_unknown(
     files: SpoolFiles,
     spool: Spool,
