@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -71,6 +71,22 @@ class HeartbeatRecord:
     stopped_because: str | None = None
 
     @classmethod
+    def of_this_process(cls, instance: str, mode: str, interval: float) -> HeartbeatRecord:
+        """The record of this process starting now: nothing heard, nothing watched yet."""
+        now = time.time()
+        return cls(
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            instance=instance,
+            mode=mode,
+            interval=interval,
+            started_at=now,
+            updated_at=now,
+            last_platform_answer_at=None,
+            watcher_alive=None,
+        )
+
+    @classmethod
     def read(cls, path: Path) -> HeartbeatRecord:
         """Raise OSError if unreadable, ValueError if not a heartbeat."""
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -89,20 +105,8 @@ def heartbeat_path(spool: Spool, instance: str) -> Path:
 def record_stop(spool: Spool, instance: str, *, mode: str, reason: str) -> None:
     """Leave a heartbeat saying the uploader stopped and why, for ``health`` to repeat: a
     container that exits on a set-up the platform refuses is then unhealthy with that reason."""
-    now = time.time()
-    record = HeartbeatRecord(
-        pid=os.getpid(),
-        host=socket.gethostname(),
-        instance=instance,
-        mode=mode,
-        interval=HEARTBEAT_INTERVAL,
-        started_at=now,
-        updated_at=now,
-        last_platform_answer_at=None,
-        watcher_alive=None,
-        stopped_at=now,
-        stopped_because=reason,
-    )
+    record = HeartbeatRecord.of_this_process(instance, mode, HEARTBEAT_INTERVAL)
+    record = replace(record, stopped_at=record.updated_at, stopped_because=reason)
     try:
         write_atomic(heartbeat_path(spool, instance), json.dumps(asdict(record), indent=1).encode())
     except SharedError as exc:
@@ -127,17 +131,7 @@ class Heartbeat:
         self._probe = importer if isinstance(importer, PlatformProbe) else None
         self._watcher_alive = watcher_alive
         self._stop = threading.Event()
-        self._base = HeartbeatRecord(
-            pid=os.getpid(),
-            host=socket.gethostname(),
-            instance=instance,
-            mode=mode,
-            interval=self.interval,
-            started_at=time.time(),
-            updated_at=time.time(),
-            last_platform_answer_at=None,
-            watcher_alive=None,
-        )
+        self._base = HeartbeatRecord.of_this_process(instance, mode, self.interval)
         self._thread = threading.Thread(target=self._run, name="uploader-heartbeat", daemon=True)
 
     def start(self) -> Heartbeat:
