@@ -71,7 +71,7 @@ class Assembler:
         *,
         signing_key: SigningKey | None = None,
         progress: Callable[[Counts], None] | None = None,
-        grace: timedelta = timedelta(hours=1),
+        grace: timedelta,
     ) -> None:
         self.mirror = mirror
         self.ledger = ledger

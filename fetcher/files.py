@@ -159,9 +159,10 @@ class FileWriter:
         absent: set[str] = set()
         members = {item.object_id: {item.object_id: item} for item in reports}
         missing: dict[str, set[str]] = {item.object_id: set() for item in reports}
+        bodies = {item.object_id: item.obj() for item in reports}
         frontier = {
-            item.object_id: [*references(item.obj()), *touching.get(item.object_id, [])]
-            for item in reports
+            report_id: [*references(body), *touching.get(report_id, [])]
+            for report_id, body in bodies.items()
         }
         while frontier:
             wanted = {ref for refs in frontier.values() for ref in refs}
@@ -188,8 +189,8 @@ class FileWriter:
             frontier = following
         shas = ledger.report_shas(self.feed_id, list(members))
         lacking = {
-            item.object_id: [ref for ref in named_ids(item.obj()) if ref not in known]
-            for item in reports
+            report_id: [ref for ref in named_ids(body) if ref not in known]
+            for report_id, body in bodies.items()
         }
         since = ReportGaps(ledger).since(self.feed_id, list(lacking))
         return [

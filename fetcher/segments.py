@@ -65,9 +65,12 @@ class Segment:
     owned: bool = False
     fetched: bool = False
     finished: bool = False
-    #: Once finished: its end then, and how far its span is known whole (:meth:`reach`).
-    end: str | None = None
+    #: Once finished: how far its span is known whole (:meth:`reach`).
     reached: str | None = None
+
+    def end(self) -> str | None:
+        """Its end; fixed once its walk is done (:meth:`fetcher.walk.CursorWalk.cut` refuses)."""
+        return self.walk.end() if isinstance(self.walk, CursorWalk) else None
 
     def __post_init__(self) -> None:
         self.applied = self.start
@@ -268,10 +271,9 @@ class ListingReader:
     def _fetch(self, segment: Segment) -> Step:
         step = segment.walk.step()
         if step.done:
-            end = segment.walk.end() if isinstance(segment.walk, CursorWalk) else None
+            reached = self.reach(step, segment.end())
             with self._cond:
-                segment.end = end
-                segment.reached = self.reach(step, end)
+                segment.reached = reached
         return step
 
     @staticmethod
@@ -355,8 +357,8 @@ class ListingReader:
                 if not segment.finished:
                     position = segment.applied
                     break
-                position = segment.reached
-                if segment.end is None or position is None or position < segment.end:
+                position, end = segment.reached, segment.end()
+                if end is None or position is None or position < end:
                     break
             return position
 

@@ -34,6 +34,7 @@ from fetcher.mirror import Mirror
 from fetcher.passes import PassLog
 from fetcher.reset import now_iso, redeliver
 from fetcher.segments import ListingReader
+from fetcher.settings import FetcherSettings
 from fetcher.state import LISTING_CURSOR, Ledger
 from fetcher.walk import earlier
 from fetcher.workers import Workers
@@ -46,9 +47,11 @@ logger = logging.getLogger(__name__)
 
 # A temp file this old belongs to a write that died: publishing one file takes milliseconds.
 STALE_TEMP_SECONDS = 15 * 60
-#: Defaults of the settings (fetcher.settings) for callers that have none.
-DEFAULT_OVERLAP = timedelta(minutes=15)
-DEFAULT_REPORT_GRACE = timedelta(hours=1)
+#: The settings' defaults, for callers that have no settings.
+DEFAULT_OVERLAP = timedelta(minutes=FetcherSettings.model_fields["overlap_minutes"].default)
+DEFAULT_REPORT_GRACE = timedelta(
+    minutes=FetcherSettings.model_fields["report_grace_minutes"].default
+)
 #: Pages read ahead of the one being applied (100 objects each at most: a few MB).
 READ_AHEAD_PAGES = 16
 
