@@ -54,6 +54,7 @@ from shared.layout import (
     check_stix_id,
     parse_stix_timestamp,
     relative_path,
+    walk_bundles,
 )
 from uploader.adopt_ledger import AdoptLedger
 from uploader.origin import Origin, SourceConnector, write_origin
@@ -307,23 +308,13 @@ class Adopter:
 
 
 def walk_drop(directory: Path) -> Iterator[Path]:
-    """Every non-hidden ``*.json`` below ``directory``, by path, without following symlinks."""
-    stack = [directory]
-    found: list[Path] = []
-    while stack:
-        folder = stack.pop()
-        try:
-            with os.scandir(folder) as it:
-                entries = list(it)
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(Path(entry.path))
-            elif entry.name.endswith(".json"):
-                found.append(Path(entry.path))
+    """Every non-hidden ``*.json`` below ``directory``, by path, without following symlinked
+    folders (the spool's own walk, :func:`shared.layout.walk_bundles`); nothing when
+    ``directory`` cannot be listed."""
+    try:
+        found = [entry.path for entry in walk_bundles(directory)]
+    except OSError:
+        return
     yield from sorted(found)
 
 
