@@ -56,6 +56,13 @@ def format_record_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime(RECORD_TIME_FORMAT)
 
 
+def _whole_second(value: str) -> datetime | None:
+    """A record time ``update_identities`` wrote for a whole second (``…:05Z``), else None."""
+    if len(value) != _WHOLE_SECOND_LENGTH or not value.endswith("Z"):
+        return None
+    return parse_record_time(f"{value[:-1]}.000000Z")
+
+
 def just_below(value: str) -> str | None:
     """The greatest record time strictly below ``value`` (one microsecond earlier).
 
@@ -64,10 +71,8 @@ def just_below(value: str) -> str | None:
     second reads ``…:05Z``, which sorts after ``…:05.999999Z``: just below it is that time. None
     when ``value`` is in neither format: then no string is known to sit just below it.
     """
-    if len(value) == _WHOLE_SECOND_LENGTH and value.endswith("Z"):
-        if parse_record_time(f"{value[:-1]}.000000Z") is not None:
-            return f"{value[:-1]}.999999Z"
-        return None
+    if _whole_second(value) is not None:
+        return f"{value[:-1]}.999999Z"
     when = parse_record_time(value)
     if when is None or when == datetime.min.replace(tzinfo=UTC):
         return None
@@ -76,9 +81,7 @@ def just_below(value: str) -> str | None:
 
 def earlier(value: str, by: timedelta) -> str:
     """The record time ``by`` before ``value``; ``value`` itself when it cannot be read as one."""
-    when = parse_record_time(value)
-    if when is None and len(value) == _WHOLE_SECOND_LENGTH:
-        when = parse_record_time(f"{value[:-1]}.000000Z")
+    when = parse_record_time(value) or _whole_second(value)
     if when is None or not by:
         return value
     return format_record_time(when - by)
