@@ -26,10 +26,10 @@ from fetcher.files import Built, FileWriter
 from fetcher.gaps import ReportGaps
 from fetcher.mirror import Mirror
 from fetcher.state import Ledger
-from fetcher.walk import format_record_time
 from fetcher.workers import Workers, outcome
 from shared.layout import FEED_OBJECTS_SUBJECT, Spool
 from shared.signing import SigningKey
+from shared.timestamps import format_stix_time
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +79,12 @@ class Assembler:
         self.feed_id = feed_id
         self.workers = workers
         now = datetime.now(UTC)
-        self._now = format_record_time(now)
+        self._now = format_stix_time(now)
         self.writer = FileWriter(
             spool,
             feed_id,
             signing_key,
-            wait_cutoff=format_record_time(now - grace) if grace else None,
+            wait_cutoff=format_stix_time(now - grace) if grace else None,
         )
         self.counts = Counts()
         #: What waiting reports would carry: kept out of feed-level files.

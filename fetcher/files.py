@@ -35,10 +35,10 @@ from shared.layout import (
     FEED_OBJECTS_SUBJECT,
     Spool,
     SpoolName,
-    parse_stix_timestamp,
     relative_path,
 )
 from shared.signing import SigningKey, signature_of
+from shared.timestamps import parse_stix_timestamp
 
 
 @dataclass
@@ -98,7 +98,7 @@ class FileWriter:
     feed_id: str
     signing_key: SigningKey | None = None
     #: A report first found lacking a named object after this time (a record time,
-    #: :func:`fetcher.walk.format_record_time`) waits; None: none waits.
+    #: :func:`fetcher.walk.format_stix_time`) waits; None: none waits.
     wait_cutoff: str | None = None
 
     def reports(self, mirror: Mirror, ledger: Ledger, ids: list[str]) -> list[Built]:

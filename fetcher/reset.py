@@ -35,8 +35,9 @@ from fetcher.mirror import Mirror
 from fetcher.passes import PassLog, PendingReset
 from fetcher.state import LISTING_CURSOR, Ledger, Statement
 from fetcher.stix import JSONDict
-from fetcher.walk import format_record_time, just_below
+from fetcher.walk import just_below
 from shared.layout import check_feed_id
+from shared.timestamps import format_stix_time, now_stix_time
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +50,6 @@ class ResetOutcome:
     before: str | None
     after: str | None
     rewrite: bool
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_since(text: str) -> datetime:
@@ -84,7 +81,7 @@ def reset_feed(
     before = ledger.cursor(feed_id, LISTING_CURSOR)
     # added_after is strict (``_record_modified > added_after``): one microsecond below the date
     # serves the records stored at exactly that time too.
-    target = None if since is None else just_below(format_record_time(since))
+    target = None if since is None else just_below(format_stix_time(since))
     after = None if before is None or target is None else min(before, target)
     statements: list[Statement] = []
     if after is None:
@@ -100,7 +97,7 @@ def reset_feed(
         )
     with ledger.batch():
         ledger.write(statements)
-        PassLog(ledger).request_reset(PendingReset(feed_id, after, rewrite, now_iso()))
+        PassLog(ledger).request_reset(PendingReset(feed_id, after, rewrite, now_stix_time()))
     if after == before:
         logger.info(
             "feed reset: the next pass already reads it from %s; nothing changes",

@@ -37,10 +37,10 @@ from fetcher.walk import (
     PageLimit,
     Step,
     Walk,
-    format_record_time,
     open_walk,
     parse_record_time,
 )
+from shared.timestamps import format_stix_time
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class ListingReader:
         _, index, middle = best
         old = self._segments[index].walk
         assert isinstance(old, CursorWalk)
-        at = format_record_time(middle)
+        at = format_stix_time(middle)
         end_raw = old.end()
         if not old.cut(at):
             return None
@@ -228,7 +228,7 @@ class ListingReader:
         if position is None or end is None or end - position < self._workers * MIN_SPAN:
             return None
         step = (end - position) / self._workers
-        cuts = [format_record_time(position + step * i) for i in range(1, self._workers)]
+        cuts = [format_stix_time(position + step * i) for i in range(1, self._workers)]
         if not old.cut(cuts[0]):
             return None
         ends: list[str | None] = [*cuts[1:], end_raw]

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from shared.layout import parse_stix_timestamp
+from shared.timestamps import STIX_TIME_FORMAT, parse_stix_timestamp
 
 JSONDict = dict[str, Any]
 
@@ -28,7 +28,6 @@ _REF_SUFFIXES = ("_ref", "_refs")
 #: Containers are written with what they contain; a member's own ``object_refs`` is not followed,
 #: or one report would carry every report it mentions.
 _NOT_FOLLOWED = frozenset({"object_refs"})
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 #: STIX 2.1 §3.2 timestamps as servers write them (UTC, ``Z``, any number of sub-second digits):
 #: normalised by slicing, which costs a tenth of parsing and formatting them; others are parsed.
 _UTC_STAMP = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(?:\.(\d+))?Z")
@@ -90,7 +89,7 @@ def normal_time(value: object) -> str:
     match = _UTC_STAMP.fullmatch(value)
     if match is None:
         try:
-            return parse_stix_timestamp(value).strftime(_TIME_FORMAT)
+            return parse_stix_timestamp(value).strftime(STIX_TIME_FORMAT)
         except ValueError:
             return ""
     day, clock, fraction = match.groups()

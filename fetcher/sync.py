@@ -32,7 +32,7 @@ from fetcher.errors import FeedNotSubscribedError, FetcherError
 from fetcher.gaps import ReportGaps
 from fetcher.mirror import Mirror
 from fetcher.passes import PassLog
-from fetcher.reset import now_iso, redeliver
+from fetcher.reset import redeliver
 from fetcher.segments import ListingReader
 from fetcher.settings import FetcherSettings
 from fetcher.state import LISTING_CURSOR, Ledger
@@ -42,6 +42,7 @@ from shared.durable import remove_stale_temps
 from shared.errors import SpoolError
 from shared.layout import Spool, check_feed_id
 from shared.signing import SigningKey
+from shared.timestamps import now_stix_time
 
 logger = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ def _run_feeds(
         if stop is not None and stop.is_set():
             logger.info("stop requested; feeds left for the next pass", extra={"feed_id": feed_id})
             break
-        log.started(feed_id, now_iso())
+        log.started(feed_id, now_stix_time())
         if subscriptions is None:
             result = FeedResult(feed_id, error=failure)
         else:
@@ -324,7 +325,7 @@ def _run_feeds(
         client.metrics.feed_done(result)
         log.finished(
             feed_id,
-            now_iso(),
+            now_stix_time(),
             error=None if result.error is None else str(result.error),
             records=result.records_listed,
             files=result.files_written,

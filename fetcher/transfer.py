@@ -14,7 +14,6 @@ refused, not created and reported as an empty transfer set.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from fetcher.errors import TransferError
@@ -23,6 +22,7 @@ from fetcher.status import open_state
 from shared.durable import sha256_file
 from shared.errors import UnsafeNameError
 from shared.layout import INCOMING, Spool, parse_relative_path, walk_bundles
+from shared.timestamps import now_stix_time
 
 
 def open_transfer_state(spool_dir: Path, state_dir: Path) -> Ledger:
@@ -85,5 +85,5 @@ def manifest(spool: Spool, paths: Iterable[str]) -> bytes:
 def mark(ledger: Ledger, paths: Iterable[str]) -> int:
     """Record ``paths`` as transferred; returns how many."""
     items = [(path, _name_sha256(path)) for path in paths]
-    ledger.mark_transferred(items, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    ledger.mark_transferred(items, now_stix_time())
     return len(items)

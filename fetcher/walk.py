@@ -31,11 +31,10 @@ from datetime import UTC, datetime, timedelta
 from fetcher.answers import JSONDict, Page
 from fetcher.client import OBJECTS_PAGE_SIZE, CTXClient
 from fetcher.errors import MalformedResponseError
+from shared.timestamps import STIX_TIME_FORMAT, format_stix_time
 
 logger = logging.getLogger(__name__)
 
-#: stix2arango's ``_record_modified`` (``services/arangodb_service.py``, insert_several_objects).
-RECORD_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _RECORD_TIME_LENGTH = len("2024-01-01T00:00:00.000000Z")
 _WHOLE_SECOND_LENGTH = len("2024-01-01T00:00:00Z")
 #: The edge half holds exactly this type (stix2arango ``map_relationships``; sightings are vertices).
@@ -47,13 +46,9 @@ def parse_record_time(value: str) -> datetime | None:
     if len(value) != _RECORD_TIME_LENGTH:
         return None
     try:
-        return datetime.strptime(value, RECORD_TIME_FORMAT).replace(tzinfo=UTC)
+        return datetime.strptime(value, STIX_TIME_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return None
-
-
-def format_record_time(when: datetime) -> str:
-    return when.astimezone(UTC).strftime(RECORD_TIME_FORMAT)
 
 
 def _whole_second(value: str) -> datetime | None:
@@ -76,7 +71,7 @@ def just_below(value: str) -> str | None:
     when = parse_record_time(value)
     if when is None or when == datetime.min.replace(tzinfo=UTC):
         return None
-    return format_record_time(when - timedelta(microseconds=1))
+    return format_stix_time(when - timedelta(microseconds=1))
 
 
 def earlier(value: str, by: timedelta) -> str:
@@ -84,7 +79,7 @@ def earlier(value: str, by: timedelta) -> str:
     when = parse_record_time(value) or _whole_second(value)
     if when is None or not by:
         return value
-    return format_record_time(when - by)
+    return format_stix_time(when - by)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def same_bytes(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` hold the same bytes (two symlinks: the same target; False if
+    either cannot be read)."""
+    if a.is_symlink() or b.is_symlink():
+        return a.is_symlink() and b.is_symlink() and a.readlink() == b.readlink()
+    try:
+        return sha256_file(a) == sha256_file(b)
+    except OSError:
+        return False
+
+
 def fsync_dirs(paths: Iterable[Path]) -> None:
     """:func:`fsync_dir` each folder once, raising :class:`SpoolError` for one that fails."""
     for path in dict.fromkeys(paths):

@@ -96,25 +96,6 @@ def check_sha256(value: object) -> str:
     raise UnsafeNameError("sha256", str(value))
 
 
-def parse_stix_timestamp(value: str) -> datetime:
-    """Parse a STIX/CTX timestamp (``2024-05-01T10:00:00.123Z``, any sub-second digits) to UTC."""
-    text = value.strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    # fromisoformat takes at most 6 fractional digits; STIX allows more, which carry no order here
-    # beyond microseconds.
-    match = re.match(r"^(.*?\.\d{6})\d+(.*)$", text)
-    if match:
-        text = match.group(1) + match.group(2)
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"not a timestamp: {value[:64]!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
 @dataclass(frozen=True, order=True)
 class SpoolName:
     """The parts of a bundle file name: ``<modified>_<subject>_<sha256>[_<signature>].json``.

@@ -52,13 +52,13 @@ from shared.layout import (
     SpoolName,
     check_feed_id,
     check_stix_id,
-    parse_stix_timestamp,
     relative_path,
     walk_bundles,
 )
+from shared.timestamps import now_stix_time, parse_stix_timestamp
 from uploader.adopt_ledger import AdoptLedger
 from uploader.origin import Origin, SourceConnector, write_origin
-from uploader.outcome import sidecar_path, utc_now_iso, write_sidecar
+from uploader.outcome import sidecar_path, write_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class Adopter:
                 "kind": exc.kind,
                 "message": f"{exc} (adopted from {path})",
                 "attempts": 0,
-                "failed_at": utc_now_iso(),
+                "failed_at": now_stix_time(),
                 "work_id": None,
                 "instance": "adopt",
                 "source": str(path),

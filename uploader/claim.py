@@ -11,7 +11,6 @@ its files are put back into ``incoming/`` so nothing stays stuck after a kill -9
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import re
@@ -19,9 +18,10 @@ import socket
 import time
 from pathlib import Path, PurePosixPath
 
-from shared.durable import move_no_replace, sha256_file
+from shared.durable import move_no_replace, same_bytes
 from shared.errors import DestinationExistsError, SpoolError
 from shared.layout import DONE, FAILED, INCOMING, Spool, walk_bundles
+from shared.lock import FileLock
 from uploader.errors import InstanceBusyError
 from uploader.settings import INSTANCE_ID_RE
 
@@ -52,36 +52,25 @@ class InstanceLock:
         self.instance = instance
         self.directory = spool.processing / instance
         self.path = self.directory / LOCK_NAME
-        self._fd: int | None = None
+        self._lock = FileLock(self.path)
 
     def acquire(self, wait: float | None = None) -> None:
         """Take the lock or raise :class:`InstanceBusyError`; raises :class:`SpoolError` on I/O.
 
-        Waits up to ``wait`` (default :data:`LOCK_WAIT_SECONDS`) seconds: another uploader reclaiming this folder after a crash holds
-        the lock for as long as it takes to put the files back.
+        Waits up to ``wait`` (default :data:`LOCK_WAIT_SECONDS`) seconds: another uploader
+        reclaiming this folder after a crash holds the lock for as long as it takes to put the
+        files back.
         """
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            taken = self._lock.acquire(LOCK_WAIT_SECONDS if wait is None else wait)
         except OSError as exc:
             raise SpoolError(f"cannot open claim lock: {exc.strerror or exc}", self.path) from exc
-        deadline = time.monotonic() + (LOCK_WAIT_SECONDS if wait is None else wait)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise InstanceBusyError(self.instance, self.path) from None
-                time.sleep(0.05)
-        self._fd = fd
+        if not taken:
+            raise InstanceBusyError(self.instance, self.path)
 
     def release(self) -> None:
-        if self._fd is not None:
-            # Closing the descriptor drops the flock.
-            os.close(self._fd)
-            self._fd = None
+        self._lock.release()
 
     def __enter__(self) -> InstanceLock:
         self.acquire()
@@ -125,13 +114,6 @@ def claim(spool: Spool, instance: str, rel: PurePosixPath) -> Path:
     return dst
 
 
-def _same_file_content(a: Path, b: Path) -> bool:
-    try:
-        return sha256_file(a) == sha256_file(b)
-    except OSError:
-        return False
-
-
 def release_claim(
     spool: Spool, claimed: Path, rel: PurePosixPath, *, after_crash: bool = False
 ) -> bool:
@@ -146,7 +128,7 @@ def release_claim(
         other = spool.path_in(state, rel)
         # A crash between link() and unlink() of move_no_replace leaves the file both in the
         # outcome folder and in processing/: the outcome already happened, drop the claim copy.
-        if other.is_file() and not claimed.is_symlink() and _same_file_content(claimed, other):
+        if other.is_file() and not claimed.is_symlink() and same_bytes(claimed, other):
             claimed.unlink()
             logger.info("dropped claim copy already in %s/", state, extra={"file": str(rel)})
             return True
@@ -156,7 +138,7 @@ def release_claim(
         return True
     except DestinationExistsError:
         pass
-    if not claimed.is_symlink() and _same_file_content(claimed, dst):
+    if not claimed.is_symlink() and same_bytes(claimed, dst):
         claimed.unlink()
         return True
     logger.error(
@@ -166,26 +148,18 @@ def release_claim(
     return False
 
 
-def _lock_is_free(lock_path: Path) -> int | None:
-    """Open and lock ``lock_path``; return the fd if the lock was free, else None."""
-    flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+def _take_if_free(lock: FileLock) -> bool:
+    """Take ``lock`` if no live uploader holds it (False if one does or it cannot be opened)."""
+    # A folder without a lock file is either being set up by a starting uploader right now
+    # (mkdir comes just before the lock) or a leftover: only the latter is ours to take.
     try:
-        # A folder without a lock file is either being set up by a starting uploader right now
-        # (mkdir comes just before the lock) or a leftover: only the latter is ours to take.
-        if time.time() - lock_path.parent.stat().st_mtime > ORPHAN_SECONDS:
-            flags |= os.O_CREAT
-        fd = os.open(lock_path, flags, 0o644)
+        orphan = time.time() - lock.path.parent.stat().st_mtime > ORPHAN_SECONDS
+        return lock.acquire(create=orphan)
     except FileNotFoundError:
-        return None
+        return False
     except OSError as exc:
-        logger.warning("cannot open claim lock %s: %s", lock_path, exc.strerror or exc)
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+        logger.warning("cannot open claim lock %s: %s", lock.path, exc.strerror or exc)
+        return False
 
 
 def _release_all(spool: Spool, directory: Path) -> int:
@@ -228,13 +202,13 @@ def _claim_folders(spool: Spool) -> list[str]:
 def reclaim_instance(spool: Spool, instance: str) -> int | None:
     """Put back what the stopped uploader ``instance`` left claimed; None if it is still running."""
     directory = spool.processing / instance
-    fd = _lock_is_free(directory / LOCK_NAME)
-    if fd is None:
+    lock = FileLock(directory / LOCK_NAME)
+    if not _take_if_free(lock):
         return None
     try:
         count = _release_all(spool, directory)
     finally:
-        os.close(fd)
+        lock.release()
     if count:
         logger.warning(
             "reclaimed %d file(s) left by stopped uploader %r",

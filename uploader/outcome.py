@@ -25,22 +25,18 @@ import json
 import logging
 import os
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from shared.durable import fsync_dir, move_no_replace, sha256_file, write_atomic
+from shared.durable import fsync_dir, move_no_replace, same_bytes, write_atomic
 from shared.errors import DestinationExistsError, SpoolError
 from shared.layout import DONE, FAILED, INCOMING, REASON_SUFFIX, RECEIPT_SUFFIX, Spool
+from shared.timestamps import now_stix_time
 from uploader.claim import release_claim
 from uploader.importer import ImportReceipt
 from uploader.origin import carry_origin
 
 logger = logging.getLogger(__name__)
-
-
-def utc_now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def sidecar_path(bundle_path: Path, suffix: str) -> Path:
@@ -87,15 +83,6 @@ class Failure:
     platform_errors: tuple[dict[str, Any], ...] = ()
 
 
-def _same_bytes(a: Path, b: Path) -> bool:
-    if a.is_symlink() or b.is_symlink():
-        return a.is_symlink() and b.is_symlink() and a.readlink() == b.readlink()
-    try:
-        return sha256_file(a) == sha256_file(b)
-    except OSError:
-        return False
-
-
 def _exists(path: Path) -> bool:
     try:
         os.lstat(path)
@@ -107,7 +94,7 @@ def _exists(path: Path) -> bool:
 def _place(claimed: Path, dst: Path, sidecar: Path, document: dict[str, Any]) -> None:
     """Steps 1-3 of the module docstring; raises DestinationExistsError on different bytes."""
     if _exists(dst):
-        if not _same_bytes(claimed, dst):
+        if not same_bytes(claimed, dst):
             raise DestinationExistsError(f"{dst.name} already exists with different bytes", dst)
         write_sidecar(sidecar, document)
         claimed.unlink()
@@ -144,7 +131,7 @@ def mark_done(
         "connector_id": receipt.connector_id,
         "pushes": receipt.pushes,
         "objects": receipt.objects,
-        "imported_at": utc_now_iso(),
+        "imported_at": now_stix_time(),
         "instance": instance,
         "sha256": sha256,
         "attempts": attempts,
@@ -175,7 +162,7 @@ def mark_failed(
         "kind": failure.kind,
         "message": failure.message,
         "attempts": failure.attempts,
-        "failed_at": utc_now_iso(),
+        "failed_at": now_stix_time(),
         "work_id": failure.work_id,
         "instance": instance,
     }

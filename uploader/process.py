@@ -28,6 +28,7 @@ from typing import Literal
 from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
 from shared.layout import INCOMING, Spool
 from shared.signing import SigningKey
+from shared.timestamps import format_stix_time
 from uploader.check import (
     SpoolFile,
     check_bundle,
@@ -88,7 +89,7 @@ def work_name(feed_id: str, spool_file: SpoolFile) -> str:
 def adopted_work_name(origin: Origin, spool_file: SpoolFile) -> str:
     """An adopted file's work name: diode-import's ``<connector name> run @ <time>`` (its
     ``_process_bundle``), with the time from the file's name and the original file name."""
-    when = spool_file.name.modified.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    when = format_stix_time(spool_file.name.modified)
     who = origin.connector.name if origin.connector is not None else "Adopted bundle"
     return f"{who} run @ {when} ({origin.original_name})"
 

@@ -30,9 +30,9 @@ from shared.layout import (
     RECEIPT_SUFFIX,
     Spool,
     parse_relative_path,
-    parse_stix_timestamp,
     walk_bundles,
 )
+from shared.timestamps import parse_stix_timestamp
 from uploader.origin import source_path
 
 logger = logging.getLogger(__name__)

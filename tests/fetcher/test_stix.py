@@ -13,7 +13,7 @@ from fetcher.stix import (
     references,
     version_key,
 )
-from shared.layout import parse_stix_timestamp
+from shared.timestamps import parse_stix_timestamp
 
 
 @pytest.mark.parametrize(

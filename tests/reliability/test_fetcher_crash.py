@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.layout import parse_relative_path, parse_stix_timestamp
+from shared.layout import parse_relative_path
+from shared.timestamps import parse_stix_timestamp
 from tests.reliability import harness
 from tests.reliability.harness import PartialWatch, Row, record
 from tests.standins.ctx import CTXStandIn

@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from shared import layout
+from shared import layout, timestamps
 from shared.errors import UnsafeNameError
 
 FEED = "0b2d4e5f-1111-4222-8333-444455556666"
@@ -86,12 +86,12 @@ def test_relative_path_refused(rel: str) -> None:
 
 
 def test_timestamps() -> None:
-    assert layout.parse_stix_timestamp("2024-05-01T10:00:00Z") == datetime(
+    assert timestamps.parse_stix_timestamp("2024-05-01T10:00:00Z") == datetime(
         2024, 5, 1, 10, tzinfo=UTC
     )
-    assert layout.parse_stix_timestamp("2024-05-01T10:00:00.123456789Z").microsecond == 123456
+    assert timestamps.parse_stix_timestamp("2024-05-01T10:00:00.123456789Z").microsecond == 123456
     with pytest.raises(ValueError, match="not a timestamp"):
-        layout.parse_stix_timestamp("yesterday")
+        timestamps.parse_stix_timestamp("yesterday")
 
 
 def test_walk_skips_hidden_and_reports_symlinks(tmp_path: Path) -> None:
