@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from types import FrameType
 from typing import TypeVar
 
 import click
@@ -34,6 +32,7 @@ from fetcher.status import (
 )
 from fetcher.sync import FeedResult, run_pass
 from fetcher.transfer import manifest, mark, open_transfer_state, transfer_set
+from shared.cli import config_option, stop_on_signals
 from shared.config import load_settings, warn_unknown_settings
 from shared.console import terminal_console
 from shared.durable import write_atomic
@@ -44,14 +43,6 @@ from shared.metrics import serve_metrics
 from shared.signing import SigningKey
 
 logger = logging.getLogger(__name__)
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="config.yml to read (default ./config.yml if present). Environment variables win.",
-)
 
 
 def _settings(config_path: Path | None) -> FetcherSettings:
@@ -167,23 +158,6 @@ def once(config_path: Path | None) -> None:
         )
 
 
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        logger.info("signal %s received; stopping after the current feed", signum)
-        stop.set()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 @main.command()
 @config_option
 @click.option("--max-passes", type=click.IntRange(min=1), default=None, hidden=True)
@@ -209,7 +183,7 @@ def run(config_path: Path | None, max_passes: int | None, interval_seconds: floa
     )
     stop = threading.Event()
     passes = 0
-    with _state_lock(settings), _stop_on_signals(stop):
+    with _state_lock(settings), stop_on_signals(stop, "stopping after the current feed"):
         # After the lock: a second fetcher is refused for what it is, not for a taken port.
         metrics = _metrics(settings)
         while not stop.is_set():
@@ -406,4 +380,4 @@ def reset(
     )
 
 
-main.add_command(audit_command(config_option, _settings))
+main.add_command(audit_command(_settings))

@@ -7,7 +7,6 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -16,6 +15,7 @@ from fetcher.client import CTXClient
 from fetcher.errors import FetcherError
 from fetcher.settings import FetcherSettings
 from fetcher.status import open_state
+from shared.cli import config_option
 from shared.console import log_handler, terminal_console
 from shared.errors import UnsafeNameError
 from shared.layout import check_feed_id
@@ -26,13 +26,9 @@ INCOMPLETE = 3
 #: Ids the text output lists per kind and feed (``--json`` lists them all).
 SHOWN = 20
 
-Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
-
-def audit_command(
-    config_option: Decorator, load: Callable[[Path | None], FetcherSettings]
-) -> click.Command:
-    """The ``audit`` command, with the CLI's ``--config`` option and its settings loader."""
+def audit_command(load: Callable[[Path | None], FetcherSettings]) -> click.Command:
+    """The ``audit`` command, with the CLI's settings loader."""
 
     @click.command()
     @config_option

@@ -8,32 +8,18 @@ import contextlib
 from collections.abc import Iterator
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Column
+from rich.progress import TaskID
 
 from fetcher.sync import FeedResult
 from fetcher.sync import Progress as ProgressCallback
-from shared.console import log_handler
-from shared.logsetup import records_through
+from shared.console import live_progress, showing
 
 
 class PassProgress:
     """One pass's live display on ``console`` (a terminal)."""
 
     def __init__(self, console: Console) -> None:
-        self._console = console
-        self._progress = Progress(
-            SpinnerColumn(finished_text="done"),
-            TextColumn("{task.description}"),
-            # One line whatever the terminal's width: cut with an ellipsis, never wrapped.
-            TextColumn(
-                "{task.fields[detail]}", table_column=Column(no_wrap=True, overflow="ellipsis")
-            ),
-            TimeElapsedColumn(),
-            console=console,
-            # The per-feed summary lines replace the display when the pass ends.
-            transient=True,
-        )
+        self._progress = live_progress(console)
         self._tasks: dict[str, TaskID] = {}
         self._current: TaskID | None = None
 
@@ -61,6 +47,5 @@ class PassProgress:
     @contextlib.contextmanager
     def live(self) -> Iterator[ProgressCallback]:
         """Show the display and route log records above it while inside."""
-        handler = log_handler(self._console)
-        with records_through(handler), self._progress:
+        with showing(self._progress):
             yield self.update

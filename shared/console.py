@@ -9,14 +9,19 @@ Off a terminal there is no display and nothing but log lines.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
+
+from shared.logsetup import records_through
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.logging import RichHandler
+    from rich.progress import Progress
 
 #: Variables with which rich may take a stream that is not a tty for a terminal (rich/console.py,
 #: ``Console.is_terminal``).
@@ -55,3 +60,27 @@ def log_handler(console: Console) -> RichHandler:
         rich_tracebacks=False,
         highlighter=NullHighlighter(),
     )
+
+
+def live_progress(console: Console) -> Progress:
+    """Both CLIs' live display: a spinner, the task's label and its ``detail`` field (one line
+    whatever the terminal's width: cut with an ellipsis, never wrapped), and the time elapsed.
+    Transient: the summary lines printed at the end replace it."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Column
+
+    return Progress(
+        SpinnerColumn(finished_text="done"),
+        TextColumn("{task.description}"),
+        TextColumn("{task.fields[detail]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+@contextlib.contextmanager
+def showing(progress: Progress) -> Iterator[None]:
+    """Show ``progress`` and print log records above it while inside."""
+    with records_through(log_handler(progress.console)), progress:
+        yield

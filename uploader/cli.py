@@ -15,19 +15,18 @@ newer than the platform, 3 for a refused ``OPENCTI_TOKEN`` (every file is left p
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from shared.cli import config_option, stop_on_signals
 from shared.console import terminal_console
 from shared.errors import SharedError
 from shared.layout import Spool
@@ -40,7 +39,6 @@ from uploader.claim import InstanceLock, default_instance_id
 from uploader.classify import installed_pycti
 from uploader.cli_settings import (
     EXIT_FAILED,
-    config_option,
     existing_spool,
     settings_and_key,
     uploader_settings_and_key,
@@ -82,24 +80,6 @@ def _pycti_importer_class() -> type[PyctiImporter]:
 
 def _pycti_importer(settings: UploaderSettings, metrics: UploaderMetrics | None = None) -> Importer:
     return _pycti_importer_class()(settings, metrics=metrics)
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set ``stop``: the current files finish, then the command exits."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 class _StopOnConfigError:
@@ -177,7 +157,10 @@ def _run(
     endpoint = None
     try:
         spool.ensure()
-        with InstanceLock(spool, instance) as lock, _stop_on_signals(stop):
+        with (
+            InstanceLock(spool, instance) as lock,
+            stop_on_signals(stop, "stopping after the files in flight"),
+        ):
             endpoint = serve_metrics(settings, metrics.registry)
             importer = factory(settings)
             try:

@@ -24,14 +24,6 @@ _SpoolT = TypeVar("_SpoolT", bound=SpoolSettings)
 #: Exit status of a command that found something wrong (a failed file, a bad file, a skip).
 EXIT_FAILED = 1
 
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="config.yml to read (default: ./config.yml if present). Environment variables win.",
-)
-
 
 def _signing_key(settings: SpoolSettings) -> SigningKey | None:
     try:

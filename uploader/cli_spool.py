@@ -12,10 +12,10 @@ from pathlib import Path
 
 import click
 
+from shared.cli import config_option
 from shared.errors import SharedError
 from uploader.cli_settings import (
     EXIT_FAILED,
-    config_option,
     existing_spool,
     load_spool_settings,
     spool_settings_and_key,

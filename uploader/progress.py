@@ -10,10 +10,8 @@ import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from shared.console import log_handler
-from shared.logsetup import records_through
+from shared.console import live_progress, showing
 from uploader.process import Result
 
 
@@ -32,15 +30,7 @@ class RunProgress:
         self.done = 0
         self.failed = 0
         self.retried = 0
-        self._progress = Progress(
-            SpinnerColumn(finished_text="done"),
-            TextColumn("{task.description}"),
-            TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-            console=console,
-            # The summary printed at the end replaces the display.
-            transient=True,
-        )
+        self._progress = live_progress(console)
         self._task = self._progress.add_task("importing", total=None, detail=self.detail())
 
     def detail(self) -> str:
@@ -67,5 +57,5 @@ class RunProgress:
     @contextlib.contextmanager
     def live(self) -> Iterator[RunProgress]:
         """Show the line and route log records above it while inside."""
-        with records_through(log_handler(self._progress.console)), self._progress:
+        with showing(self._progress):
             yield self
