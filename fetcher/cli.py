@@ -272,7 +272,7 @@ def _read_state(settings: ScheduleSettings) -> list[FeedState]:
     try:
         with open_state(settings.spool_dir, settings.effective_state_dir) as ledger:
             return read_state(ledger, settings.feed_ids)
-    except FetcherError as exc:
+    except (FetcherError, SpoolError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -362,7 +362,7 @@ def reset(
             Ledger(settings.effective_state_dir) as ledger,
         ):
             outcome = reset_feed(ledger, feed_id, since=when, rewrite=rewrite)
-    except FetcherError as exc:
+    except (FetcherError, SpoolError) as exc:
         raise click.ClickException(str(exc)) from None
     if outcome.after == outcome.before:
         # The cursor never moves forward (fetcher.reset): a date after it re-reads nothing.

@@ -17,7 +17,7 @@ from fetcher.settings import FetcherSettings
 from fetcher.status import open_state
 from shared.cli import config_option
 from shared.console import log_handler, terminal_console
-from shared.errors import UnsafeNameError
+from shared.errors import SpoolError, UnsafeNameError
 from shared.layout import check_feed_id
 from shared.logsetup import records_through
 
@@ -72,7 +72,7 @@ def audit_command(load: Callable[[Path | None], FetcherSettings]) -> click.Comma
                     results.append(result)
                     if not as_json:
                         echo(_text(result))
-        except FetcherError as exc:
+        except (FetcherError, SpoolError) as exc:
             raise click.ClickException(str(exc)) from None
         if as_json:
             complete = all(r.complete for r in results)

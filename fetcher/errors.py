@@ -13,12 +13,11 @@ Tree::
     ├── FeedNotSubscribedError   a configured feed the team is not subscribed to, or not active
     ├── LedgerError              the cursor / dedup ledger could not be read or written (``path``)
     │   └── StateBusyError       another fetcher holds the state's lock (``path``: the lock file)
-    ├── NotASpoolError           a read-only command was pointed at a directory that holds no
-    │                            spool or no fetcher state (``path``)
     └── TransferError            ``transfer`` cannot list a file: its bytes do not match its name,
                                  or it cannot be read (``path``, relative to SPOOL_DIR)
 
-Spool failures are :class:`shared.errors.SpoolError` and pass through unchanged.
+Spool failures are :class:`shared.errors.SpoolError` and pass through unchanged, among them
+:class:`shared.errors.NotASpoolError`: a command pointed at no spool or at no fetcher state.
 """
 
 from __future__ import annotations
@@ -105,11 +104,3 @@ class TransferError(FetcherError):
 
 class StateBusyError(LedgerError):
     """Another ctx-fetcher process holds the lock of this state directory (``path``)."""
-
-
-class NotASpoolError(FetcherError):
-    """``path`` is not a spool with fetcher state: a wrong SPOOL_DIR, or the fetcher never ran."""
-
-    def __init__(self, message: str, *, path: Path) -> None:
-        self.path = path
-        super().__init__(message)

@@ -11,11 +11,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fetcher.errors import NotASpoolError
 from fetcher.gaps import GapCounts, ReportGaps
 from fetcher.passes import PassLog, PassRecord, PendingReset
 from fetcher.state import DB_NAME, LISTING_CURSOR, Ledger
-from shared.errors import SpoolError
+from shared.errors import NotASpoolError, SpoolError
 from shared.layout import Spool
 
 if TYPE_CHECKING:
@@ -76,11 +75,11 @@ def open_state(spool_dir: Path, state_dir: Path) -> Ledger:
     try:
         Spool(spool_dir).require()
     except SpoolError as exc:
-        raise NotASpoolError(str(exc), path=spool_dir.absolute()) from None
+        raise NotASpoolError(str(exc), spool_dir.absolute()) from None
     raise NotASpoolError(
         f"no fetcher state at {(state_dir / DB_NAME).absolute()}: the fetcher has not run with "
         "this SPOOL_DIR (or CYBERTHREATEXCHANGE_STATE_DIR)",
-        path=state_dir.absolute(),
+        state_dir.absolute(),
     )
 
 

@@ -28,7 +28,7 @@ from shared.timestamps import now_stix_time
 def open_transfer_state(spool_dir: Path, state_dir: Path) -> Ledger:
     """The fetcher's state at ``state_dir``, for ``transfer`` to read and mark.
 
-    Raises :class:`fetcher.errors.NotASpoolError`, creating nothing, where
+    Raises :class:`shared.errors.NotASpoolError`, creating nothing, where
     :func:`fetcher.status.open_state` refuses: ``spool_dir`` is not a spool, or the fetcher never
     ran with it (a wrong ``CYBERTHREATEXCHANGE_STATE_DIR`` would otherwise list every file as new).
     """
