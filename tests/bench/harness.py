@@ -20,7 +20,8 @@ from typing import Any
 
 from shared.durable import sha256_bytes
 from shared.layout import SpoolName, relative_path
-from tests.standins.opencti import OpenCTIStandIn, _Request
+from tests.standins.opencti import OpenCTIStandIn
+from tests.standins.opencti_graphql import Request as _Request
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from shared.layout import Spool
-from tests.standins.opencti import AmqpConfig, OpenCTIStandIn
+from tests.standins.opencti import OpenCTIStandIn
+from tests.standins.opencti_state import AmqpConfig
 from tests.uploader.conftest import FEED_A, FEED_B, FEED_C, UPLOADER, SpoolFiles, wait_until
 
 pytest_plugins = ["tests.standins.fixtures"]

@@ -11,7 +11,8 @@ from typing import Any
 import pika
 import pytest
 
-from tests.standins.opencti import AmqpConfig, OpenCTIStandIn
+from tests.standins.opencti import OpenCTIStandIn
+from tests.standins.opencti_state import AmqpConfig
 from tests.standins.rabbitmq import RabbitMQNode
 from uploader.chunking import read_bundle
 from uploader.opencti import PyctiImporter

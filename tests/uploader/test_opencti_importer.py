@@ -715,7 +715,7 @@ def test_settings_win_over_pycti_env_variables_and_mq_overrides_stay(
 def test_unreachable_rabbitmq_is_transient(
     pycti_env: None, make_settings: Callable[..., Any]
 ) -> None:
-    from tests.standins.opencti import AmqpConfig
+    from tests.standins.opencti_state import AmqpConfig
     from tests.standins.rabbitmq import free_port
 
     amqp = AmqpConfig(host="127.0.0.1", port=free_port())
