@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fetcher.settings import FetcherSettings
-from shared.config import config_key, describe, load_settings
+from shared.config import CommonSettings, config_key, describe, env_names, load_settings
 from shared.errors import ConfigError
 from shared.logsetup import configure_logging, level_number
 from uploader.settings import UploaderSettings
@@ -69,11 +69,43 @@ def test_secret_never_in_config_error() -> None:
     assert {p.variable for p in info.value.problems} == {"OPENCTI_URL", "CONNECTOR_ID"}
 
 
-def test_bad_yaml_is_a_config_error(tmp_path: Path) -> None:
+def test_the_process_environment_and_config_yml_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in env_names(CommonSettings):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "config.yml").write_text(
+        "spool:\n  dir: from-file\nconnector:\n  log_level: debug\n"
+    )
+    monkeypatch.setenv("SPOOL_DIR", " from-env ")
+    monkeypatch.setenv("CONNECTOR_LOG_LEVEL", "  ")
+
+    settings = load_settings(CommonSettings)
+
+    # Values are stripped; a blank variable counts as unset.
+    assert (settings.spool_dir, settings.log_level) == (Path("from-env"), "debug")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("spool: [unclosed\n", "not valid YAML", id="yaml"),
+        pytest.param("- spool\n", "must be a mapping of sections", id="list"),
+        pytest.param("spool: /data/spool\n", "section must be a mapping", id="section"),
+        pytest.param(None, "cannot read: no such file", id="missing"),
+    ],
+)
+def test_a_bad_config_file_is_a_config_error(
+    tmp_path: Path, text: str | None, message: str
+) -> None:
     cfg = tmp_path / "config.yml"
-    cfg.write_text("spool: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        load_settings(FetcherSettings, cfg, {})
+    if text is not None:
+        cfg.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(FetcherSettings, cfg, {"CYBERTHREATEXCHANGE_API_KEY": "abcd1234"})
+    assert [p.variable for p in info.value.problems] == ["--config"]
+    assert info.value.source == str(cfg)
 
 
 def test_keys_and_docs() -> None:

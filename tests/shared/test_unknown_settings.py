@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from fetcher.settings import FetcherSettings
-from shared.config import PYCTI_NAMES, PYCTI_PREFIXES, config_key, find_unknown, known_names
+from shared.config import CommonSettings, load_settings
+from shared.config.names import PYCTI_NAMES, PYCTI_PREFIXES, config_key, find_unknown, known_names
 from uploader.settings import UploaderSettings
 
 
@@ -69,3 +70,16 @@ def test_unknown_names_get_the_closest_known_one(name: str, closest: str) -> Non
 )
 def test_names_we_or_pycti_read_or_others_own_are_not_reported(name: str) -> None:
     assert find_unknown([name], "environment") == []
+
+
+def test_loading_keeps_the_unknown_names_of_both_sources(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yml"
+    cfg.write_text("spool:\n  dri: /data\nconnector:\n  run_and_terminate: true\n")
+    environ = {"SPOOL_SIGNIN_KEY": "k", "PATH": "/bin", "UPLOADER_POLLING": "true"}
+
+    settings = load_settings(CommonSettings, cfg, environ)
+
+    assert [str(u) for u in settings.unknown_settings] == [
+        f"ignoring spool.dri in {cfg}: no such setting; did you mean spool.dir?",
+        "ignoring environment variable SPOOL_SIGNIN_KEY: no such setting; did you mean SPOOL_SIGNING_KEY?",
+    ]
