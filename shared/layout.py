@@ -254,10 +254,6 @@ class Spool:
         """Where the adoption ledger lives (``.adopt/``, hidden: never walked as a feed)."""
         return self.root / ADOPT_STATE_DIRNAME
 
-    @property
-    def default_fetcher_state(self) -> Path:
-        return self.root / FETCHER_STATE_DIRNAME
-
     def path_in(self, state: str, rel: PurePosixPath | str) -> Path:
         """The path of ``rel`` in ``state``, refusing anything that would leave that directory."""
         rel = PurePosixPath(rel)

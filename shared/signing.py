@@ -26,7 +26,6 @@ MIN_KEY_LENGTH = 32
 SIGNATURE_HEX_LENGTH = 32
 SIGNATURE_RE = re.compile(rf"^[0-9a-f]{{{SIGNATURE_HEX_LENGTH}}}$")
 
-_CHUNK = 1 << 20
 
 
 class SigningKeyError(SharedError):
@@ -92,15 +91,6 @@ class SigningKey:
     def verify_mac_hex(self, mac_hex: str, signature: str) -> bool:
         """True if ``signature`` matches the full hex MAC of a file's bytes (constant time)."""
         return hmac.compare_digest(mac_hex[:SIGNATURE_HEX_LENGTH], signature)
-
-    def sign_file(self, path: Path) -> str:
-        """The signature of a file's bytes, read in chunks (never follows a final symlink)."""
-        mac = self.new_mac()
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-        with os.fdopen(fd, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                mac.update(chunk)
-        return signature_of(mac)
 
 
 def signature_of(mac: hmac.HMAC) -> str:

@@ -44,14 +44,6 @@ def test_verify_accepts_only_the_right_bytes_and_key() -> None:
     assert not key.verify(b"abc", "0" * 32)
 
 
-def test_sign_file_matches_sign(tmp_path: Path) -> None:
-    key = SigningKey.from_secret(KEY)
-    path = tmp_path / "f.json"
-    data = b"x" * (3 * 1024 * 1024 + 7)
-    path.write_bytes(data)
-    assert key.sign_file(path) == key.sign(data)
-
-
 def test_key_file_is_stripped_bytes(tmp_path: Path) -> None:
     path = tmp_path / "key"
     path.write_text(f"  {KEY}\n")
