@@ -27,7 +27,6 @@ SIGNATURE_HEX_LENGTH = 32
 SIGNATURE_RE = re.compile(rf"^[0-9a-f]{{{SIGNATURE_HEX_LENGTH}}}$")
 
 
-
 class SigningKeyError(SharedError):
     """A signing key cannot be used; the message names where it came from, never the key."""
 
