@@ -345,9 +345,9 @@ def test_dockerignore_keeps_the_context_to_what_the_image_runs() -> None:
     for path in (
         "pyproject.toml",
         "README.md",
-        "shared/config.py",
-        "fetcher/cli.py",
-        "uploader/cli.py",
+        "shared/config/__init__.py",
+        "fetcher/__init__.py",
+        "uploader/__init__.py",
     ):
         assert not _dockerignored(path, rules), f"{path} is needed by the build"
 
