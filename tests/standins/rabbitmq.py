@@ -4,7 +4,7 @@ In that protocol pycti publishes each chunk of a bundle to RabbitMQ itself, on t
 ``push_exchange``/``push_routing`` that ``registerConnector`` answered (``send_stix2_bundle`` and
 ``_send_bundle`` in ``pycti/connector/opencti_connector_helper.py``), so only a real broker shows
 what reaches the platform's queue; the stand-in's ``RegisterConnector`` answer
-(``tests.standins.opencti.AmqpConfig``) names this node.
+(``tests.standins.opencti_state.AmqpConfig``) names this node.
 
 :func:`start_node` runs the Debian ``rabbitmq-server`` as the current user with everything in a
 temporary directory: its own node name (``ctxtest-<random>@localhost``), free AMQP, distribution
