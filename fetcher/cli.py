@@ -9,6 +9,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,7 +19,9 @@ from fetcher.cli_audit import audit_command
 from fetcher.client import CTXClient
 from fetcher.errors import FetcherError, LedgerError
 from fetcher.lock import StateLock
-from fetcher.metrics import FetcherMetrics
+from fetcher.metrics import RequestMetrics
+from fetcher.pass_metrics import PassMetrics
+from fetcher.pass_result import FeedResult
 from fetcher.reset import parse_since, reset_feed
 from fetcher.settings import FetcherSettings, ScheduleSettings, SpoolStateSettings
 from fetcher.state import Ledger
@@ -30,7 +33,7 @@ from fetcher.status import (
     read_state,
     render_table,
 )
-from fetcher.sync import FeedResult, run_pass
+from fetcher.sync import run_pass
 from fetcher.transfer import manifest, mark, open_transfer_state, transfer_set
 from shared.cli import config_option, stop_on_signals
 from shared.config import load_settings, warn_unknown_settings
@@ -63,11 +66,20 @@ def _settings_and_key(config_path: Path | None) -> tuple[FetcherSettings, Signin
     return settings, key
 
 
-def _metrics(settings: FetcherSettings) -> FetcherMetrics:
+@dataclass(frozen=True)
+class _Metrics:
+    """The process's metrics: the client's requests and the passes', on one registry."""
+
+    requests: RequestMetrics
+    passes: PassMetrics
+
+
+def _metrics(settings: FetcherSettings) -> _Metrics:
     """The process's metrics, served over HTTP when CONNECTOR_EXPOSE_METRICS is on."""
-    metrics = FetcherMetrics()
+    requests = RequestMetrics()
+    metrics = _Metrics(requests, PassMetrics(requests.registry))
     try:
-        serve_metrics(settings, metrics.registry)
+        serve_metrics(settings, requests.registry)
     except SharedError as exc:
         raise click.ClickException(str(exc)) from None
     return metrics
@@ -100,7 +112,7 @@ def _one_pass(
     settings: FetcherSettings,
     key: SigningKey | None,
     stop: threading.Event | None = None,
-    metrics: FetcherMetrics | None = None,
+    metrics: _Metrics | None = None,
 ) -> list[FeedResult]:
     console = terminal_console()
     display = None
@@ -114,7 +126,7 @@ def _one_pass(
         with (
             display.live() if display is not None else nullcontext(None) as progress,
             Ledger(settings.effective_state_dir) as ledger,
-            CTXClient(settings, metrics) as client,
+            CTXClient(settings, None if metrics is None else metrics.requests) as client,
         ):
             results = run_pass(
                 client,
@@ -127,6 +139,7 @@ def _one_pass(
                 signing_key=key,
                 overlap=settings.overlap,
                 report_grace=settings.report_grace,
+                metrics=None if metrics is None else metrics.passes,
             )
     except (FetcherError, SpoolError) as exc:
         # A failure outside any one feed (the state, the client, the spool): said here, once.

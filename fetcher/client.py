@@ -40,7 +40,7 @@ from fetcher.errors import (
     ForeignHostError,
     MalformedResponseError,
 )
-from fetcher.metrics import FetcherMetrics
+from fetcher.metrics import RequestMetrics
 from fetcher.settings import FetcherSettings
 from shared.layout import check_feed_id
 
@@ -97,7 +97,7 @@ class _CappedRetry(Retry):
     """urllib3's Retry with ``Retry-After`` capped, so a wild header cannot stall a pass for days,
     and each retry it grants counted in the fetcher's metrics."""
 
-    metrics: FetcherMetrics | None = None
+    metrics: RequestMetrics | None = None
 
     def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
         seconds = super().get_retry_after(response)
@@ -125,7 +125,7 @@ class _CappedRetry(Retry):
         return retry
 
 
-def _retry(settings: FetcherSettings, metrics: FetcherMetrics) -> Retry:
+def _retry(settings: FetcherSettings, metrics: RequestMetrics) -> Retry:
     retry = _CappedRetry(
         total=settings.max_retries,
         backoff_factor=settings.backoff_factor,
@@ -166,8 +166,8 @@ class _KeySession(requests.Session):
 class CTXClient:
     """A client of the CTX API for one API key. Thread-safe for concurrent GETs."""
 
-    def __init__(self, settings: FetcherSettings, metrics: FetcherMetrics | None = None) -> None:
-        self.metrics = metrics if metrics is not None else FetcherMetrics()
+    def __init__(self, settings: FetcherSettings, metrics: RequestMetrics | None = None) -> None:
+        self.metrics = metrics if metrics is not None else RequestMetrics()
         self._base = settings.base_url
         self._origin = _origin(self._base)
         self._timeout = (settings.connect_timeout, settings.read_timeout)

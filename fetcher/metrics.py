@@ -1,27 +1,19 @@
-"""The fetcher's Prometheus metrics (served by :func:`shared.metrics.serve_metrics`).
-
-Requests and retries are counted by :mod:`fetcher.client` as they happen; what a feed's pass
-listed and wrote is added when the feed's pass ends (:func:`fetcher.sync.run_pass`), failed or not,
-so the counters always equal what reached the spool.
+"""The fetcher's request metrics (served by :func:`shared.metrics.serve_metrics`): requests to CTX
+and their retries, counted by :mod:`fetcher.client` as they happen. What each feed's pass listed
+and wrote is counted by the pass itself (:mod:`fetcher.pass_metrics`), on the same registry.
 """
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING
-
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter
 
 from shared.metrics import NAMESPACE, new_registry
-
-if TYPE_CHECKING:
-    from fetcher.sync import FeedResult
 
 PREFIX = f"{NAMESPACE}_fetcher_"
 
 
-class FetcherMetrics:
-    """The fetcher's counters and gauges, on one registry (a fresh one unless given)."""
+class RequestMetrics:
+    """Requests to CTX, retries and rate limiting, on ``registry`` (a fresh one unless given)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else new_registry()
@@ -44,30 +36,6 @@ class FetcherMetrics:
             "429 answers from CTX, retried or final.",
             registry=reg,
         )
-        self.records = Counter(
-            PREFIX + "records",
-            "Records read from a feed's objects listing.",
-            ["feed"],
-            registry=reg,
-        )
-        self.files_written = Counter(
-            PREFIX + "files_written",
-            "Files published into the spool, per feed and kind (report or objects bundle).",
-            ["feed", "kind"],
-            registry=reg,
-        )
-        self.passes = Counter(
-            PREFIX + "feed_passes",
-            "Passes over a feed, by result (ok or failed).",
-            ["feed", "result"],
-            registry=reg,
-        )
-        self.last_success = Gauge(
-            PREFIX + "last_success_timestamp_seconds",
-            "Unix time at which a pass over the feed last ended without error.",
-            ["feed"],
-            registry=reg,
-        )
 
     def answered(self, status: int | None) -> None:
         """A request ended: ``status`` of the final answer, or None when no answer came."""
@@ -80,13 +48,3 @@ class FetcherMetrics:
         self.retries.labels(reason="error" if status is None else str(status)).inc()
         if status == 429:
             self.rate_limited.inc()
-
-    def feed_done(self, result: FeedResult) -> None:
-        """Add one feed's pass: what it read and wrote, and when it last succeeded."""
-        feed = result.feed_id
-        self.records.labels(feed=feed).inc(result.records_listed)
-        self.files_written.labels(feed=feed, kind="report").inc(result.reports_written)
-        self.files_written.labels(feed=feed, kind="objects").inc(result.objects_files_written)
-        self.passes.labels(feed=feed, result="ok" if result.ok else "failed").inc()
-        if result.ok:
-            self.last_success.labels(feed=feed).set(time.time())

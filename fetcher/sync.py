@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 from fetcher.answers import Subscription
@@ -31,6 +29,8 @@ from fetcher.client import CTXClient
 from fetcher.errors import FeedNotSubscribedError, FetcherError
 from fetcher.gaps import ReportGaps
 from fetcher.mirror import Mirror
+from fetcher.pass_metrics import PassMetrics
+from fetcher.pass_result import FeedResult, Progress
 from fetcher.passes import PassLog
 from fetcher.reset import redeliver
 from fetcher.segments import ListingReader
@@ -55,56 +55,6 @@ DEFAULT_REPORT_GRACE = timedelta(
 )
 #: Pages read ahead of the one being applied (100 objects each at most: a few MB).
 READ_AHEAD_PAGES = 16
-
-
-@dataclass
-class FeedResult:
-    """What one pass did for one feed; ``error`` is set when the feed failed."""
-
-    feed_id: str
-    records_listed: int = 0
-    records_kept: int = 0
-    artefacts_dropped: int = 0
-    reports_written: int = 0
-    reports_unchanged: int = 0
-    objects_files_written: int = 0
-    objects_written: int = 0
-    reports_waiting: int = 0
-    reports_incomplete: int = 0
-    error: FetcherError | SpoolError | None = field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def files_written(self) -> int:
-        return self.reports_written + self.objects_files_written
-
-    def take(self, counts: Counts) -> None:
-        self.reports_written = counts.reports_written
-        self.reports_unchanged = counts.reports_unchanged
-        self.objects_files_written = counts.objects_files_written
-        self.objects_written = counts.objects_written
-        self.reports_waiting = counts.reports_waiting
-        self.reports_incomplete = counts.reports_incomplete
-
-    def summary(self) -> str:
-        text = (
-            f"records listed {self.records_listed} ({self.records_kept} new versions), "
-            f"reports written {self.reports_written}, unchanged {self.reports_unchanged}, "
-            f"objects bundles written {self.objects_files_written} "
-            f"({self.objects_written} objects)"
-        )
-        if self.reports_waiting:
-            text += f", reports waiting for objects they name {self.reports_waiting}"
-        if self.reports_incomplete:
-            text += f", written without some {self.reports_incomplete}"
-        # The error itself is logged once, where the feed failed (run_pass); not repeated here.
-        return text if self.ok else f"FAILED ({text})"
-
-
-Progress = Callable[[FeedResult], None]
 
 
 class FeedSync:
@@ -239,6 +189,7 @@ def run_pass(
     signing_key: SigningKey | None = None,
     overlap: timedelta = DEFAULT_OVERLAP,
     report_grace: timedelta = DEFAULT_REPORT_GRACE,
+    metrics: PassMetrics | None = None,
 ) -> list[FeedResult]:
     """One pass over every configured feed; each feed's failure stays that feed's.
 
@@ -260,6 +211,7 @@ def run_pass(
             signing_key=signing_key,
             overlap=overlap,
             report_grace=report_grace,
+            metrics=metrics,
         )
 
 
@@ -276,6 +228,7 @@ def _run_feeds(
     signing_key: SigningKey | None,
     overlap: timedelta,
     report_grace: timedelta,
+    metrics: PassMetrics | None,
 ) -> list[FeedResult]:
     try:
         subscriptions: dict[str, Subscription] | None = {
@@ -322,7 +275,8 @@ def _run_feeds(
                     overlap=overlap,
                     report_grace=report_grace,
                 ).run()
-        client.metrics.feed_done(result)
+        if metrics is not None:
+            metrics.feed_done(result)
         log.finished(
             feed_id,
             now_stix_time(),
