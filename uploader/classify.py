@@ -1,44 +1,42 @@
-"""pycti's failures, and the errors a platform reports on a work, for the uploader's error tree.
+"""pycti's failures sorted into the uploader's error tree: by type where pycti raises types, by
+the platform's error code where it keeps one, and by :data:`PATTERNS` where only text is left.
 
-pycti raises what ``OpenCTIApiClient.query`` (``pycti/api/opencti_api_client.py``) gives it:
-``requests`` exceptions for the transport (transient: the platform is not reachable),
-``ValueError({name, error_message, ...})`` for a GraphQL error in an HTTP 200 answer, whose
-``name`` (pycti 7: the error's ``extensions.code``; pycti 6.5: the message when the platform sends
-no top-level name) or message decides, and ``ValueError(body)`` for an answer other than HTTP 200,
-which keeps no status code. Such a body that is GraphQL's own error answer (Apollo answers a
-document its schema refuses with HTTP 400 and ``extensions.code`` ``GRAPHQL_VALIDATION_FAILED``)
-is read as one; any other body decides by its text (413 "request entity too large" is permanent,
-401/403 pages refuse the token, anything else transient, and said to be often the address's
-fault). pika's errors (the ``amqp`` protocol) are transient. What is not recognised is transient:
-a file is never failed for a reason not understood.
+What ``OpenCTIApiClient.query`` (``pycti/api/opencti_api_client.py``) raises, in every pycti
+checked (6.5.10, 6.8.17, 6.9.29, 7.261026.0):
 
-Two answers stop the command instead of a retry (:class:`PlatformConfigError`): the platform
-refusing the token or the token's user (``AUTH_ERRORS`` in opencti-graphql
-``src/config/errors.js``: ``AUTH_REQUIRED``, ``AUTH_FAILURE``, ``FORBIDDEN_ACCESS`` "You are not
-allowed to do this." for a user without the CONNECTORAPI capability, ...), and a document the
-platform's schema refuses, which only a pycti newer than the platform sends.
+* ``requests`` exceptions from its session (transient: the platform is not reachable);
+* ``ValueError({name, error_message, ...})`` for a GraphQL error in an HTTP 200 answer, whose
+  ``name`` is the error's code (pycti 7: ``extensions.code`` when the platform sends no top-level
+  name; pycti 6.5: the message then);
+* ``ValueError(body)`` for an answer other than HTTP 200, which keeps no status code. A body that
+  is GraphQL's own error answer (Apollo answers a document its schema refuses with HTTP 400 and
+  ``extensions.code`` ``GRAPHQL_VALIDATION_FAILED``) is read as one; any other body (a proxy's
+  page: 413, 401/403, 502...) decides by :data:`PATTERNS`.
+
+pika's errors (the ``amqp`` protocol: ``send_stix2_bundle`` connects and publishes with pika) are
+transient. What is not recognised is transient: a file is never failed for a reason not
+understood. Two answers stop the command instead of a retry (:class:`PlatformConfigError`): the
+platform refusing the token or its user (``AUTH_ERRORS`` in opencti-graphql
+``src/config/errors.js``), and a document its schema refuses, which only a pycti newer than the
+platform sends.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-from typing import Any
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import requests
+from pika.exceptions import AMQPError
 
 from uploader.backpressure import QueuePaused
-from uploader.errors import (
-    ImportFailure,
-    PermanentImportError,
-    PlatformAuthError,
-    PyctiMismatchError,
-    TransientImportError,
-)
+from uploader.errors import ImportFailure, PermanentImportError, TransientImportError
+from uploader.refusals import auth_refusal, mismatch
 
-# The platform's error codes (opencti-graphql src/config/errors.js), as pycti 7 reports them in
-# ``name``; pycti 6.5 reports the message there when the error has no top-level name. The auth
-# codes are that file's ``AUTH_ERRORS``.
+# The platform's error codes (opencti-graphql src/config/errors.js), as pycti reports them in
+# ``name``. The auth codes are that file's ``AUTH_ERRORS``.
 _AUTH_CODES = frozenset(
     {
         "AUTH_REQUIRED",
@@ -53,46 +51,75 @@ _AUTH_CODES = frozenset(
 # @apollo/server); BAD_USER_INPUT only with a message of GraphQL's variable coercion (an input
 # field the platform's input type does not have), never a resolver's own refusal.
 _SCHEMA_CODES = frozenset({"GRAPHQL_VALIDATION_FAILED", "GRAPHQL_PARSE_FAILED"})
-_SCHEMA_MARKERS = (
-    "cannot query field",
-    "unknown argument",
-    "is not defined by type",
-    "unknown type",
-)
 _TRANSIENT_CODES = frozenset({"LOCK_ERROR", "DATABASE_ERROR", "ENGINE_ERROR", "TIMEOUT_ERROR"})
 _PERMANENT_CODES = frozenset({"UNSUPPORTED_ERROR", "FUNCTIONAL_ERROR", "VALIDATION_ERROR"})
 
-# Text fragments, for what pycti passes on as text only (checked in this order; first match wins).
-# Auth comes first: "Invalid connector" is wrapped by the platform in "Invalid bundle".
-_AUTH_MARKERS = (
-    "you must be logged in",
-    "auth_required",
-    "authrequired",
-    "you are not allowed",
-    "forbidden",
-    "unauthorized",
-    "authorization required",
-    "a token must be set",
+Verdict = Literal["schema", "auth", "forgotten", "too-large", "transient", "permanent"]
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One text pycti passes on: ``verdict`` when ``regex`` matches; ``raised_by`` is where pycti
+    raises it, ``text_from`` who writes the text."""
+
+    verdict: Verdict
+    regex: re.Pattern[str]
+    raised_by: str
+    text_from: str
+
+
+# Where pycti raises a text (the same lines in pycti 6.5.10, 6.8.17, 6.9.29 and 7.261026.0).
+_ERROR = "pycti/api/opencti_api_client.py, query(): raise ValueError(value_error)"
+_BODY = "pycti/api/opencti_api_client.py, query(): raise ValueError(r.text)"
+_INIT = "pycti/api/opencti_api_client.py, OpenCTIApiClient.__init__()"
+_SEND = "pycti/connector/opencti_connector_helper.py, send_stix2_bundle()"
+
+
+def _row(verdict: Verdict, pattern: str, raised_by: str, text_from: str) -> Pattern:
+    return Pattern(verdict, re.compile(pattern, re.IGNORECASE), raised_by, text_from)
+
+
+#: Every text the uploader reads, first match wins: "Invalid connector" is wrapped by the
+#: platform in "Invalid bundle", so "forgotten" comes before "permanent".
+PATTERNS: tuple[Pattern, ...] = (
+    _row("schema", r"\bcannot query field\b", _ERROR, "graphql-js FieldsOnCorrectTypeRule"),
+    _row("schema", r"\bunknown argument\b", _ERROR, "graphql-js KnownArgumentNamesRule"),
+    _row("schema", r"\bis not defined by type\b", _ERROR, "graphql-js coerceInputValue"),
+    _row("schema", r"\bunknown type\b", _ERROR, "graphql-js KnownTypeNamesRule"),
+    _row("forgotten", r"\binvalid connector\b", _ERROR, "opencti-graphql sendStixBundle"),
+    _row("forgotten", r"\bno connector found\b", _ERROR, "opencti-graphql pingConnector"),
+    _row("auth", r"\byou must be logged in\b", _ERROR, "opencti-graphql AuthRequired"),
+    _row("auth", r"\bauth_?required\b", _ERROR, "opencti-graphql AUTH_REQUIRED"),
+    _row("auth", r"\byou are not allowed\b", _ERROR, "opencti-graphql ForbiddenAccess"),
+    _row("auth", r"\bforbidden(_access)?\b", _BODY, "a proxy's 403 page, FORBIDDEN_ACCESS"),
+    _row("auth", r"\bunauthori[sz]ed\b", _BODY, "a proxy's 401 page"),
+    _row("auth", r"\bauthorization required\b", _BODY, "nginx's 401 page"),
+    _row("auth", r"\ba token must be set\b", _INIT, 'raise ValueError("A TOKEN must be set")'),
+    _row(
+        "too-large",
+        r"\b(request entity too large|PayloadTooLargeError)\b",
+        _BODY,
+        "the platform's 413 (express body-parser's PayloadTooLargeError)",
+    ),
+    _row("transient", r"\bnot reachable\b", _INIT, "OpenCTI API is not reachable"),
+    _row("transient", r"\b(timeout|timed out)\b", _BODY, "504 pages, LockTimeoutError"),
+    _row("transient", r"\btoo many requests\b", _BODY, "a 429 page"),
+    _row("transient", r"\block(_error)?\b", _ERROR, "opencti-graphql LOCK_ERROR"),
+    _row("transient", r"\bdatabase(_error)?\b", _ERROR, "opencti-graphql DATABASE_ERROR"),
+    _row("transient", r"\bbad gateway\b", _BODY, "a 502 page"),
+    _row("transient", r"\bservice (temporarily )?unavailable\b", _BODY, "a 503 page"),
+    _row("permanent", r"\binvalid (stix )?bundle\b", _ERROR, "opencti-graphql sendStixBundle"),
+    _row("permanent", r"\bnothing to import\b", _SEND, 'raise ValueError("Nothing to import")'),
+    _row("permanent", r"\btoo large\b", _ERROR, "a platform refusing a bundle's size"),
 )
-_TRANSIENT_MARKERS = (
-    "not reachable",
-    "starting",
-    "timeout",
-    "timed out",
-    "too many requests",
-    "lock",
-    "database",
-    "bad gateway",
-    "service unavailable",
-    "temporarily",
-)
-_PERMANENT_MARKERS = (
-    "invalid bundle",
-    "invalid stix bundle",
-    "nothing to import",
-    "too large",
-    "payloadtoolarge",
-)
+
+
+def verdict(text: str, among: frozenset[Verdict] | None = None) -> Verdict | None:
+    """The verdict of the first row of :data:`PATTERNS` (of ``among``) that matches ``text``."""
+    for row in PATTERNS:
+        if (among is None or row.verdict in among) and row.regex.search(text):
+            return row.verdict
+    return None
 
 
 def classify(exc: BaseException, work_id: str | None, token: str) -> ImportFailure:
@@ -104,9 +131,9 @@ def classify(exc: BaseException, work_id: str | None, token: str) -> ImportFailu
     if isinstance(exc, QueuePaused):
         return TransientImportError(str(exc), work_id=work_id)
     text = redact(describe(exc), token)
-    if unreachable(exc) or isinstance(exc, requests.RequestException):
+    if isinstance(exc, requests.RequestException):
         return TransientImportError(f"OpenCTI not reachable: {text}", work_id=work_id)
-    if type(exc).__module__.startswith("pika"):
+    if isinstance(exc, AMQPError):
         return TransientImportError(f"RabbitMQ push failed: {text}", work_id=work_id)
     error = _graphql_error_of(exc)
     if error is not None:
@@ -118,24 +145,34 @@ def classify(exc: BaseException, work_id: str | None, token: str) -> ImportFailu
             return auth_refusal(code, message, work_id=work_id)
         if code in _TRANSIENT_CODES:
             return TransientImportError(f"OpenCTI is not ready: {text}", work_id=work_id)
-        if code in _PERMANENT_CODES and "invalid connector" not in text.lower():
+        if code in _PERMANENT_CODES and verdict(text, _FORGOTTEN) is None:
             return PermanentImportError(f"OpenCTI refused the bundle: {text}", work_id=work_id)
-    lowered = text.lower()
-    if "invalid connector" in lowered:
-        # The platform's cause of an "Invalid bundle" for a connector it does not know
-        # (sendStixBundle, src/domain/stix.js): registered again by uploader.opencti, not final.
+    return _by_text(exc, text, work_id)
+
+
+_FORGOTTEN: frozenset[Verdict] = frozenset({"forgotten"})
+_SCHEMA: frozenset[Verdict] = frozenset({"schema"})
+_NOT_SCHEMA: frozenset[Verdict] = frozenset(
+    {"auth", "forgotten", "too-large", "transient", "permanent"}
+)
+
+
+def _by_text(exc: BaseException, text: str, work_id: str | None) -> ImportFailure:
+    found = verdict(text, _NOT_SCHEMA)
+    if found == "forgotten":
+        # registered again by uploader.opencti, so not final
         return TransientImportError(f"OpenCTI does not know the connector: {text}", work_id=work_id)
-    if _matches(lowered, _AUTH_MARKERS):
+    if found == "auth":
         return auth_refusal("", text[:300], work_id=work_id)
-    if "request entity too large" in lowered:
+    if found == "too-large":
         return PermanentImportError(
             f"OpenCTI refused the push as too large ({text[:300]}); lower "
             "UPLOADER_MAX_PUSH_BYTES to the platform's APP__MAX_PAYLOAD_BODY_SIZE and replay",
             work_id=work_id,
         )
-    if _matches(lowered, _TRANSIENT_MARKERS):
+    if found == "transient":
         return TransientImportError(f"OpenCTI is not ready: {text}", work_id=work_id)
-    if _matches(lowered, _PERMANENT_MARKERS):
+    if found == "permanent":
         return PermanentImportError(f"OpenCTI refused the bundle: {text}", work_id=work_id)
     if isinstance(exc, ValueError) and exc.args and isinstance(exc.args[0], str):
         # pycti's ValueError(body) of an answer other than HTTP 200 (a proxy's or load
@@ -148,76 +185,6 @@ def classify(exc: BaseException, work_id: str | None, token: str) -> ImportFailu
     # Unknown: keep the file pending rather than risk failing good data (a transient failure
     # is retried; a permanent one sends the file to failed/ for good).
     return TransientImportError(f"OpenCTI import failed: {text[:500]}", work_id=work_id)
-
-
-def auth_refusal(code: str, message: str, *, work_id: str | None = None) -> PlatformAuthError:
-    """The one line for a refused token, or a token whose user may not act as a connector."""
-    said = " ".join(p for p in (code, message) if p) or "refused"
-    if code == "FORBIDDEN_ACCESS" or "not allowed" in message.lower():
-        # registerConnector, workAdd and stixBundlePush need the CONNECTORAPI capability
-        # (@auth(for: [CONNECTORAPI]) in opencti-graphql config/schema/opencti.graphql).
-        return PlatformAuthError(
-            f"OpenCTI refused the user of OPENCTI_TOKEN ({said}): give that user the "
-            'CONNECTORAPI capability (a role with "Connectors API usage"), or set '
-            "OPENCTI_TOKEN to the token of a user that has it",
-            work_id=work_id,
-        )
-    return PlatformAuthError(
-        f"OpenCTI refused OPENCTI_TOKEN ({said}): set OPENCTI_TOKEN to the API token of the "
-        "connector's OpenCTI user",
-        work_id=work_id,
-    )
-
-
-def installed_pycti() -> str:
-    """The installed pycti's version (its distribution metadata; pycti itself is not imported)."""
-    try:
-        return importlib.metadata.version("pycti")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def pycti_install(platform_version: str) -> str | None:
-    """The pip command that installs the pycti of ``platform_version`` (README, "Matching pycti
-    to the platform": pycti carries its platform's major.minor; 7.x minors are dates)."""
-    parts = platform_version.split(".")
-    if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
-        return None
-    return f"pip install 'pycti=={parts[0]}.{parts[1]}.*'"
-
-
-def mismatch(
-    platform_version: str | None, detail: str = "", *, url: str = "", work_id: str | None = None
-) -> PyctiMismatchError:
-    """The one line for a pycti that does not fit the platform: both versions, the command.
-
-    ``detail`` is the platform's refusal of a request (its schema has no such field), when that
-    is how the mismatch showed; without it, the versions alone told.
-    """
-    pycti_version = installed_pycti()
-    where = f" at {url}" if url else ""
-    platform = f"OpenCTI {platform_version or '(version unknown)'}{where}"
-    install = pycti_install(platform_version) if platform_version else None
-    if detail:
-        why = (
-            f"pycti {pycti_version} does not fit {platform}: its schema refused pycti's "
-            f"request ({detail[:200]})"
-        )
-    else:
-        why = f"pycti {pycti_version} is newer than {platform} and cannot work with it"
-    remedy = (
-        f"install the matching pycti: {install}"
-        if install
-        else "install the pycti of the platform's version: pip install 'pycti==<major>.<minor>.*'"
-    )
-    return PyctiMismatchError(
-        f"{why}; {remedy}",
-        pycti_version=pycti_version,
-        platform_version=platform_version,
-        install=install,
-        detail=detail,
-        work_id=work_id,
-    )
 
 
 def _graphql_error_of(exc: BaseException) -> dict[str, Any] | None:
@@ -248,7 +215,7 @@ def _refuses_schema(code: str, message: str) -> bool:
         return True
     # pycti 6.5 puts the message in ``name`` when the error has no top-level name.
     loose = code in ("BAD_USER_INPUT", "", message.upper())
-    return loose and _matches(message.lower(), _SCHEMA_MARKERS)
+    return loose and verdict(message, _SCHEMA) is not None
 
 
 def recognised(exc: BaseException) -> bool:
@@ -271,18 +238,11 @@ def names_unknown_connector(exc: BaseException) -> bool:
     (``sendStixBundle``, opencti-graphql ``src/domain/stix.js``); ``pingConnector``: "No connector
     found with the specified ID" (``src/domain/connector.js``).
     """
-    if not graphql_error(exc):
-        return False
-    text = describe(exc).lower()
-    return "invalid connector" in text or "no connector found" in text
+    return graphql_error(exc) and verdict(describe(exc), _FORGOTTEN) is not None
 
 
 def redact(text: str, token: str) -> str:
     return text.replace(token, "***") if token else text
-
-
-def _matches(text: str, markers: tuple[str, ...]) -> bool:
-    return any(marker in text for marker in markers)
 
 
 def describe(exc: BaseException) -> str:
@@ -299,26 +259,5 @@ def describe(exc: BaseException) -> str:
 
 
 def unreachable(exc: BaseException) -> bool:
+    """Whether pycti's session could not reach the platform (no answer at all)."""
     return isinstance(exc, requests.ConnectionError | requests.Timeout)
-
-
-def work_errors(work: dict[str, Any]) -> tuple[dict[str, Any], ...]:
-    """The errors the platform's workers reported on a completed work (``work.errors``)."""
-    return tuple(_work_error(error) for error in work.get("errors") or [])
-
-
-def _work_error(error: Any) -> dict[str, Any]:
-    """One entry of ``work.errors`` (the platform's ``WorkMessage``: timestamp, message, source)."""
-    if not isinstance(error, dict):
-        return {"timestamp": None, "message": str(error), "source": None}
-    return {key: error.get(key) for key in ("timestamp", "message", "source")}
-
-
-def errors_text(errors: tuple[dict[str, Any], ...]) -> str:
-    lines = [f"OpenCTI completed the work with {len(errors)} error(s):"]
-    for error in errors[:20]:
-        source = str(error.get("source") or "")
-        lines.append(f"{error.get('message')} (source: {source[:300] or 'not given'})")
-    if len(errors) > 20:
-        lines.append(f"... and {len(errors) - 20} more (platform_errors lists them all)")
-    return "\n".join(lines)

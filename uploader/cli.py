@@ -36,7 +36,6 @@ from uploader.adopt_ledger import AdoptLedger
 from uploader.adopt_watch import DropFolder
 from uploader.chunking import Bundle
 from uploader.claim import InstanceLock, default_instance_id
-from uploader.classify import installed_pycti
 from uploader.cli_settings import (
     EXIT_FAILED,
     existing_spool,
@@ -52,6 +51,7 @@ from uploader.origin import Origin
 from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
 from uploader.process import Result
 from uploader.progress import RunProgress
+from uploader.refusals import installed_pycti
 from uploader.settings import AdoptSettings, HealthSettings, UploaderSettings
 
 if TYPE_CHECKING:

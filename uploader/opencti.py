@@ -63,12 +63,10 @@ from uploader.chunking import Bundle
 from uploader.classify import (
     classify,
     describe,
-    errors_text,
     graphql_error,
     names_unknown_connector,
     redact,
     unreachable,
-    work_errors,
 )
 from uploader.errors import (
     ImportFailure,
@@ -81,6 +79,7 @@ from uploader.origin import Origin
 from uploader.registration import create_helper
 from uploader.settings import UploaderSettings
 from uploader.sources import SourceConnectors
+from uploader.works import errors_text, work_errors
 
 if TYPE_CHECKING:
     from uploader.metrics import UploaderMetrics

@@ -30,7 +30,7 @@ from typing import Any
 
 from pycti import OpenCTIApiClient, OpenCTIConnector, OpenCTIConnectorHelper
 
-from uploader.classify import classify, installed_pycti, mismatch
+from uploader.classify import classify
 from uploader.errors import (
     ImportFailure,
     PermanentImportError,
@@ -40,6 +40,7 @@ from uploader.errors import (
 )
 from uploader.origin import SourceConnector
 from uploader.pycti_build import pycti_construction
+from uploader.refusals import installed_pycti, mismatch
 from uploader.settings import UploaderSettings
 
 logger = logging.getLogger(__name__)

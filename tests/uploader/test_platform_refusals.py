@@ -20,9 +20,15 @@ from shared.layout import Spool, walk_bundles
 from tests.standins.opencti import STANDIN_TOKEN, OpenCTIStandIn
 from tests.standins.opencti_schema import RELEASE_VERSIONS, release_for_pycti
 from tests.uploader.conftest import UPLOADER, SpoolFiles, invoke
-from uploader.classify import classify, mismatch, pycti_install
+from uploader.classify import PATTERNS, classify, verdict
 from uploader.cli import EXIT_CONFIG, EXIT_PENDING
-from uploader.errors import PlatformAuthError, PyctiMismatchError, TransientImportError
+from uploader.errors import (
+    PermanentImportError,
+    PlatformAuthError,
+    PyctiMismatchError,
+    TransientImportError,
+)
+from uploader.refusals import mismatch, pycti_install
 from uploader.registration import pycti_too_new
 
 pytest_plugins = ["tests.standins.fixtures"]
@@ -333,3 +339,43 @@ def test_install_commands() -> None:
 def test_classify_config_refusals(raised: Exception, kind: type[Exception]) -> None:
     failure = classify(raised, None, "tok-en-1234")
     assert type(failure) is kind, failure
+
+
+@pytest.mark.parametrize(
+    ("raised", "kind"),
+    [
+        pytest.param(
+            ValueError({"name": "", "error_message": "Invalid bundle: blockchain wallet report"}),
+            PermanentImportError,
+            id="blockchain-is-no-lock",
+        ),
+        pytest.param(
+            ValueError({"name": "", "error_message": "Invalid bundle: unlocked mutex report"}),
+            PermanentImportError,
+            id="unlocked-is-no-lock",
+        ),
+        pytest.param(
+            ValueError({"name": "", "error_message": "Invalid bundle: Lock timeout"}),
+            TransientImportError,
+            id="a-lock-is-one",
+        ),
+        pytest.param(
+            ValueError("<html><title>403 Forbiddenness test</title></html>"),
+            TransientImportError,
+            id="a-word-that-starts-like-forbidden-is-not-an-auth-refusal",
+        ),
+    ],
+)
+def test_patterns_match_whole_words(raised: Exception, kind: type[Exception]) -> None:
+    failure = classify(raised, None, "tok-en-1234")
+    assert type(failure) is kind, failure
+
+
+def test_a_message_merely_containing_block_is_not_a_lock_error() -> None:
+    assert verdict("blockchain") is None
+    assert verdict("Lock timeout") == "transient"
+
+
+def test_every_pattern_names_the_pycti_function_that_raises_its_text() -> None:
+    for row in PATTERNS:
+        assert row.raised_by.startswith("pycti/") and "()" in row.raised_by, row
