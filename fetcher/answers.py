@@ -31,7 +31,6 @@ class Page:
     style: Style
     next: str | None = None
     page_number: int | None = None
-    page_size: int | None = None
     total: int | None = None
 
     def ends_numbered(self, read: int) -> bool:
@@ -88,7 +87,7 @@ def parse_page(body: JSONDict, *, path: str, feed_id: str | None = None) -> Page
     Cursor style: ``{objects, next, count}`` (arango_helpers.py ``get_objects``); page-number
     style: ``{page_size, page_number, page_results_count, total_results_count, objects}`` (the
     older ``get_paginated_response``). Objects are checked one by one where they are kept
-    (:meth:`fetcher.mirror.Mirror.apply`), so one bad record cannot stop a feed.
+    (:meth:`fetcher.mirror.Mirror.apply_pages`), so one bad record cannot stop a feed.
     """
     objects = body.get("objects")
     if objects is None and ("next" in body or "page_number" in body):
@@ -108,7 +107,6 @@ def parse_page(body: JSONDict, *, path: str, feed_id: str | None = None) -> Page
             objects=objects,
             style="page",
             page_number=int_or_none(body.get("page_number")),
-            page_size=int_or_none(body.get("page_size")),
             total=int_or_none(body.get("total_results_count")),
         )
     raise MalformedResponseError(

@@ -51,7 +51,6 @@ class Counts:
     reports_unchanged: int = 0
     objects_files_written: int = 0
     objects_written: int = 0
-    missing_refs: int = 0
     #: Reports not written because they wait for objects they name.
     reports_waiting: int = 0
     #: Reports written without some objects they name (their grace ran out).
@@ -143,7 +142,6 @@ class Assembler:
             self._wait(built)
             return
         if built.missing:
-            self.counts.missing_refs += built.missing
             logger.debug(
                 "report refers to objects the feed does not hold",
                 extra={

@@ -26,7 +26,6 @@ from fetcher.answers import (
     JSONDict,
     Page,
     Subscription,
-    check_object,
     int_or_none,
     parse_page,
     parse_subscription,
@@ -34,7 +33,6 @@ from fetcher.answers import (
 from fetcher.errors import (
     CTXAuthError,
     CTXConnectionError,
-    CTXError,
     CTXHTTPError,
     CTXNotFoundError,
     ForeignHostError,
@@ -281,7 +279,6 @@ class CTXClient:
                 objects=results,
                 style="page",
                 page_number=int_or_none(body.get("page_number")),
-                page_size=int_or_none(body.get("page_size")),
                 total=int_or_none(body.get("total_results_count")),
             )
             read += len(results)
@@ -295,15 +292,3 @@ class CTXClient:
         path = f"v1/feeds/{feed_id}/objects/"
         body = self.get_json(path, params, feed_id=feed_id)
         return parse_page(body, path=path, feed_id=feed_id)
-
-
-__all__ = [
-    "OBJECTS_PAGE_SIZE",
-    "CTXClient",
-    "CTXError",
-    "Page",
-    "RateLimiter",
-    "Subscription",
-    "check_object",
-    "parse_page",
-]

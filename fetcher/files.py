@@ -211,7 +211,7 @@ class FileWriter:
         to ``folders``, to be fsynced by the caller)."""
         builder = BundleBuilder()
         for item in group.kept:
-            builder.add_canonical(item.data, item.object_id, item.sha256)
+            builder.add_canonical(item.data, item.object_id)
         pieces = builder.chunks()
         digest = hashlib.sha256()
         mac = None if self.signing_key is None else self.signing_key.new_mac()

@@ -91,8 +91,6 @@ class Applied:
     """What applying one page changed."""
 
     changed: int = 0
-    artefacts: int = 0
-    rejected: int = 0
     #: Ids the mirror did not hold before.
     new_ids: list[str] = field(default_factory=list)
 
@@ -127,12 +125,9 @@ class Mirror:
         if create:
             ledger.executescript(SCHEMA)
 
-    def apply(self, feed_id: str, objects: Iterable[JSONDict], served: str) -> Applied:
-        """Keep each object whose version is newer than the one kept (inside the ledger's batch)."""
-        return self.apply_pages(feed_id, [(objects, served)])
-
     def apply_pages(self, feed_id: str, pages: Iterable[tuple[Iterable[JSONDict], str]]) -> Applied:
-        """:meth:`apply` for several pages at once, compared with each other before the mirror.
+        """Keep each object whose version is newer than the one kept (inside the ledger's batch),
+        the objects of all ``pages`` compared with each other before the mirror.
 
         Each page comes with where the listing served it (:attr:`fetcher.walk.Step.served`);
         with its place on the page that orders versions ``modified`` cannot tell apart
@@ -149,12 +144,10 @@ class Mirror:
                 except MalformedResponseError as exc:
                     # One bad record must not stop the feed: it is left out, said once, and the
                     # listing goes on past it.
-                    result.rejected += 1
                     logger.error("record left out: %s", exc, extra={"feed_id": feed_id})
                     continue
                 obj = _clean(raw)
                 if is_storage_artefact(obj):
-                    result.artefacts += 1
                     continue
                 data = canonical_json(obj)
                 sha = sha256_bytes(data)

@@ -17,7 +17,6 @@ class FeedResult:
     feed_id: str
     records_listed: int = 0
     records_kept: int = 0
-    artefacts_dropped: int = 0
     reports_written: int = 0
     reports_unchanged: int = 0
     objects_files_written: int = 0

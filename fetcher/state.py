@@ -24,7 +24,7 @@ a state file of an older fetcher is brought up to date when it is opened for wri
 open (``Ledger(..., read_only=True)``) of an older file sees no pass records rather than failing.
 
 Entries are recorded only after the file is published: a crash in between makes the next pass
-publish the same content-addressed name again, which :func:`shared.durable.publish_bytes` turns
+publish the same content-addressed name again, which :func:`shared.durable.publish_staged` turns
 into a no-op.
 """
 
@@ -255,14 +255,9 @@ class Ledger:
             ]
         )
 
-    def report_sha(self, feed_id: str, report_id: str) -> str | None:
-        rows = self._query(
-            "SELECT sha256 FROM reports WHERE feed_id = ? AND report_id = ?", (feed_id, report_id)
-        )
-        return str(rows[0][0]) if rows else None
-
     def report_shas(self, feed_id: str, report_ids: list[str]) -> dict[str, str]:
-        """:meth:`report_sha` of several reports (those with no file recorded are left out)."""
+        """The sha256 of the file last written for each of these reports (those with none are left
+        out)."""
         rows = self._query(
             "SELECT report_id, sha256 FROM reports WHERE feed_id = ? "
             "AND report_id IN (SELECT value FROM json_each(?))",
@@ -305,9 +300,6 @@ class Ledger:
         """Every saved cursor, by ``(feed_id, name)``."""
         rows = self._query("SELECT feed_id, name, value FROM cursors", ())
         return {(str(feed), str(name)): str(value) for feed, name, value in rows}
-
-    def delete_cursor(self, feed_id: str, name: str) -> None:
-        self._write([("DELETE FROM cursors WHERE feed_id = ? AND name = ?", (feed_id, name))])
 
     def forget_reports(self, feed_id: str, report_ids: list[str]) -> None:
         """Drop the dedup entries of these reports: their next file is written even if unchanged."""

@@ -138,7 +138,6 @@ class FeedSync:
                             rewrite=reset.rewrite,
                         )
                     self.result.records_kept += applied.changed
-                    self.result.artefacts_dropped += applied.artefacts
                     checkpoint = reader.checkpoint()
                     # The overlap reads below the cursor: what it finds moves it back never.
                     if checkpoint is not None and (cursor is None or checkpoint > cursor):

@@ -36,9 +36,9 @@ def test_newest_version_kept_whatever_the_order(tmp_path: Path) -> None:
     )
     with Ledger(tmp_path) as ledger:
         mirror = Mirror(ledger)
-        assert mirror.apply(FEED, [newer], "2025-03-02T00:00:00.000000Z").changed == 1
-        assert mirror.apply(FEED, [older], "2025-03-03T00:00:00.000000Z").changed == 0
-        assert mirror.apply(FEED, [newer], "2025-03-04T00:00:00.000000Z").changed == 0
+        assert mirror.apply_pages(FEED, [([newer], "2025-03-02T00:00:00.000000Z")]).changed == 1
+        assert mirror.apply_pages(FEED, [([older], "2025-03-03T00:00:00.000000Z")]).changed == 0
+        assert mirror.apply_pages(FEED, [([newer], "2025-03-04T00:00:00.000000Z")]).changed == 0
         kept = mirror.get(FEED, [IND])[IND]
     assert kept.data == canonical_json(newer)
     assert kept.obj()["name"] == "b"
@@ -69,7 +69,7 @@ def test_bodies_compressed_by_an_earlier_fetcher_are_read(tmp_path: Path) -> Non
         mirror = Mirror(ledger)
         assert mirror.get(FEED, [IND])[IND].data == data
         newer = _indicator("2025-04-01T00:00:00.000Z", "new")
-        assert mirror.apply(FEED, [newer], "").changed == 1
+        assert mirror.apply_pages(FEED, [([newer], "")]).changed == 1
         kept = mirror.get(FEED, [IND])[IND]
     assert json.loads(kept.data)["name"] == "new"
     raw = sqlite3.connect(tmp_path / DB_NAME).execute("SELECT body FROM mirror").fetchone()[0]
@@ -84,9 +84,9 @@ def test_written_marks_only_the_version_carried(tmp_path: Path) -> None:
     other = {**_indicator("2025-02-01T00:00:00.000Z", "c"), "id": IND.replace("7e2b", "7e2c")}
     with Ledger(tmp_path) as ledger:
         mirror = Mirror(ledger)
-        mirror.apply(FEED, [old, other], "")
+        mirror.apply_pages(FEED, [([old, other], "")])
         carried = {IND: mirror.get(FEED, [IND])[IND].sha256}
-        mirror.apply(FEED, [new], "")  # a newer version arrives after the file was built
+        mirror.apply_pages(FEED, [([new], "")])  # a newer version arrives after the file was built
         mirror.mark_written(
             FEED,
             {**carried, str(other["id"]): mirror.get(FEED, [other["id"]])[str(other["id"])].sha256},
@@ -115,7 +115,7 @@ def test_pending_in_stored_order_reports_apart_others_by_type(tmp_path: Path) ->
     with Ledger(tmp_path) as ledger:
         mirror = Mirror(ledger)
         for item in stored:
-            mirror.apply(FEED, [item], "")
+            mirror.apply_pages(FEED, [([item], "")])
         reports = list(mirror.pending(FEED, reports=True, limit=1))
         others = list(mirror.pending(FEED, reports=False, limit=2))
     assert reports == [[f"report--{late_id}"], [f"report--{early_id}"]]

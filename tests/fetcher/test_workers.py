@@ -74,7 +74,7 @@ def _objects(reports: int) -> list[dict[str, object]]:
 def _ledger(tmp_path: Path, objects: list[dict[str, object]]) -> tuple[Ledger, Mirror]:
     ledger = Ledger(tmp_path / "state")
     mirror = Mirror(ledger)
-    mirror.apply(FEED, objects, "")
+    mirror.apply_pages(FEED, [(objects, "")])
     return ledger, mirror
 
 

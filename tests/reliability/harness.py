@@ -23,9 +23,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from fetcher.bundle import canonical_json, make_bundle
+from fetcher.bundle import canonical_json
 from shared.durable import publish_bytes, sha256_bytes
 from shared.layout import SpoolName, parse_relative_path, relative_path, walk_bundles
+from tests.bundles import make_bundle
 
 FULL = os.environ.get("CTX_RELIABILITY_FULL") == "1"
 BIN = Path(sys.executable).parent

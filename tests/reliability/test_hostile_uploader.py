@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
-from fetcher.bundle import canonical_json, make_bundle
+from fetcher.bundle import canonical_json
 from shared.durable import sha256_bytes
 from shared.layout import SpoolName, relative_path, walk_bundles
+from tests.bundles import make_bundle
 from tests.reliability import harness
 from tests.reliability.harness import Row, record
 from tests.standins.opencti import OpenCTIStandIn

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from fetcher.bundle import canonical_json, make_bundle
+from fetcher.bundle import canonical_json
 from shared.durable import publish_bytes, sha256_bytes
 from shared.layout import Spool, SpoolName, relative_path
+from tests.bundles import make_bundle
 from tests.standins.opencti import OpenCTIStandIn
 from uploader.chunking import Bundle
 from uploader.claim import InstanceLock
