@@ -48,7 +48,7 @@ from uploader.health import Heartbeat, health_line, health_problems, record_stop
 from uploader.importer import Importer, ImportReceipt
 from uploader.metrics import UploaderMetrics
 from uploader.origin import Origin
-from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
+from uploader.pipeline import Pipeline, RunSummary
 from uploader.process import Result
 from uploader.progress import RunProgress
 from uploader.refusals import installed_pycti
@@ -166,8 +166,9 @@ def _run(
             try:
                 _connect_at_start(importer)
                 guard = _StopOnConfigError(importer, stop)
-                options = PipelineOptions.from_settings(settings, instance, signing_key=key)
-                pipeline = Pipeline(spool, guard, options, lock, on_result=metrics.result)
+                pipeline = Pipeline(
+                    spool, guard, settings, lock, signing_key=key, on_result=metrics.result
+                )
                 heartbeat = Heartbeat(
                     spool,
                     instance,

@@ -23,7 +23,7 @@ from shared.signing import SigningKey
 from uploader.claim import InstanceLock, reclaim
 from uploader.importer import Importer
 from uploader.intake import Intake
-from uploader.process import FileProcessor, ProcessOptions, Result
+from uploader.process import FileProcessor, Result
 from uploader.scheduler import Scheduler, backoff_delay
 from uploader.settings import UploaderSettings
 
@@ -32,45 +32,6 @@ logger = logging.getLogger(__name__)
 # Longest the loop sleeps without looking at the stop flag, deadlines and back-offs.
 _TICK = 0.25
 _WAITING = ("retry", "settling", "wait", "imported")
-
-
-@dataclass(frozen=True)
-class PipelineOptions:
-    """The pipeline's knobs (from :class:`UploaderSettings` in production)."""
-
-    instance: str
-    concurrency: int = 2
-    settle_seconds: float = 5.0
-    retry_initial: float = 2.0
-    retry_max: float = 300.0
-    rescan_interval: float = 60.0
-    strict_stix: bool = False
-    polling: bool = False
-    poll_interval: float = 1.0
-    max_push_bytes: int = 50 * 1024 * 1024
-    #: Masked in every reason file (defence in depth: importers should never echo the token).
-    secrets: tuple[str, ...] = field(default=(), repr=False)
-    #: With a key, only files signed with it are imported; without, none are checked.
-    signing_key: SigningKey | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_settings(
-        cls, settings: UploaderSettings, instance: str, signing_key: SigningKey | None = None
-    ) -> PipelineOptions:
-        return cls(
-            instance=instance,
-            concurrency=settings.concurrency,
-            settle_seconds=settings.settle_seconds,
-            retry_initial=settings.retry_initial,
-            retry_max=settings.retry_max,
-            rescan_interval=settings.rescan_interval,
-            strict_stix=settings.strict_stix,
-            polling=settings.polling,
-            poll_interval=settings.poll_interval,
-            max_push_bytes=settings.max_push_bytes,
-            secrets=(settings.opencti_token.get_secret_value(),),
-            signing_key=signing_key,
-        )
 
 
 @dataclass
@@ -95,18 +56,17 @@ class Pipeline:
         self,
         spool: Spool,
         importer: Importer,
-        options: PipelineOptions,
+        settings: UploaderSettings,
         lock: InstanceLock,
         *,
+        signing_key: SigningKey | None = None,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
         on_result: Callable[[Result], None] | None = None,
     ) -> None:
-        if lock.instance != options.instance:
-            raise ValueError("the lock and the options name different instances")
         self.spool = spool
         self.importer = importer
-        self.options = options
+        self.settings = settings
         self.lock = lock
         self.clock = clock
         self.rand = rand
@@ -120,14 +80,8 @@ class Pipeline:
             spool,
             importer,
             lock,
-            ProcessOptions(
-                instance=options.instance,
-                settle_seconds=options.settle_seconds,
-                max_push_bytes=options.max_push_bytes,
-                strict_stix=options.strict_stix,
-                secrets=options.secrets,
-                signing_key=options.signing_key,
-            ),
+            settings,
+            signing_key=signing_key,
             retry_delay=self._retry_delay,
             early=self.events.put,
             stopping=self._stopping,
@@ -138,8 +92,8 @@ class Pipeline:
             lock,
             self.scheduler.add,
             clock,
-            polling=options.polling,
-            poll_interval=options.poll_interval,
+            polling=settings.polling,
+            poll_interval=settings.poll_interval,
         )
 
     def run(
@@ -162,7 +116,7 @@ class Pipeline:
         logger.info(
             "uploader started (%s), instance %r, spool %s",
             "watch" if watch else "once",
-            self.options.instance,
+            self.lock.instance,
             self.spool.root.absolute(),
             extra={"spool": str(self.spool.root.absolute()), "reclaimed": reclaimed},
         )
@@ -183,7 +137,7 @@ class Pipeline:
         )
         logger.info(
             "uploader %s stopped: %d done, %d failed, %d pending",
-            self.options.instance,
+            self.lock.instance,
             summary.done,
             summary.failed,
             len(summary.pending),
@@ -194,25 +148,25 @@ class Pipeline:
         start = self.clock()
         deadline = None if max_wait is None else start + max_wait
         finished = self.scheduler.counts.finished
-        next_rescan = start + self.options.rescan_interval
+        next_rescan = start + self.settings.rescan_interval
         # Imports running (at most ``concurrency``); a worker that finishes a file after its
         # import no longer counts, so the pool has room for as many of those again.
         in_flight = 0
         finishing = 0
         with ThreadPoolExecutor(
-            max_workers=2 * self.options.concurrency, thread_name_prefix="uploader-worker"
+            max_workers=2 * self.settings.concurrency, thread_name_prefix="uploader-worker"
         ) as pool:
             while True:
                 now = self.clock()
                 if watch and now >= next_rescan:
                     self.intake.rescan()
-                    next_rescan = now + self.options.rescan_interval
+                    next_rescan = now + self.settings.rescan_interval
                 self.intake.turn(now)
                 stopping = stop.is_set() or (deadline is not None and now >= deadline)
                 if stopping:
                     self._stopping.set()
                 else:
-                    free = self.options.concurrency - in_flight
+                    free = self.settings.concurrency - in_flight
                     for feed, rel, attempts in self.scheduler.ready(
                         free, now, self.intake.unscanned
                     ):
@@ -281,5 +235,5 @@ class Pipeline:
 
     def _retry_delay(self, attempts: int) -> float:
         return backoff_delay(
-            attempts, self.options.retry_initial, self.options.retry_max, self.rand()
+            attempts, self.settings.retry_initial, self.settings.retry_max, self.rand()
         )

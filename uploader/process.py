@@ -55,6 +55,7 @@ from uploader.errors import (
 from uploader.importer import Importer, ImportReceipt
 from uploader.origin import Origin, read_origin
 from uploader.outcome import Failure, fail_claimed, mark_done
+from uploader.settings import UploaderSettings
 from uploader.settle import Settling
 
 logger = logging.getLogger(__name__)
@@ -94,18 +95,6 @@ def adopted_work_name(origin: Origin, spool_file: SpoolFile) -> str:
     return f"{who} run @ {when} ({origin.original_name})"
 
 
-@dataclass(frozen=True)
-class ProcessOptions:
-    """What one file's processing needs to know (from the pipeline's options)."""
-
-    instance: str
-    settle_seconds: float
-    max_push_bytes: int
-    strict_stix: bool
-    secrets: tuple[str, ...]
-    signing_key: SigningKey | None
-
-
 class FileProcessor:
     """Takes one file through the rooms of the module docstring; thread-safe, one call per feed."""
 
@@ -114,8 +103,9 @@ class FileProcessor:
         spool: Spool,
         importer: Importer,
         lock: InstanceLock,
-        options: ProcessOptions,
+        settings: UploaderSettings,
         *,
+        signing_key: SigningKey | None = None,
         retry_delay: Callable[[int], float],
         early: Callable[[Result], None],
         stopping: threading.Event,
@@ -124,12 +114,15 @@ class FileProcessor:
         self.spool = spool
         self.importer = importer
         self.lock = lock
-        self.options = options
+        self.settings = settings
+        self.signing_key = signing_key
+        #: Masked in every reason file (defence in depth: importers should never echo the token).
+        self.secrets = (settings.opencti_token.get_secret_value(),)
         self.retry_delay = retry_delay
         self.early = early
         self.stopping = stopping
         self.clock = clock
-        self.settling = Settling(options.settle_seconds, clock)
+        self.settling = Settling(settings.settle_seconds, clock)
         self._unverified_noted = threading.Event()
 
     def process_safely(self, feed: str, rel: PurePosixPath, attempts: int) -> Result:
@@ -192,7 +185,7 @@ class FileProcessor:
             return self._claim_and_fail(feed, rel, refusal)
 
         try:
-            claimed = claim(self.spool, self.options.instance, rel)
+            claimed = claim(self.spool, self.lock.instance, rel)
         except ClaimLostError:
             return Result(feed, rel, "gone")
         after = os.lstat(claimed)
@@ -212,11 +205,11 @@ class FileProcessor:
         return self._import(feed, rel, claimed, spool_file, bundle, attempts + 1)
 
     def _check(self, data: bytes) -> Bundle:
-        if not self.options.strict_stix:
-            return read_bundle(data, self.options.max_push_bytes)
+        if not self.settings.strict_stix:
+            return read_bundle(data, self.settings.max_push_bytes)
         parsed = check_bundle(data)
         check_stix(parsed)
-        return read_bundle(data, self.options.max_push_bytes, parsed)
+        return read_bundle(data, self.settings.max_push_bytes, parsed)
 
     def _import(
         self,
@@ -288,7 +281,7 @@ class FileProcessor:
                     claimed,
                     rel,
                     receipt,
-                    instance=self.options.instance,
+                    instance=self.lock.instance,
                     sha256=sha256,
                     attempts=attempts,
                 )
@@ -329,7 +322,7 @@ class FileProcessor:
         self, feed: str, rel: PurePosixPath, spool_file: SpoolFile, attempts: int
     ) -> Failure | None:
         """Why a complete file's signature is refused (``unsigned``, ``bad-signature``), or None."""
-        key = self.options.signing_key
+        key = self.signing_key
         if key is None:
             if spool_file.name.signature is not None and not self._unverified_noted.is_set():
                 self._unverified_noted.set()
@@ -347,7 +340,7 @@ class FileProcessor:
 
     def _older_claim_elsewhere(self, feed: str, rel: PurePosixPath, attempts: int) -> Result | None:
         """Wait while another uploader imports an older file of this feed (order across uploaders)."""
-        blocker = older_claim_elsewhere(self.spool, rel, self.options.instance)
+        blocker = older_claim_elsewhere(self.spool, rel, self.lock.instance)
         if blocker is None:
             return None
         holder, older = blocker
@@ -369,7 +362,7 @@ class FileProcessor:
         waited, first = self.settling.mismatch(
             rel, spool_file.size, spool_file.mtime_ns, spool_file.actual_sha256
         )
-        settle = self.options.settle_seconds
+        settle = self.settings.settle_seconds
         if waited >= settle:
             return self._claim_and_fail(
                 feed,
@@ -392,7 +385,7 @@ class FileProcessor:
 
     def _claim_and_fail(self, feed: str, rel: PurePosixPath, failure: Failure) -> Result:
         try:
-            claimed = claim(self.spool, self.options.instance, rel)
+            claimed = claim(self.spool, self.lock.instance, rel)
         except ClaimLostError:
             return Result(feed, rel, "gone")
         return self._fail(feed, claimed, rel, failure)
@@ -403,8 +396,8 @@ class FileProcessor:
             claimed,
             rel,
             failure,
-            instance=self.options.instance,
-            secrets=self.options.secrets,
+            instance=self.lock.instance,
+            secrets=self.secrets,
             feed=feed,
         )
         return Result(feed, rel, kind, attempts=failure.attempts if kind == "failed" else 0)

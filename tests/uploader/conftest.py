@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from fetcher.bundle import canonical_json
+from fetcher.files.bundle import canonical_json
 from shared.durable import publish_bytes, sha256_bytes
 from shared.layout import Spool, SpoolName, relative_path
+from shared.signing import SigningKey
 from tests.bundles import make_bundle
 from tests.standins.opencti import OpenCTIStandIn
 from uploader.chunking import Bundle
@@ -30,7 +31,8 @@ from uploader.cli import main
 from uploader.errors import PermanentImportError, TransientImportError
 from uploader.importer import ImportReceipt
 from uploader.origin import Origin
-from uploader.pipeline import Pipeline, PipelineOptions, RunSummary
+from uploader.pipeline import Pipeline, RunSummary
+from uploader.settings import UploaderSettings
 
 FEED_A = "11111111-1111-4111-8111-111111111111"
 FEED_B = "22222222-2222-4222-8222-222222222222"
@@ -175,9 +177,21 @@ def permanent() -> Callable[[str, bytes], None]:
     return behaviour
 
 
-def fast_options(instance: str = "test", **overrides: Any) -> PipelineOptions:
+def pipeline_settings(**overrides: Any) -> UploaderSettings:
+    """Settings of a pipeline under test: its importer is a fake, so the platform's address,
+    token and connector id are placeholders (the token is still masked in reason files)."""
     values: dict[str, Any] = {
-        "instance": instance,
+        "opencti_url": "http://opencti.invalid",
+        "opencti_token": "pipeline-test-token",
+        "connector_id": "2d7f8b3e-4c1a-4e5b-9f6d-0a1b2c3d4e5f",
+    }
+    values.update(overrides)
+    return UploaderSettings(**values)
+
+
+def fast_settings(**overrides: Any) -> UploaderSettings:
+    """:func:`pipeline_settings` with short waits, so retries and rescans happen within a test."""
+    values: dict[str, Any] = {
         "concurrency": 2,
         "settle_seconds": 0.3,
         "retry_initial": 0.05,
@@ -185,7 +199,7 @@ def fast_options(instance: str = "test", **overrides: Any) -> PipelineOptions:
         "rescan_interval": 0.5,
     }
     values.update(overrides)
-    return PipelineOptions(**values)
+    return pipeline_settings(**values)
 
 
 def run_once(
@@ -194,10 +208,13 @@ def run_once(
     *,
     instance: str = "test",
     max_wait: float | None = 30.0,
+    signing_key: SigningKey | None = None,
     **overrides: Any,
 ) -> RunSummary:
     with InstanceLock(spool, instance) as lock:
-        pipeline = Pipeline(spool, importer, fast_options(instance, **overrides), lock)
+        pipeline = Pipeline(
+            spool, importer, fast_settings(**overrides), lock, signing_key=signing_key
+        )
         return pipeline.run(threading.Event(), watch=False, max_wait=max_wait)
 
 

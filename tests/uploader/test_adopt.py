@@ -19,13 +19,13 @@ from click.testing import CliRunner
 from shared.layout import Spool, SpoolName, walk_bundles
 from tests.standins import diode_writer
 from tests.standins.opencti import STANDIN_TOKEN, OpenCTIStandIn
-from tests.uploader.conftest import FakeImporter
+from tests.uploader.conftest import FakeImporter, pipeline_settings
 from uploader.adopt import Adopter
 from uploader.adopt_ledger import AdoptLedger
 from uploader.claim import InstanceLock
 from uploader.cli import main
 from uploader.origin import Origin, read_origin, source_path
-from uploader.pipeline import Pipeline, PipelineOptions
+from uploader.pipeline import Pipeline
 from uploader.replay import replay, select
 from uploader.settings import ADOPTED_FEED_ID
 
@@ -209,7 +209,7 @@ def test_the_pipeline_imports_adopted_files_with_their_origin_and_replay_keeps_i
     importer = FakeImporter()
     lock = InstanceLock(spool, "test")
     with lock:
-        Pipeline(spool, importer, PipelineOptions("test"), lock).run(threading.Event(), watch=False)
+        Pipeline(spool, importer, pipeline_settings(), lock).run(threading.Event(), watch=False)
     assert len(importer.origins) == 3
     assert all(isinstance(o, Origin) and o.connector is not None for o in importer.origins)
     assert all("Up Feed run @ " in name for name, _ in importer.calls)
@@ -220,9 +220,7 @@ def test_the_pipeline_imports_adopted_files_with_their_origin_and_replay_keeps_i
     assert source_path(spool.incoming / done[0]).exists()
     importer2 = FakeImporter()
     with lock:
-        Pipeline(spool, importer2, PipelineOptions("test"), lock).run(
-            threading.Event(), watch=False
-        )
+        Pipeline(spool, importer2, pipeline_settings(), lock).run(threading.Event(), watch=False)
     assert [o.connector.id for o in importer2.origins if o and o.connector] == [CONNECTOR]
 
 

@@ -19,7 +19,7 @@ from tests.uploader.conftest import (
     UPLOADER,
     FakeImporter,
     SpoolFiles,
-    fast_options,
+    fast_settings,
     invoke,
     wait_until,
 )
@@ -176,7 +176,7 @@ def test_health_flips_when_the_file_watcher_is_gone(spool: Spool, files: SpoolFi
     """A real pipeline watching with watchdog, its heartbeat, then its observer stopped."""
     stop = threading.Event()
     with InstanceLock(spool, "watcher") as lock:
-        pipeline = Pipeline(spool, FakeImporter(), fast_options("watcher"), lock)
+        pipeline = Pipeline(spool, FakeImporter(), fast_settings(), lock)
         heartbeat = Heartbeat(
             spool,
             "watcher",

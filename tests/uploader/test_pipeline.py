@@ -22,7 +22,7 @@ from tests.uploader.conftest import (
     FakeImporter,
     RecordWaiter,
     SpoolFiles,
-    fast_options,
+    fast_settings,
     permanent,
     run_once,
     transient_then_ok,
@@ -178,7 +178,7 @@ def test_no_secret_reaches_a_reason_file(spool: Spool, files: SpoolFiles) -> Non
     def leaky(name: str, data: bytes) -> None:
         raise PermanentImportError("refused for token s3cret-token-value", work_id="w")
 
-    run_once(spool, FakeImporter(behaviour=leaky), secrets=("s3cret-token-value",))
+    run_once(spool, FakeImporter(behaviour=leaky), opencti_token="s3cret-token-value")
 
     failed = spool.path_in("failed", files.rel(path))
     text = failed.with_name(failed.name + ".reason").read_text()
@@ -700,8 +700,8 @@ def test_watch_mode_picks_up_a_new_file_within_a_second(
     importer = FakeImporter()
     stop = threading.Event()
     with InstanceLock(spool, "watcher") as lock:
-        options = fast_options("watcher", rescan_interval=3600, polling=polling, poll_interval=0.1)
-        pipeline = Pipeline(spool, importer, options, lock)
+        settings = fast_settings(rescan_interval=3600, polling=polling, poll_interval=0.1)
+        pipeline = Pipeline(spool, importer, settings, lock)
         thread = threading.Thread(target=pipeline.run, args=(stop,), kwargs={"watch": True})
         thread.start()
         try:
@@ -727,7 +727,7 @@ def test_a_dead_file_watcher_is_restarted(
     importer = FakeImporter()
     stop = threading.Event()
     with InstanceLock(spool, "restarter") as lock:
-        pipeline = Pipeline(spool, importer, fast_options("restarter", rescan_interval=3600), lock)
+        pipeline = Pipeline(spool, importer, fast_settings(rescan_interval=3600), lock)
         thread = threading.Thread(target=pipeline.run, args=(stop,), kwargs={"watch": True})
         thread.start()
         try:
@@ -755,8 +755,8 @@ def test_periodic_rescan_finds_files_the_observer_missed(spool: Spool, files: Sp
     stop = threading.Event()
     with InstanceLock(spool, "rescanner") as lock:
         # A poller that never polls stands for an observer that dropped its events.
-        options = fast_options("rescanner", rescan_interval=0.3, polling=True, poll_interval=3600)
-        pipeline = Pipeline(spool, importer, options, lock)
+        settings = fast_settings(rescan_interval=0.3, polling=True, poll_interval=3600)
+        pipeline = Pipeline(spool, importer, settings, lock)
         thread = threading.Thread(target=pipeline.run, args=(stop,), kwargs={"watch": True})
         thread.start()
         try:
@@ -843,7 +843,7 @@ def test_a_move_still_failing_at_stop_puts_the_file_back_for_the_next_run(
     monkeypatch.setattr(process_module, "mark_done", failing_mark_done)
 
     with InstanceLock(spool, "test") as lock:
-        summary = Pipeline(spool, importer, fast_options(), lock).run(stop, watch=True)
+        summary = Pipeline(spool, importer, fast_settings(), lock).run(stop, watch=True)
 
     assert summary.done == 0 and summary.failed == 0
     assert summary.pending == [files.rel(path)]
