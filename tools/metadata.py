@@ -53,7 +53,7 @@ MANIFEST_FILE = METADATA / "connector_manifest.json"
 SCHEMA_FILE = METADATA / "connector_config_schema.json"
 
 MODELS: tuple[type[SettingsBase], ...] = (FetcherSettings, UploaderSettings)
-#: The connector type the uploader registers with (``uploader/registration.py``, pycti config).
+#: The connector type the uploader registers with (``uploader/importing/registration.py``, pycti config).
 CONNECTOR_TYPE = "EXTERNAL_IMPORT"
 #: Left out as connectors-sdk's ``filter_schema`` does: managed deployment generates it.
 INJECTED = ("CONNECTOR_ID",)
@@ -74,11 +74,11 @@ def _project() -> dict[str, Any]:
 
 def _oldest_pycti() -> str:
     """The oldest pycti, and so platform, the uploader supports (``OLDEST_PYCTI`` in
-    uploader/opencti.py, read as text: this tool does not import pycti)."""
+    uploader/importing/opencti.py, read as text: this tool does not import pycti)."""
     text = (ROOT / "uploader" / "opencti.py").read_text(encoding="utf-8")
     match = re.search(r'^OLDEST_PYCTI = "(\S+)"$', text, re.M)
     if match is None:
-        raise ValueError("uploader/opencti.py sets no OLDEST_PYCTI")
+        raise ValueError("uploader/importing/opencti.py sets no OLDEST_PYCTI")
     return match.group(1)
 
 

@@ -1,8 +1,8 @@
 """The spool pipeline: intake → scheduler → process → outcome, on one loop thread and a pool.
 
 One loop thread owns all bookkeeping and is fed by one queue: paths from the watchdog observer
-(:mod:`uploader.intake`) and the results of the workers (:mod:`uploader.process`). Each turn it
-lets the intake walk what is due, asks the :mod:`uploader.scheduler` which files may start, hands
+(:mod:`uploader.intake.watcher`) and the results of the workers (:mod:`uploader.importing.process`). Each turn it
+lets the intake walk what is due, asks the :mod:`uploader.intake.scheduler` which files may start, hands
 them to the pool, and applies what comes back. Every file passes each room once, in that order.
 """
 
@@ -20,12 +20,12 @@ from pathlib import Path, PurePosixPath
 
 from shared.layout import Spool
 from shared.signing import SigningKey
-from uploader.claim import InstanceLock, reclaim
-from uploader.importer import Importer
-from uploader.intake import Intake
-from uploader.process import FileProcessor, Result
-from uploader.scheduler import Scheduler, backoff_delay
+from uploader.importing.importer import Importer
+from uploader.importing.process import FileProcessor
+from uploader.intake.scheduler import Result, Scheduler, backoff_delay
+from uploader.intake.watcher import Intake
 from uploader.settings import UploaderSettings
+from uploader.spool_ops.claim import InstanceLock, reclaim
 
 logger = logging.getLogger(__name__)
 

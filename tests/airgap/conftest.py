@@ -20,7 +20,7 @@ from tests.standins.ctx import CTXStandIn
 
 # Re-exported so pytest registers them here too (fixtures live in tests/uploader/conftest.py).
 from tests.uploader.conftest import BASE_TIME, FEED_A, SpoolFiles, _restore_logging, files, spool
-from uploader.cli import main as uploader_main
+from uploader.commands.cli import main as uploader_main
 
 __all__ = [
     "KEY",

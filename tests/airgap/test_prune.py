@@ -15,7 +15,7 @@ from tests.airgap.conftest import fetcher, uploader
 from tests.airgap.test_transfer import touch_everything
 from tests.standins.ctx import CTXStandIn
 from tests.uploader.conftest import FEED_A, FEED_B, FakeImporter, SpoolFiles
-from uploader.prune import parse_duration
+from uploader.spool_ops.prune import parse_duration
 
 DAY = 86400.0
 

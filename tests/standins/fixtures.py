@@ -8,7 +8,7 @@ module uses. Fixtures:
 * ``opencti_standin``: a running :class:`~tests.standins.opencti.OpenCTIStandIn` (token
   :data:`STANDIN_TOKEN`), stopped afterwards.
 * ``make_settings``: ``make_settings(standin, **fields)`` → :class:`UploaderSettings` pointing at it.
-* ``pycti_importer``: a :class:`uploader.opencti.PyctiImporter` on the stand-in, closed afterwards.
+* ``pycti_importer``: a :class:`uploader.importing.opencti.PyctiImporter` on the stand-in, closed afterwards.
 * ``rabbitmq``: a private RabbitMQ node, started once per session on first use.
 """
 
@@ -69,7 +69,7 @@ def make_settings() -> Callable[..., Any]:
 def pycti_importer(
     pycti_env: None, opencti_standin: OpenCTIStandIn, make_settings: Callable[..., Any]
 ) -> Iterator[Any]:
-    from uploader.opencti import PyctiImporter
+    from uploader.importing.opencti import PyctiImporter
 
     importer = PyctiImporter(make_settings(opencti_standin), work_poll_interval=0.05)
     try:

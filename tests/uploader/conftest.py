@@ -25,14 +25,14 @@ from shared.layout import Spool, SpoolName, relative_path
 from shared.signing import SigningKey
 from tests.bundles import make_bundle
 from tests.standins.opencti import OpenCTIStandIn
-from uploader.chunking import Bundle
-from uploader.claim import InstanceLock
-from uploader.cli import main
+from uploader.commands.cli import main
 from uploader.errors import PermanentImportError, TransientImportError
-from uploader.importer import ImportReceipt
-from uploader.origin import Origin
+from uploader.importing.chunking import Bundle
 from uploader.pipeline import Pipeline, RunSummary
 from uploader.settings import UploaderSettings
+from uploader.spool_ops.claim import InstanceLock
+from uploader.spool_ops.origin import Origin
+from uploader.spool_ops.outcome import ImportReceipt
 
 FEED_A = "11111111-1111-4111-8111-111111111111"
 FEED_B = "22222222-2222-4222-8222-222222222222"

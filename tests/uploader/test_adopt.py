@@ -1,4 +1,4 @@
-"""Adoption of foreign files into the spool (uploader/adopt.py), with diode files the real pycti
+"""Adoption of foreign files into the spool (uploader/adoption/adopt.py), with diode files the real pycti
 wrote (tests/standins/diode_writer.py); the import under the source connector is in
 test_diode_e2e.py."""
 
@@ -20,14 +20,14 @@ from shared.layout import Spool, SpoolName, walk_bundles
 from tests.standins import diode_writer
 from tests.standins.opencti import STANDIN_TOKEN, OpenCTIStandIn
 from tests.uploader.conftest import FakeImporter, pipeline_settings
-from uploader.adopt import Adopter
-from uploader.adopt_ledger import AdoptLedger
-from uploader.claim import InstanceLock
-from uploader.cli import main
-from uploader.origin import Origin, read_origin, source_path
+from uploader.adoption.adopt import Adopter
+from uploader.adoption.ledger import AdoptLedger
+from uploader.commands.cli import main
 from uploader.pipeline import Pipeline
-from uploader.replay import replay, select
 from uploader.settings import ADOPTED_FEED_ID
+from uploader.spool_ops.claim import InstanceLock
+from uploader.spool_ops.origin import Origin, read_origin, source_path
+from uploader.spool_ops.replay import replay, select
 
 CONNECTOR = str(uuid.uuid4())
 

@@ -1,4 +1,4 @@
-"""uploader.check.scan_bundle: check_bundle's verdicts, one object at a time."""
+"""uploader.importing.check.scan_bundle: check_bundle's verdicts, one object at a time."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-import uploader.check as check
-from uploader.check import BundleScan, check_bundle, scan_bundle
+import uploader.importing.check as check
 from uploader.errors import BundleRejected
+from uploader.importing.check import BundleScan, check_bundle, scan_bundle
 
 
 def _verdict(data: bytes, *, streaming: bool) -> tuple[Any, ...]:

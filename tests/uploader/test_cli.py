@@ -27,7 +27,7 @@ from tests.uploader.conftest import (
     transient_then_ok,
     wait_until,
 )
-from uploader.cli import main
+from uploader.commands.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,9 +129,9 @@ def test_status_needs_no_opencti_settings(env: dict[str, str], files: SpoolFiles
 def test_a_second_uploader_with_the_same_instance_is_refused(
     env: dict[str, str], spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from uploader.claim import InstanceLock
+    from uploader.spool_ops.claim import InstanceLock
 
-    monkeypatch.setattr("uploader.claim.LOCK_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr("uploader.spool_ops.claim.LOCK_WAIT_SECONDS", 0.2)
     with InstanceLock(spool, "cli"):
         result = invoke(["once"], env, FakeImporter())
     assert result.exit_code == 1
@@ -305,12 +305,12 @@ def test_read_only_commands_never_import_pycti(
     script = textwrap.dedent(
         f"""
         import sys
-        from uploader.cli import main
+        from uploader.commands.cli import main
         try:
             main([{command!r}], standalone_mode=False)
         finally:
             loaded = sorted(m for m in sys.modules if m == "pycti" or m.startswith("pycti.")
-                            or m == "uploader.opencti")
+                            or m == "uploader.importing.opencti")
             print("LOADED", loaded)
         """
     )
@@ -328,8 +328,8 @@ def test_read_only_commands_never_import_pycti(
 
 _FAKE_WATCH = """
 import sys, time
-from uploader.cli import main
-from uploader.importer import ImportReceipt
+from uploader.commands.cli import main
+from uploader.spool_ops.outcome import ImportReceipt
 
 class Slow:
     def import_bundle(self, name, data):
@@ -374,7 +374,7 @@ def test_once_without_pycti_is_a_clear_error(env: dict[str, str], files: SpoolFi
         """
         import sys
         sys.modules["pycti"] = None  # what an install without the 'opencti' extra looks like
-        from uploader.cli import main
+        from uploader.commands.cli import main
         main(["once", "--max-wait", "1"])
         """
     )

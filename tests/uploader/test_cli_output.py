@@ -22,7 +22,7 @@ from tests.uploader.conftest import (
     invoke,
     transient_then_ok,
 )
-from uploader.cli import main
+from uploader.commands.cli import main
 
 pytest_plugins = ["tests.standins.fixtures"]
 
@@ -92,7 +92,9 @@ def test_per_file_lines_are_debug_only(
 
     assert result.exit_code == 0, result.output
     imported = [
-        line for line in result.stderr.splitlines() if " DEBUG uploader.process imported " in line
+        line
+        for line in result.stderr.splitlines()
+        if " DEBUG uploader.importing.process imported " in line
     ]
     assert len(imported) == len(added)
     works = {w.id for w in opencti_standin.works.values()}

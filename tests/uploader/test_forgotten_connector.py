@@ -20,9 +20,9 @@ pytest_plugins = ["tests.standins.fixtures"]
 
 pycti = pytest.importorskip("pycti")
 
-from uploader.chunking import Bundle, read_bundle  # noqa: E402
-from uploader.classify import names_unknown_connector  # noqa: E402
-from uploader.opencti import PyctiImporter  # noqa: E402
+from uploader.importing.chunking import Bundle, read_bundle  # noqa: E402
+from uploader.importing.classify import names_unknown_connector  # noqa: E402
+from uploader.importing.opencti import PyctiImporter  # noqa: E402
 
 REGISTERED_AGAIN = "registered it again"
 
@@ -73,7 +73,7 @@ def test_import_after_the_platform_forgot_registers_once_and_imports(
     first = pycti_importer.import_bundle("first", _bundle(files, "a"))
     assert len(opencti_standin.registrations) == 1
     opencti_standin.forget_connector()
-    caplog.set_level(logging.WARNING, logger="uploader.opencti")
+    caplog.set_level(logging.WARNING, logger="uploader.importing.opencti")
 
     second = pycti_importer.import_bundle("second", _bundle(files, "b"))
     third = pycti_importer.import_bundle("third", _bundle(files, "c"))

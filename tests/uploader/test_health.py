@@ -23,9 +23,9 @@ from tests.uploader.conftest import (
     invoke,
     wait_until,
 )
-from uploader.claim import InstanceLock
-from uploader.health import HEARTBEAT_NAME, Heartbeat, HeartbeatRecord, heartbeat_problems
+from uploader.ops.health import HEARTBEAT_NAME, Heartbeat, HeartbeatRecord, heartbeat_problems
 from uploader.pipeline import Pipeline
+from uploader.spool_ops.claim import InstanceLock
 
 pytest_plugins = ["tests.standins.fixtures"]
 pytestmark = pytest.mark.skipif(not UPLOADER.exists(), reason="ctx-uploader is not installed")

@@ -14,9 +14,9 @@ import pytest
 from tests.standins.opencti import OpenCTIStandIn
 from tests.standins.opencti_state import AmqpConfig
 from tests.standins.rabbitmq import RabbitMQNode
-from uploader.chunking import read_bundle
-from uploader.opencti import PyctiImporter
-from uploader.origin import Origin, SourceConnector
+from uploader.importing.chunking import read_bundle
+from uploader.importing.opencti import PyctiImporter
+from uploader.spool_ops.origin import Origin, SourceConnector
 
 pytestmark = pytest.mark.rabbitmq
 

@@ -21,14 +21,14 @@ from pycti.utils.opencti_stix2_splitter import is_id_supported
 
 from tests.standins.opencti import STANDIN_TOKEN, OpenCTIStandIn
 from tests.standins.proxy import ForwardProxy
-from uploader.chunking import Bundle, pushed_size_of, read_bundle
 from uploader.errors import (
     BundleRejected,
     PermanentImportError,
     PlatformAuthError,
     TransientImportError,
 )
-from uploader.opencti import PyctiImporter
+from uploader.importing.chunking import Bundle, pushed_size_of, read_bundle
+from uploader.importing.opencti import PyctiImporter
 
 # The shared fixtures; constants come from tests.standins.opencti so this module is imported
 # by pytest as a plugin first (importing it directly would defeat assertion rewriting).
@@ -427,7 +427,7 @@ def test_a_redirect_is_not_followed_and_says_what_to_fix(
     ],
 )
 def test_bad_content_is_refused_by_the_one_check_before_any_import(data: bytes) -> None:
-    # The pipeline checks a file once (uploader.chunking.read_bundle) before it is claimed for
+    # The pipeline checks a file once (uploader.importing.chunking.read_bundle) before it is claimed for
     # import: bad content never reaches pycti, and the refusal is final (failed/ with its kind).
     with pytest.raises(BundleRejected) as info:
         read_bundle(data, 1 << 20)
@@ -735,8 +735,8 @@ def test_a_cli_process_exits_normally_without_close(
     script = tmp_path / "run.py"
     script.write_text(
         "import sys, uuid\n"
-        "from uploader.chunking import read_bundle\n"
-        "from uploader.opencti import PyctiImporter\n"
+        "from uploader.importing.chunking import read_bundle\n"
+        "from uploader.importing.opencti import PyctiImporter\n"
         "from uploader.settings import UploaderSettings\n"
         f"s = UploaderSettings(opencti_url={opencti_standin.url!r}, opencti_token={STANDIN_TOKEN!r},"
         " connector_id=str(uuid.uuid4()))\n"
@@ -798,6 +798,6 @@ def test_concurrent_imports_keep_each_push_in_its_own_work(
     ],
 )
 def test_pushed_size_of_bytes_matches_the_escaped_text(text: str) -> None:
-    from uploader.chunking import _pushed_size
+    from uploader.importing.chunking import _pushed_size
 
     assert pushed_size_of(text.encode("utf-8")) == _pushed_size(text)

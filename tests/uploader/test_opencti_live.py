@@ -22,8 +22,8 @@ import uuid
 
 import pytest
 
-from uploader.chunking import read_bundle
-from uploader.opencti import PyctiImporter
+from uploader.importing.chunking import read_bundle
+from uploader.importing.opencti import PyctiImporter
 from uploader.settings import UploaderSettings
 
 URL = "CTX_LIVE_TEST_OPENCTI_URL"

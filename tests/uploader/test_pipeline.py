@@ -28,12 +28,12 @@ from tests.uploader.conftest import (
     transient_then_ok,
     wait_until,
 )
-from uploader import process as process_module
-from uploader.check import SpoolFile
-from uploader.claim import InstanceLock
 from uploader.errors import InstanceBusyError, PermanentImportError
-from uploader.outcome import sidecar_bytes
+from uploader.importing import process as process_module
+from uploader.importing.check import SpoolFile
 from uploader.pipeline import Pipeline, backoff_delay
+from uploader.spool_ops.claim import InstanceLock
+from uploader.spool_ops.outcome import sidecar_bytes
 
 
 def bundles_in(root: Path) -> list[str]:
@@ -426,7 +426,7 @@ def test_unreadable_file_is_refused_when_open_is_denied(
             raise PermissionError(13, "Permission denied", str(target))
         return real_open(target, flags, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("uploader.check.os.open", deny)
+    monkeypatch.setattr("uploader.importing.check.os.open", deny)
     summary = run_once(spool, FakeImporter())
     assert summary.failed == 1
     assert reason_of(spool.path_in("failed", files.rel(path)))["kind"] == "unreadable"
@@ -453,17 +453,17 @@ def test_digest_mismatch_that_stays_is_failed_as_corrupt_after_settling(
 def test_an_unchanged_mismatched_file_is_not_reread_while_it_settles(
     spool: Spool, files: SpoolFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import uploader.process
+    import uploader.importing.process
 
     files.add(FEED_A, data=files.bundle_bytes("x"), digest="d" * 64)
     reads: list[object] = []
-    real_read = uploader.process.read_spool_file
+    real_read = uploader.importing.process.read_spool_file
 
     def counting_read(path: Path, rel: PurePosixPath) -> SpoolFile:
         reads.append(rel)
         return real_read(path, rel)
 
-    monkeypatch.setattr(uploader.process, "read_spool_file", counting_read)
+    monkeypatch.setattr(uploader.importing.process, "read_spool_file", counting_read)
 
     summary = run_once(spool, FakeImporter(), settle_seconds=1.5)
 
@@ -480,8 +480,8 @@ def test_file_still_being_copied_is_imported_once_complete(spool: Spool, files: 
     target = spool.path_in("incoming", rel)
     later = files.add(FEED_B, minutes=10_000)
     waiter = RecordWaiter("does not match its name yet")
-    logging.getLogger("uploader.process").addHandler(waiter)
-    logging.getLogger("uploader.process").setLevel(logging.INFO)
+    logging.getLogger("uploader.importing.process").addHandler(waiter)
+    logging.getLogger("uploader.importing.process").setLevel(logging.INFO)
     importer = FakeImporter()
     result: list[object] = []
 
@@ -502,8 +502,8 @@ def test_file_still_being_copied_is_imported_once_complete(spool: Spool, files: 
         result.append(run_once(spool, importer, settle_seconds=1.0))
     finally:
         writer.join(10)
-        logging.getLogger("uploader.process").removeHandler(waiter)
-        logging.getLogger("uploader.process").setLevel(logging.NOTSET)
+        logging.getLogger("uploader.importing.process").removeHandler(waiter)
+        logging.getLogger("uploader.importing.process").setLevel(logging.NOTSET)
     summary = result[0]
     assert waiter.seen.is_set()
     assert summary.failed == 0 and summary.done == 2  # type: ignore[attr-defined]
@@ -573,7 +573,7 @@ def test_an_older_file_another_uploader_is_importing_holds_back_its_feed(
     other_feed = files.add(FEED_B, minutes=3)
     newer_bytes, other_bytes = newer.read_bytes(), other_feed.read_bytes()
     waiter = RecordWaiter("waiting for uploader other")
-    pipeline_logger = logging.getLogger("uploader.process")
+    pipeline_logger = logging.getLogger("uploader.importing.process")
     pipeline_logger.addHandler(waiter)
     pipeline_logger.setLevel(logging.DEBUG)
     importer = FakeImporter()
@@ -723,7 +723,7 @@ def test_watch_mode_picks_up_a_new_file_within_a_second(
 def test_a_dead_file_watcher_is_restarted(
     spool: Spool, files: SpoolFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("uploader.intake.OBSERVER_RESTART", 0.2)
+    monkeypatch.setattr("uploader.intake.watcher.OBSERVER_RESTART", 0.2)
     importer = FakeImporter()
     stop = threading.Event()
     with InstanceLock(spool, "restarter") as lock:

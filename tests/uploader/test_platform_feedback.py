@@ -19,10 +19,10 @@ import pytest
 from shared.layout import Spool
 from tests.standins.opencti import OpenCTIStandIn
 from tests.uploader.conftest import FEED_A, FEED_B, SpoolFiles, run_once
-from uploader.backpressure import QueueGate, QueuePaused
-from uploader.chunking import read_bundle
 from uploader.errors import TransientImportError, WorkErrorsError
-from uploader.opencti import PyctiImporter
+from uploader.importing.backpressure import QueueGate, QueuePaused
+from uploader.importing.chunking import read_bundle
+from uploader.importing.opencti import PyctiImporter
 
 pytest_plugins = ["tests.standins.fixtures"]
 
@@ -40,7 +40,7 @@ def test_pushes_pause_while_the_queue_is_over_the_threshold_and_resume_after(
     files: SpoolFiles,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="uploader.backpressure")
+    caplog.set_level(logging.INFO, logger="uploader.importing.backpressure")
     opencti_standin.set_queue_size(620 * _MB, messages=41)
     settings = make_settings(opencti_standin, queue_threshold=500)
     data = [files.bundle_bytes(f"paused {n}") for n in range(3)]
@@ -108,7 +108,7 @@ def test_stopping_while_paused_leaves_the_file_pending(
 def test_the_gate_logs_once_per_pause_and_lets_pushes_through_when_it_cannot_look(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="uploader.backpressure")
+    caplog.set_level(logging.INFO, logger="uploader.importing.backpressure")
     sizes = iter([700.0, 800.0, 10.0, 900.0, 0.0])
     ticks = itertools.count()  # every look of the clock is a new interval: every wait() looks
     gate = QueueGate(

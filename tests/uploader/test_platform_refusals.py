@@ -20,16 +20,16 @@ from shared.layout import Spool, walk_bundles
 from tests.standins.opencti import STANDIN_TOKEN, OpenCTIStandIn
 from tests.standins.opencti_schema import RELEASE_VERSIONS, release_for_pycti
 from tests.uploader.conftest import UPLOADER, SpoolFiles, invoke
-from uploader.classify import PATTERNS, classify, verdict
-from uploader.cli import EXIT_CONFIG, EXIT_PENDING
+from uploader.commands.cli import EXIT_CONFIG, EXIT_PENDING
 from uploader.errors import (
     PermanentImportError,
     PlatformAuthError,
     PyctiMismatchError,
     TransientImportError,
 )
-from uploader.refusals import mismatch, pycti_install
-from uploader.registration import pycti_too_new
+from uploader.importing.classify import PATTERNS, classify, verdict
+from uploader.importing.refusals import mismatch, pycti_install
+from uploader.importing.registration import pycti_too_new
 
 pytest_plugins = ["tests.standins.fixtures"]
 

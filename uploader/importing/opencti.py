@@ -1,6 +1,6 @@
-"""The real :class:`uploader.importer.Importer`: one spool file → one OpenCTI work, through pycti.
+"""The real :class:`uploader.importing.importer.Importer`: one spool file → one OpenCTI work, through pycti.
 
-With :mod:`uploader.registration`, the only module that imports pycti; the CLI imports it only
+With :mod:`uploader.importing.registration`, the only module that imports pycti; the CLI imports it only
 for commands that import (pycti 6.x needs libmagic: ``pycti/api/opencti_api_client.py`` imports
 ``magic``). Per file it follows the
 diode-import connector's sequence (``DiodeImport._process_bundle`` in OpenCTI-Platform/connectors
@@ -11,13 +11,13 @@ diode-import connector's sequence (``DiodeImport._process_bundle`` in OpenCTI-Pl
   completes the work only after ``to_processed``);
 * per push, ``helper.api.send_bundle_to_api(connector_id=, bundle=, work_id=)`` in the ``api``
   protocol (what ``send_stix2_bundle`` calls there after running its splitter only to count and to
-  refuse a bundle with nothing importable, both done already by :mod:`uploader.chunking`), or
+  refuse a bundle with nothing importable, both done already by :mod:`uploader.importing.chunking`), or
   ``helper.send_stix2_bundle(bundle, work_id=...)`` in the ``amqp`` protocol, whose split is what
   gets published;
 * ``helper.api.work.to_processed(work_id, message)`` (``in_error=True`` on a failure);
 * with ``UPLOADER_WAIT_FOR_WORK``, ``helper.api.work.get_work(work_id)`` until ``complete``;
 * before each push, ``helper.api.connector.read(connector_id)`` at most every few seconds for the
-  connector's queue size (:mod:`uploader.backpressure`).
+  connector's queue size (:mod:`uploader.importing.backpressure`).
 
 TLS and proxies are pycti's: ``opencti.ssl_verify`` is passed (pycti's default is off, ours on),
 and pycti's ``requests`` session reads ``HTTPS_PROXY``/``NO_PROXY`` and ``REQUESTS_CA_BUNDLE``
@@ -25,17 +25,17 @@ from the environment on every call (requests' own behaviour for a session).
 
 Where pycti is adapted, and why:
 
-* pycti's constructors run inside :func:`uploader.pycti_build.pycti_construction`, which keeps
-  the CLI's logging, excepthook and settings (:mod:`uploader.registration`).
+* pycti's constructors run inside :func:`uploader.importing.pycti_build.pycti_construction`, which keeps
+  the CLI's logging, excepthook and settings (:mod:`uploader.importing.registration`).
 * ``helper.stop()`` is never called: it sends ``deleteConnector``, which deletes the connector's
   works on the platform. :meth:`PyctiImporter.close` only stops the ping thread.
 * pycti's health check answers only True/False: its query (``about { version }``) is sent through
   a pycti client built without it, before registering, so that a refused token or a pycti newer
   than the platform stops the command with one line instead of a retry; when building the helper
-  fails, the connector is read through that client too (:mod:`uploader.registration`).
+  fails, the connector is read through that client too (:mod:`uploader.importing.registration`).
 * ``check_connector_buffering`` is not used: on any error it calls ``sys.excepthook`` (pycti's
   process-killing hook) and returns None; ``api.connector.read`` is the query it makes. Errors are
-  classified by :mod:`uploader.classify`.
+  classified by :mod:`uploader.importing.classify`.
 
 A platform that no longer knows the connector (database restored, connector deleted in the UI,
 another platform at the URL) refuses what it sends; opencti-graphql answers ``stixBundlePush``
@@ -54,13 +54,17 @@ import inspect
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pycti.utils.opencti_stix2_splitter import is_id_supported
-
-from uploader.backpressure import CHECK_INTERVAL, QueueGate, QueuePaused
-from uploader.chunking import Bundle
-from uploader.classify import (
+from uploader.errors import (
+    ImportFailure,
+    PlatformConfigError,
+    TransientImportError,
+    WorkErrorsError,
+)
+from uploader.importing.backpressure import CHECK_INTERVAL, QueueGate, QueuePaused
+from uploader.importing.chunking import Bundle
+from uploader.importing.classify import (
     classify,
     describe,
     graphql_error,
@@ -68,21 +72,13 @@ from uploader.classify import (
     redact,
     unreachable,
 )
-from uploader.errors import (
-    ImportFailure,
-    PlatformConfigError,
-    TransientImportError,
-    WorkErrorsError,
-)
-from uploader.importer import ImportReceipt
-from uploader.origin import Origin
-from uploader.registration import create_helper
+from uploader.importing.importer import PlatformCounts
+from uploader.importing.registration import create_helper, importable
+from uploader.importing.sources import SourceConnectors
+from uploader.importing.works import errors_text, work_errors
 from uploader.settings import UploaderSettings
-from uploader.sources import SourceConnectors
-from uploader.works import errors_text, work_errors
-
-if TYPE_CHECKING:
-    from uploader.metrics import UploaderMetrics
+from uploader.spool_ops.origin import Origin
+from uploader.spool_ops.outcome import ImportReceipt
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +113,7 @@ class PyctiImporter:
         *,
         work_poll_interval: float = WORK_POLL_INTERVAL,
         queue_check_interval: float = CHECK_INTERVAL,
-        metrics: UploaderMetrics | None = None,
+        metrics: PlatformCounts | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
@@ -224,10 +220,10 @@ class PyctiImporter:
     def import_bundle(
         self, work_name: str, bundle: Bundle, origin: Origin | None = None
     ) -> ImportReceipt:
-        """Import ``bundle`` under one new work; see :class:`uploader.importer.Importer`.
+        """Import ``bundle`` under one new work; see :class:`uploader.importing.importer.Importer`.
 
         An adopted diode file (``origin`` with a connector) is imported as that connector
-        (:mod:`uploader.sources`).
+        (:mod:`uploader.importing.sources`).
 
         When the platform answers that it does not know our connector (module docstring), the
         connector is registered again and the file imported once more under a new work.
@@ -248,7 +244,7 @@ class PyctiImporter:
         *,
         forgotten_again_is_final: bool = False,
     ) -> ImportReceipt:
-        pushes = bundle.pushes(is_id_supported)
+        pushes = bundle.pushes(importable)
         work_id: str | None = None
         source = None if origin is None else origin.connector
         # Our own id from the settings, never helper.connect_id (set per push in amqp).

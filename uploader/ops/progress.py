@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from rich.console import Console
 
 from shared.console import live_progress, showing
-from uploader.process import Result
+from uploader.intake.scheduler import Result
 
 
 class RunProgress:

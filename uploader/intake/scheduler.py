@@ -4,7 +4,8 @@ Within a feed the files go strictly in name order (names sort by modified time),
 time, so an older version never lands after a newer one; a file waiting for a retry or for a copy
 to settle holds back the later files of its feed only. Feeds run in parallel up to the pool's
 free slots. All of this state belongs to the pipeline's one loop thread: workers only report
-:class:`uploader.process.Result`\\ s, which the loop hands to :meth:`Scheduler.apply`.
+:class:`Result`\\ s (defined here: what the scheduler needs to hear of a file), which the loop
+hands to :meth:`Scheduler.apply`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,24 @@ import heapq
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import Literal
 
-from uploader.process import Result
+ResultKind = Literal["done", "failed", "retry", "settling", "wait", "gone", "left", "imported"]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What became of one file (or, ``imported``, that its feed may go on)."""
+
+    feed: str
+    rel: PurePosixPath
+    kind: ResultKind
+    delay: float = 0.0
+    attempts: int = 0
+    #: Walk the feed's folder again (files were put back into incoming/ behind our back).
+    rescan: bool = False
+    #: The final result of a file whose ``imported`` result already freed its feed.
+    released: bool = False
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rand: float) -> float:

@@ -31,9 +31,9 @@ from typing import Any, Literal
 import requests
 from pika.exceptions import AMQPError
 
-from uploader.backpressure import QueuePaused
 from uploader.errors import ImportFailure, PermanentImportError, TransientImportError
-from uploader.refusals import auth_refusal, mismatch
+from uploader.importing.backpressure import QueuePaused
+from uploader.importing.refusals import auth_refusal, mismatch
 
 # The platform's error codes (opencti-graphql src/config/errors.js), as pycti reports them in
 # ``name``. The auth codes are that file's ``AUTH_ERRORS``.
@@ -160,7 +160,7 @@ _NOT_SCHEMA: frozenset[Verdict] = frozenset(
 def _by_text(exc: BaseException, text: str, work_id: str | None) -> ImportFailure:
     found = verdict(text, _NOT_SCHEMA)
     if found == "forgotten":
-        # registered again by uploader.opencti, so not final
+        # registered again by uploader.importing.opencti, so not final
         return TransientImportError(f"OpenCTI does not know the connector: {text}", work_id=work_id)
     if found == "auth":
         return auth_refusal("", text[:300], work_id=work_id)

@@ -1,10 +1,10 @@
-"""Importing an adopted diode file as the connector that wrote it (for :mod:`uploader.opencti`).
+"""Importing an adopted diode file as the connector that wrote it (for :mod:`uploader.importing.opencti`).
 
 What diode-import does per file (``DiodeImport._process_bundle``, OpenCTI-Platform/connectors
 ``external-import/diode-import/src/diode_import.py``), through pycti's public API and without
 switching state on the helper that other threads use:
 
-* the source connector is registered once per run (:func:`uploader.registration.register_source`)
+* the source connector is registered once per run (:func:`uploader.importing.registration.register_source`)
   and again after the platform said it does not know it (:meth:`SourceConnectors.forget`);
 * the work is created under the source connector's id (``api.work.initiate_work``);
 * ``api`` protocol: each push is ``send_bundle_to_api(connector_id=<source id>, …)`` sent by a
@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from uploader.origin import Origin, SourceConnector
-from uploader.registration import impersonating_client, register_source
+from uploader.importing.registration import impersonating_client, register_source
 from uploader.settings import UploaderSettings
+from uploader.spool_ops.origin import Origin, SourceConnector
 
 
 class SourceConnectors:

@@ -1,7 +1,7 @@
 """The drop folder (``UPLOADER_DROP_DIR``): foreign files adopted as they arrive, in ``watch``.
 
-The watchdog handler only enqueues paths (:mod:`uploader.discover`); one thread pulls them and
-adopts each (:mod:`uploader.adopt`), and a start-up scan and a periodic rescan feed the same
+The watchdog handler only enqueues paths (:mod:`uploader.intake.discover`); one thread pulls them and
+adopts each (:mod:`uploader.adoption.adopt`), and a start-up scan and a periodic rescan feed the same
 queue. A file still being copied is looked at again shortly; a published spool file is then found
 by the pipeline's own watch of ``incoming/``, so nothing here talks to the pipeline.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from watchdog.observers.api import BaseObserver
 
-from uploader.adopt import Adopter, source_order, walk_drop
-from uploader.discover import start_observer
+from uploader.adoption.adopt import Adopter, source_order, walk_drop
+from uploader.intake.discover import start_observer
 
 logger = logging.getLogger(__name__)
 

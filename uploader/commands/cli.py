@@ -1,8 +1,8 @@
 """``ctx-uploader``: the uploader's command line.
 
 Settings are loaded once per command and passed down, and logging is configured from them
-(:mod:`uploader.cli_settings`); errors become :class:`click.ClickException` in the command line
-only. ``status``, ``verify``, ``replay`` and ``prune`` (:mod:`uploader.cli_spool`) load only
+(:mod:`uploader.commands.loading`); errors become :class:`click.ClickException` in the command line
+only. ``status``, ``verify``, ``replay`` and ``prune`` (:mod:`uploader.commands.spool`) load only
 :class:`SpoolSettings` and never import pycti.
 
 Exit codes of ``once``: 0 all imported, 1 some file failed, 3 files still pending (transient
@@ -31,31 +31,32 @@ from shared.console import terminal_console
 from shared.errors import SharedError
 from shared.layout import Spool
 from shared.metrics import serve_metrics
-from uploader.adopt import Adopter, adopt_folder
-from uploader.adopt_ledger import AdoptLedger
-from uploader.adopt_watch import DropFolder
-from uploader.chunking import Bundle
-from uploader.claim import InstanceLock, default_instance_id
-from uploader.cli_settings import (
+from uploader.adoption.adopt import Adopter, adopt_folder
+from uploader.adoption.drop_folder import DropFolder
+from uploader.adoption.ledger import AdoptLedger
+from uploader.commands.loading import (
     EXIT_FAILED,
     existing_spool,
     settings_and_key,
     uploader_settings_and_key,
 )
-from uploader.cli_spool import SPOOL_COMMANDS
+from uploader.commands.spool import SPOOL_COMMANDS
 from uploader.errors import PlatformAuthError, PlatformConfigError, UploaderError
-from uploader.health import Heartbeat, health_line, health_problems, record_stop
-from uploader.importer import Importer, ImportReceipt
-from uploader.metrics import UploaderMetrics
-from uploader.origin import Origin
+from uploader.importing.chunking import Bundle
+from uploader.importing.importer import Importer
+from uploader.importing.refusals import installed_pycti
+from uploader.intake.scheduler import Result
+from uploader.ops.health import Heartbeat, health_line, health_problems, record_stop
+from uploader.ops.metrics import UploaderMetrics
+from uploader.ops.progress import RunProgress
 from uploader.pipeline import Pipeline, RunSummary
-from uploader.process import Result
-from uploader.progress import RunProgress
-from uploader.refusals import installed_pycti
 from uploader.settings import AdoptSettings, HealthSettings, UploaderSettings
+from uploader.spool_ops.claim import InstanceLock, default_instance_id
+from uploader.spool_ops.origin import Origin
+from uploader.spool_ops.outcome import ImportReceipt
 
 if TYPE_CHECKING:
-    from uploader.opencti import PyctiImporter
+    from uploader.importing.opencti import PyctiImporter
 
 ImporterFactory = Callable[[UploaderSettings], Importer]
 
@@ -69,7 +70,7 @@ EXIT_CONFIG = click.ClickException.exit_code
 def _pycti_importer_class() -> type[PyctiImporter]:
     # Imported here so that status/verify/replay work without pycti installed.
     try:
-        from uploader.opencti import PyctiImporter
+        from uploader.importing.opencti import PyctiImporter
     except ImportError as exc:
         raise click.ClickException(
             f"cannot load pycti ({exc}); install the uploader with its 'opencti' extra "

@@ -10,7 +10,7 @@ beside the bundle. Order, so that a crash at any point loses nothing and never l
 2. write the sidecar atomically (temp + fsync + rename);
 3. move the bundle with :func:`shared.durable.move_no_replace`, whose fsync of the destination
    folder makes the sidecar's rename and the bundle's link durable together;
-4. an adopted file's ``.source`` (:mod:`uploader.origin`) follows it out of ``incoming/``.
+4. an adopted file's ``.source`` (:mod:`uploader.spool_ops.origin`) follows it out of ``incoming/``.
 
 A crash after 2 leaves the bundle claimed: it is reclaimed into ``incoming/`` and imported again
 (OpenCTI upserts), and its new sidecar replaces the stale one. A crash inside 3 (after the link,
@@ -32,11 +32,20 @@ from shared.durable import fsync_dir, move_no_replace, same_bytes, write_atomic
 from shared.errors import DestinationExistsError, SpoolError
 from shared.layout import DONE, FAILED, INCOMING, REASON_SUFFIX, RECEIPT_SUFFIX, Spool
 from shared.timestamps import now_stix_time
-from uploader.claim import release_claim
-from uploader.importer import ImportReceipt
-from uploader.origin import carry_origin
+from uploader.spool_ops.claim import release_claim
+from uploader.spool_ops.origin import carry_origin
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImportReceipt:
+    """What OpenCTI gave back for one file: written to done/ beside it."""
+
+    work_id: str
+    connector_id: str
+    pushes: int
+    objects: int
 
 
 def sidecar_path(bundle_path: Path, suffix: str) -> Path:

@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 from shared.durable import write_atomic
 from shared.errors import SharedError
 from shared.layout import Spool
-from uploader.status import status
+from uploader.spool_ops.status import status
 
 logger = logging.getLogger(__name__)
 

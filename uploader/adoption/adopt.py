@@ -10,7 +10,7 @@ After adoption a file is a spool file like any other, so checks, signing rules, 
   "scope", "auto", "validate_before_import"}, "entities_types", "bundle": {…}, "update"}`` named
   ``<connector name>-<YYYYmmdd-HHMMSS>-<time.time()>.json``. Its bundle goes into the feed folder
   of the connector's id, dated by the epoch in the name (not the mtime, which copies change and
-  removable media round), its origin in the ``.source`` sidecar (:mod:`uploader.origin`).
+  removable media round), its origin in the ``.source`` sidecar (:mod:`uploader.spool_ops.origin`).
   pycti 7's ``S3_BUNDLE`` payload is the same object and is taken the same way.
 * **Plain bundles** (any name) go unchanged into the feed folder ``UPLOADER_ADOPT_FEED_ID``, dated
   by their newest ``modified`` (else ``created``, else the file's mtime).
@@ -19,7 +19,7 @@ A file is taken only when complete: never a hidden or ``*.tmp`` name (pycti writ
 ``<name>.json.tmp`` and renames), its size and mtime the same before and after reading, and its
 bytes parsing whole; one that does not parse is waited for until it has not changed for
 ``settle_seconds``. Its source is removed only after its spool copy and the ledger row are
-durable (:mod:`uploader.adopt_ledger`), and never with ``keep`` or when the folder is read-only.
+durable (:mod:`uploader.adoption.ledger`), and never with ``keep`` or when the folder is read-only.
 A file that is not JSON or not a bundle is copied into ``failed/`` with a ``.reason`` and left
 where it is.
 """
@@ -56,9 +56,9 @@ from shared.layout import (
     walk_bundles,
 )
 from shared.timestamps import now_stix_time, parse_stix_timestamp
-from uploader.adopt_ledger import AdoptLedger
-from uploader.origin import Origin, SourceConnector, write_origin
-from uploader.outcome import sidecar_path, write_sidecar
+from uploader.adoption.ledger import AdoptLedger
+from uploader.spool_ops.origin import Origin, SourceConnector, write_origin
+from uploader.spool_ops.outcome import sidecar_path, write_sidecar
 
 logger = logging.getLogger(__name__)
 

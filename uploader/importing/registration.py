@@ -1,5 +1,8 @@
 """Registering the uploader with OpenCTI as an ``EXTERNAL_IMPORT`` connector, through pycti.
 
+The one module of the uploader that imports pycti (its classes, and its splitter's check of
+which objects the platform imports); :mod:`uploader.importing.opencti` reaches pycti through it.
+
 Before registering, the platform's version is read with the query of pycti's own
 ``OpenCTIApiClient.health_check`` (``query healthCheck { about { version } }``,
 pycti/api/opencti_api_client.py), sent through ``OpenCTIApiClient.query`` of a client built
@@ -29,8 +32,8 @@ import logging
 from typing import Any
 
 from pycti import OpenCTIApiClient, OpenCTIConnector, OpenCTIConnectorHelper
+from pycti.utils.opencti_stix2_splitter import is_id_supported
 
-from uploader.classify import classify
 from uploader.errors import (
     ImportFailure,
     PermanentImportError,
@@ -38,10 +41,11 @@ from uploader.errors import (
     PyctiMismatchError,
     TransientImportError,
 )
-from uploader.origin import SourceConnector
-from uploader.pycti_build import pycti_construction
-from uploader.refusals import installed_pycti, mismatch
+from uploader.importing.classify import classify
+from uploader.importing.pycti_build import pycti_construction
+from uploader.importing.refusals import installed_pycti, mismatch
 from uploader.settings import UploaderSettings
+from uploader.spool_ops.origin import SourceConnector
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +57,12 @@ HEALTH_QUERY = """
       }
     }
 """
+
+
+def importable(stix_id: str) -> bool:
+    """Whether the platform imports an object of this id (pycti's splitter's own check, which
+    ``send_stix2_bundle`` applies before it pushes)."""
+    return bool(is_id_supported(stix_id))
 
 
 def pycti_config(settings: UploaderSettings) -> dict[str, dict[str, Any]]:

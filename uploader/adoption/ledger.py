@@ -3,7 +3,7 @@
 One SQLite file, ``SPOOL_DIR/.adopt/ledger.sqlite3`` (all of its SQL is in this module). A row is
 written only after the spool copy is durable and before the source file is removed, so after a
 crash at any point a file is either in the ledger (its copy is in the spool) or adopted again
-under the same content-addressed name, which :mod:`uploader.adopt` finds and does not publish
+under the same content-addressed name, which :mod:`uploader.adoption.adopt` finds and does not publish
 twice. The ledger survives restarts and never forgets: the same bytes dropped again next month
 are recognised and not imported again (``ctx-uploader replay`` is the way to import twice).
 """

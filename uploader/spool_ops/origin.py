@@ -2,11 +2,11 @@
 
 A pycti "diode" file (``OpenCTIConnectorHelper.send_stix2_bundle`` with ``send_to_directory``)
 names the connector that produced its bundle, the user it ran for (``applicant_id``) and whether
-the platform may overwrite (``update``). Adoption (:mod:`uploader.adopt`) keeps those in
+the platform may overwrite (``update``). Adoption (:mod:`uploader.adoption.adopt`) keeps those in
 ``<spool file name>.source`` beside the bundle, so that the import can register that connector
 and create the file's work under it. The sidecar stays in ``incoming/`` while the file is claimed
-and moves with it to ``done/`` or ``failed/`` (:mod:`uploader.outcome`) and back
-(:mod:`uploader.replay`). Plain bundles have no sidecar: they import under our own connector.
+and moves with it to ``done/`` or ``failed/`` (:mod:`uploader.spool_ops.outcome`) and back
+(:mod:`uploader.spool_ops.replay`). Plain bundles have no sidecar: they import under our own connector.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from shared.layout import (
     walk_bundles,
 )
 from shared.timestamps import parse_stix_timestamp
-from uploader.origin import source_path
+from uploader.spool_ops.origin import source_path
 
 logger = logging.getLogger(__name__)
 

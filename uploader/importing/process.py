@@ -3,7 +3,7 @@
 :meth:`FileProcessor.process` runs in a worker thread and returns a :class:`Result` for the
 scheduler. The file moves forward only: ``incoming/`` → claimed in ``processing/<instance>/`` →
 ``done/`` with its receipt or ``failed/`` with its reason, or back to ``incoming/`` when a transient
-failure is to be retried. Its bytes are read once and parsed once (:func:`uploader.chunking.read_bundle`
+failure is to be retried. Its bytes are read once and parsed once (:func:`uploader.importing.chunking.read_bundle`
 checks them and keeps what the split needs).
 
 A feed's next file may start as soon as OpenCTI has accepted this one: the processor reports an
@@ -21,15 +21,20 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Literal
 
 from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
 from shared.layout import INCOMING, Spool
 from shared.signing import SigningKey
 from shared.timestamps import format_stix_time
-from uploader.check import (
+from uploader.errors import (
+    BundleRejected,
+    PermanentImportError,
+    TransientImportError,
+    WorkErrorsError,
+)
+from uploader.importing.check import (
     SpoolFile,
     check_bundle,
     check_signature,
@@ -37,8 +42,12 @@ from uploader.check import (
     read_spool_file,
     under_symlinked_folder,
 )
-from uploader.chunking import Bundle, read_bundle
-from uploader.claim import (
+from uploader.importing.chunking import Bundle, read_bundle
+from uploader.importing.importer import Importer
+from uploader.intake.scheduler import Result
+from uploader.intake.settle import Settling
+from uploader.settings import UploaderSettings
+from uploader.spool_ops.claim import (
     ClaimLostError,
     InstanceLock,
     claim,
@@ -46,39 +55,13 @@ from uploader.claim import (
     reclaim_instance,
     release_claim,
 )
-from uploader.errors import (
-    BundleRejected,
-    PermanentImportError,
-    TransientImportError,
-    WorkErrorsError,
-)
-from uploader.importer import Importer, ImportReceipt
-from uploader.origin import Origin, read_origin
-from uploader.outcome import Failure, fail_claimed, mark_done
-from uploader.settings import UploaderSettings
-from uploader.settle import Settling
+from uploader.spool_ops.origin import Origin, read_origin
+from uploader.spool_ops.outcome import Failure, ImportReceipt, fail_claimed, mark_done
 
 logger = logging.getLogger(__name__)
 
 # Seconds between two looks at another uploader importing an older file of the same feed.
 _WAIT_FOR_OTHER = 0.5
-
-ResultKind = Literal["done", "failed", "retry", "settling", "wait", "gone", "left", "imported"]
-
-
-@dataclass(frozen=True)
-class Result:
-    """What became of one file (or, ``imported``, that its feed may go on)."""
-
-    feed: str
-    rel: PurePosixPath
-    kind: ResultKind
-    delay: float = 0.0
-    attempts: int = 0
-    #: Walk the feed's folder again (files were put back into incoming/ behind our back).
-    rescan: bool = False
-    #: The final result of a file whose ``imported`` result already freed its feed.
-    released: bool = False
 
 
 def work_name(feed_id: str, spool_file: SpoolFile) -> str:
@@ -220,7 +203,7 @@ class FileProcessor:
         bundle: Bundle,
         attempts: int,
     ) -> Result:
-        # An adopted file's origin (uploader.origin) stays in incoming/ while the file is claimed.
+        # An adopted file's origin (uploader.spool_ops.origin) stays in incoming/ while the file is claimed.
         origin = read_origin(self.spool, rel)
         try:
             if origin is None:

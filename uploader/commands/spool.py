@@ -1,8 +1,8 @@
 """``ctx-uploader status``, ``verify``, ``replay`` and ``prune``: what is done to the spool itself.
 
 Each loads only :class:`uploader.settings.SpoolSettings` and never imports pycti; each refuses a
-``SPOOL_DIR`` that is not a spool (:func:`uploader.cli_settings.existing_spool`). Registered on the
-command group by :mod:`uploader.cli`.
+``SPOOL_DIR`` that is not a spool (:func:`uploader.commands.loading.existing_spool`). Registered on the
+command group by :mod:`uploader.commands.cli`.
 """
 
 from __future__ import annotations
@@ -14,21 +14,21 @@ import click
 
 from shared.cli import config_option
 from shared.errors import SharedError
-from uploader.cli_settings import (
+from uploader.commands.loading import (
     EXIT_FAILED,
     existing_spool,
     load_spool_settings,
     spool_settings_and_key,
 )
 from uploader.errors import UploaderError
-from uploader.prune import candidates as prune_candidates
-from uploader.prune import parse_duration
-from uploader.prune import remove as prune_remove
-from uploader.replay import Source, select
-from uploader.replay import replay as replay_files
-from uploader.status import status as spool_status
-from uploader.status import status_table, verify_manifest
-from uploader.status import verify as verify_spool
+from uploader.spool_ops.prune import candidates as prune_candidates
+from uploader.spool_ops.prune import parse_duration
+from uploader.spool_ops.prune import remove as prune_remove
+from uploader.spool_ops.replay import Source, select
+from uploader.spool_ops.replay import replay as replay_files
+from uploader.spool_ops.status import status as spool_status
+from uploader.spool_ops.status import status_table, verify_manifest
+from uploader.spool_ops.status import verify as verify_spool
 
 
 @click.command()

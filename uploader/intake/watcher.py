@@ -1,7 +1,7 @@
 """Finding spool files: the watchdog observer, the start-up scan and the rescans, into one queue.
 
 Everything that notices a file in ``incoming/`` ends as one call of ``add(rel)`` on the pipeline's
-loop thread. Watchdog's handler only enqueues paths (:mod:`uploader.discover`); the loop hands each
+loop thread. Watchdog's handler only enqueues paths (:mod:`uploader.intake.discover`); the loop hands each
 to :meth:`Intake.path_seen`, which filters it. The start-up scan lists ``incoming/`` at once and
 walks one feed folder per turn of the loop, so the first feeds import while the others are still
 being listed; a feed is never dispatched before its folder was walked (:attr:`Intake.unscanned`).
@@ -23,8 +23,8 @@ from watchdog.observers.api import BaseObserver
 
 from shared.errors import SpoolError
 from shared.layout import BUNDLE_SUFFIX, Spool, walk_bundle_paths
-from uploader.claim import InstanceLock, reclaim
-from uploader.discover import start_observer
+from uploader.intake.discover import start_observer
+from uploader.spool_ops.claim import InstanceLock, reclaim
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ Where pycti is adapted, and why:
 * pycti reads its environment variables before its config dict: ours are hidden meanwhile.
 * pycti's own records are quieter (:class:`PyctiRecords`, a filter on its loggers): its INFO
   lines (three per imported file: ``initiate_work``, the push, ``to_processed``) show only at
-  DEBUG, and an error it logs with a traceback for a failure :mod:`uploader.classify` reads is
+  DEBUG, and an error it logs with a traceback for a failure :mod:`uploader.importing.classify` reads is
   shown at DEBUG without the traceback, since our own line says what it means.
 
-Nothing here imports pycti: :mod:`uploader.opencti` stays the only module that does.
+Nothing here imports pycti: :mod:`uploader.importing.opencti` stays the only module that does.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from uploader.classify import describe, recognised
+from uploader.importing.classify import describe, recognised
 
 # pycti reads these environment variables *before* its config dict, and treats an empty one
 # (``CONNECTOR_QUEUE_PROTOCOL=`` in a compose file) as unset, falling back to its own default

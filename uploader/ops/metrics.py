@@ -23,8 +23,8 @@ from uploader.errors import (
     PlatformAuthError,
     WorkErrorsError,
 )
-from uploader.process import Result
-from uploader.status import Status, Tally, status
+from uploader.intake.scheduler import Result
+from uploader.spool_ops.status import Status, Tally, status
 
 PREFIX = f"{NAMESPACE}_uploader_"
 
