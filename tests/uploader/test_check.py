@@ -1,4 +1,4 @@
-"""uploader.importing.check.scan_bundle: check_bundle's verdicts, one object at a time."""
+"""uploader.importing.scan.scan_bundle: check_bundle's verdicts, one object at a time."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-import uploader.importing.check as check
+import uploader.importing.scan as scan_module
 from uploader.errors import BundleRejected
-from uploader.importing.check import BundleScan, check_bundle, scan_bundle
+from uploader.importing.scan import BundleScan, check_bundle, scan_bundle
 
 
 def _verdict(data: bytes, *, streaming: bool) -> tuple[Any, ...]:
@@ -98,7 +98,7 @@ def test_streaming_scan_gives_check_bundles_verdict(
 ) -> None:
     # Any refusal, kind and message, must be check_bundle's: the streaming reader hands every
     # doubt to it. Tiny slices put every value across a slice boundary at least once.
-    monkeypatch.setattr(check, "_SLICE", slice_size)
+    monkeypatch.setattr(scan_module, "_SLICE", slice_size)
     for data in _verdict_cases():
         assert _verdict(data, streaming=True) == _verdict(data, streaming=False), data[:120]
 
@@ -111,8 +111,8 @@ def test_streaming_scan_reads_valid_bundles_without_the_full_parse(
         raise AssertionError("the streaming scan fell back to check_bundle")
 
     data = json.dumps(json.loads(_good(50)), indent=indent).encode()
-    monkeypatch.setattr(check, "_SLICE", 64)
-    monkeypatch.setattr(check, "check_bundle", no_full_parse)
+    monkeypatch.setattr(scan_module, "_SLICE", 64)
+    monkeypatch.setattr(scan_module, "check_bundle", no_full_parse)
 
     scan = scan_bundle(data, streaming_from=0)
 
@@ -138,7 +138,7 @@ def test_streaming_scan_of_a_big_file_holds_about_a_slice() -> None:
     assert scan.objects == 2000 and scan.ids[-1] == "indicator--1999"
     # A full parse holds the text and every object (several times the file); the scan holds a
     # slice of text, one object and the ids.
-    assert peak < 4 * check._SLICE, peak
+    assert peak < 4 * scan_module._SLICE, peak
 
 
 def _layout_cases() -> list[bytes]:
@@ -165,10 +165,10 @@ def _layout_cases() -> list[bytes]:
 def test_bundle_layout_finds_each_objects_own_bytes(
     monkeypatch: pytest.MonkeyPatch, slice_size: int
 ) -> None:
-    monkeypatch.setattr(check, "_SLICE", slice_size)
+    monkeypatch.setattr(scan_module, "_SLICE", slice_size)
     for data in _layout_cases():
         expected = json.loads(data)
-        layout = check.bundle_layout(data)
+        layout = scan_module.bundle_layout(data)
 
         assert layout is not None
         assert layout.bundle_id == expected.get("id")
@@ -184,7 +184,7 @@ def test_bundle_layout_leaves_a_doubtful_file_to_the_parser() -> None:
     # Two "objects" keys: json.loads keeps the last one, the streaming reader does not guess.
     data = b'{"type":"bundle","objects":[{"type":"a","id":"a--1"}],"objects":[{"type":"b","id":"b--2"}]}'
     assert check_bundle(data)["objects"] == [{"type": "b", "id": "b--2"}]
-    assert check.bundle_layout(data) is None
+    assert scan_module.bundle_layout(data) is None
 
 
 @pytest.mark.parametrize("slice_size", [1, 7, 4096])
@@ -193,10 +193,10 @@ def test_bundle_layout_is_found_only_for_files_check_bundle_accepts(
 ) -> None:
     # read_bundle checks a too-big file in the layout pass alone: a layout must never be found
     # for a file that check_bundle refuses (not UTF-8 included), and must list its objects.
-    monkeypatch.setattr(check, "_SLICE", slice_size)
+    monkeypatch.setattr(scan_module, "_SLICE", slice_size)
     for data in [*_verdict_cases(), *_layout_cases()]:
         verdict = _verdict(data, streaming=False)
-        layout = check.bundle_layout(data)
+        layout = scan_module.bundle_layout(data)
         if verdict[0] == "refused":
             assert layout is None, data[:120]
         elif layout is not None:

@@ -27,21 +27,17 @@ where it is.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
-import re
 import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Literal
 
 from shared.durable import makedirs_durable, publish_bytes, sha256_bytes
-from shared.errors import UnsafeNameError
 from shared.layout import (
     DONE,
     FAILED,
@@ -51,21 +47,16 @@ from shared.layout import (
     Spool,
     SpoolName,
     check_feed_id,
-    check_stix_id,
     relative_path,
     walk_bundles,
 )
-from shared.timestamps import now_stix_time, parse_stix_timestamp
+from shared.timestamps import now_stix_time
 from uploader.adoption.ledger import AdoptLedger
-from uploader.spool_ops.origin import Origin, SourceConnector, write_origin
+from uploader.adoption.plan import Plan, RefusedError, plan_of, source_order
+from uploader.spool_ops.origin import Origin, write_origin
 from uploader.spool_ops.outcome import sidecar_path, write_sidecar
 
 logger = logging.getLogger(__name__)
-
-#: ``_generate_bundle_filename``: ``<name>-%Y%m%d-%H%M%S-<str(time.time())>.json``.
-DIODE_NAME_RE = re.compile(r"-(\d{8})-(\d{6})-(\d+(?:\.\d+)?(?:e[+-]?\d+)?)\.json$")
-#: The ``bundle_type`` values of pycti's directory and S3 payloads.
-DIODE_BUNDLE_TYPES = ("DIRECTORY_BUNDLE", "S3_BUNDLE")
 
 Outcome = Literal["adopted", "duplicate", "failed", "waiting", "ignored"]
 
@@ -78,20 +69,6 @@ class AdoptResult:
     outcome: Outcome
     spool_path: str | None = None
     reason: str | None = None
-
-
-class _RefusedError(Exception):
-    def __init__(self, kind: str, message: str) -> None:
-        self.kind = kind
-        super().__init__(message)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    feed: str
-    data: bytes
-    name: SpoolName
-    origin: Origin
 
 
 class Adopter:
@@ -150,8 +127,8 @@ class Adopter:
             self._remove_source(path)
             return AdoptResult(path, "duplicate", known)
         try:
-            plan = self._plan(path, data, after.st_mtime)
-        except _RefusedError as exc:
+            plan = plan_of(path, data, after.st_mtime, self.feed_id)
+        except RefusedError as exc:
             if exc.kind == "not-json" and self.clock() - after.st_mtime < self.settle_seconds:
                 return AdoptResult(path, "waiting", reason=str(exc))
             spool_path = self._fail(path, data, digest, after.st_mtime, exc)
@@ -166,72 +143,7 @@ class Adopter:
         )
         return AdoptResult(path, "adopted", spool_path)
 
-    def _plan(self, path: Path, data: bytes, mtime: float) -> _Plan:
-        try:
-            document = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _RefusedError("not-json", f"not JSON: {exc}") from None
-        if not isinstance(document, dict):
-            raise _RefusedError("not-a-bundle", "neither a pycti diode file nor a STIX bundle")
-        if isinstance(document.get("connector"), dict) and "bundle" in document:
-            return self._diode_plan(path, document, mtime)
-        if document.get("type") == "bundle" and isinstance(document.get("objects"), list):
-            modified = _newest(document["objects"]) or datetime.fromtimestamp(mtime, UTC)
-            name = SpoolName(modified, _subject(document), sha256_bytes(data))
-            return _Plan(self.feed_id, data, name, Origin(original_name=path.name))
-        raise _RefusedError(
-            "not-a-bundle",
-            "neither a pycti diode file (connector, bundle) nor a STIX bundle (type bundle, objects)",
-        )
-
-    def _diode_plan(self, path: Path, document: dict[str, Any], mtime: float) -> _Plan:
-        connector = document["connector"]
-        bundle = document["bundle"]
-        if isinstance(bundle, str):
-            # pycti writes an object; a string holding the bundle is taken too.
-            try:
-                bundle = json.loads(bundle)
-            except ValueError:
-                raise _RefusedError("not-a-bundle", "its bundle is not JSON") from None
-        if not (
-            isinstance(bundle, dict)
-            and bundle.get("type") == "bundle"
-            and isinstance(bundle.get("objects"), list)
-        ):
-            raise _RefusedError("not-a-bundle", "a diode file whose bundle is not a STIX bundle")
-        try:
-            feed = check_feed_id(connector.get("id"))
-        except UnsafeNameError:
-            raise _RefusedError(
-                "not-a-bundle",
-                f"a diode file whose connector id {connector.get('id')!r} is no UUID",
-            ) from None
-        match = DIODE_NAME_RE.search(path.name)
-        epoch = match.group(3) if match else None
-        modified = _from_epoch(epoch) if epoch else None
-        if modified is None:
-            # Renamed on the way: the bundle's own times order it, else the mtime.
-            modified = _newest(bundle["objects"]) or datetime.fromtimestamp(mtime, UTC)
-        data = json.dumps(bundle, ensure_ascii=False).encode("utf-8")
-        applicant = document.get("applicant_id")
-        origin = Origin(
-            original_name=path.name,
-            connector=SourceConnector(
-                id=feed,
-                name=str(connector.get("name") or feed),
-                type=str(connector.get("type") or "EXTERNAL_IMPORT"),
-                scope=_scope(connector.get("scope")),
-                auto=bool(connector.get("auto", False)),
-                validate_before_import=bool(connector.get("validate_before_import", False)),
-            ),
-            applicant_id=str(applicant) if applicant else None,
-            update=bool(document.get("update", False)),
-            bundle_type=str(document.get("bundle_type") or ""),
-            epoch=epoch,
-        )
-        return _Plan(feed, data, SpoolName(modified, _subject(bundle), sha256_bytes(data)), origin)
-
-    def _publish(self, rel: PurePosixPath, plan: _Plan) -> str:
+    def _publish(self, rel: PurePosixPath, plan: Plan) -> str:
         """Publish into ``incoming/`` unless a crash left this very file in the spool already."""
         existing = self._in_spool(rel)
         if existing is not None:
@@ -257,7 +169,7 @@ class Adopter:
                 return f"{INCOMING}/{rel}"
         return None
 
-    def _fail(self, path: Path, data: bytes, digest: str, mtime: float, exc: _RefusedError) -> str:
+    def _fail(self, path: Path, data: bytes, digest: str, mtime: float, exc: RefusedError) -> str:
         """Copy a refused file into ``failed/`` with its reason; the source stays where it is."""
         name = SpoolName(datetime.fromtimestamp(mtime, UTC), FEED_OBJECTS_SUBJECT, digest)
         rel = relative_path(self.feed_id, name)
@@ -349,57 +261,3 @@ def adopt_folder(
         pending = waiting
         sleep(0.2)
     return summary
-
-
-def source_order(path: Path) -> tuple[int, Decimal, str]:
-    """Sort key of files adopted together: diode files by the epoch in their names (so each
-    connector's in its own order, and the connectors interleaved: their feeds import in
-    parallel), then other files by name."""
-    match = DIODE_NAME_RE.search(path.name)
-    if match is None:
-        return (1, Decimal(0), path.name)
-    try:
-        epoch = Decimal(match.group(3))
-    except InvalidOperation:
-        return (1, Decimal(0), path.name)
-    return (0, epoch, path.name)
-
-
-def _from_epoch(text: str) -> datetime | None:
-    try:
-        value = Decimal(text)
-        seconds = int(value)
-        micros = int((value - seconds) * 1_000_000)
-        return datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
-    except (InvalidOperation, ValueError, OverflowError, OSError):
-        return None
-
-
-def _newest(objects: list[Any]) -> datetime | None:
-    newest: datetime | None = None
-    for obj in objects:
-        if not isinstance(obj, dict):
-            continue
-        stamp = obj.get("modified") or obj.get("created")
-        if not isinstance(stamp, str):
-            continue
-        try:
-            when = parse_stix_timestamp(stamp)
-        except ValueError:
-            continue
-        if newest is None or when > newest:
-            newest = when
-    return newest
-
-
-def _subject(bundle: dict[str, Any]) -> str:
-    try:
-        return check_stix_id(bundle.get("id"))
-    except UnsafeNameError:
-        return FEED_OBJECTS_SUBJECT
-
-
-def _scope(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return "" if value is None else str(value)

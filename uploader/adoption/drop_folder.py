@@ -16,7 +16,8 @@ from pathlib import Path
 
 from watchdog.observers.api import BaseObserver
 
-from uploader.adoption.adopt import Adopter, source_order, walk_drop
+from uploader.adoption.adopt import Adopter, walk_drop
+from uploader.adoption.plan import source_order
 from uploader.intake.discover import start_observer
 
 logger = logging.getLogger(__name__)

@@ -27,8 +27,9 @@ from uploader.spool_ops.prune import remove as prune_remove
 from uploader.spool_ops.replay import Source, select
 from uploader.spool_ops.replay import replay as replay_files
 from uploader.spool_ops.status import status as spool_status
-from uploader.spool_ops.status import status_table, verify_manifest
-from uploader.spool_ops.status import verify as verify_spool
+from uploader.spool_ops.status import status_table
+from uploader.spool_ops.verify import verify as verify_spool
+from uploader.spool_ops.verify import verify_manifest
 
 
 @click.command()

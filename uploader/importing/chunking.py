@@ -2,11 +2,11 @@
 
 :func:`read_bundle` is the one parse of a file's bytes: it refuses what is not a usable STIX
 bundle (:class:`uploader.errors.BundleRejected`, the same kinds and messages as
-:func:`uploader.importing.check.check_bundle`) and keeps what the split needs, so the importer never reads
+:func:`uploader.importing.scan.check_bundle`) and keeps what the split needs, so the importer never reads
 the file again. A bundle that fits in one push is sent as the file's exact bytes; a bigger one is
 cut into whole objects (referenced objects first, containers last), each chunk a
 ``{type, id, objects}`` bundle of the objects' own bytes from the file. The cut is planned from
-where each object is in the file (:func:`uploader.importing.check.bundle_layout`) and each chunk is built
+where each object is in the file (:func:`uploader.importing.scan.bundle_layout`) and each chunk is built
 when it is sent, so a split file costs its bytes and one chunk in memory, not its parsed objects
 and every chunk.
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, overload
 
 from uploader.errors import PermanentImportError
-from uploader.importing.check import BundleLayout, bundle_layout, check_bundle, scan_bundle
+from uploader.importing.scan import BundleLayout, bundle_layout, check_bundle, scan_bundle
 
 #: Bytes kept free in every push for the GraphQL document and variables around the bundle.
 PUSH_ENVELOPE_BYTES = 4096
@@ -78,10 +78,10 @@ class Bundle:
 def read_bundle(data: bytes, max_push_bytes: int, parsed: dict[str, Any] | None = None) -> Bundle:
     """Check ``data`` once and keep what cutting it into pushes needs.
 
-    A file that fits in a push is checked by :func:`uploader.importing.check.scan_bundle` (one object at a
+    A file that fits in a push is checked by :func:`uploader.importing.scan.scan_bundle` (one object at a
     time for big files: the parsed bundle is never held), or taken from ``parsed`` when the caller
-    parsed it already (:func:`uploader.importing.check.check_bundle`'s result, in strict mode); a bigger one by
-    :func:`uploader.importing.check.bundle_layout`, which checks and records where each object is in the same
+    parsed it already (:func:`uploader.importing.scan.check_bundle`'s result, in strict mode); a bigger one by
+    :func:`uploader.importing.scan.bundle_layout`, which checks and records where each object is in the same
     pass. Raises :class:`uploader.errors.BundleRejected`.
     """
     if pushed_size_of(data) <= max_push_bytes - PUSH_ENVELOPE_BYTES:

@@ -36,7 +36,6 @@ from uploader.errors import (
 )
 from uploader.importing.check import (
     SpoolFile,
-    check_bundle,
     check_signature,
     check_stix,
     read_spool_file,
@@ -44,6 +43,7 @@ from uploader.importing.check import (
 )
 from uploader.importing.chunking import Bundle, read_bundle
 from uploader.importing.importer import Importer
+from uploader.importing.scan import check_bundle
 from uploader.intake.scheduler import Result
 from uploader.intake.settle import Settling
 from uploader.settings import UploaderSettings
