@@ -20,7 +20,7 @@ from shared.layout import Spool, walk_bundles
 from tests.standins.opencti import STANDIN_TOKEN, OpenCTIStandIn
 from tests.standins.opencti_schema import RELEASE_VERSIONS, release_for_pycti
 from tests.uploader.conftest import UPLOADER, SpoolFiles, invoke
-from uploader.commands.cli import EXIT_CONFIG, EXIT_PENDING
+from uploader.commands.loading import EXIT_CONFIG, EXIT_PENDING
 from uploader.errors import (
     PermanentImportError,
     PlatformAuthError,
