@@ -5,7 +5,7 @@ every process they start, as ``__mp_main__`` ("Safe importing of main module",
 https://docs.python.org/3/library/multiprocessing.html#the-spawn-and-forkserver-start-methods).
 For a console script that is the script itself, whose first line imports its entry point: this
 module imports the command line (click, requests, pydantic) only when it is called, so the
-processes that write files (:mod:`fetcher.workers`) start without loading it.
+processes that write files (:mod:`fetcher.files.workers`) start without loading it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,6 @@ from typing import Any
 
 
 def main() -> Any:
-    from fetcher.cli import main as command_line
+    from fetcher.commands.cli import main as command_line
 
     return command_line()

@@ -32,7 +32,7 @@ class FetcherError(Exception):
     """Root of every error raised by :mod:`fetcher`."""
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Whole across processes (fetcher.workers), keyword-only fields included.
+        # Whole across processes (fetcher.files.workers), keyword-only fields included.
         return (restore_error, (type(self), self.args, self.__dict__))
 
     def __init__(self, message: str, *, feed_id: str | None = None) -> None:

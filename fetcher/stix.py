@@ -1,9 +1,10 @@
-"""What the fetcher needs to know of a STIX object: what it refers to, which version is newer,
-and whether it is a storage artefact of stix2arango rather than intelligence.
+"""What the fetcher needs to know of a STIX object: its canonical JSON, what it refers to, which
+version is newer, and whether it is a storage artefact of stix2arango rather than intelligence.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -13,6 +14,16 @@ from typing import Any
 from shared.timestamps import STIX_TIME_FORMAT, parse_stix_timestamp
 
 JSONDict = dict[str, Any]
+
+#: ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``: one encoder for
+#: every call, since ``dumps`` with any non-default option builds a new one each time.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic UTF-8 JSON: sorted keys, no insignificant whitespace."""
+    return _CANONICAL.encode(obj).encode("utf-8")
+
 
 #: stix2arango's namespace for the ids of the relationships it makes from embedded references
 #: (``stix2arango/config.py`` ``namespace``; ``utils.create_relationship_obj`` names each one
@@ -118,7 +129,7 @@ def version_key(obj: JSONDict, served: str) -> str:
 
 
 def served_position(page: str, index: int) -> str:
-    """Where a record was served: its page's position (:attr:`fetcher.walk.Step.served`) and its
+    """Where a record was served: its page's position (:attr:`fetcher.ctx.walk.Step.served`) and its
     place on the page.
 
     A page is sorted by ``_record_modified`` (``arango_helpers.py`` ``get_objects``: both halves

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from fetcher.bundle import canonical_json
+from fetcher.stix import canonical_json
 from shared.durable import sha256_bytes
 
 _NAMESPACE = uuid.UUID("0d3c6f7e-8a4b-5c2d-9e1f-2a3b4c5d6e7f")

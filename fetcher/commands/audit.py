@@ -1,4 +1,4 @@
-"""``ctx-fetcher audit``: the command line of :mod:`fetcher.audit`, registered by :mod:`fetcher.cli`."""
+"""``ctx-fetcher audit``: the command line of :mod:`fetcher.commands.audit_feed`."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import click
 
-from fetcher.audit import AuditProgress, FeedAudit, audit_feed
-from fetcher.client import CTXClient
+from fetcher.commands.audit_feed import AuditProgress, FeedAudit, audit_feed
+from fetcher.commands.loading import fetcher_settings
+from fetcher.ctx.client import CTXClient
 from fetcher.errors import FetcherError
-from fetcher.settings import FetcherSettings
-from fetcher.status import open_state
+from fetcher.state.ledger import open_state
 from shared.cli import config_option
 from shared.console import log_handler, terminal_console
 from shared.errors import SpoolError, UnsafeNameError
@@ -27,61 +27,54 @@ INCOMPLETE = 3
 SHOWN = 20
 
 
-def audit_command(load: Callable[[Path | None], FetcherSettings]) -> click.Command:
-    """The ``audit`` command, with the CLI's settings loader."""
+@click.command()
+@config_option
+@click.option(
+    "--feed", "feed_id", default=None, metavar="UUID", help="Audit only this configured feed."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of lines.")
+@click.pass_context
+def audit(ctx: click.Context, config_path: Path | None, feed_id: str | None, as_json: bool) -> None:
+    """Prove the spool is complete: re-read each feed from its start and check that a file
+    carries the newest version of every object, and every object a written report names.
 
-    @click.command()
-    @config_option
-    @click.option(
-        "--feed", "feed_id", default=None, metavar="UUID", help="Audit only this configured feed."
-    )
-    @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of lines.")
-    @click.pass_context
-    def audit(
-        ctx: click.Context, config_path: Path | None, feed_id: str | None, as_json: bool
-    ) -> None:
-        """Prove the spool is complete: re-read each feed from its start and check that a file
-        carries the newest version of every object, and every object a written report names.
-
-        Exit 0 when every audited feed is complete, 3 when an object or a report's member is in
-        no file (listed), 1 on an error. Reads the fetcher's state only (no lock), so it runs beside
-        `ctx-fetcher run`; it reads the whole listing of each feed from CTX.
-        """
-        settings = load(config_path)
-        feeds = settings.feed_ids
-        if feed_id is not None:
-            try:
-                feed_id = check_feed_id(feed_id.strip())
-            except UnsafeNameError as exc:
-                raise click.BadParameter(str(exc), param_hint="--feed") from None
-            if feed_id not in feeds:
-                raise click.ClickException(
-                    f"feed {feed_id} is not configured (CYBERTHREATEXCHANGE_FEED_IDS: "
-                    f"{', '.join(feeds)})"
-                )
-            feeds = (feed_id,)
-        results: list[FeedAudit] = []
+    Exit 0 when every audited feed is complete, 3 when an object or a report's member is in
+    no file (listed), 1 on an error. Reads the fetcher's state only (no lock), so it runs beside
+    `ctx-fetcher run`; it reads the whole listing of each feed from CTX.
+    """
+    settings = fetcher_settings(config_path)
+    feeds = settings.feed_ids
+    if feed_id is not None:
         try:
-            with (
-                open_state(settings.spool_dir, settings.effective_state_dir) as state,
-                CTXClient(settings) as client,
-                _display(sys.stdout.isatty()) as (progress, echo),
-            ):
-                for feed in feeds:
-                    result = audit_feed(client, state, feed, progress=progress)
-                    results.append(result)
-                    if not as_json:
-                        echo(_text(result))
-        except (FetcherError, SpoolError) as exc:
-            raise click.ClickException(str(exc)) from None
-        if as_json:
-            complete = all(r.complete for r in results)
-            document = {"complete": complete, "feeds": [r.as_dict() for r in results]}
-            click.echo(json.dumps(document, indent=2))
-        if not all(r.complete for r in results):
-            ctx.exit(INCOMPLETE)
-
-    return audit
+            feed_id = check_feed_id(feed_id.strip())
+        except UnsafeNameError as exc:
+            raise click.BadParameter(str(exc), param_hint="--feed") from None
+        if feed_id not in feeds:
+            raise click.ClickException(
+                f"feed {feed_id} is not configured (CYBERTHREATEXCHANGE_FEED_IDS: "
+                f"{', '.join(feeds)})"
+            )
+        feeds = (feed_id,)
+    results: list[FeedAudit] = []
+    try:
+        with (
+            open_state(settings.spool_dir, settings.effective_state_dir) as state,
+            CTXClient(settings) as client,
+            _display(sys.stdout.isatty()) as (progress, echo),
+        ):
+            for feed in feeds:
+                result = audit_feed(client, state, feed, progress=progress)
+                results.append(result)
+                if not as_json:
+                    echo(_text(result))
+    except (FetcherError, SpoolError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        complete = all(r.complete for r in results)
+        document = {"complete": complete, "feeds": [r.as_dict() for r in results]}
+        click.echo(json.dumps(document, indent=2))
+    if not all(r.complete for r in results):
+        ctx.exit(INCOMPLETE)
 
 
 def _text(result: FeedAudit) -> str:
@@ -114,7 +107,7 @@ def _display(wanted: bool) -> Iterator[tuple[AuditProgress | None, Callable[[str
     if console is None:
         yield None, click.echo
         return
-    # Imported only for a terminal, as fetcher.progress is.
+    # Imported only for a terminal, as fetcher.commands.progress is.
     from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
     display = Progress(

@@ -1,8 +1,8 @@
 """``ctx-fetcher audit``: proof that the spool files carry the newest version of every object.
 
 A feed's objects listing is read again from its start, one page after another through one
-:class:`fetcher.walk.CursorWalk` (no segments, no workers: the simplest reading there is, so that
-it shares no fault with the pass's), into a scratch :class:`fetcher.mirror.Mirror` in a temporary
+:class:`fetcher.ctx.walk.CursorWalk` (no segments, no workers: the simplest reading there is, so that
+it shares no fault with the pass's), into a scratch :class:`fetcher.state.mirror.Mirror` in a temporary
 directory: the same version rules as a pass, on disk, so memory stays flat on big feeds. That
 mirror is then compared with the fetcher's state, opened read-only (no lock, nothing written: the
 audit runs beside ``ctx-fetcher run``):
@@ -10,7 +10,7 @@ audit runs beside ``ctx-fetcher run``):
 * an object whose newest version is not the one the state records as carried by a published file
   (the mirror's ``written``; an object the state does not hold counts too) is *in no file*;
 * a report whose newest version a file carries, written without objects it names
-  (:meth:`fetcher.gaps.ReportGaps.incomplete`) that the listing holds, *lacks members*. Objects it
+  (:meth:`fetcher.state.gaps.ReportGaps.incomplete`) that the listing holds, *lacks members*. Objects it
   names that the listing does not hold are listed apart, as information: no pass could write them.
 
 A record stored after the audit read past it is not seen; one stored while the audit reads, and
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fetcher.client import CTXClient
-from fetcher.gaps import GapCounts, ReportGaps
-from fetcher.mirror import Mirror
-from fetcher.state import Ledger
-from fetcher.walk import PageLimit, open_walk
+from fetcher.ctx.client import CTXClient
+from fetcher.ctx.walk import PageLimit, open_walk
+from fetcher.state.gaps import GapCounts
+from fetcher.state.ledger import Ledger
+from fetcher.state.mirror import Mirror
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class FeedAudit:
     lacking: dict[str, list[str]] = field(default_factory=dict)
     #: Objects such reports name that the listing does not hold (information only).
     not_listed: dict[str, list[str]] = field(default_factory=dict)
-    #: Reports the fetcher holds back, waiting for objects they name (fetcher.gaps): they and
+    #: Reports the fetcher holds back, waiting for objects they name (fetcher.state.gaps): they and
     #: what they carry are in no file yet, by design.
     waiting: int = 0
 
@@ -109,7 +109,7 @@ def audit_feed(
         tempfile.TemporaryDirectory(prefix="ctx-audit-") as scratch_dir,
         Ledger(Path(scratch_dir)) as scratch,
     ):
-        listing = Mirror(scratch)
+        listing = scratch.mirror
         result.records = _read_listing(client, scratch, listing, feed_id, progress)
         written = _Written(state, feed_id)
         for reports in (True, False):
@@ -118,7 +118,7 @@ def audit_feed(
                 carried = written.of(ids)
                 result.objects += len(ids)
                 result.not_in_files += [i for i in ids if carried.get(i) != kept[i].sha256]
-        gaps = ReportGaps(state)
+        gaps = state.gaps
         _check_reports(result, listing, written, gaps.incomplete(feed_id))
         result.waiting = gaps.counts().get(feed_id, GapCounts()).waiting
     logger.info(
@@ -187,13 +187,13 @@ def _held(listing: Mirror, feed_id: str, ids: set[str]) -> set[str]:
 
 
 class _Written:
-    """The state's written marks of one feed (:meth:`fetcher.mirror.Mirror.written`); none in a
+    """The state's written marks of one feed (:meth:`fetcher.state.mirror.Mirror.written`); none in a
     state whose fetcher never read a page."""
 
     def __init__(self, state: Ledger, feed_id: str) -> None:
         self._feed_id = feed_id
-        self._mirror = Mirror(state, create=False) if Mirror.exists(state) else None
+        self._mirror = state.mirror
 
     def of(self, ids: Iterable[str]) -> dict[str, str]:
         """The sha256 a published file carries of each of ``ids`` (absent: none)."""
-        return {} if self._mirror is None else self._mirror.written(self._feed_id, ids)
+        return self._mirror.written(self._feed_id, ids)

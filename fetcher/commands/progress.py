@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from rich.console import Console
 from rich.progress import TaskID
 
-from fetcher.pass_result import FeedResult
-from fetcher.pass_result import Progress as ProgressCallback
+from fetcher.passes.result import FeedResult
+from fetcher.passes.result import Progress as ProgressCallback
 from shared.console import live_progress, showing
 
 

@@ -5,8 +5,8 @@ A reset is carried out in two steps, so that a fetcher killed between them loses
 1. :func:`reset_feed` (the command, under the state lock): the feed's listing cursor moves back to
    just below the date (or is dropped: from the start), and a row in ``resets`` says what the next
    pass must do with what it reads again.
-2. :func:`redeliver` (the next pass, for each group of pages read): the mirror keeps a record
-   unchanged when its content is the one it holds (:meth:`fetcher.mirror.Mirror.apply_pages`), so
+2. :func:`fetcher.passes.feed.redeliver` (the next pass, for each group of pages read): the mirror keeps a record
+   unchanged when its content is the one it holds (:meth:`fetcher.state.mirror.Mirror.apply_pages`), so
    a plain re-read would reach no file. The pass therefore clears the mirror's ``written`` mark of
    what it reads again (the mirror's documented meaning of NULL: "no published file carries it
    yet") so that the assemble step looks at it once more:
@@ -27,15 +27,22 @@ filter), not with the objects' ``modified``: it says when CTX stored a record.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
-from fetcher.mirror import Mirror
-from fetcher.passes import PassLog, PendingReset
-from fetcher.state import LISTING_CURSOR, Ledger, Statement
-from fetcher.stix import JSONDict
-from fetcher.walk import just_below
+import click
+
+from fetcher.commands.loading import settings_without_key
+from fetcher.commands.lock import StateLock
+from fetcher.commands.status import read_state
+from fetcher.ctx.walk import just_below
+from fetcher.errors import FetcherError
+from fetcher.settings import SpoolStateSettings
+from fetcher.state.ledger import LISTING_CURSOR, Ledger, open_state
+from fetcher.state.pass_log import PendingReset
+from shared.cli import config_option
+from shared.errors import SpoolError, UnsafeNameError
 from shared.layout import check_feed_id
 from shared.timestamps import format_stix_time, now_stix_time
 
@@ -83,21 +90,7 @@ def reset_feed(
     # serves the records stored at exactly that time too.
     target = None if since is None else just_below(format_stix_time(since))
     after = None if before is None or target is None else min(before, target)
-    statements: list[Statement] = []
-    if after is None:
-        statements.append(
-            ("DELETE FROM cursors WHERE feed_id = ? AND name = ?", (feed_id, LISTING_CURSOR))
-        )
-    elif after != before:
-        statements.append(
-            (
-                "UPDATE cursors SET value = ? WHERE feed_id = ? AND name = ?",
-                (after, feed_id, LISTING_CURSOR),
-            )
-        )
-    with ledger.batch():
-        ledger.write(statements)
-        PassLog(ledger).request_reset(PendingReset(feed_id, after, rewrite, now_stix_time()))
+    ledger.request_reset(PendingReset(feed_id, after, rewrite, now_stix_time()))
     if after == before:
         logger.info(
             "feed reset: the next pass already reads it from %s; nothing changes",
@@ -114,16 +107,68 @@ def reset_feed(
     return ResetOutcome(feed_id, before, after, rewrite)
 
 
-def redeliver(
-    ledger: Ledger, mirror: Mirror, feed_id: str, objects: Iterable[JSONDict], *, rewrite: bool
+logger = logging.getLogger(__name__)
+
+
+@click.command()
+@config_option
+@click.option("--feed", "feed_id", required=True, help="The feed's UUID.")
+@click.option(
+    "--since",
+    "since",
+    default=None,
+    metavar="ISO-8601",
+    help="Re-read the records CTX stored from this date or date-time (UTC if no zone is given).",
+)
+@click.option("--all", "from_start", is_flag=True, help="Re-read the feed from its start.")
+@click.option(
+    "--rewrite",
+    is_flag=True,
+    help="Write the files of what is re-read again, even those whose content did not change.",
+)
+def reset(
+    config_path: Path | None, feed_id: str, since: str | None, from_start: bool, rewrite: bool
 ) -> None:
-    """Hand what the pass read again back to the assemble step (inside the ledger's batch)."""
-    reports: list[str] = []
-    others: list[str] = []
-    for obj in objects:
-        object_id = obj.get("id")
-        if isinstance(object_id, str):
-            (reports if obj.get("type") == "report" else others).append(object_id)
-    mirror.forget_written(feed_id, list(dict.fromkeys(reports + others if rewrite else reports)))
-    if rewrite and reports:
-        ledger.forget_reports(feed_id, reports)
+    """The next pass re-reads one feed from a date (--since) or from its start (--all).
+
+    Without --rewrite only files whose content changed are written. Refused while another
+    ctx-fetcher (`run` or `once`) uses the state: stop it first.
+    """
+    if (since is None) == (not from_start):
+        raise click.UsageError("give exactly one of --since DATE and --all")
+    try:
+        when = None if since is None else parse_since(since)
+        feed_id = check_feed_id(feed_id.strip())
+    except (ValueError, UnsafeNameError) as exc:
+        raise click.BadParameter(str(exc)) from None
+    settings = settings_without_key(SpoolStateSettings, config_path)
+    try:
+        # A wrong SPOOL_DIR is refused before anything is created in it.
+        with open_state(settings.spool_dir, settings.effective_state_dir) as existing:
+            known = {feed.feed_id for feed in read_state(existing, ())}
+        if feed_id not in known:
+            raise click.ClickException(
+                f"the fetcher state has no feed {feed_id} (it knows: "
+                f"{', '.join(sorted(known)) or 'none'}); nothing to reset"
+            )
+        with (
+            StateLock(settings.effective_state_dir),
+            Ledger(settings.effective_state_dir) as ledger,
+        ):
+            outcome = reset_feed(ledger, feed_id, since=when, rewrite=rewrite)
+    except (FetcherError, SpoolError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if outcome.after == outcome.before:
+        # The cursor never moves forward (fetcher.commands.reset): a date after it re-reads nothing.
+        where = outcome.before or "the start of the feed"
+        click.echo(
+            f"{feed_id}: the next pass already reads from {where}, "
+            + ("" if since is None else f"before {since.strip()}, ")
+            + "so nothing changes"
+        )
+        return
+    start = outcome.after or "the start of the feed"
+    click.echo(
+        f"{feed_id}: the next pass reads from {start} (was {outcome.before or 'the start'}); "
+        + ("its files are written again" if rewrite else "only changed files are written")
+    )

@@ -6,16 +6,23 @@ HEALTHCHECK beside a running fetcher, every few seconds.
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fetcher.gaps import GapCounts, ReportGaps
-from fetcher.passes import PassLog, PassRecord, PendingReset
-from fetcher.state import DB_NAME, LISTING_CURSOR, Ledger
-from shared.errors import NotASpoolError, SpoolError
-from shared.layout import Spool
+import click
+
+from fetcher.commands.loading import settings_without_key
+from fetcher.errors import FetcherError
+from fetcher.settings import ScheduleSettings
+from fetcher.state.gaps import GapCounts
+from fetcher.state.ledger import LISTING_CURSOR, Ledger, open_state
+from fetcher.state.pass_log import PassRecord, PendingReset
+from shared.cli import config_option
+from shared.errors import SpoolError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -65,32 +72,13 @@ class FeedState:
         }
 
 
-def open_state(spool_dir: Path, state_dir: Path) -> Ledger:
-    """The fetcher's state, read-only; refuses a directory that is not a spool with state.
-
-    A wrong SPOOL_DIR must not look like an empty, healthy spool.
-    """
-    if (state_dir / DB_NAME).is_file():
-        return Ledger(state_dir, read_only=True)
-    try:
-        Spool(spool_dir).require()
-    except SpoolError as exc:
-        raise NotASpoolError(str(exc), spool_dir.absolute()) from None
-    raise NotASpoolError(
-        f"no fetcher state at {(state_dir / DB_NAME).absolute()}: the fetcher has not run with "
-        "this SPOOL_DIR (or CYBERTHREATEXCHANGE_STATE_DIR)",
-        state_dir.absolute(),
-    )
-
-
 def read_state(ledger: Ledger, configured: tuple[str, ...]) -> list[FeedState]:
     """Every configured feed, then every other feed the state knows, in that order."""
     cursors = ledger.cursors()
-    log = PassLog(ledger)
-    passes = log.records()
-    resets = log.pending_resets()
+    passes = ledger.passes.records()
+    resets = ledger.passes.pending_resets()
     # A state file older than the report_gaps table (schema 2) has none: zero of each.
-    gaps = ReportGaps(ledger).counts()
+    gaps = ledger.gaps.counts()
     known = {feed for feed, _ in cursors} | set(passes) | set(resets)
     feeds = list(configured) + sorted(known - set(configured))
     return [
@@ -227,3 +215,54 @@ def render_table(states: list[FeedState], console: Console) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+logger = logging.getLogger(__name__)
+
+
+def _read_state(settings: ScheduleSettings) -> list[FeedState]:
+    try:
+        with open_state(settings.spool_dir, settings.effective_state_dir) as ledger:
+            return read_state(ledger, settings.feed_ids)
+    except (FetcherError, SpoolError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
+def state(config_path: Path | None, as_json: bool) -> None:
+    """Where each feed stands: cursor, last pass, files written, reports waiting for objects they
+    name or written without some, last error. Read-only."""
+    settings = settings_without_key(ScheduleSettings, config_path)
+    states = _read_state(settings)
+    if as_json:
+        document = {
+            "spool_dir": str(settings.spool_dir.absolute()),
+            "state_dir": str(settings.effective_state_dir.absolute()),
+            "interval_seconds": settings.interval_seconds,
+            "feeds": [feed.as_dict() for feed in states],
+        }
+        click.echo(json.dumps(document, indent=2))
+        return
+    from rich.console import Console
+
+    console = Console()
+    # Off a terminal (a pipe, a log): wide enough that only the error column folds.
+    render_table(states, console if console.is_terminal else Console(width=240))
+
+
+@click.command()
+@config_option
+def health(config_path: Path | None) -> None:
+    """Exit 0 when the last pass of every configured feed went well and is recent.
+
+    Non-zero, with one line saying why, when a feed's last pass failed, ended more than twice the
+    interval ago, or never finished. Reads the state only: no lock, no network (a HEALTHCHECK).
+    """
+    settings = settings_without_key(ScheduleSettings, config_path)
+    problems = health_problems(_read_state(settings), interval_seconds=settings.interval_seconds)
+    line = health_line(problems, len(settings.feed_ids))
+    if problems:
+        raise click.ClickException(line)
+    click.echo(line)

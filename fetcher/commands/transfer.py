@@ -13,14 +13,19 @@ refused, not created and reported as an empty transfer set.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from fetcher.errors import TransferError
-from fetcher.state import Ledger
-from fetcher.status import open_state
-from shared.durable import sha256_file
-from shared.errors import UnsafeNameError
+import click
+
+from fetcher.commands.loading import settings_without_key
+from fetcher.errors import FetcherError, TransferError
+from fetcher.settings import SpoolStateSettings
+from fetcher.state.ledger import Ledger, open_state
+from shared.cli import config_option
+from shared.durable import sha256_file, write_atomic
+from shared.errors import SpoolError, UnsafeNameError
 from shared.layout import INCOMING, Spool, parse_relative_path, walk_bundles
 from shared.timestamps import now_stix_time
 
@@ -29,7 +34,7 @@ def open_transfer_state(spool_dir: Path, state_dir: Path) -> Ledger:
     """The fetcher's state at ``state_dir``, for ``transfer`` to read and mark.
 
     Raises :class:`shared.errors.NotASpoolError`, creating nothing, where
-    :func:`fetcher.status.open_state` refuses: ``spool_dir`` is not a spool, or the fetcher never
+    :func:`fetcher.commands.status.open_state` refuses: ``spool_dir`` is not a spool, or the fetcher never
     ran with it (a wrong ``CYBERTHREATEXCHANGE_STATE_DIR`` would otherwise list every file as new).
     """
     with open_state(spool_dir, state_dir):
@@ -87,3 +92,47 @@ def mark(ledger: Ledger, paths: Iterable[str]) -> int:
     items = [(path, _name_sha256(path)) for path in paths]
     ledger.mark_transferred(items, now_stix_time())
     return len(items)
+
+
+logger = logging.getLogger(__name__)
+
+
+@click.command()
+@config_option
+@click.option("--all", "include_all", is_flag=True, help="List every file, even those marked.")
+@click.option(
+    "--manifest",
+    "manifest_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a `sha256sum -c` manifest of exactly the listed files (published atomically).",
+)
+@click.option("--mark", "mark_listed", is_flag=True, help="Record the listed files as transferred.")
+@click.option("-0", "--null", "null", is_flag=True, help="End each path with NUL, not newline.")
+def transfer(
+    config_path: Path | None,
+    include_all: bool,
+    manifest_path: Path | None,
+    mark_listed: bool,
+    null: bool,
+) -> None:
+    """List the files in incoming/ not yet marked as transferred, relative to SPOOL_DIR.
+
+    The list feeds `rsync --files-from=- SPOOL_DIR DEST` or `tar -C SPOOL_DIR -T -` (with -0: their
+    --from0/--null options). Nothing is marked unless --mark is given, and only after the list and
+    the manifest are written. No network: only the spool and the fetcher's state are used.
+    """
+    settings = settings_without_key(SpoolStateSettings, config_path)
+    spool = Spool(settings.spool_dir)
+    try:
+        with open_transfer_state(settings.spool_dir, settings.effective_state_dir) as ledger:
+            paths = transfer_set(spool, ledger, include_all=include_all)
+            if manifest_path is not None:
+                write_atomic(manifest_path, manifest(spool, paths))
+            end = "\0" if null else "\n"
+            click.echo("".join(f"{path}{end}" for path in paths), nl=False)
+            if mark_listed:
+                marked = mark(ledger, paths)
+                logger.info("marked %d file(s) as transferred", marked)
+    except (FetcherError, SpoolError) as exc:
+        raise click.ClickException(str(exc)) from None

@@ -3,7 +3,7 @@
 Shapes from ``cyberthreatexchange/server/arango_helpers.py`` (``get_objects``: cursor pages) and
 the older ``get_paginated_response`` (page-number pages); ``v1/subscriptions/`` as the official
 OpenCTI connector reads it (``external-import/dogesec-cyberthreatexchange``). Kept apart from the
-HTTP client (:mod:`fetcher.client`) so that code which only checks records, such as the mirror
+HTTP client (:mod:`fetcher.ctx.client`) so that code which only checks records, such as the mirror
 and the processes that write files, does not import an HTTP stack.
 """
 
@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from fetcher.errors import MalformedResponseError
+from fetcher.stix import JSONDict
 from shared.errors import UnsafeNameError
 from shared.layout import check_feed_id, check_stix_id
 
 logger = logging.getLogger(__name__)
 
-JSONDict = dict[str, Any]
 Style = Literal["cursor", "page"]
 
 
@@ -87,7 +87,7 @@ def parse_page(body: JSONDict, *, path: str, feed_id: str | None = None) -> Page
     Cursor style: ``{objects, next, count}`` (arango_helpers.py ``get_objects``); page-number
     style: ``{page_size, page_number, page_results_count, total_results_count, objects}`` (the
     older ``get_paginated_response``). Objects are checked one by one where they are kept
-    (:meth:`fetcher.mirror.Mirror.apply_pages`), so one bad record cannot stop a feed.
+    (:meth:`fetcher.state.mirror.Mirror.apply_pages`), so one bad record cannot stop a feed.
     """
     objects = body.get("objects")
     if objects is None and ("next" in body or "page_number" in body):

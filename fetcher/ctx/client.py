@@ -2,8 +2,8 @@
 
 The client knows URLs and how to ask (the hosted layer's ``v1/`` prefix, ``API-KEY`` header and
 ``v1/subscriptions/`` as the official OpenCTI connector uses them, ``external-import/
-dogesec-cyberthreatexchange``); the shapes of the answers are checked by :mod:`fetcher.answers`;
-what to ask and when to save a cursor is :mod:`fetcher.walk` and :mod:`fetcher.sync`'s job.
+dogesec-cyberthreatexchange``); the shapes of the answers are checked by :mod:`fetcher.ctx.answers`;
+what to ask and when to save a cursor is :mod:`fetcher.ctx.walk` and :mod:`fetcher.passes.run`'s job.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from urllib3.connectionpool import ConnectionPool
 from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
-from fetcher.answers import (
-    JSONDict,
+from fetcher.ctx.answers import (
     Page,
     Subscription,
     int_or_none,
     parse_page,
     parse_subscription,
 )
+from fetcher.ctx.metrics import RequestMetrics
 from fetcher.errors import (
     CTXAuthError,
     CTXConnectionError,
@@ -38,8 +38,8 @@ from fetcher.errors import (
     ForeignHostError,
     MalformedResponseError,
 )
-from fetcher.metrics import RequestMetrics
 from fetcher.settings import FetcherSettings
+from fetcher.stix import JSONDict
 from shared.layout import check_feed_id
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The fetcher's request metrics (served by :func:`shared.metrics.serve_metrics`): requests to CTX
-and their retries, counted by :mod:`fetcher.client` as they happen. What each feed's pass listed
-and wrote is counted by the pass itself (:mod:`fetcher.pass_metrics`), on the same registry.
+and their retries, counted by :mod:`fetcher.ctx.client` as they happen. What each feed's pass listed
+and wrote is counted by the pass itself (:mod:`fetcher.passes.metrics`), on the same registry.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ A cursor-style walk is a chain of round trips, each asked with the last one's po
 T1]``, ``(T1, T2]``, … between them. Nothing in an answer says how records spread over time: once
 the first answer gives a position, what lies ahead of it is cut into one segment per worker; after
 that a worker with nothing to do takes the running segment expected to need the most pages (from
-its pace so far) and cuts it in the middle (:meth:`fetcher.walk.CursorWalk.cut`). A span holding
+its pace so far) and cuts it in the middle (:meth:`fetcher.ctx.walk.CursorWalk.cut`). A span holding
 no record costs one empty answer. Records come back in any order and some twice; the
-mirror is indifferent to both (:mod:`fetcher.state`).
+mirror is indifferent to both (:mod:`fetcher.state.ledger`).
 
 The cursor saved is the position of the first segment not yet wholly applied
 (:meth:`ListingReader.checkpoint`): every record at or before it is in the mirror, whatever the
@@ -16,7 +16,7 @@ span only as far as the listing reached when it asked: the last segments reach p
 record (up to this machine's clock and a margin), and records the server stores while the pass
 runs get times in that span. So such a segment stops the checkpoint at what it read, and only a
 segment that read past its end hands the checkpoint on to the next one. Segments are cut only
-once a page has proved the server's page size (:class:`fetcher.walk.PageLimit`): a feed with
+once a page has proved the server's page size (:class:`fetcher.ctx.walk.PageLimit`): a feed with
 little to read costs one or two requests. The page-number style has no start parameter and stays
 one walk.
 """
@@ -30,8 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from fetcher.client import CTXClient
-from fetcher.walk import (
+from fetcher.ctx.client import CTXClient
+from fetcher.ctx.walk import (
     CursorWalk,
     NumberedWalk,
     PageLimit,
@@ -69,7 +69,7 @@ class Segment:
     reached: str | None = None
 
     def end(self) -> str | None:
-        """Its end; fixed once its walk is done (:meth:`fetcher.walk.CursorWalk.cut` refuses)."""
+        """Its end; fixed once its walk is done (:meth:`fetcher.ctx.walk.CursorWalk.cut` refuses)."""
         return self.walk.end() if isinstance(self.walk, CursorWalk) else None
 
     def __post_init__(self) -> None:

@@ -28,9 +28,10 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from fetcher.answers import JSONDict, Page
-from fetcher.client import OBJECTS_PAGE_SIZE, CTXClient
+from fetcher.ctx.answers import Page
+from fetcher.ctx.client import OBJECTS_PAGE_SIZE, CTXClient
 from fetcher.errors import MalformedResponseError
+from fetcher.stix import JSONDict
 from shared.timestamps import STIX_TIME_FORMAT, format_stix_time
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Spool files from the mirror: one file per new or changed report, then feed-level files.
 
-What a file holds is :mod:`fetcher.files`' job, where it is built :mod:`fetcher.workers`'. This
+What a file holds is :mod:`fetcher.files.writer`' job, where it is built :mod:`fetcher.files.workers`'. This
 module decides what is pending and records what was written: it lists pending reports a commit's
 worth at a time, hands them to the workers a task at a time, and records each batch's files after
 they are published, in order, one durable commit per batch, while later batches are built. Every
@@ -8,7 +8,7 @@ pending object that no report file carried goes into feed-level files of at most
 :data:`OBJECTS_PER_FILE` objects, except what a waiting report would carry: that waits with it,
 so that its file carries it and no feed-level file before.
 
-A report that names objects the mirror lacks waits (:mod:`fetcher.gaps`) for at most ``grace``
+A report that names objects the mirror lacks waits (:mod:`fetcher.state.gaps`) for at most ``grace``
 from when it was first found lacking one; then it is written with what exists, with a warning
 naming what it lacks, and written again when one of those arrives.
 """
@@ -22,11 +22,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from fetcher.files import Built, FileWriter
-from fetcher.gaps import ReportGaps
-from fetcher.mirror import Mirror
-from fetcher.state import Ledger
-from fetcher.workers import Workers, outcome
+from fetcher.files.workers import Workers, outcome
+from fetcher.files.writer import Built, FileWriter
+from fetcher.state.ledger import Ledger
 from shared.layout import FEED_OBJECTS_SUBJECT, Spool
 from shared.signing import SigningKey
 from shared.timestamps import format_stix_time
@@ -37,7 +35,7 @@ OBJECTS_PER_FILE = 1000
 #: Report files recorded in one durable commit (a commit is an fsync of the database's log).
 REPORTS_PER_COMMIT = 64
 #: Reports one task reads and writes: their closures are read a level at a time together; four
-#: tasks per commit keep the workers (fetcher.workers.MAX_PROCESSES) busy.
+#: tasks per commit keep the workers (fetcher.files.workers.MAX_PROCESSES) busy.
 REPORTS_PER_TASK = 16
 #: Batches handed to the workers besides the one being recorded.
 BATCHES_AHEAD = 1
@@ -62,7 +60,6 @@ class Assembler:
 
     def __init__(
         self,
-        mirror: Mirror,
         ledger: Ledger,
         spool: Spool,
         feed_id: str,
@@ -72,9 +69,9 @@ class Assembler:
         progress: Callable[[Counts], None] | None = None,
         grace: timedelta,
     ) -> None:
-        self.mirror = mirror
+        self.mirror = ledger.mirror
         self.ledger = ledger
-        self.gaps = ReportGaps(ledger)
+        self.gaps = ledger.gaps
         self.feed_id = feed_id
         self.workers = workers
         now = datetime.now(UTC)

@@ -1,6 +1,6 @@
 """STIX bundle assembly: the bytes of one spool file, always the same for the same objects.
 
-Objects are serialised canonically (:func:`canonical_json`) and put in a deterministic order, and
+Objects are serialised canonically (:func:`fetcher.stix.canonical_json`) and put in a deterministic order, and
 the bundle id is a uuid5 over them, so unchanged content gives an unchanged file name and the
 spool's content addressing skips it. Only the fetcher builds bundles; the uploader reads them.
 """
@@ -8,27 +8,15 @@ spool's content addressing skips it. Only the fetcher builds bundles; the upload
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
-from typing import Any
 
 # Namespace of the deterministic bundle ids (uuid5 over the canonical objects).
 BUNDLE_NAMESPACE = uuid.UUID("6b1e3c1a-2f4d-5e8b-9a7c-0d1e2f3a4b5c")
 
 
-#: ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``: one encoder for
-#: every call, since ``dumps`` with any non-default option builds a new one each time.
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def canonical_json(obj: Any) -> bytes:
-    """Deterministic UTF-8 JSON: sorted keys, no insignificant whitespace."""
-    return _CANONICAL.encode(obj).encode("utf-8")
-
-
 class BundleBuilder:
     """A STIX 2.1 bundle's bytes from objects given as their canonical JSON, as the mirror keeps
-    them (:attr:`fetcher.mirror.Kept.data`): no object is parsed or serialised again.
+    them (:attr:`fetcher.state.mirror.Kept.data`): no object is parsed or serialised again.
 
     Objects are sorted by id and then by their bytes, exact duplicates dropped, and the bundle id
     is a uuid5 over the sorted objects, so the same objects always give the same bytes. A report
@@ -40,7 +28,7 @@ class BundleBuilder:
         self._keys: dict[bytes, str] = {}
 
     def add_canonical(self, data: bytes, object_id: str) -> None:
-        """Add an object given as its :func:`canonical_json` bytes."""
+        """Add an object given as its :func:`fetcher.stix.canonical_json` bytes."""
         self._keys.setdefault(data, object_id)
 
     def chunks(self) -> list[bytes]:

@@ -42,9 +42,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from fetcher.errors import FetcherError
-from fetcher.files import Built, FileWriter
-from fetcher.mirror import Mirror
-from fetcher.state import Ledger
+from fetcher.files.writer import Built, FileWriter
+from fetcher.state.ledger import Ledger
 
 #: Worker processes at most (fewer when CONCURRENCY is lower). More than the cores of a small
 #: machine on purpose: a worker waiting for an fsync leaves its core to another.
@@ -57,9 +56,8 @@ class Workers:
     """Runs :class:`FileWriter` calls in ``processes`` worker processes, or inline if 0."""
 
     def __init__(self, ledger: Ledger, *, processes: int) -> None:
+        # Inline, files are read through the fetcher's own connection.
         self._ledger = ledger
-        # Inline, files are read through the fetcher's own connection; the pass made the table.
-        self._mirror = Mirror(ledger, create=False)
         self._processes = processes
         self._pool = self._new_pool() if processes > 0 else None
         self._starting: threading.Thread | None = None
@@ -108,12 +106,12 @@ class Workers:
 
     def reports(self, writer: FileWriter, ids: list[str]) -> Future[list[Built]]:
         if self._pool is None:
-            return _now(writer.reports, self._mirror, self._ledger, ids)
+            return _now(writer.reports, self._ledger, ids)
         return self._submit(_reports, writer, ids)
 
     def objects(self, writer: FileWriter, ids: list[str]) -> Future[list[Built]]:
         if self._pool is None:
-            return _now(writer.objects, self._mirror, ids)
+            return _now(writer.objects, self._ledger, ids)
         return self._submit(_objects, writer, ids)
 
     def _submit(self, task: Callable[..., _T], *args: object) -> Future[_T]:
@@ -171,7 +169,7 @@ def _now(call: Callable[..., _T], *args: object) -> Future[_T]:
 # In each worker process --------------------------------------------------------------------------
 
 _state_dir: Path | None = None
-_reader: tuple[Mirror, Ledger] | None = None
+_reader: Ledger | None = None
 
 
 def _start_worker(state_dir: str, fetcher_pid: int) -> None:
@@ -218,20 +216,17 @@ def _ready() -> None:
     """A task that does nothing: submitting it starts a worker."""
 
 
-def _open_reader() -> tuple[Mirror, Ledger]:
+def _open_reader() -> Ledger:
     global _reader
     if _reader is None:
         assert _state_dir is not None, "_start_worker runs first"
-        ledger = Ledger(_state_dir, read_only=True)
-        _reader = (Mirror(ledger, create=False), ledger)
+        _reader = Ledger(_state_dir, read_only=True)
     return _reader
 
 
 def _reports(writer: FileWriter, ids: list[str]) -> list[Built]:
-    mirror, ledger = _open_reader()
-    return writer.reports(mirror, ledger, ids)
+    return writer.reports(_open_reader(), ids)
 
 
 def _objects(writer: FileWriter, ids: list[str]) -> list[Built]:
-    mirror, _ledger = _open_reader()
-    return writer.objects(mirror, ids)
+    return writer.objects(_open_reader(), ids)

@@ -9,13 +9,13 @@ which serves members in any stored version and loses members of big reports acro
 limited before it is sorted).
 
 A report that names objects (``object_refs``, ``created_by_ref``, ``object_marking_refs``) the mirror
-does not hold yet is not written: it waits for them (:mod:`fetcher.gaps`) until the writer's
+does not hold yet is not written: it waits for them (:mod:`fetcher.state.gaps`) until the writer's
 ``wait_cutoff``, and is then written with what exists.
 
 A :class:`FileWriter` reads, builds, stages (written and fsynced under a temporary name) and
 publishes (renamed into place, then each folder fsynced once per call) files; it records nothing. It runs where
-:mod:`fetcher.workers` puts it (a worker process, or the fetcher's own process), so it holds only
-what pickles: the spool's root, the feed and the signing key; the mirror is handed to each call.
+:mod:`fetcher.files.workers` puts it (a worker process, or the fetcher's own process), so it holds only
+what pickles: the spool's root, the feed and the signing key; the state is handed to each call.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from fetcher.bundle import BundleBuilder
 from fetcher.errors import FetcherError
-from fetcher.gaps import ReportGaps
-from fetcher.mirror import Kept, Mirror
-from fetcher.state import Ledger
+from fetcher.files.bundle import BundleBuilder
+from fetcher.state.ledger import Ledger
+from fetcher.state.mirror import Kept
 from fetcher.stix import object_time, references
 from shared.durable import fsync_dirs, publish_staged, stage_bytes
 from shared.layout import (
@@ -62,7 +61,7 @@ class Built:
     waiting: bool = False
 
 
-#: The properties by which a report names what it is about; it waits for these (fetcher.gaps).
+#: The properties by which a report names what it is about; it waits for these (fetcher.state.gaps).
 NAMING_KEYS = ("object_refs", "created_by_ref", "object_marking_refs")
 
 
@@ -98,10 +97,10 @@ class FileWriter:
     feed_id: str
     signing_key: SigningKey | None = None
     #: A report first found lacking a named object after this time (a record time,
-    #: :func:`fetcher.walk.format_stix_time`) waits; None: none waits.
+    #: :func:`fetcher.ctx.walk.format_stix_time`) waits; None: none waits.
     wait_cutoff: str | None = None
 
-    def reports(self, mirror: Mirror, ledger: Ledger, ids: list[str]) -> list[Built]:
+    def reports(self, ledger: Ledger, ids: list[str]) -> list[Built]:
         """The files of these reports, each published if its content is new.
 
         Each folder that received a file is fsynced once, after the last of them and before
@@ -111,7 +110,7 @@ class FileWriter:
         folders: list[Path] = []
         built = [
             self._waiting(group) if self._waits(group) else self._build(group, folders)
-            for group in self._report_groups(mirror, ledger, ids)
+            for group in self._report_groups(ledger, ids)
         ]
         fsync_dirs(folders)
         return built
@@ -136,9 +135,9 @@ class FileWriter:
             waiting=True,
         )
 
-    def objects(self, mirror: Mirror, ids: list[str]) -> list[Built]:
+    def objects(self, ledger: Ledger, ids: list[str]) -> list[Built]:
         """One feed-level file of these objects (none if the mirror holds none of them)."""
-        kept = list(mirror.get(self.feed_id, ids).values())
+        kept = list(ledger.mirror.get(self.feed_id, ids).values())
         if not kept:
             return []
         # The spool contract names a file by the newest modified (else created) of what it
@@ -150,8 +149,9 @@ class FileWriter:
         fsync_dirs(folders)
         return built
 
-    def _report_groups(self, mirror: Mirror, ledger: Ledger, ids: list[str]) -> list[_Group]:
+    def _report_groups(self, ledger: Ledger, ids: list[str]) -> list[_Group]:
         """The reports' groups, their closures read a level at a time for all of them."""
+        mirror = ledger.mirror
         known = mirror.get(self.feed_id, ids)
         reports = [known[report_id] for report_id in ids if report_id in known]
         touching = mirror.touching(self.feed_id, [item.object_id for item in reports])
@@ -192,7 +192,7 @@ class FileWriter:
             report_id: [ref for ref in named_ids(body) if ref not in known]
             for report_id, body in bodies.items()
         }
-        since = ReportGaps(ledger).since(self.feed_id, list(lacking))
+        since = ledger.gaps.since(self.feed_id, list(lacking))
         return [
             _Group(
                 item.object_id,

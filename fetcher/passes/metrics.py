@@ -1,5 +1,5 @@
 """What each feed's pass listed and wrote, as Prometheus metrics: added when the feed's pass ends
-(:func:`fetcher.sync.run_pass`), failed or not, so the counters always equal what reached the spool.
+(:func:`fetcher.passes.run.run_pass`), failed or not, so the counters always equal what reached the spool.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from fetcher.metrics import PREFIX
-from fetcher.pass_result import FeedResult
+from fetcher.ctx.metrics import PREFIX
+from fetcher.passes.result import FeedResult
 
 
 class PassMetrics:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fetcher.assemble import Counts
 from fetcher.errors import FetcherError
+from fetcher.files.assemble import Counts
 from shared.errors import SpoolError
 
 

@@ -11,7 +11,7 @@ the report again (:meth:`ReportGaps.awaiting`).
 Table ``report_gaps(feed_id, report_id, member_id, since, written)``: one row per object a report
 names that the mirror lacked when the report was last looked at; ``since`` is when the report was
 first found lacking (the same for all its rows), ``written`` 0 while it waits and 1 once a file
-carries it without them. A report with no row is complete. Schema 2 of :mod:`fetcher.state`.
+carries it without them. A report with no row is complete. Schema 2 of :mod:`fetcher.state.ledger`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fetcher.state import Ledger, Statement
+from fetcher.state.connection import Connection, Statement
 
 
 @dataclass(frozen=True)
@@ -32,17 +32,17 @@ class GapCounts:
 
 
 class ReportGaps:
-    """The ``report_gaps`` table of a :class:`fetcher.state.Ledger`."""
+    """The ``report_gaps`` table of a :class:`fetcher.state.ledger.Ledger`."""
 
-    def __init__(self, ledger: Ledger) -> None:
-        self._ledger = ledger
+    def __init__(self, db: Connection) -> None:
+        self._db = db
 
     def since(self, feed_id: str, report_ids: list[str]) -> dict[str, str]:
         """When each of these reports was first found lacking an object (those with no gap are
         left out)."""
-        if self._ledger.schema_version < 2:
+        if self._db.schema_version < 2:
             return {}
-        rows = self._ledger.query(
+        rows = self._db.rows(
             "SELECT report_id, min(since) FROM report_gaps WHERE feed_id = ? "
             "AND report_id IN (SELECT value FROM json_each(?)) GROUP BY report_id",
             (feed_id, json.dumps(report_ids)),
@@ -67,13 +67,13 @@ class ReportGaps:
             )
             for member_id in dict.fromkeys(missing)
         ]
-        self._ledger.write(statements)
+        self._db.run(statements)
 
     def awaiting(self, feed_id: str, member_ids: list[str]) -> list[str]:
         """The reports that lack one of ``member_ids``."""
         if not member_ids:
             return []
-        rows = self._ledger.query(
+        rows = self._db.rows(
             "SELECT DISTINCT report_id FROM report_gaps WHERE feed_id = ? "
             "AND member_id IN (SELECT value FROM json_each(?))",
             (feed_id, json.dumps(member_ids)),
@@ -82,10 +82,10 @@ class ReportGaps:
 
     def incomplete(self, feed_id: str) -> dict[str, list[str]]:
         """Reports written without some objects they name: those objects, by report."""
-        if self._ledger.schema_version < 2:
+        if self._db.schema_version < 2:
             return {}
         found: dict[str, list[str]] = {}
-        for report_id, member_id in self._ledger.query(
+        for report_id, member_id in self._db.rows(
             "SELECT report_id, member_id FROM report_gaps WHERE feed_id = ? AND written = 1 "
             "ORDER BY report_id, member_id",
             (feed_id,),
@@ -95,9 +95,9 @@ class ReportGaps:
 
     def counts(self) -> dict[str, GapCounts]:
         """:class:`GapCounts` of every feed that has a gap."""
-        if self._ledger.schema_version < 2:
+        if self._db.schema_version < 2:
             return {}
-        rows = self._ledger.query(
+        rows = self._db.rows(
             "SELECT feed_id, count(DISTINCT CASE WHEN written = 0 THEN report_id END), "
             "count(DISTINCT CASE WHEN written = 1 THEN report_id END) "
             "FROM report_gaps GROUP BY feed_id",

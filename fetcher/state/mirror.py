@@ -1,11 +1,11 @@
 """The newest version of every object of a feed, kept on disk beside the cursors.
 
 The listing serves every stored version of every object, in no order a client can rely on, some
-of them twice (:mod:`fetcher.walk`). The mirror makes that one answer per STIX id: a record
+of them twice (:mod:`fetcher.ctx.walk`). The mirror makes that one answer per STIX id: a record
 replaces the one kept only when its version is newer (:func:`fetcher.stix.version_key`), so an
 older version, an unchanged re-upload or a record served again changes nothing, whichever order
 they arrive in. Report files and feed-level files are built from it once the listing is read
-(:mod:`fetcher.assemble`), so a report's file holds the newest version of everything it names.
+(:mod:`fetcher.files.assemble`), so a report's file holds the newest version of everything it names.
 
 Table ``mirror(feed_id, object_id, type, version, sha256, stamp, body, written, source_ref,
 target_ref)``: ``body`` is the object's canonical JSON; ``written`` the ``sha256`` of the
@@ -28,33 +28,18 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from fetcher.answers import check_object
-from fetcher.bundle import canonical_json
+from fetcher.ctx.answers import check_object
 from fetcher.errors import MalformedResponseError
-from fetcher.state import Ledger, Statement
+from fetcher.state.connection import Connection, Statement
 from fetcher.stix import (
     JSONDict,
+    canonical_json,
     is_storage_artefact,
     object_time,
     served_position,
     version_key,
 )
 from shared.durable import sha256_bytes
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS mirror (
-    feed_id TEXT NOT NULL, object_id TEXT NOT NULL, type TEXT NOT NULL, version TEXT NOT NULL,
-    sha256 TEXT NOT NULL, stamp TEXT NOT NULL, body BLOB NOT NULL, written TEXT,
-    source_ref TEXT, target_ref TEXT,
-    PRIMARY KEY (feed_id, object_id));
-DROP INDEX IF EXISTS mirror_pending;
-CREATE INDEX IF NOT EXISTS mirror_pending_rows ON mirror (feed_id, type)
-    WHERE written IS NOT sha256;
-CREATE INDEX IF NOT EXISTS mirror_source ON mirror (feed_id, source_ref)
-    WHERE source_ref IS NOT NULL;
-CREATE INDEX IF NOT EXISTS mirror_target ON mirror (feed_id, target_ref)
-    WHERE target_ref IS NOT NULL;
-"""
 
 _UPSERT = (
     "INSERT INTO mirror (feed_id, object_id, type, version, sha256, stamp, body, written, "
@@ -116,20 +101,17 @@ def _body(stored: bytes) -> bytes:
 
 
 class Mirror:
-    """The mirror table of the fetcher's database (:class:`fetcher.state.Ledger`)."""
+    """The mirror table of the fetcher's database (:class:`fetcher.state.ledger.Ledger`)."""
 
-    def __init__(self, ledger: Ledger, *, create: bool = True) -> None:
-        """``create=False`` where the table is there already (a read-only ledger, or a pass that
-        made it): nothing is run."""
-        self._ledger = ledger
-        if create:
-            ledger.executescript(SCHEMA)
+    def __init__(self, db: Connection) -> None:
+        self._db = db
+        self._present = False
 
     def apply_pages(self, feed_id: str, pages: Iterable[tuple[Iterable[JSONDict], str]]) -> Applied:
         """Keep each object whose version is newer than the one kept (inside the ledger's batch),
         the objects of all ``pages`` compared with each other before the mirror.
 
-        Each page comes with where the listing served it (:attr:`fetcher.walk.Step.served`);
+        Each page comes with where the listing served it (:attr:`fetcher.ctx.walk.Step.served`);
         with its place on the page that orders versions ``modified`` cannot tell apart
         (:func:`fetcher.stix.served_position`). Writes of an open batch are not visible to its
         reads, so the pages of one commit must be decided together or an older version could
@@ -185,11 +167,11 @@ class Mirror:
                 )
             )
         result.changed = len(statements)
-        self._ledger.write(statements)
+        self._db.run(statements)
         return result
 
     def _versions(self, feed_id: str, ids: list[str]) -> dict[str, tuple[str, str]]:
-        rows = self._ledger.query(
+        rows = self._db.rows(
             "SELECT object_id, version, sha256 FROM mirror WHERE feed_id = ? "
             "AND object_id IN (SELECT value FROM json_each(?))",
             (feed_id, json.dumps(ids)),
@@ -198,7 +180,7 @@ class Mirror:
 
     def get(self, feed_id: str, ids: Iterable[str]) -> dict[str, Kept]:
         """The kept objects among ``ids`` (ids the mirror does not hold are left out)."""
-        rows = self._ledger.query(
+        rows = self._db.rows(
             "SELECT object_id, type, sha256, stamp, body FROM mirror "
             "WHERE feed_id = ? AND object_id IN (SELECT value FROM json_each(?))",
             (feed_id, json.dumps(list(ids))),
@@ -208,17 +190,17 @@ class Mirror:
             for object_id, kind, sha, stamp, body in rows
         }
 
-    @staticmethod
-    def exists(ledger: Ledger) -> bool:
-        """Whether ``ledger`` has a mirror table (a state whose fetcher never read a page has
-        none; a read-only ledger cannot create it)."""
-        return bool(
-            ledger.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mirror'", ())
-        )
+    def _exists(self) -> bool:
+        """Whether the table is there: a read-only open of a state file older than schema 3, whose
+        fetcher never read a page, has none."""
+        self._present = self._present or self._db.has_table("mirror")
+        return self._present
 
     def written(self, feed_id: str, ids: Iterable[str]) -> dict[str, str]:
         """The sha256 of the version a published file carries, of each of ``ids`` that has one."""
-        rows = self._ledger.query(
+        if not self._exists():
+            return {}
+        rows = self._db.rows(
             "SELECT object_id, written FROM mirror WHERE feed_id = ? AND written IS NOT NULL "
             "AND object_id IN (SELECT value FROM json_each(?))",
             (feed_id, json.dumps(list(ids))),
@@ -229,7 +211,7 @@ class Mirror:
         """Per id in ``object_ids``: the relationships kept whose source or target it is."""
         ends = json.dumps(object_ids)
         found: dict[str, set[str]] = {}
-        for end, object_id in self._ledger.query(
+        for end, object_id in self._db.rows(
             "SELECT source_ref, object_id FROM mirror WHERE feed_id = ? "
             "AND source_ref IN (SELECT value FROM json_each(?)) UNION ALL "
             "SELECT target_ref, object_id FROM mirror WHERE feed_id = ? "
@@ -242,7 +224,7 @@ class Mirror:
     def forget_written(self, feed_id: str, ids: list[str]) -> None:
         """Count these objects as carried by no published file, so they are written again."""
         if ids:
-            self._ledger.write(
+            self._db.run(
                 [
                     (
                         "UPDATE mirror SET written = NULL WHERE feed_id = ? "
@@ -263,13 +245,13 @@ class Mirror:
         """
         kind, after = ("report", 0) if reports else ("", 0)
         while True:
-            rows = self._ledger.query(
+            rows = self._db.rows(
                 "SELECT object_id, type, rowid FROM mirror WHERE feed_id = ? AND type = ? "
                 "AND written IS NOT sha256 AND rowid > ? ORDER BY rowid LIMIT ?",
                 (feed_id, kind, after, limit),
             )
             if not reports and len(rows) < limit:
-                rows += self._ledger.query(
+                rows += self._db.rows(
                     "SELECT object_id, type, rowid FROM mirror WHERE feed_id = ? AND type > ? "
                     "AND type != 'report' AND written IS NOT sha256 ORDER BY type, rowid LIMIT ?",
                     (feed_id, kind, limit - len(rows)),
@@ -285,7 +267,7 @@ class Mirror:
         ``written`` takes the version the file carries: an object whose kept version has moved
         on since stays pending (``written`` differs from its ``sha256``).
         """
-        self._ledger.write(
+        self._db.run(
             [
                 (
                     "UPDATE mirror SET written = ? WHERE feed_id = ? AND object_id = ?",

@@ -1,7 +1,7 @@
 """What the state remembers of each feed's passes, and the resets the next pass carries out.
 
 Both tables (``passes``, ``resets``) belong to schema 1 of the fetcher's database
-(:mod:`fetcher.state`); a state file older than that has neither, and reads as "no pass recorded,
+(:mod:`fetcher.state.ledger`); a state file older than that has neither, and reads as "no pass recorded,
 no reset asked".
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fetcher.state import Ledger
+from fetcher.state.connection import Connection
 
 _RECORD_FIELDS = (
     "feed_id, started_at, last_started_at, last_ended_at, last_result, last_records, "
@@ -55,13 +55,13 @@ class PendingReset:
 
 
 class PassLog:
-    """The ``passes`` and ``resets`` tables of a :class:`fetcher.state.Ledger`."""
+    """The ``passes`` and ``resets`` tables of a :class:`fetcher.state.ledger.Ledger`."""
 
-    def __init__(self, ledger: Ledger) -> None:
-        self._ledger = ledger
+    def __init__(self, db: Connection) -> None:
+        self._db = db
 
     def started(self, feed_id: str, at: str) -> None:
-        self._ledger.write(
+        self._db.run(
             [
                 (
                     "INSERT INTO passes (feed_id, started_at) VALUES (?, ?) "
@@ -75,7 +75,7 @@ class PassLog:
         self, feed_id: str, at: str, *, error: str | None, records: int, files: int
     ) -> None:
         """Record the end of the pass :meth:`started` began (``error`` None: it went well)."""
-        self._ledger.write(
+        self._db.run(
             [
                 (
                     "UPDATE passes SET last_started_at = started_at, last_ended_at = ?, "
@@ -104,13 +104,13 @@ class PassLog:
 
     def records(self) -> dict[str, PassRecord]:
         """The pass record of every feed that has one (none in a state file older than schema 1)."""
-        if self._ledger.schema_version < 1:
+        if self._db.schema_version < 1:
             return {}
-        rows = self._ledger.query(f"SELECT {_RECORD_FIELDS} FROM passes", ())  # noqa: S608
+        rows = self._db.rows(f"SELECT {_RECORD_FIELDS} FROM passes", ())  # noqa: S608
         return {str(row[0]): PassRecord(*row) for row in rows}
 
     def request_reset(self, reset: PendingReset) -> None:
-        self._ledger.write(
+        self._db.run(
             [
                 (
                     "INSERT INTO resets (feed_id, since, rewrite, asked_at) VALUES (?, ?, ?, ?) "
@@ -122,13 +122,13 @@ class PassLog:
         )
 
     def pending_resets(self) -> dict[str, PendingReset]:
-        if self._ledger.schema_version < 1:
+        if self._db.schema_version < 1:
             return {}
-        rows = self._ledger.query("SELECT feed_id, since, rewrite, asked_at FROM resets", ())
+        rows = self._db.rows("SELECT feed_id, since, rewrite, asked_at FROM resets", ())
         return {
             str(feed): PendingReset(str(feed), since, bool(rewrite), str(asked))
             for feed, since, rewrite, asked in rows
         }
 
     def clear_reset(self, feed_id: str) -> None:
-        self._ledger.write([("DELETE FROM resets WHERE feed_id = ?", (feed_id,))])
+        self._db.run([("DELETE FROM resets WHERE feed_id = ?", (feed_id,))])

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from fetcher.cli import main as fetcher_main
+from fetcher.commands.cli import main as fetcher_main
 from shared.durable import publish_bytes, sha256_bytes
 from shared.layout import Spool, SpoolName, relative_path
 from shared.signing import SigningKey

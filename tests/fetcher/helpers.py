@@ -9,7 +9,7 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
-from fetcher.cli import main
+from fetcher.commands.cli import main
 from shared.layout import walk_bundles
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from fetcher.cli_audit import INCOMPLETE
-from fetcher.lock import StateLock
+from fetcher.commands.audit import INCOMPLETE
+from fetcher.commands.lock import StateLock
 from tests.fetcher.helpers import invoke
 from tests.standins.ctx import CTXStandIn
 
@@ -145,7 +145,7 @@ def test_a_report_written_without_a_member_the_listing_holds_is_named(
     assert invoke(["once"], env).exit_code == 0
     report_id, member = _member(standin, feed)
     ghost = f"indicator--{uuid.uuid4()}"
-    # What a report whose grace ran out before these arrived leaves (fetcher.gaps).
+    # What a report whose grace ran out before these arrived leaves (fetcher.state.gaps).
     with sqlite3.connect(spool_dir / DB) as db:
         db.executemany(
             "INSERT INTO report_gaps (feed_id, report_id, member_id, since, written) "

@@ -1,11 +1,12 @@
-"""Bundle assembly of fetcher/bundle.py: the same objects always give the same bytes."""
+"""Bundle assembly of fetcher/files/bundle.py: the same objects always give the same bytes."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from fetcher.bundle import BundleBuilder, canonical_json
+from fetcher.files.bundle import BundleBuilder
+from fetcher.stix import canonical_json
 
 
 def _bundle(objects: list[dict[str, Any]]) -> bytes:

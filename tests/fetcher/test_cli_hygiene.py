@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fetcher.state import LISTING_CURSOR, Ledger
+from fetcher.state.ledger import LISTING_CURSOR, Ledger
 from shared.layout import FETCHER_STATE_DIRNAME
 from tests.fetcher.helpers import invoke
 

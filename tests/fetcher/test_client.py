@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from fetcher.client import CTXClient, RateLimiter
+from fetcher.ctx.client import CTXClient, RateLimiter
 from fetcher.errors import CTXConnectionError, ForeignHostError
 from fetcher.settings import FetcherSettings
 from tests.fetcher.helpers import invoke

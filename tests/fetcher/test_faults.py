@@ -211,7 +211,7 @@ def test_redirect_to_another_host_does_not_carry_the_key(
 def test_huge_retry_after_is_capped(
     standin: CTXStandIn, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("fetcher.client.MAX_RETRY_AFTER", 0.5)
+    monkeypatch.setattr("fetcher.ctx.client.MAX_RETRY_AFTER", 0.5)
     standin.inject("status", path_contains="/subscriptions/", status=503, retry_after="3600")
 
     result = invoke(["once"], env)

@@ -7,9 +7,9 @@ import sqlite3
 import zlib
 from pathlib import Path
 
-from fetcher.bundle import canonical_json
-from fetcher.mirror import Mirror
-from fetcher.state import DB_NAME, Ledger
+from fetcher.state.ledger import Ledger
+from fetcher.state.schema import DB_NAME
+from fetcher.stix import canonical_json
 
 FEED = "0b2d4e5f-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
 IND = "indicator--7e2b3a3c-0d4f-4c55-9a57-1b0b2f6b9a01"
@@ -35,7 +35,7 @@ def test_newest_version_kept_whatever_the_order(tmp_path: Path) -> None:
         _indicator("2025-02-01T00:00:00.000Z", "a"),
     )
     with Ledger(tmp_path) as ledger:
-        mirror = Mirror(ledger)
+        mirror = ledger.mirror
         assert mirror.apply_pages(FEED, [([newer], "2025-03-02T00:00:00.000000Z")]).changed == 1
         assert mirror.apply_pages(FEED, [([older], "2025-03-03T00:00:00.000000Z")]).changed == 0
         assert mirror.apply_pages(FEED, [([newer], "2025-03-04T00:00:00.000000Z")]).changed == 0
@@ -48,8 +48,7 @@ def test_bodies_compressed_by_an_earlier_fetcher_are_read(tmp_path: Path) -> Non
     # Earlier versions stored zlib-compressed bodies; a state file they wrote keeps working.
     obj = _indicator("2025-03-01T00:00:00.000Z", "old")
     data = canonical_json(obj)
-    with Ledger(tmp_path) as ledger:
-        Mirror(ledger)
+    Ledger(tmp_path).close()
     db = sqlite3.connect(tmp_path / DB_NAME)
     db.execute(
         "INSERT INTO mirror (feed_id, object_id, type, version, sha256, stamp, body) "
@@ -66,7 +65,7 @@ def test_bodies_compressed_by_an_earlier_fetcher_are_read(tmp_path: Path) -> Non
     db.commit()
     db.close()
     with Ledger(tmp_path) as ledger:
-        mirror = Mirror(ledger)
+        mirror = ledger.mirror
         assert mirror.get(FEED, [IND])[IND].data == data
         newer = _indicator("2025-04-01T00:00:00.000Z", "new")
         assert mirror.apply_pages(FEED, [([newer], "")]).changed == 1
@@ -83,7 +82,7 @@ def test_written_marks_only_the_version_carried(tmp_path: Path) -> None:
     )
     other = {**_indicator("2025-02-01T00:00:00.000Z", "c"), "id": IND.replace("7e2b", "7e2c")}
     with Ledger(tmp_path) as ledger:
-        mirror = Mirror(ledger)
+        mirror = ledger.mirror
         mirror.apply_pages(FEED, [([old, other], "")])
         carried = {IND: mirror.get(FEED, [IND])[IND].sha256}
         mirror.apply_pages(FEED, [([new], "")])  # a newer version arrives after the file was built
@@ -97,7 +96,7 @@ def test_written_marks_only_the_version_carried(tmp_path: Path) -> None:
 
 
 def test_pending_in_stored_order_reports_apart_others_by_type(tmp_path: Path) -> None:
-    # Stored order, not id order: a file's objects were stored side by side (fetcher.mirror).
+    # Stored order, not id order: a file's objects were stored side by side (fetcher.state.mirror).
     def obj(kind: str, uuid: str) -> dict[str, object]:
         return {"type": kind, "id": f"{kind}--{uuid}", "modified": "2025-01-01T00:00:00.000Z"}
 
@@ -113,7 +112,7 @@ def test_pending_in_stored_order_reports_apart_others_by_type(tmp_path: Path) ->
         obj("indicator", early_id),
     ]
     with Ledger(tmp_path) as ledger:
-        mirror = Mirror(ledger)
+        mirror = ledger.mirror
         for item in stored:
             mirror.apply_pages(FEED, [([item], "")])
         reports = list(mirror.pending(FEED, reports=True, limit=1))

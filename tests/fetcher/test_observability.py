@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-import fetcher.cli
+import fetcher.commands.loading
 from shared.config import CommonSettings
 from shared.layout import walk_bundles
 from shared.metrics import MetricsEndpoint, serve_metrics
@@ -169,7 +169,7 @@ def test_metrics_scraped_after_once_match_the_spool(
         endpoints.append(endpoint)
         return endpoint
 
-    monkeypatch.setattr(fetcher.cli, "serve_metrics", serve)
+    monkeypatch.setattr(fetcher.commands.loading, "serve_metrics", serve)
     port = _free_port()
     result = invoke(
         ["once"],

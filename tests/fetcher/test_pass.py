@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fetcher.bundle import canonical_json
-from fetcher.stix import references
+from fetcher.stix import canonical_json, references
 from shared.durable import sha256_bytes
 from shared.layout import parse_relative_path
 from tests.fetcher.helpers import invoke, load, spool_files

@@ -21,8 +21,8 @@ import pyte
 import pytest
 from rich.console import Console
 
-from fetcher.pass_result import FeedResult
-from fetcher.progress import PassProgress
+from fetcher.commands.progress import PassProgress
+from fetcher.passes.result import FeedResult
 from shared.logsetup import configure_logging
 from tests.standins.ctx import CTXStandIn
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fetcher.sync import DEFAULT_OVERLAP
-from fetcher.walk import earlier, just_below
+from fetcher.ctx.walk import earlier, just_below
+from fetcher.passes.feed import DEFAULT_OVERLAP
 from shared.layout import parse_relative_path
 from tests.fetcher.helpers import cursors, invoke, load, spool_files
 from tests.standins.ctx import CTXStandIn

@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 
-from fetcher.client import CTXClient
-from fetcher.files import named_ids
-from fetcher.mirror import Mirror
-from fetcher.segments import ListingReader
+from fetcher.ctx.client import CTXClient
+from fetcher.ctx.segments import ListingReader
+from fetcher.files.writer import named_ids
 from fetcher.settings import FetcherSettings
-from fetcher.state import Ledger
+from fetcher.state.ledger import Ledger
 from fetcher.stix import is_storage_artefact, object_time
 from shared.layout import parse_relative_path
 from tests.fetcher.helpers import invoke, load, spool_files
@@ -152,7 +151,7 @@ def test_the_checkpoint_never_passes_records_stored_into_a_finished_segment(
         )
         stored: list[str] = []
         with CTXClient(settings) as client, Ledger(tmp_path / "state") as ledger:
-            mirror = Mirror(ledger)
+            mirror = ledger.mirror
             reader = ListingReader(client, feed, None, workers=4, buffered=1)
             for group in reader:
                 if not stored and _wait_for_empty_segments(standin, feed, newest):
@@ -239,7 +238,7 @@ def test_versions_without_modified_are_decided_by_the_servers_order(tmp_path: Pa
     versions = [dict(first, x_note=str(n)) for n in range(6)]
     for order in (versions, list(reversed(versions))):
         with Ledger(tmp_path / f"state-{order[0]['x_note']}") as ledger:
-            mirror = Mirror(ledger)
+            mirror = ledger.mirror
             # One page, stored in this order: the last one on the page is the newest record.
             with ledger.batch():
                 mirror.apply_pages(feed, [(order, "2025-01-01T00:00:01.000000Z|")])

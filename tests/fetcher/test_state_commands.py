@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from fetcher.gaps import GapCounts
-from fetcher.lock import StateLock
-from fetcher.passes import PassRecord
-from fetcher.state import SCHEMA_VERSION
-from fetcher.status import FeedState, render_table
-from fetcher.sync import DEFAULT_OVERLAP
-from fetcher.walk import earlier
+from fetcher.commands.lock import StateLock
+from fetcher.commands.status import FeedState, render_table
+from fetcher.ctx.walk import earlier
+from fetcher.passes.feed import DEFAULT_OVERLAP
+from fetcher.state.gaps import GapCounts
+from fetcher.state.pass_log import PassRecord
+from fetcher.state.schema import SCHEMA_VERSION
 from tests.fetcher.helpers import cursors, invoke, spool_files
 from tests.standins.ctx import CTXStandIn
 
@@ -105,7 +105,7 @@ def test_state_counts_reports_waiting_and_written_incomplete(
     feed, other = standin.active_feed_ids
     assert invoke(["once"], env).exit_code == 0
     first, second, third = standin.report_ids(feed)[:3]
-    # What fetcher.gaps records: two reports wait (one lacks two objects), one went out without.
+    # What fetcher.state.gaps records: two reports wait (one lacks two objects), one went out without.
     rows = [
         (first, "indicator--1", 0),
         (first, "indicator--2", 0),

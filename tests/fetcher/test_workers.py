@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from fetcher.errors import CTXHTTPError, FetcherError, LedgerError
-from fetcher.files import FileWriter
-from fetcher.mirror import Mirror
-from fetcher.state import Ledger
-from fetcher.workers import Workers, _start_worker, outcome
+from fetcher.files.workers import Workers, _start_worker, outcome
+from fetcher.files.writer import FileWriter
+from fetcher.state.ledger import Ledger
+from fetcher.state.mirror import Mirror
 from shared.errors import SpoolError, UnsafeNameError
 from shared.layout import Spool
 
@@ -73,7 +73,7 @@ def _objects(reports: int) -> list[dict[str, object]]:
 
 def _ledger(tmp_path: Path, objects: list[dict[str, object]]) -> tuple[Ledger, Mirror]:
     ledger = Ledger(tmp_path / "state")
-    mirror = Mirror(ledger)
+    mirror = ledger.mirror
     mirror.apply_pages(FEED, [(objects, "")])
     return ledger, mirror
 
@@ -120,7 +120,7 @@ def test_files_built_in_processes_are_the_files_built_inline(tmp_path: Path) -> 
 
 
 def test_an_error_in_a_worker_comes_back_whole(tmp_path: Path) -> None:
-    # A report with no modified, created or record time cannot be named (fetcher.files).
+    # A report with no modified, created or record time cannot be named (fetcher.files.writer).
     report: dict[str, object] = {
         "type": "report",
         "spec_version": "2.1",
@@ -190,15 +190,14 @@ def test_no_worker_outlives_a_killed_fetcher(tmp_path: Path) -> None:
         f"""
         import sys, time
         from pathlib import Path
-        from fetcher.files import FileWriter
-        from fetcher.mirror import Mirror
-        from fetcher.state import Ledger
-        from fetcher.workers import Workers, outcome
+        from fetcher.files.writer import FileWriter
+        from fetcher.state.ledger import Ledger
+        from fetcher.files.workers import Workers, outcome
         from shared.layout import Spool
 
         if __name__ == "__main__":
             ledger = Ledger(Path({str(tmp_path / "state")!r}))
-            mirror = Mirror(ledger)
+            mirror = ledger.mirror
             ids = [i for ids in mirror.pending({FEED!r}, reports=True) for i in ids]
             writer = FileWriter(Spool(Path({str(tmp_path / "spool")!r})), {FEED!r})
             workers = Workers(ledger, processes=3)

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from fetcher.bundle import canonical_json
+from fetcher.stix import canonical_json
 from shared.durable import publish_bytes, sha256_bytes
 from shared.layout import SpoolName, parse_relative_path, relative_path, walk_bundles
 from tests.bundles import make_bundle

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from fetcher.bundle import canonical_json
+from fetcher.stix import canonical_json
 from shared.durable import sha256_bytes
 from shared.layout import SpoolName, relative_path, walk_bundles
 from tests.bundles import make_bundle

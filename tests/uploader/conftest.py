@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from fetcher.files.bundle import canonical_json
+from fetcher.stix import canonical_json
 from shared.durable import publish_bytes, sha256_bytes
 from shared.layout import Spool, SpoolName, relative_path
 from shared.signing import SigningKey
@@ -200,6 +200,11 @@ def fast_settings(**overrides: Any) -> UploaderSettings:
     }
     values.update(overrides)
     return pipeline_settings(**values)
+
+
+def clean(summary: RunSummary) -> bool:
+    """Whether a run left nothing behind: no failed, pending or untouched file."""
+    return summary.failed == 0 and not summary.pending and not summary.left
 
 
 def run_once(
