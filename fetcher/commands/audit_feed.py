@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from fetcher.ctx.client import CTXClient
-from fetcher.ctx.walk import PageLimit, open_walk
+from fetcher.ctx.listing import open_walk
+from fetcher.ctx.walk import PageLimit
 from fetcher.state.gaps import GapCounts
 from fetcher.state.ledger import Ledger
 from fetcher.state.mirror import Mirror

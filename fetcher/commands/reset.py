@@ -36,7 +36,7 @@ import click
 from fetcher.commands.loading import settings_without_key
 from fetcher.commands.lock import StateLock
 from fetcher.commands.status import read_state
-from fetcher.ctx.walk import just_below
+from fetcher.ctx.record_time import just_below
 from fetcher.errors import FetcherError
 from fetcher.settings import SpoolStateSettings
 from fetcher.state.ledger import LISTING_CURSOR, Ledger, open_state

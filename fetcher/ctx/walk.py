@@ -13,10 +13,10 @@ What the server does (``cyberthreatexchange/server/arango_helpers.py``, ``make_o
   them. So the walk never trusts ``next`` alone; for each *full* half it knows the greatest record
   time that half reached (:func:`_half_end`) and resumes from the smallest of those.
 * Records that share the ``_record_modified`` where a half was cut are not all on the page. The
-  walk resumes from just below that time (:func:`just_below`) and is served them again, with the
+  walk resumes from just below that time (:func:`fetcher.ctx.record_time.just_below`) and is served them again, with the
   records already seen; a step may therefore repeat records, and consumers are idempotent.
-* The older page-number style (``page``/``page_size``, ``{page_number, total_results_count,
-  objects}``) is detected from the answer and read whole, page after page (:class:`NumberedWalk`).
+* The older page-number style is detected from the answer and read whole, page after page
+  (:class:`fetcher.ctx.listing.NumberedWalk`).
 
 Every record of every version is listed: the walk yields versions, the mirror keeps the newest.
 """
@@ -26,61 +26,17 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 from fetcher.ctx.answers import Page
 from fetcher.ctx.client import OBJECTS_PAGE_SIZE, CTXClient
+from fetcher.ctx.record_time import just_below
 from fetcher.errors import MalformedResponseError
 from fetcher.stix import JSONDict
-from shared.timestamps import STIX_TIME_FORMAT, format_stix_time
 
 logger = logging.getLogger(__name__)
 
-_RECORD_TIME_LENGTH = len("2024-01-01T00:00:00.000000Z")
-_WHOLE_SECOND_LENGTH = len("2024-01-01T00:00:00Z")
 #: The edge half holds exactly this type (stix2arango ``map_relationships``; sightings are vertices).
 EDGE_TYPE = "relationship"
-
-
-def parse_record_time(value: str) -> datetime | None:
-    """A ``_record_modified`` in stix2arango's format as a UTC datetime, else None."""
-    if len(value) != _RECORD_TIME_LENGTH:
-        return None
-    try:
-        return datetime.strptime(value, STIX_TIME_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
-def _whole_second(value: str) -> datetime | None:
-    """A record time ``update_identities`` wrote for a whole second (``…:05Z``), else None."""
-    if len(value) != _WHOLE_SECOND_LENGTH or not value.endswith("Z"):
-        return None
-    return parse_record_time(f"{value[:-1]}.000000Z")
-
-
-def just_below(value: str) -> str | None:
-    """The greatest record time strictly below ``value`` (one microsecond earlier).
-
-    Asking ``added_after`` with it serves the records *at* ``value`` again. CTX's
-    ``update_identities`` (``server/models.py``) writes ``isoformat()`` plus ``Z``, so a whole
-    second reads ``…:05Z``, which sorts after ``…:05.999999Z``: just below it is that time. None
-    when ``value`` is in neither format: then no string is known to sit just below it.
-    """
-    if _whole_second(value) is not None:
-        return f"{value[:-1]}.999999Z"
-    when = parse_record_time(value)
-    if when is None or when == datetime.min.replace(tzinfo=UTC):
-        return None
-    return format_stix_time(when - timedelta(microseconds=1))
-
-
-def earlier(value: str, by: timedelta) -> str:
-    """The record time ``by`` before ``value``; ``value`` itself when it cannot be read as one."""
-    when = parse_record_time(value) or _whole_second(value)
-    if when is None or not by:
-        return value
-    return format_stix_time(when - by)
 
 
 @dataclass(frozen=True)
@@ -321,58 +277,3 @@ class CursorWalk:
                 self._after = resume
             resume = self._after
         return Step(objects, resume, proxy, done=True, served=served, cut=cut)
-
-
-class NumberedWalk:
-    """The older page-number style: every page of the listing, in order, on every pass.
-
-    That style's pages are offsets into a sorted result; nothing in an answer says how far it
-    reaches in time, so no position can be saved and each pass reads the feed whole (the mirror
-    keeps what did not change from being written again).
-    """
-
-    def __init__(self, client: CTXClient, feed_id: str, first: Page) -> None:
-        self._client = client
-        self._feed_id = feed_id
-        self._page: Page | None = first
-        self._number = first.page_number or 1
-        self._read = 0
-
-    def step(self) -> Step:
-        page = self._page
-        if page is None:
-            page = self._client.objects_page(
-                self._feed_id, {"page": self._number, "page_size": OBJECTS_PAGE_SIZE}
-            )
-            if page.style != "page":
-                raise MalformedResponseError(
-                    "pagination style changed mid-walk",
-                    path=f"v1/feeds/{self._feed_id}/objects/",
-                    feed_id=self._feed_id,
-                )
-        self._page = None
-        number = page.page_number or self._number
-        self._number = number + 1
-        self._read += len(page.objects)
-        return Step(
-            page.objects, None, None, done=page.ends_numbered(self._read), served=f"#{number:09d}"
-        )
-
-
-Walk = CursorWalk | NumberedWalk
-
-
-def open_walk(client: CTXClient, feed_id: str, cursor: str | None, limit: PageLimit) -> Walk:
-    """The walk from ``cursor``, in whichever pagination style the server answers."""
-    params: dict[str, str | int] = {
-        "limit": OBJECTS_PAGE_SIZE,
-        "page": 1,
-        "page_size": OBJECTS_PAGE_SIZE,
-        "show_embedded_refs": "false",
-    }
-    if cursor is not None:
-        params["added_after"] = cursor
-    first = client.objects_page(feed_id, params)
-    if first.style == "page":
-        return NumberedWalk(client, feed_id, first)
-    return CursorWalk(client, feed_id, cursor, limit=limit, first=first)

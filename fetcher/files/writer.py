@@ -97,7 +97,7 @@ class FileWriter:
     feed_id: str
     signing_key: SigningKey | None = None
     #: A report first found lacking a named object after this time (a record time,
-    #: :func:`fetcher.ctx.walk.format_stix_time`) waits; None: none waits.
+    #: :func:`shared.timestamps.format_stix_time`) waits; None: none waits.
     wait_cutoff: str | None = None
 
     def reports(self, ledger: Ledger, ids: list[str]) -> list[Built]:

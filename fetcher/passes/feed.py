@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from fetcher.ctx.client import CTXClient
-from fetcher.ctx.segments import ListingReader
-from fetcher.ctx.walk import earlier
+from fetcher.ctx.reader import ListingReader
+from fetcher.ctx.record_time import earlier
 from fetcher.errors import FetcherError
 from fetcher.files.assemble import Assembler, Counts
 from fetcher.files.workers import Workers

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fetcher.ctx.walk import earlier, just_below
+from fetcher.ctx.record_time import earlier, just_below
 from fetcher.passes.feed import DEFAULT_OVERLAP
 from shared.layout import parse_relative_path
 from tests.fetcher.helpers import cursors, invoke, load, spool_files

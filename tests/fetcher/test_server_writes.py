@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from fetcher.ctx.client import CTXClient
-from fetcher.ctx.segments import ListingReader
+from fetcher.ctx.reader import ListingReader
 from fetcher.files.writer import named_ids
 from fetcher.settings import FetcherSettings
 from fetcher.state.ledger import Ledger

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from fetcher.commands.lock import StateLock
 from fetcher.commands.status import FeedState, render_table
-from fetcher.ctx.walk import earlier
+from fetcher.ctx.record_time import earlier
 from fetcher.passes.feed import DEFAULT_OVERLAP
 from fetcher.state.gaps import GapCounts
 from fetcher.state.pass_log import PassRecord
