@@ -44,10 +44,6 @@ class RunSummary:
     pending: list[str] = field(default_factory=list)
     left: list[str] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return self.failed == 0 and not self.pending and not self.left
-
 
 class Pipeline:
     """Imports spool files through an :class:`Importer`, one OpenCTI work per file."""

@@ -22,6 +22,7 @@ from tests.uploader.conftest import (
     FakeImporter,
     RecordWaiter,
     SpoolFiles,
+    clean,
     fast_settings,
     permanent,
     run_once,
@@ -62,7 +63,7 @@ def test_every_file_imported_once_and_moved_to_done_with_receipt(
 
     summary = run_once(spool, importer)
 
-    assert summary.ok
+    assert clean(summary)
     assert summary.done == 9
     assert len(importer.calls) == 9
     assert sorted(b for _, b in importer.calls) == sorted(
@@ -123,7 +124,7 @@ def test_transient_failures_retry_with_logged_backoff_then_succeed(
 
     summary = run_once(spool, importer)
 
-    assert summary.ok and summary.done == 2 and summary.failed == 0
+    assert clean(summary) and summary.done == 2 and summary.failed == 0
     assert bundles_in(spool.failed) == []
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 4
@@ -163,7 +164,7 @@ def test_outage_outlasting_max_wait_leaves_files_pending_not_failed(
 
     summary = run_once(spool, importer, max_wait=0.5)
 
-    assert not summary.ok
+    assert not clean(summary)
     assert summary.failed == 0
     assert sorted(summary.pending) == sorted(files.rel(p) for p in paths)
     assert sorted(bundles_in(spool.incoming)) == sorted(files.rel(p) for p in paths)
@@ -202,7 +203,7 @@ def test_a_crash_between_link_and_unlink_of_done_is_not_imported_again(
 
     summary = run_once(spool, importer)
 
-    assert summary.ok and importer.calls == []
+    assert clean(summary) and importer.calls == []
     assert bundles_in(spool.processing) == [] and bundles_in(spool.incoming) == []
     assert receipt_of(done)["work_id"] == "w-before-crash"
 
@@ -226,7 +227,7 @@ def test_max_wait_never_cuts_a_long_healthy_run_short(spool: Spool, files: Spool
 
     summary = run_once(spool, importer, max_wait=0.4)
 
-    assert summary.ok and summary.done == 6
+    assert clean(summary) and summary.done == 6
 
 
 def test_permanent_rejection_goes_to_failed_with_reason(spool: Spool, files: SpoolFiles) -> None:
@@ -235,7 +236,7 @@ def test_permanent_rejection_goes_to_failed_with_reason(spool: Spool, files: Spo
 
     summary = run_once(spool, importer)
 
-    assert summary.failed == 1 and not summary.ok
+    assert summary.failed == 1 and not clean(summary)
     failed = spool.path_in("failed", files.rel(path))
     reason = reason_of(failed)
     assert reason["kind"] == "rejected"
@@ -370,7 +371,7 @@ def test_hidden_temp_and_non_json_files_are_ignored(spool: Spool, files: SpoolFi
 
     summary = run_once(spool, importer)
 
-    assert summary.ok and summary.done == 1
+    assert clean(summary) and summary.done == 1
     assert len(importer.calls) == 1
     assert all(path.read_bytes() == b"partial" for path in ignored)
     assert bundles_in(spool.failed) == []
@@ -558,7 +559,7 @@ def test_files_left_claimed_by_a_dead_uploader_or_by_us_are_reclaimed(
 
     summary = run_once(spool, importer)
 
-    assert summary.ok and summary.done == 3
+    assert clean(summary) and summary.done == 3
     assert summary.reclaimed >= 2
     assert len(importer.accepted) == 3
     assert bundles_in(spool.processing) == []

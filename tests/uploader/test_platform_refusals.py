@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import requests
 
@@ -20,7 +21,7 @@ from shared.layout import Spool, walk_bundles
 from tests.standins.opencti import STANDIN_TOKEN, OpenCTIStandIn
 from tests.standins.opencti_schema import RELEASE_VERSIONS, release_for_pycti
 from tests.uploader.conftest import UPLOADER, SpoolFiles, invoke
-from uploader.commands.loading import EXIT_CONFIG, EXIT_PENDING
+from uploader.commands.loading import EXIT_PENDING
 from uploader.errors import (
     PermanentImportError,
     PlatformAuthError,
@@ -82,7 +83,7 @@ def test_pycti_newer_than_the_platform_stops_with_both_versions_and_the_command(
     done = _uploader([command], env, tmp_path)
 
     assert time.monotonic() - started < 30
-    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert done.returncode == click.ClickException.exit_code, done.stderr
     [line] = _errors(done.stderr)
     platform = RELEASE_VERSIONS[older_platform.schema.release]
     assert f"pycti {PYCTI}" in line and f"OpenCTI {platform}" in line, line
@@ -131,7 +132,7 @@ def test_a_registration_the_schema_refuses_names_the_field_when_the_version_is_u
         standin.schema.violations.clear()  # refused on purpose: not a stand-in failure
 
     stderr = done.stderr
-    assert done.returncode == EXIT_CONFIG, stderr
+    assert done.returncode == click.ClickException.exit_code, stderr
     [line] = _errors(stderr)
     assert f"pycti {PYCTI} does not fit OpenCTI dev" in line, line
     assert "pip install 'pycti==" in line

@@ -8,7 +8,7 @@ only. ``status``, ``verify``, ``replay`` and ``prune`` (:mod:`uploader.commands.
 Exit codes of ``once``: 0 all imported, 1 some file failed, 3 files still pending (transient
 errors outlasted ``--max-wait``) or left untouched. A platform that refuses what the uploader is
 set up with (:class:`uploader.errors.PlatformConfigError`) stops ``once`` and ``watch`` at once,
-with one line naming what to change: 1 (:data:`~uploader.commands.loading.EXIT_CONFIG`, as for invalid settings) for a pycti
+with one line naming what to change: 1 (click's status for a ``ClickException``, as for invalid settings) for a pycti
 newer than the platform, 3 for a refused ``OPENCTI_TOKEN`` (every file is left pending).
 """
 

@@ -25,8 +25,6 @@ _SpoolT = TypeVar("_SpoolT", bound=SpoolSettings)
 EXIT_FAILED = 1
 #: Exit status of ``once`` when files are left pending (or untouched), and of a refused token.
 EXIT_PENDING = 3
-#: What click exits with for a ClickException: invalid settings, and a pycti the platform refuses.
-EXIT_CONFIG = click.ClickException.exit_code
 
 
 def _signing_key(settings: SpoolSettings) -> SigningKey | None:

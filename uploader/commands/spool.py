@@ -117,7 +117,7 @@ def verify(config_path: Path | None, manifest_path: Path | None) -> None:
         raise click.exceptions.Exit(EXIT_FAILED)
 
 
-def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
     try:
         return parse_duration(value)
     except ValueError as exc:

@@ -102,8 +102,3 @@ def carry_origin(spool: Spool, rel: PurePosixPath, src_state: str, dst_state: st
     dst = source_path(spool.path_in(dst_state, rel))
     with contextlib.suppress(FileNotFoundError):
         os.replace(src, dst)
-
-
-def drop_origin(spool: Spool, state: str, rel: PurePosixPath) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        source_path(spool.path_in(state, rel)).unlink()

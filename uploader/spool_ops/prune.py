@@ -53,11 +53,10 @@ def parse_duration(text: str) -> float:
 
 @dataclass(frozen=True)
 class Pruned:
-    """One file of ``done/`` old enough to go: its path, bytes (bundle + receipt) and age."""
+    """One file of ``done/`` old enough to go: its path and bytes (bundle + receipt)."""
 
     rel: PurePosixPath
     bytes: int
-    age_seconds: float
 
     @property
     def display(self) -> str:
@@ -97,7 +96,7 @@ def candidates(spool: Spool, older_than: float, now: float | None = None) -> lis
         when = _imported_at(receipt)
         age = now - (st.st_mtime if when is None else when)
         if age > older_than:
-            found.append(Pruned(entry.relative, st.st_size + _size(receipt), age))
+            found.append(Pruned(entry.relative, st.st_size + _size(receipt)))
     return found
 
 
