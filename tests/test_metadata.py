@@ -195,12 +195,14 @@ def test_manifest_validates_and_matches_the_code() -> None:
     # The oldest platform the uploader supports (any pycti from it on works; the default install
     # takes the newest).
     oldest = re.search(
-        r'^OLDEST_PYCTI = "([0-9.]+)"$', (ROOT / "uploader" / "opencti.py").read_text(), re.M
+        r'^OLDEST_PYCTI = "([0-9.]+)"$',
+        (ROOT / "uploader" / "importing" / "opencti.py").read_text(),
+        re.M,
     )
     assert oldest is not None
     assert manifest["support_version"] == f">={oldest.group(1)}"
     # The type the uploader registers with is the type the catalog shows.
-    registration = (ROOT / "uploader" / "registration.py").read_text()
+    registration = (ROOT / "uploader" / "importing" / "registration.py").read_text()
     assert f'"type": "{manifest["container_type"]}"' in registration
     assert (
         manifest["container_image"]

@@ -75,7 +75,7 @@ def _project() -> dict[str, Any]:
 def _oldest_pycti() -> str:
     """The oldest pycti, and so platform, the uploader supports (``OLDEST_PYCTI`` in
     uploader/importing/opencti.py, read as text: this tool does not import pycti)."""
-    text = (ROOT / "uploader" / "opencti.py").read_text(encoding="utf-8")
+    text = (ROOT / "uploader" / "importing" / "opencti.py").read_text(encoding="utf-8")
     match = re.search(r'^OLDEST_PYCTI = "(\S+)"$', text, re.M)
     if match is None:
         raise ValueError("uploader/importing/opencti.py sets no OLDEST_PYCTI")
