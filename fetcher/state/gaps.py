@@ -11,7 +11,7 @@ the report again (:meth:`ReportGaps.awaiting`).
 Table ``report_gaps(feed_id, report_id, member_id, since, written)``: one row per object a report
 names that the mirror lacked when the report was last looked at; ``since`` is when the report was
 first found lacking (the same for all its rows), ``written`` 0 while it waits and 1 once a file
-carries it without them. A report with no row is complete. Schema 2 of :mod:`fetcher.state.ledger`.
+carries it without them. A report with no row is complete. Step 2 of :mod:`fetcher.state.schema`.
 """
 
 from __future__ import annotations

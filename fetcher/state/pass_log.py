@@ -1,8 +1,8 @@
 """What the state remembers of each feed's passes, and the resets the next pass carries out.
 
-Both tables (``passes``, ``resets``) belong to schema 1 of the fetcher's database
-(:mod:`fetcher.state.ledger`); a state file older than that has neither, and reads as "no pass recorded,
-no reset asked".
+Both tables (``passes``, ``resets``) come with step 1 of :mod:`fetcher.state.schema`; a state
+file older than that, opened read-only, has neither, and reads as "no pass recorded, no reset
+asked".
 """
 
 from __future__ import annotations
