@@ -27,10 +27,12 @@ logger = logging.getLogger(__name__)
 
 
 def fetcher_settings(config_path: Path | None) -> FetcherSettings:
+    """The settings of the commands that talk to CTX (the signing key is loaded to be checked)."""
     return settings_and_key(config_path)[0]
 
 
 def settings_and_key(config_path: Path | None) -> tuple[FetcherSettings, SigningKey | None]:
+    """The fetcher's settings and signing key; logging configured to mask the key and API key."""
     try:
         settings = load_settings(FetcherSettings, config_path)
         key = settings.load_signing_key()
@@ -79,6 +81,7 @@ def settings_without_key(model: type[_LoadedT], config_path: Path | None) -> _Lo
 
 @contextmanager
 def state_lock(settings: SpoolStateSettings) -> Iterator[None]:
+    """Hold the state directory's lock (:class:`fetcher.commands.lock.StateLock`) inside."""
     try:
         with StateLock(settings.effective_state_dir):
             yield
