@@ -1,8 +1,8 @@
 """``python -m tests.bench [--quick] [--runs N] [NAME ...]``: run the benchmarks, write BENCHMARKS.md.
 
-Names: fetch, fetch-memory, fetch-quiet, upload, watch, scale, big (default: all). A full run (all benchmarks, not ``--quick``)
-writes ``BENCHMARKS.md`` at the repository root; a partial or quick run only prints, unless
-``--output`` says where to write.
+Names: fetch-150, fetch, fetch-memory, fetch-quiet, upload, watch, scale, big, diode (default:
+all). A full run (all benchmarks, not ``--quick``) writes ``BENCHMARKS.md`` at the repository
+root; a partial or quick run only prints, unless ``--output`` says where to write.
 """
 
 from __future__ import annotations
@@ -36,21 +36,18 @@ outside Python's heap.
   closes every one), the mirror's per-record work (validation, canonical JSON — the biggest single
   item —, SHA-256, SQLite) and building the 1,000 files. One request at a time waits about 9 s
   for the network; in parallel segments that time nearly vanishes and the lock is what remains.
-  The files are therefore built in up to four worker processes (fetcher/workers.py), which the
-  main process only feeds and records: in threads of one process the 1,000 files took about
-  0.95 s after the last request, in processes about 0.7 s (interleaved runs of the same pass,
-  `python -m tests.bench fetch` and an A/B harness); the fork server is started while the listing
-  is read. Pending reports are taken in the order they were stored, so neighbouring files read
-  and mark neighbouring pages of the state (a third fewer page reads and writes, strace).
-  What the listing's window waits for is the chain of requests, not the mirror: with every
+  At that pace, building the files in worker processes took 0.7 s after the last request instead
+  of 0.95 s in threads of one process. At a real API's pace (150 ms per answer, fetch-150) the
+  pass waits for its round trips, and none of the CPU-side mechanisms measured there (worker
+  processes, rarer WAL checkpoints, one fsync per folder per task, a deep read-ahead, pending
+  reports in stored order, the listing cut per worker at the first answer) made it 1.2 times as
+  fast: see "Decisions at 150 ms" under fetch-150. What the listing's window waits for is the chain of requests, not the mirror: with every
   record's checks, canonical JSON and digest taken out of the main process (an experiment, not a
   design: the mirror's content was wrong) the last request came no sooner (2.14 s vs 2.14 s, four
   interleaved pairs). 94% of the steps of a segment are two round trips one after the other, the
   page and the end of its cut half (fetcher/walk.py), so the next lever is the shape of that
-  chain, not Python. Measured and kept before: mirror bodies stored as they are (zlib cost as much as the rest of a
-  record's work), the listing cut into one segment per worker as soon as the first answer gives a
-  position (the ramp-up, about a tenth of a second), one JSON encoder for every record's
-  canonical JSON. Measured and dropped: one `INSERT … SELECT FROM json_each` per page instead of a
+  chain, not Python. Measured and kept before: mirror bodies stored as they are (zlib cost as
+  much as the rest of a record's work), one JSON encoder for every record's canonical JSON. Measured and dropped: one `INSERT … SELECT FROM json_each` per page instead of a
   row per object, and one `UPDATE` per file for the written marks (both slower: SQLite parses the
   JSON once per column), a shorter or longer interpreter switch interval, a deeper read-ahead,
   splitting segments earlier, a larger SQLite page cache and rarer WAL checkpoints. The half-end
@@ -59,13 +56,11 @@ outside Python's heap.
   until its last run: on this machine's ext4 (no journal) creating files right after deleting
   thousands costs the kernel a scan of the freed inodes (`recently_deleted`, perf), which would
   tax each run for the previous one's clean-up.
-- **Fetch memory.** The mirror is on disk; memory holds 16 pages read ahead, two commits' worth of
-  report files in flight and at most 1,000 objects per feed-level file. The fetcher's memory is
-  counted over all its processes (the fetcher, the fork server, the workers, multiprocessing's
-  resource tracker): the greatest sum of their proportional set sizes (PSS, a page shared by
-  several of them counted once) over samples every 5 ms, or the fetcher's own `VmHWM` if greater
-  (harness.Child.memory_peak_kib). Each worker's read-only SQLite connection has its own page
-  cache (2 MiB at most, SQLite's default). Sets of ids reach SQLite as one JSON parameter: with
+- **Fetch memory.** The mirror is on disk; memory holds the pages read ahead, the report files of
+  a commit or two in flight and at most 1,000 objects per feed-level file. The fetcher's memory
+  is counted over all its processes (itself and any process it starts): the greatest sum of
+  their proportional set sizes (PSS, a page shared by several of them counted once) over samples
+  every 5 ms, or the fetcher's own `VmHWM` if greater (harness.Child.memory_peak_kib). Sets of ids reach SQLite as one JSON parameter: with
   `IN (?, ?, …)` every count of ids is a prepared statement of its own, and the sqlite3 module's
   cache of 128 of them grows the heap with the feed.
 - **Upload.** The uploader makes the same three pycti calls per file as a bare loop

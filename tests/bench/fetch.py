@@ -1,4 +1,6 @@
-"""Fetch benchmarks: parallel speed-up and rate limit, and memory against the feed's size."""
+"""Fetch benchmarks at 20 ms per request: parallel speed-up (information: the target is
+measured at a real API's pace, tests/bench/fetch150.py) and rate limit; memory against the feed's
+size."""
 
 from __future__ import annotations
 
@@ -105,10 +107,11 @@ def bench_fetch(opts: Options) -> Result:
     peak_rate = max(rates)
     result.rows.append(
         Row(
-            "Fetch: default vs CONCURRENCY=1",
-            "≥ 4×",
+            f"Fetch, {FETCH_LATENCY * 1000:.0f} ms per CTX answer, {FETCH_REPORTS:,} reports: "
+            "default vs CONCURRENCY=1",
+            "(figure only)",
             f"{ratio.median:.2f}× ({wall['default'].median:.2f} s vs {wall['c1'].median:.2f} s)",
-            ratio.median >= 4,
+            None,
         )
     )
     result.rows.append(
@@ -136,7 +139,9 @@ def bench_fetch(opts: Options) -> Result:
         f"{ratio_window.fmt('×')} on the request window.",
         f"The last pass asked {chain} listing pages and {halves} half-end requests (where a "
         "page's half was cut short): one chain of round trips at CONCURRENCY=1, segments of "
-        "time read at once by default (fetcher/segments.py). No bundle endpoint is used.",
+        "time read at once by default. No bundle endpoint is used. At 20 ms per request the "
+        "default set-up is bound by the CPU and one request at a time by the network, so the "
+        "ratio follows the machine's load: a figure, not a target (fetch-150 is the target).",
         "",
         f"Highest request rate with the limit, over any 1 s window: "
         f"{', '.join(f'{r:.0f}/s' for r in rates)}.",
@@ -156,9 +161,9 @@ def bench_fetch_memory(opts: Options) -> Result:
     """Peak RSS of ``ctx-fetcher once`` on a feed of 500 reports and one of 2,000 (4× the records).
 
     Memory counts all of the fetcher's processes (:attr:`harness.Child.memory_peak_kib`).
-    The fetcher keeps the feed in its mirror on disk and holds only bounded windows in memory (16
-    pages read ahead, two commits' worth of report files in flight, at most 1,000 objects per
-    feed-level file), so its peak must not follow the feed's size.
+    The fetcher keeps the feed in its mirror on disk and holds only bounded windows in memory (the
+    pages read ahead, the report files of a commit or two, at most 1,000 objects per feed-level
+    file), so its peak must not follow the feed's size.
     """
     result = Result("fetch-memory")
     peaks: dict[int, list[float]] = {n: [] for n in MEMORY_FEEDS}
@@ -199,10 +204,9 @@ def bench_fetch_memory(opts: Options) -> Result:
     )
     result.details += [
         "`ctx-fetcher once` as a child process against the CTX stand-in, no added latency; a "
-        "fresh spool and state per run. Peak memory counts every process of the fetcher (itself, "
-        "the fork server and the workers that write files, multiprocessing's resource tracker): "
-        "the greatest sum of their PSS over samples every 5 ms, or the fetcher's own VmHWM if "
-        "greater (harness.Child.memory_peak_kib).",
+        "fresh spool and state per run. Peak memory counts every process of the fetcher (itself "
+        "and any process it starts): the greatest sum of their PSS over samples every 5 ms, or "
+        "the fetcher's own VmHWM if greater (harness.Child.memory_peak_kib).",
         "",
         "| feed | records served | peak memory | wall time |",
         "| --- | --- | --- | --- |",
