@@ -59,7 +59,7 @@ def test_without_key_signed_files_are_imported_and_noted_once(
     add_signed(files, None, FEED_A)
     importer = FakeImporter()
 
-    with caplog.at_level(logging.INFO, logger="uploader.importing.process"):
+    with caplog.at_level(logging.INFO, logger="uploader.importing.admit"):
         summary = run_once(spool, importer)
 
     assert summary.done == 4 and summary.failed == 0
@@ -84,7 +84,7 @@ def test_copy_in_progress_of_a_signed_file_settles_before_the_signature_is_check
                 path.write_bytes(data)
 
     handler = Completer(logging.INFO)
-    logger = logging.getLogger("uploader.importing.process")
+    logger = logging.getLogger("uploader.importing.admit")
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)

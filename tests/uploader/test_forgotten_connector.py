@@ -73,7 +73,7 @@ def test_import_after_the_platform_forgot_registers_once_and_imports(
     first = pycti_importer.import_bundle("first", _bundle(files, "a"))
     assert len(opencti_standin.registrations) == 1
     opencti_standin.forget_connector()
-    caplog.set_level(logging.WARNING, logger="uploader.importing.opencti")
+    caplog.set_level(logging.WARNING, logger="uploader.importing.reregistration")
 
     second = pycti_importer.import_bundle("second", _bundle(files, "b"))
     third = pycti_importer.import_bundle("third", _bundle(files, "c"))

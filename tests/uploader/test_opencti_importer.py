@@ -28,6 +28,7 @@ from uploader.errors import (
     TransientImportError,
 )
 from uploader.importing.chunking import Bundle, pushed_size_of, read_bundle
+from uploader.importing.classify import classify
 from uploader.importing.opencti import PyctiImporter
 
 # The shared fixtures; constants come from tests.standins.opencti so this module is imported
@@ -458,7 +459,7 @@ def test_the_standin_refuses_what_the_platform_refuses_and_that_is_permanent(
     with pytest.raises(ValueError, match="Invalid bundle") as info:
         api.send_bundle_to_api(connector_id=pycti_importer.connector_id, bundle=bundle)
     assert opencti_standin.rejected_pushes[-1]["cause"] == cause
-    assert isinstance(pycti_importer._classify(info.value, None), PermanentImportError)
+    assert isinstance(classify(info.value, None, STANDIN_TOKEN), PermanentImportError)
 
 
 def test_unknown_connector_push_is_refused_as_invalid_bundle(

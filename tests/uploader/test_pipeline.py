@@ -30,9 +30,9 @@ from tests.uploader.conftest import (
     wait_until,
 )
 from uploader.errors import InstanceBusyError, PermanentImportError
-from uploader.importing import process as process_module
 from uploader.importing.check import SpoolFile
 from uploader.pipeline import Pipeline, backoff_delay
+from uploader.spool_ops import outcome as outcome_module
 from uploader.spool_ops.claim import InstanceLock
 from uploader.spool_ops.outcome import sidecar_bytes
 
@@ -454,17 +454,17 @@ def test_digest_mismatch_that_stays_is_failed_as_corrupt_after_settling(
 def test_an_unchanged_mismatched_file_is_not_reread_while_it_settles(
     spool: Spool, files: SpoolFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import uploader.importing.process
+    import uploader.importing.admit
 
     files.add(FEED_A, data=files.bundle_bytes("x"), digest="d" * 64)
     reads: list[object] = []
-    real_read = uploader.importing.process.read_spool_file
+    real_read = uploader.importing.admit.read_spool_file
 
     def counting_read(path: Path, rel: PurePosixPath) -> SpoolFile:
         reads.append(rel)
         return real_read(path, rel)
 
-    monkeypatch.setattr(uploader.importing.process, "read_spool_file", counting_read)
+    monkeypatch.setattr(uploader.importing.admit, "read_spool_file", counting_read)
 
     summary = run_once(spool, FakeImporter(), settle_seconds=1.5)
 
@@ -481,8 +481,8 @@ def test_file_still_being_copied_is_imported_once_complete(spool: Spool, files: 
     target = spool.path_in("incoming", rel)
     later = files.add(FEED_B, minutes=10_000)
     waiter = RecordWaiter("does not match its name yet")
-    logging.getLogger("uploader.importing.process").addHandler(waiter)
-    logging.getLogger("uploader.importing.process").setLevel(logging.INFO)
+    logging.getLogger("uploader.importing.admit").addHandler(waiter)
+    logging.getLogger("uploader.importing.admit").setLevel(logging.INFO)
     importer = FakeImporter()
     result: list[object] = []
 
@@ -503,8 +503,8 @@ def test_file_still_being_copied_is_imported_once_complete(spool: Spool, files: 
         result.append(run_once(spool, importer, settle_seconds=1.0))
     finally:
         writer.join(10)
-        logging.getLogger("uploader.importing.process").removeHandler(waiter)
-        logging.getLogger("uploader.importing.process").setLevel(logging.NOTSET)
+        logging.getLogger("uploader.importing.admit").removeHandler(waiter)
+        logging.getLogger("uploader.importing.admit").setLevel(logging.NOTSET)
     summary = result[0]
     assert waiter.seen.is_set()
     assert summary.failed == 0 and summary.done == 2  # type: ignore[attr-defined]
@@ -574,7 +574,7 @@ def test_an_older_file_another_uploader_is_importing_holds_back_its_feed(
     other_feed = files.add(FEED_B, minutes=3)
     newer_bytes, other_bytes = newer.read_bytes(), other_feed.read_bytes()
     waiter = RecordWaiter("waiting for uploader other")
-    pipeline_logger = logging.getLogger("uploader.importing.process")
+    pipeline_logger = logging.getLogger("uploader.importing.admit")
     pipeline_logger.addHandler(waiter)
     pipeline_logger.setLevel(logging.DEBUG)
     importer = FakeImporter()
@@ -786,7 +786,7 @@ def test_a_feeds_next_import_starts_while_the_previous_file_is_being_recorded(
     # would never happen and the move would give up waiting.
     first, second = (files.add(FEED_A, minutes=m) for m in (1, 2))
     importer = FakeImporter()
-    real_mark_done = process_module.mark_done
+    real_mark_done = outcome_module.mark_done
     overlapped: list[bool] = []
 
     def slow_mark_done(*args: object, **kwargs: object) -> Path:
@@ -794,7 +794,7 @@ def test_a_feeds_next_import_starts_while_the_previous_file_is_being_recorded(
             overlapped.append(importer.wait_for(lambda imp: len(imp.calls) >= 2, timeout=10))
         return real_mark_done(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(process_module, "mark_done", slow_mark_done)
+    monkeypatch.setattr(outcome_module, "mark_done", slow_mark_done)
 
     summary = run_once(spool, importer)
 
@@ -812,7 +812,7 @@ def test_a_failed_move_after_the_import_is_retried_not_imported_again(
 ) -> None:
     path = files.add(FEED_A)
     importer = FakeImporter()
-    real_mark_done = process_module.mark_done
+    real_mark_done = outcome_module.mark_done
     failures = [SpoolError("disk full (fake)"), SpoolError("disk full (fake)")]
 
     def flaky_mark_done(*args: object, **kwargs: object) -> Path:
@@ -820,7 +820,7 @@ def test_a_failed_move_after_the_import_is_retried_not_imported_again(
             raise failures.pop()
         return real_mark_done(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(process_module, "mark_done", flaky_mark_done)
+    monkeypatch.setattr(outcome_module, "mark_done", flaky_mark_done)
 
     summary = run_once(spool, importer)
 
@@ -841,7 +841,7 @@ def test_a_move_still_failing_at_stop_puts_the_file_back_for_the_next_run(
         stop.set()  # the uploader is asked to stop while the move keeps failing
         raise SpoolError("disk full (fake)")
 
-    monkeypatch.setattr(process_module, "mark_done", failing_mark_done)
+    monkeypatch.setattr(outcome_module, "mark_done", failing_mark_done)
 
     with InstanceLock(spool, "test") as lock:
         summary = Pipeline(spool, importer, fast_settings(), lock).run(stop, watch=True)

@@ -50,12 +50,6 @@ class QueueGate:
         self._next_check = 0.0
         self._paused_at: float | None = None
         self._closed = threading.Event()
-        #: Pauses so far (for status and tests).
-        self.pauses = 0
-
-    @property
-    def paused(self) -> bool:
-        return self._paused_at is not None
 
     def close(self) -> None:
         """Wake every waiting import: it raises :class:`QueuePaused`."""
@@ -84,7 +78,6 @@ class QueueGate:
         if size >= self._threshold:
             if self._paused_at is None:
                 self._paused_at = now
-                self.pauses += 1
                 logger.warning(
                     "pausing pushes: the connector's queue holds %.1f MB, over "
                     "CONNECTOR_QUEUE_THRESHOLD=%g MB",

@@ -1,9 +1,9 @@
 """The real :class:`uploader.importing.importer.Importer`: one spool file → one OpenCTI work, through pycti.
 
-With :mod:`uploader.importing.registration`, the only module that imports pycti; the CLI imports it only
-for commands that import (pycti 6.x needs libmagic: ``pycti/api/opencti_api_client.py`` imports
-``magic``). Per file it follows the
-diode-import connector's sequence (``DiodeImport._process_bundle`` in OpenCTI-Platform/connectors
+pycti is reached through :mod:`uploader.importing.registration`, the one module that imports it;
+the CLI imports this one only for commands that import (pycti 6.x needs libmagic:
+``pycti/api/opencti_api_client.py`` imports ``magic``). Per file it follows the diode-import
+connector's sequence (``DiodeImport._process_bundle`` in OpenCTI-Platform/connectors
 ``external-import/diode-import/src/diode_import.py``), with pycti's public calls only:
 
 * ``helper.api.work.initiate_work(connector_id, name)`` (``is_multipart=True`` when the file is
@@ -15,7 +15,8 @@ diode-import connector's sequence (``DiodeImport._process_bundle`` in OpenCTI-Pl
   ``helper.send_stix2_bundle(bundle, work_id=...)`` in the ``amqp`` protocol, whose split is what
   gets published;
 * ``helper.api.work.to_processed(work_id, message)`` (``in_error=True`` on a failure);
-* with ``UPLOADER_WAIT_FOR_WORK``, ``helper.api.work.get_work(work_id)`` until ``complete``;
+* with ``UPLOADER_WAIT_FOR_WORK``, ``helper.api.work.get_work(work_id)`` until ``complete``
+  (these two in :mod:`uploader.importing.works`);
 * before each push, ``helper.api.connector.read(connector_id)`` at most every few seconds for the
   connector's queue size (:mod:`uploader.importing.backpressure`).
 
@@ -37,15 +38,8 @@ Where pycti is adapted, and why:
   process-killing hook) and returns None; ``api.connector.read`` is the query it makes. Errors are
   classified by :mod:`uploader.importing.classify`.
 
-A platform that no longer knows the connector (database restored, connector deleted in the UI,
-another platform at the URL) refuses what it sends; opencti-graphql answers ``stixBundlePush``
-with ``UnsupportedError('Invalid bundle')`` caused by ``'Invalid connector'`` (``sendStixBundle``,
-``src/domain/stix.js``) and ``workAdd`` with a TypeError naming nothing (its resolver in
-``src/resolvers/connector.js`` dereferences the null connector), and pycti 6.x passes on only
-"Invalid bundle"; so on a GraphQL error that names no cause ``connector(id)`` is asked, null for
-an unknown connector. The connector is registered again with
-``helper.api.connector.register(helper.connector)`` (what the helper's constructor sends), once for
-all threads that met the answer, with a warning, and the file imported under a new work.
+A platform that no longer knows the connector refuses what it sends: the connector is registered
+again and the file imported under a new work (:mod:`uploader.importing.reregistration`).
 """
 
 from __future__ import annotations
@@ -56,26 +50,25 @@ import threading
 import time
 from typing import Any
 
-from uploader.errors import (
-    ImportFailure,
-    PlatformConfigError,
-    TransientImportError,
-    WorkErrorsError,
-)
+from uploader.errors import ImportFailure, PlatformConfigError
 from uploader.importing.backpressure import CHECK_INTERVAL, QueueGate, QueuePaused
 from uploader.importing.chunking import Bundle
 from uploader.importing.classify import (
     classify,
-    describe,
     graphql_error,
     names_unknown_connector,
-    redact,
     unreachable,
 )
 from uploader.importing.importer import PlatformCounts
 from uploader.importing.registration import create_helper, importable
+from uploader.importing.reregistration import ConnectorForgotten, Reregistration
 from uploader.importing.sources import SourceConnectors
-from uploader.importing.works import errors_text, work_errors
+from uploader.importing.works import (
+    WORK_POLL_INTERVAL,
+    close_as_empty,
+    mark_in_error,
+    wait_for_work,
+)
 from uploader.settings import UploaderSettings
 from uploader.spool_ops.origin import Origin
 from uploader.spool_ops.outcome import ImportReceipt
@@ -85,9 +78,6 @@ logger = logging.getLogger(__name__)
 #: The oldest pycti (and so OpenCTI platform) the uploader supports: the ``api`` queue protocol
 #: with works needs 6.5.7, and the tests run with 6.5.10 and the newest 7.x (README, "pycti").
 OLDEST_PYCTI = "6.5.10"
-
-#: Seconds between two ``work(id)`` polls when waiting for a work to complete.
-WORK_POLL_INTERVAL = 2.0
 
 
 class PyctiImporter:
@@ -127,8 +117,8 @@ class PyctiImporter:
         # ping thread and the caller.
         self._lock = threading.RLock()
         self._closed = threading.Event()
-        #: Registrations after the first, for telling one forgetting apart from the next.
-        self._registrations = 0
+        self._token = settings.opencti_token.get_secret_value()
+        self._reregistration = Reregistration(settings.connector_id, self._token, metrics)
         self._last_answer: float | None = None
         self._sources = SourceConnectors(settings)
         self._gate = QueueGate(
@@ -150,11 +140,6 @@ class PyctiImporter:
         return self._platform_version
 
     @property
-    def gate(self) -> QueueGate:
-        """The queue-threshold gate every push passes (for status and tests)."""
-        return self._gate
-
-    @property
     def last_answer(self) -> float | None:
         """Unix time of the platform's last answer (a GraphQL error is one too), None before any."""
         return self._last_answer
@@ -165,7 +150,7 @@ class PyctiImporter:
         Called by the heartbeat when the uploader has had nothing to import for a while. A null
         connector means the platform forgot it: it is registered again, as for an import.
         """
-        registration = self._registrations
+        seen = self._reregistration.count
         try:
             self.connect()
             details = self._helper.api.connector.read(connector_id=self.connector_id)
@@ -174,7 +159,9 @@ class PyctiImporter:
         self._answered()
         if details is None:
             try:
-                self._register_again(registration, "connector(id) answered null")
+                self._reregistration.register_again(
+                    self._helper, seen, "connector(id) answered null"
+                )
             except ImportFailure as exc:
                 logger.warning("could not register the connector again: %s", exc)
         return True
@@ -228,12 +215,12 @@ class PyctiImporter:
         When the platform answers that it does not know our connector (module docstring), the
         connector is registered again and the file imported once more under a new work.
         """
-        registration = self._registrations
+        seen = self._reregistration.count
         try:
             return self._import(work_name, bundle, origin)
-        except _ConnectorForgotten as forgotten:
+        except ConnectorForgotten as forgotten:
             failure = forgotten.failure
-            self._register_again(registration, str(failure), failure.work_id)
+            self._reregistration.register_again(self._helper, seen, str(failure), failure.work_id)
         return self._import(work_name, bundle, origin, forgotten_again_is_final=True)
 
     def _import(
@@ -260,30 +247,26 @@ class PyctiImporter:
             else:
                 work_id = helper.api.work.initiate_work(connector_id, work_name)
             if not pushes:
-                # Every object is of a type OpenCTI does not import (a feed-level file of
-                # extension definitions, say): pycti would raise "Nothing to import" and the file
-                # would be failed although nothing is wrong with it. The work says so instead.
-                helper.api.work.to_processed(
-                    work_id,
-                    f"ctx-uploader: none of the {bundle.objects} objects is of a type OpenCTI imports",
-                )
+                close_as_empty(helper.api.work, work_id, bundle.objects)
                 self._answered()
-                logger.warning(
-                    "no object of this file is of a type OpenCTI imports",
-                    extra={"work_id": work_id, "objects": bundle.objects},
-                )
                 return ImportReceipt(str(work_id), connector_id, 0, bundle.objects)
             for number, chunk in enumerate(pushes):
                 if number:
                     self._gate.wait()
-                self._push(helper, chunk.decode("utf-8"), str(work_id), connector_id, origin)
+                self._sources.push(
+                    helper,
+                    chunk.decode("utf-8"),
+                    work_id=str(work_id),
+                    connector_id=connector_id,
+                    origin=origin,
+                )
                 if self._metrics is not None:
                     self._metrics.pushed()
             helper.api.work.to_processed(
                 work_id, f"ctx-uploader: {bundle.objects} objects in {len(pushes)} push(es)"
             )
         except Exception as exc:  # pycti raises bare Exception/ValueError: classified here
-            failure = self._classify(exc, work_id)
+            failure = classify(exc, work_id, self._token)
             if graphql_error(exc) and not isinstance(failure, PlatformConfigError):
                 # An answer, though a refusal; a refused token or connector is not "well".
                 self._answered()
@@ -292,11 +275,11 @@ class PyctiImporter:
             if source is not None and names_unknown_connector(exc):
                 # The platform forgot the source connector: registered again on the retry.
                 self._sources.forget(source.id)
-            elif not forgotten_again_is_final and self._forgotten(exc, work_id):
+            elif not forgotten_again_is_final and self._reregistration.forgotten(self._helper, exc):
                 # The connector's works went with it: nothing to mark in error.
-                raise _ConnectorForgotten(failure) from exc
+                raise ConnectorForgotten(failure) from exc
             if work_id is not None and not unreachable(exc):
-                self._mark_in_error(work_id, failure)
+                mark_in_error(self._helper.api.work, work_id, failure, self._token)
             raise failure from exc
         self._answered()
         # The file's one INFO line, naming feed, file, work and objects, is the processor's.
@@ -305,108 +288,12 @@ class PyctiImporter:
             extra={"work_id": work_id, "pushes": len(pushes), "objects": bundle.objects},
         )
         if self._settings.wait_for_work:
-            self._wait_for_work(str(work_id))
+            wait_for_work(
+                self._helper.api.work,
+                str(work_id),
+                timeout=self._settings.work_timeout,
+                poll_interval=self._work_poll_interval,
+                closed=self._closed,
+                token=self._token,
+            )
         return ImportReceipt(str(work_id), connector_id, len(pushes), bundle.objects)
-
-    def _forgotten(self, exc: BaseException, work_id: str | None) -> bool:
-        """Whether ``exc`` is the platform's answer to a connector it does not know."""
-        if names_unknown_connector(exc):
-            return True
-        if not graphql_error(exc) or self._helper is None:
-            return False
-        # workAdd for an unknown connector fails inside the platform's resolver with a TypeError
-        # that names nothing, and pycti 6.x keeps only "Invalid bundle" of a push's refusal (it
-        # drops the error's data, where the cause is): ask the platform whether it knows us.
-        try:
-            return self._helper.api.connector.read(connector_id=self.connector_id) is None
-        except Exception:  # noqa: BLE001 - no answer: not evidence that it forgot us
-            return False
-
-    def _register_again(self, registration: int, reason: str, work_id: str | None = None) -> None:
-        """Register the connector again, once for the answers seen since ``registration``."""
-        with self._lock:
-            if self._registrations != registration:
-                return  # another feed's thread met the same answer and registered already
-            helper = self._helper
-            try:
-                # What OpenCTIConnectorHelper.__init__ sends (pycti's public connector API).
-                helper.api.connector.register(helper.connector)
-            except Exception as exc:  # classified like any pycti failure
-                raise self._classify(exc, work_id) from exc
-            self._registrations += 1
-        if self._metrics is not None:
-            self._metrics.registered_again()
-        logger.warning(
-            "OpenCTI does not know connector %s (database restored, connector deleted in the UI, "
-            "or another platform at OPENCTI_URL): registered it again",
-            self.connector_id,
-            extra={"connector_id": self.connector_id, "reason": reason[:300]},
-        )
-
-    def _push(
-        self, helper: Any, text: str, work_id: str, connector_id: str, origin: Origin | None
-    ) -> None:
-        if self._settings.queue_protocol == "api":
-            self._sources.api_for(helper, origin).send_bundle_to_api(
-                connector_id=connector_id, bundle=text, work_id=work_id
-            )
-            return
-        with self._sources.amqp_helper(helper, origin):
-            helper.send_stix2_bundle(
-                text,
-                work_id=work_id,
-                # The spool holds the newest version of each object, so it may overwrite the
-                # platform's copy (send_stix2_bundle's ``update``, pycti 6.x: "whether to update
-                # data in the database"); an adopted diode file says its own. The api path has
-                # no such flag: the platform's sendStixBundle (opencti-graphql
-                # src/domain/stix.js) queues its bundle with update: true.
-                update=True if origin is None or origin.connector is None else origin.update,
-                cleanup_inconsistent_bundle=False,
-            )
-
-    def _classify(self, exc: BaseException, work_id: str | None) -> ImportFailure:
-        return classify(exc, work_id, self._settings.opencti_token.get_secret_value())
-
-    def _redact(self, text: str) -> str:
-        return redact(text, self._settings.opencti_token.get_secret_value())
-
-    def _mark_in_error(self, work_id: str, failure: ImportFailure) -> None:
-        try:
-            self._helper.api.work.to_processed(work_id, str(failure)[:500], in_error=True)
-        except Exception as exc:  # noqa: BLE001 - best effort: the failure itself is what matters
-            logger.warning(
-                "could not mark the work in error",
-                extra={"work_id": work_id, "reason": self._redact(describe(exc))[:200]},
-            )
-
-    def _wait_for_work(self, work_id: str) -> None:
-        deadline = time.monotonic() + self._settings.work_timeout
-        status = "unknown"
-        while True:
-            try:
-                work = self._helper.api.work.get_work(work_id) or {}
-            except Exception as exc:  # classified like any pycti failure
-                raise self._classify(exc, work_id) from exc
-            status = str(work.get("status", "unknown"))
-            if status == "complete":
-                errors = work_errors(work)
-                if errors:
-                    raise WorkErrorsError(
-                        self._redact(errors_text(errors)), work_id=work_id, errors=errors
-                    )
-                return
-            if time.monotonic() >= deadline or self._closed.is_set():
-                break
-            self._closed.wait(min(self._work_poll_interval, max(0.0, deadline - time.monotonic())))
-        raise TransientImportError(
-            f"work {work_id} not complete after {self._settings.work_timeout:g} s (status {status})",
-            work_id=work_id,
-        )
-
-
-class _ConnectorForgotten(Exception):  # noqa: N818 - a signal inside this module, never raised out
-    """The platform answered as it does for an unknown connector; ``failure`` classifies it."""
-
-    def __init__(self, failure: ImportFailure) -> None:
-        self.failure = failure
-        super().__init__(str(failure))

@@ -13,7 +13,7 @@ Where pycti is adapted, and why:
   DEBUG, and an error it logs with a traceback for a failure :mod:`uploader.importing.classify` reads is
   shown at DEBUG without the traceback, since our own line says what it means.
 
-Nothing here imports pycti: :mod:`uploader.importing.opencti` stays the only module that does.
+Nothing here imports pycti: :mod:`uploader.importing.registration` stays the only module that does.
 """
 
 from __future__ import annotations

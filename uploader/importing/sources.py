@@ -1,4 +1,5 @@
-"""Importing an adopted diode file as the connector that wrote it (for :mod:`uploader.importing.opencti`).
+"""Pushing a file's parts in the configured queue protocol, as the uploader or, for an adopted diode
+file, as the connector that wrote it (for :mod:`uploader.importing.opencti`).
 
 What diode-import does per file (``DiodeImport._process_bundle``, OpenCTI-Platform/connectors
 ``external-import/diode-import/src/diode_import.py``), through pycti's public API and without
@@ -54,15 +55,15 @@ class SourceConnectors:
         with self._lock:
             self._registered.pop(connector_id, None)
 
-    def applicant(self, origin: Origin) -> str | None:
+    def _applicant(self, origin: Origin) -> str | None:
         """The user to import as: the mapping of the file's applicant, None when unmapped."""
         if origin.applicant_id is None:
             return None
         return self._applicants.get(origin.applicant_id)
 
-    def api_for(self, helper: Any, origin: Origin | None) -> Any:
+    def _api_for(self, helper: Any, origin: Origin | None) -> Any:
         """The pycti client that pushes for ``origin`` (the helper's own when not impersonating)."""
-        applicant = None if origin is None else self.applicant(origin)
+        applicant = None if origin is None else self._applicant(origin)
         if applicant is None:
             return helper.api
         with self._lock:
@@ -71,7 +72,29 @@ class SourceConnectors:
                 client = self._clients[applicant] = impersonating_client(self._settings, applicant)
         return client
 
-    def amqp_helper(self, helper: Any, origin: Origin | None) -> Any:
+    def push(
+        self, helper: Any, text: str, *, work_id: str, connector_id: str, origin: Origin | None
+    ) -> None:
+        """Push one part of a file's bundle under ``work_id`` (``UPLOADER_QUEUE_PROTOCOL``)."""
+        if self._settings.queue_protocol == "api":
+            self._api_for(helper, origin).send_bundle_to_api(
+                connector_id=connector_id, bundle=text, work_id=work_id
+            )
+            return
+        with self._amqp_helper(helper, origin):
+            helper.send_stix2_bundle(
+                text,
+                work_id=work_id,
+                # The spool holds the newest version of each object, so it may overwrite the
+                # platform's copy (send_stix2_bundle's ``update``, pycti 6.x: "whether to update
+                # data in the database"); an adopted diode file says its own. The api path has
+                # no such flag: the platform's sendStixBundle (opencti-graphql
+                # src/domain/stix.js) queues its bundle with update: true.
+                update=True if origin is None or origin.connector is None else origin.update,
+                cleanup_inconsistent_bundle=False,
+            )
+
+    def _amqp_helper(self, helper: Any, origin: Origin | None) -> Any:
         """A context in which ``helper.send_stix2_bundle`` publishes for ``origin``."""
         if origin is None or origin.connector is None:
             return self._locked() if self._swapping else nullcontext()
@@ -91,7 +114,7 @@ class SourceConnectors:
                 config = self._registered.get(source.id) or helper.connector_config
             helper.connect_id = source.id
             helper.connector_config = config
-            helper.applicant_id = self.applicant(origin)
+            helper.applicant_id = self._applicant(origin)
             try:
                 yield
             finally:

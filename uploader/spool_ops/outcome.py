@@ -14,7 +14,9 @@ beside the bundle. Order, so that a crash at any point loses nothing and never l
 
 A crash after 2 leaves the bundle claimed: it is reclaimed into ``incoming/`` and imported again
 (OpenCTI upserts), and its new sidecar replaces the stale one. A crash inside 3 (after the link,
-before the unlink) leaves the same bytes in both places: reclaim drops the claim copy.
+before the unlink) leaves the same bytes in both places: reclaim drops the claim copy. A move to
+``done/`` that fails (disk full) is tried again in place, never by importing again
+(:func:`record_done`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import errno
 import json
 import logging
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -232,3 +236,61 @@ def fail_claimed(
         return "left"
     logger.error("refused %s: %s", rel.name, failure.message, extra=ctx)
     return "failed"
+
+
+def record_done(
+    spool: Spool,
+    claimed: Path,
+    rel: PurePosixPath,
+    receipt: ImportReceipt,
+    *,
+    instance: str,
+    sha256: str,
+    attempts: int,
+    secrets: tuple[str, ...],
+    feed: str,
+    retry_delay: Callable[[int], float],
+    stopping: threading.Event,
+) -> Literal["done", "failed", "left", "stopped"]:
+    """:func:`mark_done` for an imported file, tried again until it works.
+
+    ``done``; ``failed`` or ``left`` (:func:`fail_claimed`) when ``done/`` holds different bytes;
+    ``stopped`` when the uploader stops first: the claimed file then goes back to ``incoming/``
+    with the run's other claims, and the next run imports it again. Never asks for the file to be
+    imported again before that: a newer file of the feed may be importing already.
+    """
+    ctx = {"feed": feed, "file": str(rel), "work_id": receipt.work_id}
+    tries = 0
+    while True:
+        if tries and not os.path.lexists(claimed):
+            # An earlier try moved it and failed on a later step (a stale reason's removal).
+            return "done"
+        try:
+            mark_done(
+                spool, claimed, rel, receipt, instance=instance, sha256=sha256, attempts=attempts
+            )
+        except DestinationExistsError as exc:
+            failure = Failure("conflict", f"done/ already holds different bytes: {exc}", attempts)
+            return fail_claimed(
+                spool, claimed, rel, failure, instance=instance, secrets=secrets, feed=feed
+            )
+        except Exception as exc:  # noqa: BLE001 - disk full, EIO: the file is not at fault
+            tries += 1
+            delay = retry_delay(tries)
+            logger.error(
+                "imported %s, but recording it failed (%s); trying again in %.1fs",
+                rel.name,
+                exc,
+                delay,
+                extra=ctx,
+            )
+            if stopping.wait(delay):
+                logger.error(
+                    "stopping before %s could be moved to done/: it goes back to incoming/ "
+                    "and the next run imports it again",
+                    rel.name,
+                    extra=ctx,
+                )
+                return "stopped"
+            continue
+        return "done"
