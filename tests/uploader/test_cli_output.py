@@ -119,7 +119,7 @@ def test_once_shows_progress_on_a_terminal_and_logs_above_it(
 
     assert result.exit_code == 0, result.output
     shown = screen.getvalue()
-    assert "files/s" in shown and "pending" in shown
+    assert "files/s" in shown and "done 3, failed 0, pending 0" in shown
     # The log lines went through the display's console, whole lines above it.
     assert "started (once)" in shown
     assert "files/s" not in result.stderr and "started (once)" not in result.stderr

@@ -162,7 +162,7 @@ def run(
                 console = None if watch else obj.get("console", terminal_console())
                 display = None
                 if console is not None:
-                    display = RunProgress(console, pipeline.scheduler.pending_count)
+                    display = RunProgress(console, pipeline.scheduler)
                     pipeline.on_result = _each(metrics.result, display.update)
                 drop = _drop_folder(settings, spool) if watch else None
                 with (

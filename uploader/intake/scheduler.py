@@ -68,10 +68,11 @@ class Feed:
 
 @dataclass
 class Counts:
-    """What the run did so far (the pipeline's summary is made from it)."""
+    """What the run did so far (the pipeline's summary and the progress display are made from it)."""
 
     done: int = 0
     failed: int = 0
+    retried: int = 0
     gone: int = 0
     left: list[str] = field(default_factory=list)
 
@@ -141,6 +142,8 @@ class Scheduler:
         """Take a worker's result into account; returns a feed folder to walk again, if any."""
         feed = self.feeds[result.feed]
         rel = result.rel
+        if result.kind == "retry":
+            self.counts.retried += 1
         if result.released:
             # The feed went on at ``imported``; only the count is left (or, if the move after the
             # import gave up at stop, the file is pending again: it goes back to incoming/).

@@ -12,47 +12,38 @@ from collections.abc import Callable, Iterator
 from rich.console import Console
 
 from shared.console import live_progress, showing
-from uploader.intake.scheduler import Result
+from uploader.intake.scheduler import Result, Scheduler
 
 
 class RunProgress:
-    """The live line of one run on ``console``; ``pending`` counts the files still to do."""
+    """The live line of one run on ``console``: the ``scheduler``'s counts and pending files."""
 
     def __init__(
         self,
         console: Console,
-        pending: Callable[[], int],
+        scheduler: Scheduler,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._pending = pending
+        self._scheduler = scheduler
         self._clock = clock
         self._started = clock()
-        self.done = 0
-        self.failed = 0
-        self.retried = 0
         self._progress = live_progress(console)
-        self._task = self._progress.add_task("importing", total=None, detail=self.detail())
+        self._task = self._progress.add_task("importing", total=None, detail=self._detail())
 
-    def detail(self) -> str:
+    def _detail(self) -> str:
+        counts = self._scheduler.counts
         elapsed = max(self._clock() - self._started, 1e-6)
-        rate = (self.done + self.failed) / elapsed
-        retried = f", retried {self.retried}" if self.retried else ""
+        rate = (counts.done + counts.failed) / elapsed
+        retried = f", retried {counts.retried}" if counts.retried else ""
         return (
-            f"done {self.done}, failed {self.failed}, pending {self._pending()}{retried} "
-            f"({rate:.1f} files/s)"
+            f"done {counts.done}, failed {counts.failed}, "
+            f"pending {self._scheduler.pending_count()}{retried} ({rate:.1f} files/s)"
         )
 
     def update(self, result: Result) -> None:
-        """Count one result (called by the pipeline's loop thread, after it applied it)."""
-        if result.kind == "done":
-            self.done += 1
-        elif result.kind == "failed":
-            self.failed += 1
-        elif result.kind == "retry":
-            self.retried += 1
-        else:
-            return
-        self._progress.update(self._task, detail=self.detail())
+        """Redraw after a file's result (called by the pipeline's loop thread, once applied)."""
+        if result.kind in ("done", "failed", "retry"):
+            self._progress.update(self._task, detail=self._detail())
 
     @contextlib.contextmanager
     def live(self) -> Iterator[RunProgress]:
