@@ -390,3 +390,20 @@ def invoke(args: list[str], env: dict[str, str], importer: Any = None, **obj: An
     if importer is not None:
         obj["importer_factory"] = lambda settings: importer
     return CliRunner().invoke(main, args, env=env, obj=obj, catch_exceptions=False)
+
+
+@pytest.fixture
+def pycti_helpers(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The pycti helpers :class:`PyctiImporter` builds when it connects, as pycti returns them."""
+    import uploader.importing.opencti as opencti  # pycti only for the tests that ask
+
+    built: list[Any] = []
+    real = opencti.create_helper
+
+    def recording(settings: UploaderSettings) -> tuple[Any, str | None]:
+        helper, version = real(settings)
+        built.append(helper)
+        return helper, version
+
+    monkeypatch.setattr(opencti, "create_helper", recording)
+    return built

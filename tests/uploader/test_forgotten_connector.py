@@ -32,10 +32,13 @@ def _bundle(files: SpoolFiles, seed: str) -> Bundle:
 
 
 def test_the_standin_answers_a_forgotten_connector_as_the_platform_does(
-    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn, files: SpoolFiles
+    pycti_importer: PyctiImporter,
+    opencti_standin: OpenCTIStandIn,
+    files: SpoolFiles,
+    pycti_helpers: list[Any],
 ) -> None:
     pycti_importer.connect()
-    api = pycti_importer.helper.api
+    api = pycti_helpers[0].api
     assert opencti_standin.forget_connector() == [pycti_importer.connector_id]
 
     with pytest.raises(ValueError) as push:

@@ -119,6 +119,7 @@ def test_an_adopted_diode_file_is_published_to_its_source_connectors_queue(
     amqp_standin: OpenCTIStandIn,
     channel: Any,
     make_settings: Callable[..., Any],
+    pycti_helpers: list[Any],
 ) -> None:
     ours = str(uuid.uuid4())
     source = SourceConnector(str(uuid.uuid4()), "Upstream Feed", "EXTERNAL_IMPORT", "identity")
@@ -156,7 +157,7 @@ def test_an_adopted_diode_file_is_published_to_its_source_connectors_queue(
 
     with PyctiImporter(settings) as importer:
         receipt = importer.import_bundle("diode", read_bundle(data.encode(), 1 << 20), origin)
-        helper = importer.helper
+        [helper] = pycti_helpers
         # The helper is ours again after the push.
         assert helper.connect_id == ours and helper.applicant_id == amqp_standin.connector_user_id
 

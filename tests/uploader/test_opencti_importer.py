@@ -451,10 +451,14 @@ def test_bad_content_is_refused_by_the_one_check_before_any_import(data: bytes) 
     ],
 )
 def test_the_standin_refuses_what_the_platform_refuses_and_that_is_permanent(
-    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn, bundle: str, cause: str
+    pycti_importer: PyctiImporter,
+    opencti_standin: OpenCTIStandIn,
+    pycti_helpers: list[Any],
+    bundle: str,
+    cause: str,
 ) -> None:
     pycti_importer.connect()
-    api = pycti_importer.helper.api
+    api = pycti_helpers[0].api
 
     with pytest.raises(ValueError, match="Invalid bundle") as info:
         api.send_bundle_to_api(connector_id=pycti_importer.connector_id, bundle=bundle)
@@ -463,11 +467,11 @@ def test_the_standin_refuses_what_the_platform_refuses_and_that_is_permanent(
 
 
 def test_unknown_connector_push_is_refused_as_invalid_bundle(
-    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn
+    pycti_importer: PyctiImporter, opencti_standin: OpenCTIStandIn, pycti_helpers: list[Any]
 ) -> None:
     pycti_importer.connect()
     with pytest.raises(ValueError, match="Invalid bundle"):
-        pycti_importer.helper.api.send_bundle_to_api(
+        pycti_helpers[0].api.send_bundle_to_api(
             connector_id=str(uuid.uuid4()), bundle=_report_bundle()[0].decode()
         )
     assert opencti_standin.rejected_pushes[-1]["cause"] == "Invalid connector"
@@ -516,15 +520,17 @@ def test_ssl_verify_is_passed_to_pycti(
     pycti_env: None,
     opencti_standin: OpenCTIStandIn,
     make_settings: Callable[..., Any],
+    pycti_helpers: list[Any],
     verify: bool,
 ) -> None:
     fields = {} if verify else {"opencti_ssl_verify": False}
     with PyctiImporter(make_settings(opencti_standin, **fields)) as importer:
         importer.connect()
-        assert importer.helper.opencti_ssl_verify is verify
-        assert importer.helper.api_impersonate.ssl_verify is verify
+        [helper] = pycti_helpers
+        assert helper.opencti_ssl_verify is verify
+        assert helper.api_impersonate.ssl_verify is verify
         # Passed as given: requests itself looks up REQUESTS_CA_BUNDLE when it is True.
-        assert importer.helper.api.ssl_verify is verify
+        assert helper.api.ssl_verify is verify
 
 
 def test_pyctis_session_reads_the_proxy_variables_on_every_call(
@@ -695,6 +701,7 @@ def test_settings_win_over_pycti_env_variables_and_mq_overrides_stay(
     opencti_standin: OpenCTIStandIn,
     make_settings: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
+    pycti_helpers: list[Any],
 ) -> None:
     # pycti reads these first; an empty one would make it fall back to amqp.
     monkeypatch.setenv("CONNECTOR_QUEUE_PROTOCOL", "")
@@ -704,7 +711,7 @@ def test_settings_win_over_pycti_env_variables_and_mq_overrides_stay(
 
     with PyctiImporter(make_settings(opencti_standin)) as importer:
         receipt = importer.import_bundle("w", _checked(_report_bundle()[0]))
-        helper = importer.helper
+        [helper] = pycti_helpers
 
     assert helper.queue_protocol == "api"
     assert opencti_standin.registrations[0]["type"] == "EXTERNAL_IMPORT"

@@ -130,11 +130,6 @@ class PyctiImporter:
         return self._settings.connector_id
 
     @property
-    def helper(self) -> Any:
-        """The pycti helper once connected (for tests and diagnostics), else ``None``."""
-        return self._helper
-
-    @property
     def platform_version(self) -> str | None:
         """The platform's ``about { version }`` once connected (None: not yet, or not said)."""
         return self._platform_version
