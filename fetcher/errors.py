@@ -23,17 +23,10 @@ Spool failures are :class:`shared.errors.SpoolError` and pass through unchanged,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from shared.errors import restore_error
 
 
 class FetcherError(Exception):
     """Root of every error raised by :mod:`fetcher`."""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Whole across processes (fetcher.files.workers), keyword-only fields included.
-        return (restore_error, (type(self), self.args, self.__dict__))
 
     def __init__(self, message: str, *, feed_id: str | None = None) -> None:
         self.feed_id = feed_id

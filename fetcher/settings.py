@@ -133,7 +133,7 @@ class FetcherSettings(ScheduleSettings):
     concurrency: int = setting(
         8,
         env="CYBERTHREATEXCHANGE_CONCURRENCY",
-        description="Segments of the objects listing read at once per feed, and processes building files (at most 4) (1-32; 1: one request at a time, files built in the fetcher's own process).",
+        description="Segments of the objects listing read at once per feed (1-32; 1: one request at a time).",
         ge=1,
         le=32,
     )

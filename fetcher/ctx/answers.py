@@ -3,8 +3,8 @@
 Shapes from ``cyberthreatexchange/server/arango_helpers.py`` (``get_objects``: cursor pages) and
 the older ``get_paginated_response`` (page-number pages); ``v1/subscriptions/`` as the official
 OpenCTI connector reads it (``external-import/dogesec-cyberthreatexchange``). Kept apart from the
-HTTP client (:mod:`fetcher.ctx.client`) so that code which only checks records, such as the mirror
-and the processes that write files, does not import an HTTP stack.
+HTTP client (:mod:`fetcher.ctx.client`): the mirror checks the records it keeps with
+:func:`check_object` and knows nothing of HTTP.
 """
 
 from __future__ import annotations

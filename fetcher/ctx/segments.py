@@ -2,12 +2,11 @@
 
 A cursor-style walk is a chain of round trips, each asked with the last one's position. But
 ``added_after=T`` starts a walk anywhere, so walks started at ``T1 < T2 < …`` cover ``(cursor,
-T1]``, ``(T1, T2]``, … between them. Nothing in an answer says how records spread over time: once
-the first answer gives a position, what lies ahead of it is cut into one segment per worker; after
-that a worker with nothing to do takes the running segment expected to need the most pages (from
-its pace so far) and cuts it in the middle (:meth:`fetcher.ctx.walk.CursorWalk.cut`). A span holding
-no record costs one empty answer. Records come back in any order and some twice; the
-mirror is indifferent to both (:mod:`fetcher.state.ledger`).
+T1]``, ``(T1, T2]``, … between them. Nothing in an answer says how records spread over time: a
+worker with nothing to do takes the running segment expected to need the most pages (from its
+pace so far) and cuts it in the middle (:meth:`fetcher.ctx.walk.CursorWalk.cut`). A span holding
+no record costs one empty answer. Records come back in any order and some twice; the mirror is
+indifferent to both (:mod:`fetcher.state.mirror`).
 
 The cursor saved is the position of the first segment not yet wholly applied
 (:meth:`Segments.checkpoint`): every record at or before it is in the mirror, whatever the
@@ -82,7 +81,6 @@ class Segments:
         self._workers = workers
         self._limit = limit
         self._hold = hold
-        self._spread = False
         self.items = [first]
 
     def unclaimed(self) -> Segment | None:
@@ -104,10 +102,6 @@ class Segments:
         if self._workers == 1 or not self._limit.confirmed or self._holding():
             return None
         horizon = datetime.now(UTC) + CLOCK_MARGIN
-        if not self._spread:
-            spread = self._spread_first(horizon)
-            if spread is not None:
-                return spread
         best: tuple[float, int, datetime] | None = None
         for index, segment in enumerate(self.items):
             walk = segment.walk
@@ -151,42 +145,6 @@ class Segments:
             return True
         self._hold = None
         return False
-
-    def _spread_first(self, horizon: datetime) -> Segment | None:
-        """Once the first segment has a position, cut what lies ahead of it into
-        one segment per worker at once, instead of halving twice per doubling of the workers.
-
-        Nothing says how records spread over time; a piece that holds none costs one empty
-        answer, and a piece that holds most of them is halved later by its pace (:meth:`split`).
-        """
-        if len(self.items) != 1:
-            self._spread = True
-            return None
-        old = self.items[0].walk
-        if not isinstance(old, CursorWalk) or self.items[0].fetched:
-            self._spread = True
-            return None
-        position_raw = old.position()
-        if position_raw is None:
-            return None  # not yet: the first answer gives the position
-        self._spread = True
-        position = parse_record_time(position_raw)
-        end_raw = old.end()
-        end = parse_record_time(end_raw) if end_raw is not None else horizon
-        if position is None or end is None or end - position < self._workers * MIN_SPAN:
-            return None
-        step = (end - position) / self._workers
-        cuts = [format_stix_time(position + step * i) for i in range(1, self._workers)]
-        if not old.cut(cuts[0]):
-            return None
-        ends: list[str | None] = [*cuts[1:], end_raw]
-        made = [
-            Segment(CursorWalk(self._client, self._feed_id, start, stop, limit=self._limit), start)
-            for start, stop in zip(cuts, ends, strict=True)
-        ]
-        self.items[1:1] = made
-        made[0].owned = True
-        return made[0]
 
     def checkpoint(self) -> str | None:
         """The cursor to save: every record at or before it has been applied. None: none yet.

@@ -1,12 +1,11 @@
 """Spool files from the mirror: one file per new or changed report, then feed-level files.
 
-What a file holds is :mod:`fetcher.files.writer`' job, where it is built :mod:`fetcher.files.workers`'. This
-module decides what is pending and records what was written: it lists pending reports a commit's
-worth at a time, hands them to the workers a task at a time, and records each batch's files after
-they are published, in order, one durable commit per batch, while later batches are built. Every
-pending object that no report file carried goes into feed-level files of at most
-:data:`OBJECTS_PER_FILE` objects, except what a waiting report would carry: that waits with it,
-so that its file carries it and no feed-level file before.
+What a file holds is :mod:`fetcher.files.writer`'s job. This module decides what is pending and
+records what was written: it takes pending reports a commit's worth at a time, has their files
+built and published, and then records them, one durable commit per batch. Every pending object
+that no report file carried goes into feed-level files of at most :data:`OBJECTS_PER_FILE`
+objects, except what a waiting report would carry: that waits with it, so that its file carries
+it and no feed-level file before.
 
 A report that names objects the mirror lacks waits (:mod:`fetcher.state.gaps`) for at most ``grace``
 from when it was first found lacking one; then it is written with what exists, with a warning
@@ -16,13 +15,10 @@ naming what it lacks, and written again when one of those arrives.
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from fetcher.files.workers import Workers, outcome
 from fetcher.files.writer import Built, FileWriter
 from fetcher.state.ledger import Ledger
 from shared.layout import FEED_OBJECTS_SUBJECT, Spool
@@ -34,11 +30,6 @@ logger = logging.getLogger(__name__)
 OBJECTS_PER_FILE = 1000
 #: Report files recorded in one durable commit (a commit is an fsync of the database's log).
 REPORTS_PER_COMMIT = 64
-#: Reports one task reads and writes: their closures are read a level at a time together; four
-#: tasks per commit keep the workers (fetcher.files.workers.MAX_PROCESSES) busy.
-REPORTS_PER_TASK = 16
-#: Batches handed to the workers besides the one being recorded.
-BATCHES_AHEAD = 1
 
 
 @dataclass
@@ -63,7 +54,6 @@ class Assembler:
         ledger: Ledger,
         spool: Spool,
         feed_id: str,
-        workers: Workers,
         *,
         signing_key: SigningKey | None = None,
         progress: Callable[[Counts], None] | None = None,
@@ -73,7 +63,6 @@ class Assembler:
         self.ledger = ledger
         self.gaps = ledger.gaps
         self.feed_id = feed_id
-        self.workers = workers
         now = datetime.now(UTC)
         self._now = format_stix_time(now)
         self.writer = FileWriter(
@@ -88,49 +77,19 @@ class Assembler:
         self._progress = progress
 
     def run(self) -> Counts:
-        self._write_all(self._report_batches())
-        self._write_all(self._object_batches())
-        return self.counts
-
-    def _report_batches(self) -> Iterator[list[Future[list[Built]]]]:
-        """Pending reports a commit's worth at a time, handed to the workers a task at a time."""
         for ids in self.mirror.pending(self.feed_id, reports=True, limit=REPORTS_PER_COMMIT):
-            yield [
-                self.workers.reports(self.writer, ids[at : at + REPORTS_PER_TASK])
-                for at in range(0, len(ids), REPORTS_PER_TASK)
-            ]
-
-    def _object_batches(self) -> Iterator[list[Future[list[Built]]]]:
-        """Pending objects that no report file carried, a feed-level file at a time."""
+            self._record_all(self.writer.reports(self.ledger, ids))
         for ids in self.mirror.pending(self.feed_id, reports=False, limit=OBJECTS_PER_FILE):
             free = [object_id for object_id in ids if object_id not in self._held]
             if free:
-                yield [self.workers.objects(self.writer, free)]
+                self._record_all(self.writer.objects(self.ledger, free))
+        return self.counts
 
-    def _write_all(self, batches: Iterator[list[Future[list[Built]]]]) -> None:
-        """Record each batch's files, in order, in one commit, while later batches are built.
-
-        At most :data:`BATCHES_AHEAD` batches wait in the pool besides the one being recorded.
-        """
-        waiting: deque[list[Future[list[Built]]]] = deque()
-        try:
-            for batch in batches:
-                waiting.append(batch)
-                if len(waiting) > BATCHES_AHEAD:
-                    self._record_batch(waiting.popleft())
-            while waiting:
-                self._record_batch(waiting.popleft())
-        finally:
-            # Files already published but not recorded are found in place by the next pass.
-            for batch in waiting:
-                for future in batch:
-                    future.cancel()
-
-    def _record_batch(self, batch: list[Future[list[Built]]]) -> None:
+    def _record_all(self, built: list[Built]) -> None:
+        """Record files the writer has published (and made durable), in one commit."""
         with self.ledger.batch():
-            for future in batch:
-                for built in outcome(future, self.feed_id):
-                    self._record(built)
+            for item in built:
+                self._record(item)
 
     def _record(self, built: Built) -> None:
         report = built.subject != FEED_OBJECTS_SUBJECT

@@ -13,23 +13,22 @@ does not hold yet is not written: it waits for them (:mod:`fetcher.state.gaps`) 
 ``wait_cutoff``, and is then written with what exists.
 
 A :class:`FileWriter` reads, builds, stages (written and fsynced under a temporary name) and
-publishes (renamed into place, then each folder fsynced once per call) files; it records nothing. It runs where
-:mod:`fetcher.files.workers` puts it (a worker process, or the fetcher's own process), so it holds only
-what pickles: the spool's root, the feed and the signing key; the state is handed to each call.
+publishes (renamed into place, its folder fsynced) files; it records nothing: its caller records
+a file once it is durable (:mod:`fetcher.files.assemble`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from fetcher.errors import FetcherError
 from fetcher.files.bundle import BundleBuilder
 from fetcher.state.ledger import Ledger
 from fetcher.state.mirror import Kept
 from fetcher.stix import object_time, references
-from shared.durable import fsync_dirs, publish_staged, stage_bytes
+from shared.durable import publish_staged, stage_bytes
 from shared.layout import (
     FEED_OBJECTS_SUBJECT,
     Spool,
@@ -101,19 +100,11 @@ class FileWriter:
     wait_cutoff: str | None = None
 
     def reports(self, ledger: Ledger, ids: list[str]) -> list[Built]:
-        """The files of these reports, each published if its content is new.
-
-        Each folder that received a file is fsynced once, after the last of them and before
-        this returns: the files are recorded only after that, and reports taken in stored
-        order often share a day's folder.
-        """
-        folders: list[Path] = []
-        built = [
-            self._waiting(group) if self._waits(group) else self._build(group, folders)
+        """The files of these reports, each published if its content is new."""
+        return [
+            self._waiting(group) if self._waits(group) else self._build(group)
             for group in self._report_groups(ledger, ids)
         ]
-        fsync_dirs(folders)
-        return built
 
     def _waits(self, group: _Group) -> bool:
         if not group.lacking or self.wait_cutoff is None:
@@ -144,10 +135,7 @@ class FileWriter:
         # holds; the listing's time only when nothing in it has either (SCOs).
         times = [object_time(item.obj()) for item in kept]
         stamp = max(times) or max(item.stamp for item in kept)
-        folders: list[Path] = []
-        built = [self._build(_Group(FEED_OBJECTS_SUBJECT, stamp, kept), folders)]
-        fsync_dirs(folders)
-        return built
+        return [self._build(_Group(FEED_OBJECTS_SUBJECT, stamp, kept))]
 
     def _report_groups(self, ledger: Ledger, ids: list[str]) -> list[_Group]:
         """The reports' groups, their closures read a level at a time for all of them."""
@@ -206,9 +194,8 @@ class FileWriter:
             for item in reports
         ]
 
-    def _build(self, group: _Group, folders: list[Path]) -> Built:
-        """The file's bytes and name; staged and published if it is new (its folder is added
-        to ``folders``, to be fsynced by the caller)."""
+    def _build(self, group: _Group) -> Built:
+        """The file's bytes and name; staged and published, durably, if it is new."""
         builder = BundleBuilder()
         for item in group.kept:
             builder.add_canonical(item.data, item.object_id)
@@ -240,7 +227,5 @@ class FileWriter:
         )
         if group.known_sha != sha:
             path = self.spool.path_in("incoming", rel)
-            built.written = publish_staged(stage_bytes(path, pieces), path, sync_dir=False)
-            if built.written:
-                folders.append(path.parent)
+            built.written = publish_staged(stage_bytes(path, pieces), path)
         return built

@@ -28,7 +28,6 @@ from fetcher.ctx.reader import ListingReader
 from fetcher.ctx.record_time import earlier
 from fetcher.errors import FetcherError
 from fetcher.files.assemble import Assembler, Counts
-from fetcher.files.workers import Workers
 from fetcher.passes.result import FeedResult, Progress
 from fetcher.settings import FetcherSettings
 from fetcher.state.ledger import LISTING_CURSOR, Ledger
@@ -59,7 +58,6 @@ class FeedPass:
         feed_id: str,
         *,
         concurrency: int,
-        workers: Workers,
         progress: Progress | None = None,
         signing_key: SigningKey | None = None,
         overlap: timedelta = DEFAULT_OVERLAP,
@@ -68,7 +66,6 @@ class FeedPass:
         self.overlap = overlap
         self.report_grace = report_grace
         self.client = client
-        self.workers = workers
         self.ledger = ledger
         self.mirror = ledger.mirror
         self.spool = spool
@@ -157,7 +154,6 @@ class FeedPass:
             self.ledger,
             self.spool,
             self.feed_id,
-            self.workers,
             signing_key=self.signing_key,
             progress=progress,
             grace=self.report_grace,

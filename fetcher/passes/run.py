@@ -11,7 +11,6 @@ from datetime import timedelta
 from fetcher.ctx.answers import Subscription
 from fetcher.ctx.client import CTXClient
 from fetcher.errors import FeedNotSubscribedError, FetcherError
-from fetcher.files.workers import Workers
 from fetcher.passes.feed import DEFAULT_OVERLAP, DEFAULT_REPORT_GRACE, FeedPass
 from fetcher.passes.metrics import PassMetrics
 from fetcher.passes.result import FeedResult, Progress
@@ -45,41 +44,6 @@ def run_pass(
 
     When ``stop`` is set the pass ends after the current feed; the feeds left have no result.
     """
-    # The processes that write files start now, while the pass mostly waits for the network, and
-    # serve every feed of the pass (fetcher.files.workers).
-    with Workers.for_concurrency(ledger, concurrency) as workers:
-        workers.start()
-        return _run_feeds(
-            client,
-            ledger,
-            spool,
-            feed_ids,
-            concurrency=concurrency,
-            workers=workers,
-            progress=progress,
-            stop=stop,
-            signing_key=signing_key,
-            overlap=overlap,
-            report_grace=report_grace,
-            metrics=metrics,
-        )
-
-
-def _run_feeds(
-    client: CTXClient,
-    ledger: Ledger,
-    spool: Spool,
-    feed_ids: tuple[str, ...],
-    *,
-    concurrency: int,
-    workers: Workers,
-    progress: Progress | None,
-    stop: threading.Event | None,
-    signing_key: SigningKey | None,
-    overlap: timedelta,
-    report_grace: timedelta,
-    metrics: PassMetrics | None,
-) -> list[FeedResult]:
     try:
         subscriptions: dict[str, Subscription] | None = {
             sub.feed_id: sub for sub in client.subscriptions()
@@ -119,7 +83,6 @@ def _run_feeds(
                     spool,
                     feed_id,
                     concurrency=concurrency,
-                    workers=workers,
                     progress=progress,
                     signing_key=signing_key,
                     overlap=overlap,

@@ -235,30 +235,21 @@ class Mirror:
             )
 
     def pending(self, feed_id: str, *, reports: bool, limit: int = 1000) -> Iterator[list[str]]:
-        """Ids of pending objects, ``limit`` at a time: reports, or everything else by type.
+        """Ids of pending objects, ``limit`` at a time: reports, or everything else.
 
-        In the order the rows were stored (SQLite's ``rowid``, kept by an upsert), which is the
-        listing's order: the objects one upload stored together sit side by side, so the files
-        of neighbouring reports read and mark neighbouring pages of the table, not one page per
-        object (https://sqlite.org/lang_createtable.html#rowid). The index holds only pending
-        rows, each entry ending with its rowid, so both orders come from it without sorting.
+        Each batch starts after the last row of the one before (``rowid``): what the caller leaves
+        pending, such as a report that waits for objects it names, is not served again.
         """
-        kind, after = ("report", 0) if reports else ("", 0)
+        after = 0
         while True:
             rows = self._db.rows(
-                "SELECT object_id, type, rowid FROM mirror WHERE feed_id = ? AND type = ? "
+                "SELECT object_id, rowid FROM mirror WHERE feed_id = ? AND (type = 'report') = ? "
                 "AND written IS NOT sha256 AND rowid > ? ORDER BY rowid LIMIT ?",
-                (feed_id, kind, after, limit),
+                (feed_id, int(reports), after, limit),
             )
-            if not reports and len(rows) < limit:
-                rows += self._db.rows(
-                    "SELECT object_id, type, rowid FROM mirror WHERE feed_id = ? AND type > ? "
-                    "AND type != 'report' AND written IS NOT sha256 ORDER BY type, rowid LIMIT ?",
-                    (feed_id, kind, limit - len(rows)),
-                )
             if not rows:
                 return
-            kind, after = str(rows[-1][1]), int(rows[-1][2])
+            after = int(rows[-1][1])
             yield [str(row[0]) for row in rows]
 
     def mark_written(self, feed_id: str, shas: Mapping[str, str]) -> None:

@@ -46,8 +46,7 @@ MIGRATIONS = (
     CREATE INDEX IF NOT EXISTS report_gaps_member ON report_gaps (feed_id, member_id);
     """,
     # 3: the mirror. A state file of schema 0 to 2 may hold it already, made when its fetcher first
-    # read a page, with the first index of pending rows: keyed by object id, where the files are
-    # read in stored order (rowid, which every index entry ends with).
+    # read a page, with an earlier index of its pending rows (mirror_pending), replaced here.
     """
     CREATE TABLE IF NOT EXISTS mirror (
         feed_id TEXT NOT NULL, object_id TEXT NOT NULL, type TEXT NOT NULL,

@@ -19,13 +19,6 @@ from tests.standins.ctx import CTXStandIn
 DB = Path(".fetcher") / "fetcher.sqlite3"
 
 
-@pytest.fixture
-def env(env: dict[str, str]) -> dict[str, str]:
-    # Passes without worker processes (their start-up is most of a pass here): the audit is what
-    # these tests are about, not how a pass writes its files.
-    return {**env, "CYBERTHREATEXCHANGE_CONCURRENCY": "1"}
-
-
 def _audit(env: dict[str, str], *args: str) -> tuple[int, dict[str, dict[str, Any]]]:
     result = invoke(["audit", "--json", *args], env)
     assert result.exit_code in (0, INCOMPLETE), result.output
