@@ -17,7 +17,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from shared.errors import DestinationExistsError, SpoolError
@@ -48,15 +48,6 @@ def same_bytes(a: Path, b: Path) -> bool:
         return sha256_file(a) == sha256_file(b)
     except OSError:
         return False
-
-
-def fsync_dirs(paths: Iterable[Path]) -> None:
-    """:func:`fsync_dir` each folder once, raising :class:`SpoolError` for one that fails."""
-    for path in dict.fromkeys(paths):
-        try:
-            fsync_dir(path)
-        except OSError as exc:
-            raise SpoolError(f"cannot sync {path}: {exc.strerror or exc}", path) from exc
 
 
 def fsync_dir(path: Path) -> None:
@@ -199,21 +190,18 @@ def _write_view(fd: int, view: memoryview) -> None:
         written += os.write(fd, view[written : written + _CHUNK])
 
 
-def publish_staged(tmp: Path, path: Path, *, sync_dir: bool = True) -> bool:
+def publish_staged(tmp: Path, path: Path) -> bool:
     """Rename a :func:`stage_bytes` temp file to its content-addressed ``path`` and fsync the folder.
 
     Returns False (and drops the temp file) if ``path`` already exists with the same size, as
     :func:`publish_bytes` does. Raises :class:`SpoolError`; the temp file is gone either way.
-    ``sync_dir=False`` leaves the folder's fsync to the caller, who publishes several files and
-    fsyncs each folder once before anything counts on them (:func:`fsync_dirs`).
     """
     published = False
     try:
         if not _present(path, tmp.stat().st_size):
             os.replace(tmp, path)
             published = True
-            if sync_dir:
-                fsync_dir(path.parent)
+            fsync_dir(path.parent)
     except OSError as exc:
         raise SpoolError(f"cannot publish {path.name}: {exc.strerror or exc}", path) from exc
     finally:

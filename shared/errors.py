@@ -15,27 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-
-def restore_error(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
-    """Rebuild a pickled error without calling its ``__init__``.
-
-    pickle rebuilds an exception as ``cls(*args)`` (``BaseException.__reduce__``), which fails for
-    errors whose ``__init__`` takes keyword-only arguments (``path=``, ``feed_id=``): the error
-    would not cross from a worker process to the fetcher (:mod:`fetcher.workers`).
-    """
-    error = cls.__new__(cls, *args)
-    error.args = args
-    error.__dict__.update(state)
-    return error
 
 
 class SharedError(Exception):
     """Root of every error raised by :mod:`shared`."""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (restore_error, (type(self), self.args, self.__dict__))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ The switch, the port and its default are pycti's (``CONNECTOR_EXPOSE_METRICS``,
 interface, and so does :func:`serve_metrics` unless ``CONNECTOR_METRICS_ADDRESS`` says otherwise.
 
 Each half declares its own metrics on a registry from :func:`new_registry` that its CLI creates
-and serves (``fetcher.metrics.FetcherMetrics``), so two commands in one process (tests) never add
+and serves (``fetcher.passes.metrics.PassMetrics``, ``uploader.ops.metrics``), so two commands in one process (tests) never add
 to each other's numbers. Counters (``ctx_uploader_imports_total{feed,outcome}``, pushes, platform
 errors, retries) are updated where things happen; values that only a look at the spool can give
 (files and bytes per state and feed, the age of the oldest pending file) are computed when
