@@ -26,12 +26,13 @@ class PassProgress:
     def update(self, result: FeedResult) -> None:
         """Show ``result``'s counts (called from the thread that runs the pass)."""
         # Short enough for an 80-column terminal with the feed's id shortened to its first part.
+        counts = result.counts
         detail = (
-            f"{result.records_listed} records, {result.reports_written} reports, "
-            f"{result.objects_files_written} objects files"
+            f"{result.records_listed} records, {counts.reports_written} reports, "
+            f"{counts.objects_files_written} objects files"
         )
-        if result.reports_waiting:
-            detail += f", {result.reports_waiting} waiting"
+        if counts.reports_waiting:
+            detail += f", {counts.reports_waiting} waiting"
         task = self._tasks.get(result.feed_id)
         if task is None:
             if self._current is not None:

@@ -45,6 +45,10 @@ class Counts:
     #: Reports written without some objects they name (their grace ran out).
     reports_incomplete: int = 0
 
+    @property
+    def files_written(self) -> int:
+        return self.reports_written + self.objects_files_written
+
 
 class Assembler:
     """Writes the pending files of one feed. Call :meth:`run` once, after the listing is read."""
@@ -58,6 +62,7 @@ class Assembler:
         signing_key: SigningKey | None = None,
         progress: Callable[[Counts], None] | None = None,
         grace: timedelta,
+        counts: Counts | None = None,
     ) -> None:
         self.mirror = ledger.mirror
         self.ledger = ledger
@@ -71,7 +76,8 @@ class Assembler:
             signing_key,
             wait_cutoff=format_stix_time(now - grace) if grace else None,
         )
-        self.counts = Counts()
+        #: Filled as files are recorded (a pass hands in its result's, to show them as they grow).
+        self.counts = Counts() if counts is None else counts
         #: What waiting reports would carry: kept out of feed-level files.
         self._held: set[str] = set()
         self._progress = progress

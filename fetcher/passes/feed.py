@@ -27,7 +27,7 @@ from fetcher.ctx.client import CTXClient
 from fetcher.ctx.reader import ListingReader
 from fetcher.ctx.record_time import earlier
 from fetcher.errors import FetcherError
-from fetcher.files.assemble import Assembler, Counts
+from fetcher.files.assemble import Assembler
 from fetcher.passes.result import FeedResult, Progress
 from fetcher.settings import FetcherSettings
 from fetcher.state.ledger import LISTING_CURSOR, Ledger
@@ -146,19 +146,15 @@ class FeedPass:
         )
 
     def _assemble(self) -> None:
-        def progress(counts: Counts) -> None:
-            self.result.take(counts)
-            self._tick()
-
-        assembler = Assembler(
+        Assembler(
             self.ledger,
             self.spool,
             self.feed_id,
             signing_key=self.signing_key,
-            progress=progress,
+            progress=lambda _counts: self._tick(),
             grace=self.report_grace,
-        )
-        self.result.take(assembler.run())
+            counts=self.result.counts,
+        ).run()
 
 
 def redeliver(ledger: Ledger, feed_id: str, objects: Iterable[JSONDict], *, rewrite: bool) -> None:

@@ -43,10 +43,10 @@ class PassMetrics:
 
     def feed_done(self, result: FeedResult) -> None:
         """Add one feed's pass: what it read and wrote, and when it last succeeded."""
-        feed = result.feed_id
+        feed, counts = result.feed_id, result.counts
         self.records.labels(feed=feed).inc(result.records_listed)
-        self.files_written.labels(feed=feed, kind="report").inc(result.reports_written)
-        self.files_written.labels(feed=feed, kind="objects").inc(result.objects_files_written)
+        self.files_written.labels(feed=feed, kind="report").inc(counts.reports_written)
+        self.files_written.labels(feed=feed, kind="objects").inc(counts.objects_files_written)
         self.passes.labels(feed=feed, result="ok" if result.ok else "failed").inc()
         if result.ok:
             self.last_success.labels(feed=feed).set(time.time())

@@ -95,7 +95,7 @@ def run_pass(
             now_stix_time(),
             error=None if result.error is None else str(result.error),
             records=result.records_listed,
-            files=result.files_written,
+            files=result.counts.files_written,
         )
         if result.ok:
             logger.info("feed done: %s", result.summary(), extra={"feed_id": feed_id})

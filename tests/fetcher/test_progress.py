@@ -22,6 +22,7 @@ import pytest
 from rich.console import Console
 
 from fetcher.commands.progress import PassProgress
+from fetcher.files.assemble import Counts
 from fetcher.passes.result import FeedResult
 from shared.logsetup import configure_logging
 from tests.standins.ctx import CTXStandIn
@@ -140,9 +141,7 @@ def test_the_progress_line_fits_an_80_column_terminal() -> None:
     result = FeedResult(
         "18252016-06d1-5dc0-aa1b-917b2ea17a2f",
         records_listed=123456,
-        reports_written=4321,
-        objects_files_written=12,
-        reports_waiting=3,
+        counts=Counts(reports_written=4321, objects_files_written=12, reports_waiting=3),
     )
 
     with display.live() as progress:
