@@ -43,7 +43,13 @@ from uploader.intake.settle import Settling
 from uploader.settings import UploaderSettings
 from uploader.spool_ops.claim import ClaimLostError, InstanceLock, claim, release_claim
 from uploader.spool_ops.origin import read_origin
-from uploader.spool_ops.outcome import Failure, ImportReceipt, fail_claimed, record_done
+from uploader.spool_ops.outcome import (
+    Failure,
+    Imported,
+    ImportReceipt,
+    fail_claimed,
+    record_done,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -186,10 +192,8 @@ class FileProcessor:
             self.spool,
             claimed,
             rel,
-            receipt,
+            Imported(receipt, sha256, attempts),
             instance=self.lock.instance,
-            sha256=sha256,
-            attempts=attempts,
             secrets=self.secrets,
             feed=feed,
             retry_delay=self.retry_delay,

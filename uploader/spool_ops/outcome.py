@@ -52,6 +52,15 @@ class ImportReceipt:
     objects: int
 
 
+@dataclass(frozen=True)
+class Imported:
+    """What a file goes to ``done/`` with: the content of its ``.receipt`` file."""
+
+    receipt: ImportReceipt
+    sha256: str
+    attempts: int
+
+
 def sidecar_path(bundle_path: Path, suffix: str) -> Path:
     """``<bundle file name><suffix>`` beside the bundle."""
     return bundle_path.with_name(bundle_path.name + suffix)
@@ -124,20 +133,14 @@ def _place(claimed: Path, dst: Path, sidecar: Path, document: dict[str, Any]) ->
 
 
 def mark_done(
-    spool: Spool,
-    claimed: Path,
-    rel: PurePosixPath,
-    receipt: ImportReceipt,
-    *,
-    instance: str,
-    sha256: str,
-    attempts: int,
+    spool: Spool, claimed: Path, rel: PurePosixPath, imported: Imported, *, instance: str
 ) -> Path:
     """Move an accepted file to ``done/<rel>`` with its receipt; return the done path.
 
     Raises :class:`DestinationExistsError` if ``done/<rel>`` holds different bytes.
     """
     dst = spool.path_in(DONE, rel)
+    receipt = imported.receipt
     document = {
         "file": str(rel),
         "work_id": receipt.work_id,
@@ -146,8 +149,8 @@ def mark_done(
         "objects": receipt.objects,
         "imported_at": now_stix_time(),
         "instance": instance,
-        "sha256": sha256,
-        "attempts": attempts,
+        "sha256": imported.sha256,
+        "attempts": imported.attempts,
     }
     _place(claimed, dst, sidecar_path(dst, RECEIPT_SUFFIX), document)
     carry_origin(spool, rel, INCOMING, DONE)
@@ -242,11 +245,9 @@ def record_done(
     spool: Spool,
     claimed: Path,
     rel: PurePosixPath,
-    receipt: ImportReceipt,
+    imported: Imported,
     *,
     instance: str,
-    sha256: str,
-    attempts: int,
     secrets: tuple[str, ...],
     feed: str,
     retry_delay: Callable[[int], float],
@@ -259,18 +260,18 @@ def record_done(
     with the run's other claims, and the next run imports it again. Never asks for the file to be
     imported again before that: a newer file of the feed may be importing already.
     """
-    ctx = {"feed": feed, "file": str(rel), "work_id": receipt.work_id}
+    ctx = {"feed": feed, "file": str(rel), "work_id": imported.receipt.work_id}
     tries = 0
     while True:
         if tries and not os.path.lexists(claimed):
             # An earlier try moved it and failed on a later step (a stale reason's removal).
             return "done"
         try:
-            mark_done(
-                spool, claimed, rel, receipt, instance=instance, sha256=sha256, attempts=attempts
-            )
+            mark_done(spool, claimed, rel, imported, instance=instance)
         except DestinationExistsError as exc:
-            failure = Failure("conflict", f"done/ already holds different bytes: {exc}", attempts)
+            failure = Failure(
+                "conflict", f"done/ already holds different bytes: {exc}", imported.attempts
+            )
             return fail_claimed(
                 spool, claimed, rel, failure, instance=instance, secrets=secrets, feed=feed
             )

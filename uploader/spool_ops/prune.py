@@ -34,6 +34,7 @@ from shared.layout import (
 )
 from shared.timestamps import parse_stix_timestamp
 from uploader.spool_ops.origin import source_path
+from uploader.spool_ops.outcome import sidecar_path
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def candidates(spool: Spool, older_than: float, now: float | None = None) -> lis
             continue
         if not stat.S_ISREG(st.st_mode):
             continue
-        receipt = entry.path.with_name(entry.path.name + RECEIPT_SUFFIX)
+        receipt = sidecar_path(entry.path, RECEIPT_SUFFIX)
         when = _imported_at(receipt)
         age = now - (st.st_mtime if when is None else when)
         if age > older_than:
@@ -103,7 +104,7 @@ def candidates(spool: Spool, older_than: float, now: float | None = None) -> lis
 def remove(spool: Spool, item: Pruned) -> None:
     """Remove one pruned file, then its receipt, then its date folders if they are empty."""
     bundle = spool.path_in("done", item.rel)
-    receipt = bundle.with_name(bundle.name + RECEIPT_SUFFIX)
+    receipt = sidecar_path(bundle, RECEIPT_SUFFIX)
     try:
         bundle.unlink(missing_ok=True)
         receipt.unlink(missing_ok=True)
