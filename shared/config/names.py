@@ -15,16 +15,15 @@ import difflib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from shared.config import SettingsBase
+from pydantic import BaseModel
 
 logger = logging.getLogger(__name__)
 
 #: Every settings model defined in this process (:class:`~shared.config.SettingsBase` adds each):
 #: the names it may judge (:func:`known_names`).
-MODELS: list[type[SettingsBase]] = []
+MODELS: list[type[BaseModel]] = []
 
 #: The prefixes of our own settings; any other name under them is a typo.
 OUR_PREFIXES = ("CYBERTHREATEXCHANGE_", "UPLOADER_", "SPOOL_")
@@ -71,7 +70,7 @@ def config_key(env_name: str) -> str:
     return f"{section.lower()}.{rest.lower()}"
 
 
-def env_names(model: type[SettingsBase]) -> dict[str, str]:
+def env_names(model: type[BaseModel]) -> dict[str, str]:
     """Map each environment variable name of ``model`` to its field name."""
     names: dict[str, str] = {}
     for field_name, info in model.model_fields.items():
@@ -124,10 +123,17 @@ def find_unknown(
     return found
 
 
+class _Loaded(Protocol):
+    """Loaded settings (:class:`shared.config.SettingsBase`) as far as this module needs them."""
+
+    @property
+    def unknown_settings(self) -> tuple[UnknownSetting, ...]: ...
+
+
 _warned: set[tuple[str, str]] = set()
 
 
-def warn_unknown_settings(settings: SettingsBase) -> None:
+def warn_unknown_settings(settings: _Loaded) -> None:
     """Log one warning per unknown name found when ``settings`` were loaded, once per process.
 
     Call it after logging is configured, so the warning has the format and level of every line.
