@@ -45,7 +45,7 @@ outside Python's heap.
   record's checks, canonical JSON and digest taken out of the main process (an experiment, not a
   design: the mirror's content was wrong) the last request came no sooner (2.14 s vs 2.14 s, four
   interleaved pairs). 94% of the steps of a segment are two round trips one after the other, the
-  page and the end of its cut half (fetcher/walk.py), so the next lever is the shape of that
+  page and the end of its cut half (fetcher/ctx/walk.py), so the next lever is the shape of that
   chain, not Python. Measured and kept before: mirror bodies stored as they are (zlib cost as
   much as the rest of a record's work), one JSON encoder for every record's canonical JSON. Measured and dropped: one `INSERT … SELECT FROM json_each` per page instead of a
   row per object, and one `UPDATE` per file for the written marks (both slower: SQLite parses the

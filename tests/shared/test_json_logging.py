@@ -34,7 +34,7 @@ def _lines(stream: io.StringIO) -> list[dict[str, object]]:
 
 def test_each_record_is_one_json_object_with_its_context(stream: io.StringIO) -> None:
     configure_logging("info", stream=stream, json_lines=True)
-    log = logging.getLogger("fetcher.sync")
+    log = logging.getLogger("fetcher.passes.feed")
     log.info("feed done: %s files", 3, extra={"feed_id": FEED, "file": Path("a/b.json")})
     log.debug("not at info")
     try:
@@ -44,7 +44,7 @@ def test_each_record_is_one_json_object_with_its_context(stream: io.StringIO) ->
     first, second = _lines(stream)
     assert first["message"] == "feed done: 3 files"
     assert first["level"] == "INFO"
-    assert first["logger"] == "fetcher.sync"
+    assert first["logger"] == "fetcher.passes.feed"
     assert first["feed_id"] == FEED
     assert first["file"] == "a/b.json"
     stamp = datetime.fromisoformat(str(first["timestamp"]))
