@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from shared.console import live_progress, showing
 from uploader.intake.scheduler import Result, Scheduler
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class RunProgress:
