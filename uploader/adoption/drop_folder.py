@@ -51,8 +51,6 @@ class DropFolder:
         self._stop = threading.Event()
         self._observer: BaseObserver | None = None
         self._thread = threading.Thread(target=self._run, name="uploader-adopt", daemon=True)
-        #: Files adopted since start (for tests and the log).
-        self.adopted = 0
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -108,8 +106,6 @@ class DropFolder:
                     continue
                 if result.outcome == "waiting":
                     waiting.setdefault(path, time.monotonic() + _RETRY)
-                elif result.outcome == "adopted":
-                    self.adopted += 1
 
     def _batch(self, first: Path | None) -> list[Path] | None:
         """``first`` and what arrives with it, by source time; None when stopping.

@@ -66,10 +66,6 @@ class AdoptLedger:
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot record {source_name} as adopted: {exc}", None) from exc
 
-    def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM adopted").fetchone()[0])
-
     def close(self) -> None:
         with self._lock:
             self._db.close()
