@@ -127,7 +127,7 @@ class Adopter:
             self._remove_source(path)
             return AdoptResult(path, "duplicate", known)
         try:
-            plan = plan_of(path, data, after.st_mtime, self.feed_id)
+            plan = plan_of(path, data, digest, after.st_mtime, self.feed_id)
         except RefusedError as exc:
             if exc.kind == "not-json" and self.clock() - after.st_mtime < self.settle_seconds:
                 return AdoptResult(path, "waiting", reason=str(exc))

@@ -41,8 +41,11 @@ class Plan:
     origin: Origin
 
 
-def plan_of(path: Path, data: bytes, mtime: float, feed_id: str) -> Plan:
-    """Where a foreign file goes (feed, spool name) and its origin, or :class:`RefusedError`."""
+def plan_of(path: Path, data: bytes, digest: str, mtime: float, feed_id: str) -> Plan:
+    """Where a foreign file goes (feed, spool name) and its origin, or :class:`RefusedError`.
+
+    ``digest`` is the SHA-256 of ``data`` (the caller has it already): a plain bundle's spool name.
+    """
     try:
         document = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -53,7 +56,7 @@ def plan_of(path: Path, data: bytes, mtime: float, feed_id: str) -> Plan:
         return _diode_plan(path, document, mtime)
     if document.get("type") == "bundle" and isinstance(document.get("objects"), list):
         modified = _newest(document["objects"]) or datetime.fromtimestamp(mtime, UTC)
-        name = SpoolName(modified, _subject(document), sha256_bytes(data))
+        name = SpoolName(modified, _subject(document), digest)
         return Plan(feed_id, data, name, Origin(original_name=path.name))
     raise RefusedError(
         "not-a-bundle",
