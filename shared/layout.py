@@ -141,6 +141,11 @@ def relative_path(feed_id: str, name: SpoolName) -> PurePosixPath:
     )
 
 
+def sidecar_path(bundle_path: Path, suffix: str) -> Path:
+    """``<bundle file name><suffix>`` beside the bundle (``.receipt``, ``.reason``, ``.source``)."""
+    return bundle_path.with_name(bundle_path.name + suffix)
+
+
 def parse_relative_path(rel: PurePosixPath | str) -> tuple[str, SpoolName]:
     """Check a path relative to a state directory and return its feed id and name.
 

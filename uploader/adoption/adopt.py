@@ -48,13 +48,14 @@ from shared.layout import (
     SpoolName,
     check_feed_id,
     relative_path,
+    sidecar_path,
     walk_bundles,
 )
 from shared.timestamps import now_stix_time
 from uploader.adoption.ledger import AdoptLedger
 from uploader.adoption.plan import Plan, RefusedError, plan_of, source_order
 from uploader.spool_ops.origin import Origin, write_origin
-from uploader.spool_ops.outcome import sidecar_path, write_sidecar
+from uploader.spool_ops.outcome import write_sidecar
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from shared.durable import write_atomic
-from shared.layout import INCOMING, SOURCE_SUFFIX, Spool
+from shared.layout import INCOMING, SOURCE_SUFFIX, Spool, sidecar_path
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Origin:
 
 
 def source_path(bundle_path: Path) -> Path:
-    return bundle_path.with_name(bundle_path.name + SOURCE_SUFFIX)
+    return sidecar_path(bundle_path, SOURCE_SUFFIX)
 
 
 def write_origin(bundle_path: Path, origin: Origin, *, sync_dir: bool = True) -> None:

@@ -34,7 +34,15 @@ from typing import Any, Literal
 
 from shared.durable import fsync_dir, move_no_replace, same_bytes, write_atomic
 from shared.errors import DestinationExistsError, SpoolError
-from shared.layout import DONE, FAILED, INCOMING, REASON_SUFFIX, RECEIPT_SUFFIX, Spool
+from shared.layout import (
+    DONE,
+    FAILED,
+    INCOMING,
+    REASON_SUFFIX,
+    RECEIPT_SUFFIX,
+    Spool,
+    sidecar_path,
+)
 from shared.timestamps import now_stix_time
 from uploader.spool_ops.claim import release_claim
 from uploader.spool_ops.origin import carry_origin
@@ -59,11 +67,6 @@ class Imported:
     receipt: ImportReceipt
     sha256: str
     attempts: int
-
-
-def sidecar_path(bundle_path: Path, suffix: str) -> Path:
-    """``<bundle file name><suffix>`` beside the bundle."""
-    return bundle_path.with_name(bundle_path.name + suffix)
 
 
 def write_sidecar(path: Path, document: dict[str, Any], *, sync_dir: bool = True) -> None:

@@ -30,11 +30,11 @@ from shared.layout import (
     RECEIPT_SUFFIX,
     Spool,
     parse_relative_path,
+    sidecar_path,
     walk_bundles,
 )
 from shared.timestamps import parse_stix_timestamp
 from uploader.spool_ops.origin import source_path
-from uploader.spool_ops.outcome import sidecar_path
 
 logger = logging.getLogger(__name__)
 

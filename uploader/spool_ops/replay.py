@@ -18,10 +18,18 @@ from typing import Literal
 
 from shared.durable import fsync_dir, move_no_replace
 from shared.errors import DestinationExistsError, SpoolError, UnsafeNameError
-from shared.layout import DONE, FAILED, INCOMING, REASON_SUFFIX, Spool, check_feed_id, walk_bundles
+from shared.layout import (
+    DONE,
+    FAILED,
+    INCOMING,
+    REASON_SUFFIX,
+    Spool,
+    check_feed_id,
+    sidecar_path,
+    walk_bundles,
+)
 from uploader.errors import ReplayError
 from uploader.spool_ops.origin import carry_origin
-from uploader.spool_ops.outcome import sidecar_path
 
 logger = logging.getLogger(__name__)
 
