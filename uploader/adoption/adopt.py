@@ -54,6 +54,7 @@ from shared.layout import (
 from shared.timestamps import now_stix_time
 from uploader.adoption.ledger import AdoptLedger
 from uploader.adoption.plan import Plan, RefusedError, plan_of, source_order
+from uploader.spool_ops.claim import claim_folders
 from uploader.spool_ops.origin import Origin, write_origin
 from uploader.spool_ops.outcome import write_sidecar
 
@@ -161,11 +162,7 @@ class Adopter:
         for state in (INCOMING, DONE, FAILED):
             if self.spool.path_in(state, rel).exists():
                 return f"{state}/{rel}"
-        try:
-            instances = sorted(p.name for p in self.spool.processing.iterdir() if p.is_dir())
-        except FileNotFoundError:
-            instances = []
-        for instance in instances:
+        for instance in claim_folders(self.spool):
             if (self.spool.processing / instance / rel).exists():
                 return f"{INCOMING}/{rel}"
         return None

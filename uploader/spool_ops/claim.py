@@ -185,7 +185,7 @@ def _prune_empty_dirs(directory: Path) -> None:
             Path(dirpath).rmdir()
 
 
-def _claim_folders(spool: Spool) -> list[str]:
+def claim_folders(spool: Spool) -> list[str]:
     """Names of the instance folders in ``processing/`` (real folders only, never symlinks)."""
     try:
         # One listing, no stat per folder (asked for every file).
@@ -226,7 +226,7 @@ def reclaim(spool: Spool, lock: InstanceLock, *, own: bool) -> int:
     Returns how many files were put back.
     """
     moved = 0
-    for name in _claim_folders(spool):
+    for name in claim_folders(spool):
         if name == lock.instance:
             if own:
                 moved += _release_all(spool, spool.processing / name)
@@ -246,7 +246,7 @@ def older_claim_elsewhere(
     if len(rel.parts) < 2:
         return None
     feed = rel.parts[0]
-    for name in _claim_folders(spool):
+    for name in claim_folders(spool):
         if name == instance:
             continue
         feed_dir = spool.processing / name / feed

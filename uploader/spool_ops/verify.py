@@ -25,6 +25,7 @@ from shared.layout import (
 )
 from shared.layout import parse_relative_path as parse_rel
 from shared.signing import SigningKey
+from uploader.spool_ops.claim import claim_folders
 
 
 @dataclass(frozen=True)
@@ -144,13 +145,12 @@ def _locate(spool: Spool, rel: PurePosixPath) -> tuple[str, Path] | None:
     """Where ``rel`` is now: incoming/, any processing/<instance>/, done/ or failed/."""
     candidates = [(f"{INCOMING}/{rel}", spool.path_in(INCOMING, rel))]
     try:
-        instances = sorted(p.name for p in spool.processing.iterdir() if p.is_dir())
+        instances = claim_folders(spool)
     except OSError:
         instances = []
     for instance in instances:
-        if not instance.startswith("."):
-            path = spool.processing / instance / Path(*rel.parts)
-            candidates.append((f"{PROCESSING}/{instance}/{rel}", path))
+        path = spool.processing / instance / Path(*rel.parts)
+        candidates.append((f"{PROCESSING}/{instance}/{rel}", path))
     candidates += [(f"{state}/{rel}", spool.path_in(state, rel)) for state in (DONE, FAILED)]
     for display, path in candidates:
         try:
