@@ -332,7 +332,7 @@ from uploader.commands.cli import main
 from uploader.spool_ops.outcome import ImportReceipt
 
 class Slow:
-    def import_bundle(self, name, data):
+    def import_bundle(self, name, data, origin=None):
         print("IMPORTING", flush=True)
         time.sleep(1.0)
         return ImportReceipt("w", "c", 1, 1)

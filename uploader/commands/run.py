@@ -78,8 +78,6 @@ class _StopOnConfigError:
         self, work_name: str, bundle: Bundle, origin: Origin | None = None
     ) -> ImportReceipt:
         try:
-            if origin is None:
-                return self._importer.import_bundle(work_name, bundle)
             return self._importer.import_bundle(work_name, bundle, origin)
         except PlatformConfigError as exc:
             with self._lock:

@@ -144,15 +144,12 @@ class FileProcessor:
     ) -> Result:
         # An adopted file's origin (uploader.spool_ops.origin) stays in incoming/ while the file is claimed.
         origin = read_origin(self.spool, rel)
+        if origin is None:
+            work = work_name(spool_file.feed_id, spool_file)
+        else:
+            work = adopted_work_name(origin, spool_file)
         try:
-            if origin is None:
-                receipt = self.importer.import_bundle(
-                    work_name(spool_file.feed_id, spool_file), bundle
-                )
-            else:
-                receipt = self.importer.import_bundle(
-                    adopted_work_name(origin, spool_file), bundle, origin
-                )
+            receipt = self.importer.import_bundle(work, bundle, origin)
         except TransientImportError as exc:
             release_claim(self.spool, claimed, rel)
             delay = self.retry_delay(attempts)
