@@ -144,10 +144,7 @@ class FileProcessor:
     ) -> Result:
         # An adopted file's origin (uploader.spool_ops.origin) stays in incoming/ while the file is claimed.
         origin = read_origin(self.spool, rel)
-        if origin is None:
-            work = work_name(spool_file.feed_id, spool_file)
-        else:
-            work = adopted_work_name(origin, spool_file)
+        work = work_name(spool_file) if origin is None else adopted_work_name(origin, spool_file)
         try:
             receipt = self.importer.import_bundle(work, bundle, origin)
         except TransientImportError as exc:

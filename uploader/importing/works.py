@@ -25,10 +25,10 @@ logger = logging.getLogger(__name__)
 WORK_POLL_INTERVAL = 2.0
 
 
-def work_name(feed_id: str, spool_file: SpoolFile) -> str:
+def work_name(spool_file: SpoolFile) -> str:
     """The OpenCTI work name of a file: says the feed and the report (or feed objects) it holds."""
     modified = spool_file.name.modified.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"CTX {feed_id} {spool_file.name.subject} ({modified})"
+    return f"CTX {spool_file.feed_id} {spool_file.name.subject} ({modified})"
 
 
 def adopted_work_name(origin: Origin, spool_file: SpoolFile) -> str:
