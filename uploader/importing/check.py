@@ -1,8 +1,11 @@
-"""Checks of one spool file before import: its name, its bytes, its digest, its content.
+"""Checks of one spool file before import: its name, its bytes (read once, with their digest),
+its signature, its STIX content.
 
-Every refusal is a :class:`uploader.errors.BundleRejected` whose ``kind`` is written into the
-``.reason`` file: ``symlink``, ``invalid-name``, ``unreadable``, ``corrupt``, ``not-json``,
-``not-a-bundle``, ``empty``, ``invalid-bundle``, ``invalid-stix``, ``unsigned``, ``bad-signature``.
+Every refusal here is a :class:`uploader.errors.BundleRejected` whose ``kind`` is written into the
+``.reason`` file: ``invalid-name``, ``symlink``, ``unreadable``, ``unsigned``, ``bad-signature``,
+``invalid-stix``. The bundle's shape (``not-json``, ``not-a-bundle``, ``empty``,
+``invalid-bundle``) is refused by :func:`uploader.importing.scan.check_bundle`, and bytes that do
+not match the SHA-256 in the name (``corrupt``) by :mod:`uploader.importing.admit`.
 """
 
 from __future__ import annotations
