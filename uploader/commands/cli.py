@@ -105,16 +105,14 @@ def adopt(config_path: Path | None, keep: bool, directory: Path) -> None:
     spool = Spool(settings.spool_dir)
     try:
         adopter = new_adopter(settings, spool, keep=keep or settings.adopt_keep)
+        try:
+            summary = adopt_folder(
+                adopter, directory, patience=settings.settle_seconds + 5.0, sleep=time.sleep
+            )
+        finally:
+            adopter.ledger.close()
     except (UploaderError, SharedError) as exc:
         raise click.ClickException(str(exc)) from None
-    try:
-        summary = adopt_folder(
-            adopter, directory, patience=settings.settle_seconds + 5.0, sleep=time.sleep
-        )
-    except (UploaderError, SharedError) as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        adopter.ledger.close()
     waiting = summary.waiting or []
     for path in waiting:
         click.echo(f"still being written: {path}")
