@@ -235,21 +235,29 @@ class Mirror:
             )
 
     def pending(self, feed_id: str, *, reports: bool, limit: int = 1000) -> Iterator[list[str]]:
-        """Ids of pending objects, ``limit`` at a time: reports, or everything else.
+        """Ids of pending objects, ``limit`` at a time: reports, or everything else by type.
 
-        Each batch starts after the last row of the one before (``rowid``): what the caller leaves
-        pending, such as a report that waits for objects it names, is not served again.
+        Each batch starts after the last row of the one before, in the order of the index of
+        pending rows (``type``, then ``rowid``), so a batch is a seek in that index, never a sort
+        of every pending row of the feed; what the caller leaves pending, such as a report that
+        waits for objects it names, is not served again.
         """
-        after = 0
+        kind, after = ("report", 0) if reports else ("", 0)
         while True:
             rows = self._db.rows(
-                "SELECT object_id, rowid FROM mirror WHERE feed_id = ? AND (type = 'report') = ? "
+                "SELECT object_id, type, rowid FROM mirror WHERE feed_id = ? AND type = ? "
                 "AND written IS NOT sha256 AND rowid > ? ORDER BY rowid LIMIT ?",
-                (feed_id, int(reports), after, limit),
+                (feed_id, kind, after, limit),
             )
+            if not reports and len(rows) < limit:
+                rows += self._db.rows(
+                    "SELECT object_id, type, rowid FROM mirror WHERE feed_id = ? AND type > ? "
+                    "AND type != 'report' AND written IS NOT sha256 ORDER BY type, rowid LIMIT ?",
+                    (feed_id, kind, limit - len(rows)),
+                )
             if not rows:
                 return
-            after = int(rows[-1][1])
+            kind, after = str(rows[-1][1]), int(rows[-1][2])
             yield [str(row[0]) for row in rows]
 
     def mark_written(self, feed_id: str, shas: Mapping[str, str]) -> None:
