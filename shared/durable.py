@@ -1,8 +1,8 @@
 """Durable file operations: files appear whole or not at all, and survive a crash once they do.
 
 A file is written under a hidden temp name (:func:`temp_name`) in its final directory, fsynced,
-renamed into place, and the directory fsynced (:func:`write_atomic`, :func:`publish_bytes`, or
-:func:`stage_bytes` then :func:`publish_staged`); a move never replaces an existing file
+renamed into place, and the directory fsynced (:func:`write_atomic`, :func:`publish_bytes`); a
+move never replaces an existing file
 (:func:`move_no_replace`). The spool's readers (:func:`shared.layout.walk_bundles`) skip hidden
 names, so they never see a half-written file. The SHA-256 helpers live here too: both halves check
 a content-addressed name against the bytes on disk with them.
@@ -118,8 +118,8 @@ def remove_stale_temps(root: Path, older_than: float) -> int:
     return removed
 
 
-def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically and durably, replacing any existing file.
+def write_atomic(path: Path, data: bytes | Sequence[bytes], *, sync_dir: bool = True) -> None:
+    """Write ``data`` (bytes, or pieces written one after the other) to ``path`` atomically and durably, replacing any existing file.
 
     A hidden temp file in the same directory is written, fsynced and renamed over ``path``, then
     the directory is fsynced. Raises :class:`SpoolError` on any I/O failure, leaving no partial file
@@ -130,23 +130,21 @@ def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     directory fsync makes both durable). The file's own bytes are always fsynced before the
     rename, so the name never points at a partial file after a crash.
     """
-    tmp = stage_bytes(path, data)
+    tmp = _stage(path, data)
     try:
         os.replace(tmp, path)
         if sync_dir:
             fsync_dir(path.parent)
     except OSError as exc:
-        discard_staged(tmp)
+        _discard(tmp)
         raise SpoolError(f"cannot write {path.name}: {exc.strerror or exc}", path) from exc
 
 
-def stage_bytes(path: Path, data: bytes | Sequence[bytes]) -> Path:
+def _stage(path: Path, data: bytes | Sequence[bytes]) -> Path:
     """Write ``data`` durably to a hidden temp file beside ``path``; return the temp file.
 
-    The first half of :func:`write_atomic`, for writers that stage files in parallel and publish
-    them in order with :func:`publish_staged` (the fetcher). Raises :class:`SpoolError`,
-    leaving no temp file behind. A temp file a crash leaves is removed by
-    :func:`remove_stale_temps`.
+    Raises :class:`SpoolError`, leaving no temp file behind. A temp file a crash leaves is
+    removed by :func:`remove_stale_temps`.
     """
     directory = path.parent
     try:
@@ -160,7 +158,7 @@ def stage_bytes(path: Path, data: bytes | Sequence[bytes]) -> Path:
             finally:
                 os.close(fd)
         except BaseException:
-            discard_staged(tmp)
+            _discard(tmp)
             raise
     except OSError as exc:
         raise SpoolError(f"cannot write {path.name}: {exc.strerror or exc}", path) from exc
@@ -190,45 +188,28 @@ def _write_view(fd: int, view: memoryview) -> None:
         written += os.write(fd, view[written : written + _CHUNK])
 
 
-def publish_staged(tmp: Path, path: Path) -> bool:
-    """Rename a :func:`stage_bytes` temp file to its content-addressed ``path`` and fsync the folder.
-
-    Returns False (and drops the temp file) if ``path`` already exists with the same size, as
-    :func:`publish_bytes` does. Raises :class:`SpoolError`; the temp file is gone either way.
-    """
-    published = False
-    try:
-        if not _present(path, tmp.stat().st_size):
-            os.replace(tmp, path)
-            published = True
-            fsync_dir(path.parent)
-    except OSError as exc:
-        raise SpoolError(f"cannot publish {path.name}: {exc.strerror or exc}", path) from exc
-    finally:
-        if not published:
-            discard_staged(tmp)
-    return published
-
-
 def _present(path: Path, size: int) -> bool:
     """``path`` is a file of ``size`` bytes: for a content-addressed name, the same bytes."""
     return path.is_file() and path.stat().st_size == size
 
 
-def discard_staged(tmp: Path) -> None:
-    """Drop a :func:`stage_bytes` temp file that will not be published."""
+def _discard(tmp: Path) -> None:
+    """Drop a temp file of :func:`_stage` that will not be renamed into place."""
     with contextlib.suppress(OSError):
         tmp.unlink()
 
 
-def publish_bytes(path: Path, data: bytes) -> bool:
-    """Publish ``data`` at its content-addressed ``path`` with :func:`write_atomic`.
+def publish_bytes(path: Path, data: bytes | Sequence[bytes]) -> bool:
+    """Publish ``data`` (bytes, or pieces) at its content-addressed ``path`` with
+    :func:`write_atomic`.
 
     Returns False (and writes nothing) if ``path`` already exists with the same size, which for a
-    content-addressed name means the same bytes.
+    content-addressed name means the same bytes: a file the spool holds already is not written
+    again, however large.
     """
+    size = len(data) if isinstance(data, bytes) else sum(len(piece) for piece in data)
     try:
-        if _present(path, len(data)):
+        if _present(path, size):
             return False
     except OSError as exc:
         raise SpoolError(f"cannot publish {path.name}: {exc.strerror or exc}", path) from exc

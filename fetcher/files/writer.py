@@ -28,7 +28,7 @@ from fetcher.files.bundle import BundleBuilder
 from fetcher.state.ledger import Ledger
 from fetcher.state.mirror import Kept
 from fetcher.stix import object_time, references
-from shared.durable import publish_staged, stage_bytes
+from shared.durable import publish_bytes
 from shared.layout import (
     FEED_OBJECTS_SUBJECT,
     Spool,
@@ -227,5 +227,5 @@ class FileWriter:
         )
         if group.known_sha != sha:
             path = self.spool.path_in("incoming", rel)
-            built.written = publish_staged(stage_bytes(path, pieces), path)
+            built.written = publish_bytes(path, pieces)
         return built

@@ -22,7 +22,7 @@ A state file of an older fetcher is brought up to date when it is opened for wri
 open (``Ledger(..., read_only=True)``) of an older file sees no pass records rather than failing.
 
 Entries are recorded only after the file is published: a crash in between makes the next pass
-publish the same content-addressed name again, which :func:`shared.durable.publish_staged` turns
+publish the same content-addressed name again, which :func:`shared.durable.publish_bytes` turns
 into a no-op.
 """
 

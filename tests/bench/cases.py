@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from shared.durable import publish_staged, sha256_bytes, stage_bytes
+from shared.durable import publish_bytes, sha256_bytes
 from shared.layout import SpoolName, relative_path
 from tests.bench.diode import bench_diode
 from tests.bench.fetch import bench_fetch, bench_fetch_memory, fetch_once
@@ -267,7 +267,7 @@ def _watch_samples(opts: Options, polling: bool, samples: int) -> list[float]:
                     base + timedelta(seconds=i), f"report--{uuid.uuid4()}", sha256_bytes(data)
                 )
                 path = spool / "incoming" / Path(*relative_path(WATCH_FEED, name).parts)
-                publish_staged(stage_bytes(path, data), path)
+                publish_bytes(path, data)
                 published = time.monotonic()
                 received = standin.wait_push(bundle_id, 30)
                 if received is None:
@@ -308,7 +308,7 @@ def bench_watch(opts: Options) -> Result:
     )
     result.details += [
         "`ctx-uploader watch` as a child process; the bench publishes one small file at a time into "
-        "`incoming/` as the fetcher does (`stage_bytes` then `publish_staged`: temp file, fsync, "
+        "`incoming/` as the fetcher does (`publish_bytes`: temp file, fsync, "
         "rename, fsync of the folder) and times from its return to the push received by the "
         "OpenCTI stand-in. One warm-up file first (pycti registers the connector on the first "
         "file). watchdog's inotify emitter holds a rename for up to 0.5 s to pair it with its "

@@ -75,24 +75,16 @@ def test_remove_stale_temps_touches_only_old_own_temp_names(tmp_path: Path) -> N
     assert new.exists() and rsync.exists() and bundle.exists()
 
 
-def test_staged_bytes_are_published_in_place_once(tmp_path: Path) -> None:
-    # The fetcher stages report files in its pool threads and publishes them in order.
+def test_pieces_are_published_in_place_once(tmp_path: Path) -> None:
+    # The fetcher publishes a report file as the pieces it built, never joined.
     target = tmp_path / "incoming" / FEED / "2024" / "05" / "01" / "f.json"
     pieces = [b'{"objects":[', b"1", b",", b"2" * (3 << 20), b"]}"]
-    staged = durable.stage_bytes(target, pieces)
-    assert staged.parent == target.parent and staged.name.startswith(".")
-    assert staged.read_bytes() == b"".join(pieces)
-    assert not target.exists()  # nothing visible before the publish
-
-    assert durable.publish_staged(staged, target) is True
+    assert durable.publish_bytes(target, pieces) is True
     assert target.read_bytes() == b"".join(pieces)
-    assert not staged.exists()
-
-    again = durable.stage_bytes(target, b"".join(pieces))
-    assert durable.publish_staged(again, target) is False  # content-addressed: already there
-    assert not again.exists()
-    dropped = durable.stage_bytes(target, b"other")
-    durable.discard_staged(dropped)
+    # Content-addressed: already there, so nothing is written (not even a temp file).
+    before = target.stat().st_mtime_ns
+    assert durable.publish_bytes(target, [b"".join(pieces)]) is False
+    assert target.stat().st_mtime_ns == before
     assert sorted(p.name for p in target.parent.iterdir()) == ["f.json"]
 
 
