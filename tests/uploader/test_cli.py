@@ -389,3 +389,27 @@ def test_once_without_pycti_is_a_clear_error(env: dict[str, str], files: SpoolFi
     assert proc.returncode == 1
     assert "cannot load pycti" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_spool_commands_run_without_pycti_or_pika(env: dict[str, str], files: SpoolFiles) -> None:
+    # pika comes with pycti (the 'opencti' extra): neither may be needed to read the spool.
+    files.add(FEED_A)
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["pycti"] = None
+        sys.modules["pika"] = None
+        from uploader.commands.cli import main
+        main(["status"])
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "incoming" in proc.stdout

@@ -809,3 +809,13 @@ def test_pushed_size_of_bytes_matches_the_escaped_text(text: str) -> None:
     from uploader.importing.chunking import _pushed_size
 
     assert pushed_size_of(text.encode("utf-8")) == _pushed_size(text)
+
+
+def test_a_rabbitmq_error_is_transient() -> None:
+    # pika's errors, as send_stix2_bundle raises them on the amqp protocol (pika comes with pycti).
+    from pika.exceptions import AMQPConnectionError
+
+    failure = classify(AMQPConnectionError("connection refused"), "work-1", STANDIN_TOKEN)
+    assert isinstance(failure, TransientImportError)
+    assert failure.work_id == "work-1"
+    assert "RabbitMQ push failed" in str(failure)

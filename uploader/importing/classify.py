@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import requests
-from pika.exceptions import AMQPError
 
 from uploader.errors import ImportFailure, PermanentImportError, TransientImportError
 from uploader.importing.backpressure import QueuePaused
@@ -73,6 +72,16 @@ _ERROR = "pycti/api/opencti_api_client.py, query(): raise ValueError(value_error
 _BODY = "pycti/api/opencti_api_client.py, query(): raise ValueError(r.text)"
 _INIT = "pycti/api/opencti_api_client.py, OpenCTIApiClient.__init__()"
 _SEND = "pycti/connector/opencti_connector_helper.py, send_stix2_bundle()"
+
+
+def _is_amqp_error(exc: BaseException) -> bool:
+    """An error of pika, the amqp protocol's client. pika is installed with pycti (the ``opencti``
+    extra), so it is imported here, not with this module: the spool commands run without it."""
+    try:
+        from pika.exceptions import AMQPError
+    except ImportError:
+        return False
+    return isinstance(exc, AMQPError)
 
 
 def _row(verdict: Verdict, pattern: str, raised_by: str, text_from: str) -> Pattern:
@@ -133,7 +142,7 @@ def classify(exc: BaseException, work_id: str | None, token: str) -> ImportFailu
     text = redact(describe(exc), token)
     if isinstance(exc, requests.RequestException):
         return TransientImportError(f"OpenCTI not reachable: {text}", work_id=work_id)
-    if isinstance(exc, AMQPError):
+    if _is_amqp_error(exc):
         return TransientImportError(f"RabbitMQ push failed: {text}", work_id=work_id)
     error = _graphql_error_of(exc)
     if error is not None:
