@@ -16,10 +16,9 @@ from fetcher.ctx.client import CTXClient
 from fetcher.errors import FetcherError
 from fetcher.state.ledger import open_state
 from shared.cli import config_option
-from shared.console import log_handler, terminal_console
+from shared.console import live_progress, showing, terminal_console
 from shared.errors import SpoolError, UnsafeNameError
 from shared.layout import check_feed_id
-from shared.logsetup import records_through
 
 #: Exit status when an audited feed is not complete (click's own: 1 an error, 2 a usage error).
 INCOMPLETE = 3
@@ -108,16 +107,9 @@ def _display(wanted: bool) -> Iterator[tuple[AuditProgress | None, Callable[[str
         yield None, click.echo
         return
     # Imported only for a terminal, as fetcher.commands.progress is.
-    from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+    from rich.progress import TaskID
 
-    display = Progress(
-        SpinnerColumn(finished_text="done"),
-        TextColumn("{task.description}"),
-        TextColumn("records read {task.completed:.0f}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
+    display = live_progress(console)
     tasks: dict[str, TaskID] = {}
 
     def update(feed_id: str, records: int) -> None:
@@ -126,13 +118,13 @@ def _display(wanted: bool) -> Iterator[tuple[AuditProgress | None, Callable[[str
             for task in tasks.values():
                 display.remove_task(task)
             tasks.clear()
-            tasks[feed_id] = display.add_task(feed_id, total=None)
-        display.update(tasks[feed_id], completed=records)
+            tasks[feed_id] = display.add_task(feed_id, total=None, detail="")
+        display.update(tasks[feed_id], detail=f"records read {records}")
 
     def echo(text: str) -> None:
         # click.echo would write to stdout's buffer, under the display's redirection: the line
         # would land in the middle of the display.
         console.print(text, markup=False, highlight=False, soft_wrap=True)
 
-    with records_through(log_handler(console)), display:
+    with showing(display):
         yield update, echo

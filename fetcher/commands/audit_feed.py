@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,11 +112,11 @@ def audit_feed(
     ):
         listing = scratch.mirror
         result.records = _read_listing(client, scratch, listing, feed_id, progress)
-        written = _Written(state, feed_id)
+        written = state.mirror
         for reports in (True, False):
             for ids in listing.pending(feed_id, reports=reports, limit=CHUNK):
                 kept = listing.get(feed_id, ids)
-                carried = written.of(ids)
+                carried = written.written(feed_id, ids)
                 result.objects += len(ids)
                 result.not_in_files += [i for i in ids if carried.get(i) != kept[i].sha256]
         gaps = state.gaps
@@ -158,13 +158,13 @@ def _read_listing(
 
 
 def _check_reports(
-    result: FeedAudit, listing: Mirror, written: _Written, gaps: dict[str, list[str]]
+    result: FeedAudit, listing: Mirror, written: Mirror, gaps: dict[str, list[str]]
 ) -> None:
     """Fill ``result.lacking`` and ``result.not_listed`` from the state's incomplete reports."""
     if not gaps:
         return
     reports = listing.get(result.feed_id, gaps)
-    carried = written.of(list(gaps))
+    carried = written.written(result.feed_id, list(gaps))
     held = _held(listing, result.feed_id, {m for members in gaps.values() for m in members})
     for report_id, members in gaps.items():
         kept = reports.get(report_id)
@@ -185,16 +185,3 @@ def _held(listing: Mirror, feed_id: str, ids: set[str]) -> set[str]:
     for start in range(0, len(ordered), CHUNK):
         found |= set(listing.get(feed_id, ordered[start : start + CHUNK]))
     return found
-
-
-class _Written:
-    """The state's written marks of one feed (:meth:`fetcher.state.mirror.Mirror.written`); none in a
-    state whose fetcher never read a page."""
-
-    def __init__(self, state: Ledger, feed_id: str) -> None:
-        self._feed_id = feed_id
-        self._mirror = state.mirror
-
-    def of(self, ids: Iterable[str]) -> dict[str, str]:
-        """The sha256 a published file carries of each of ``ids`` (absent: none)."""
-        return self._mirror.written(self._feed_id, ids)

@@ -107,9 +107,6 @@ def reset_feed(
     return ResetOutcome(feed_id, before, after, rewrite)
 
 
-logger = logging.getLogger(__name__)
-
-
 @click.command()
 @config_option
 @click.option("--feed", "feed_id", required=True, help="The feed's UUID.")

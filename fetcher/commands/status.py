@@ -7,7 +7,6 @@ HEALTHCHECK beside a running fetcher, every few seconds.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -215,9 +214,6 @@ def render_table(states: list[FeedState], console: Console) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
-
-
-logger = logging.getLogger(__name__)
 
 
 def _read_state(settings: ScheduleSettings) -> list[FeedState]:

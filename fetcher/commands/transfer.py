@@ -34,7 +34,7 @@ def open_transfer_state(spool_dir: Path, state_dir: Path) -> Ledger:
     """The fetcher's state at ``state_dir``, for ``transfer`` to read and mark.
 
     Raises :class:`shared.errors.NotASpoolError`, creating nothing, where
-    :func:`fetcher.commands.status.open_state` refuses: ``spool_dir`` is not a spool, or the fetcher never
+    :func:`fetcher.state.ledger.open_state` refuses: ``spool_dir`` is not a spool, or the fetcher never
     ran with it (a wrong ``CYBERTHREATEXCHANGE_STATE_DIR`` would otherwise list every file as new).
     """
     with open_state(spool_dir, state_dir):
