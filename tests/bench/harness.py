@@ -127,8 +127,8 @@ def child_pids(pid: int) -> list[int]:
 
 
 def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``: its children, theirs, and so on (the fetcher's fork server
-    and the file-writing workers it forks are grandchildren)."""
+    """Every process below ``pid``: its children, theirs, and so on (a process a child forks is
+    counted too)."""
     found: list[int] = []
     todo = child_pids(pid)
     while todo:
@@ -250,8 +250,8 @@ class Child:
         of the proportional set size (PSS) of the child and every process it started, or the
         child's own ``VmHWM`` if that is greater (a lone process: its exact peak).
 
-        Not the sum of each process's peak (:attr:`tree_peak_kib`): a fork server and the
-        workers it forks share most of their pages, and their peaks need not coincide; PSS
+        Not the sum of each process's peak (:attr:`tree_peak_kib`): a parent and the processes
+        it forks share most of their pages, and their peaks need not coincide; PSS
         counts a shared page once across the processes that share it, as a cgroup memory limit
         counts it.
         """
