@@ -71,6 +71,7 @@ class Assembler:
         now = datetime.now(UTC)
         self._now = format_stix_time(now)
         self.writer = FileWriter(
+            ledger,
             spool,
             feed_id,
             signing_key,
@@ -84,11 +85,11 @@ class Assembler:
 
     def run(self) -> Counts:
         for ids in self.mirror.pending(self.feed_id, reports=True, limit=REPORTS_PER_COMMIT):
-            self._record_all(self.writer.reports(self.ledger, ids))
+            self._record_all(self.writer.reports(ids))
         for ids in self.mirror.pending(self.feed_id, reports=False, limit=OBJECTS_PER_FILE):
             free = [object_id for object_id in ids if object_id not in self._held]
             if free:
-                self._record_all(self.writer.objects(self.ledger, free))
+                self._record_all(self.writer.objects(free))
         return self.counts
 
     def _record_all(self, built: list[Built]) -> None:

@@ -90,8 +90,10 @@ class _Group:
 
 @dataclass(frozen=True)
 class FileWriter:
-    """Builds and publishes the files of one feed into ``spool``'s ``incoming/``."""
+    """Builds the files of one feed from ``ledger``'s mirror and publishes them into ``spool``'s
+    ``incoming/``."""
 
+    ledger: Ledger
     spool: Spool
     feed_id: str
     signing_key: SigningKey | None = None
@@ -99,11 +101,11 @@ class FileWriter:
     #: :func:`shared.timestamps.format_stix_time`) waits; None: none waits.
     wait_cutoff: str | None = None
 
-    def reports(self, ledger: Ledger, ids: list[str]) -> list[Built]:
+    def reports(self, ids: list[str]) -> list[Built]:
         """The files of these reports, each published if its content is new."""
         return [
             self._waiting(group) if self._waits(group) else self._build(group)
-            for group in self._report_groups(ledger, ids)
+            for group in self._report_groups(ids)
         ]
 
     def _waits(self, group: _Group) -> bool:
@@ -126,9 +128,9 @@ class FileWriter:
             waiting=True,
         )
 
-    def objects(self, ledger: Ledger, ids: list[str]) -> list[Built]:
+    def objects(self, ids: list[str]) -> list[Built]:
         """One feed-level file of these objects (none if the mirror holds none of them)."""
-        kept = list(ledger.mirror.get(self.feed_id, ids).values())
+        kept = list(self.ledger.mirror.get(self.feed_id, ids).values())
         if not kept:
             return []
         # The spool contract names a file by the newest modified (else created) of what it
@@ -137,8 +139,9 @@ class FileWriter:
         stamp = max(times) or max(item.stamp for item in kept)
         return [self._build(_Group(FEED_OBJECTS_SUBJECT, stamp, kept))]
 
-    def _report_groups(self, ledger: Ledger, ids: list[str]) -> list[_Group]:
+    def _report_groups(self, ids: list[str]) -> list[_Group]:
         """The reports' groups, their closures read a level at a time for all of them."""
+        ledger = self.ledger
         mirror = ledger.mirror
         known = mirror.get(self.feed_id, ids)
         reports = [known[report_id] for report_id in ids if report_id in known]

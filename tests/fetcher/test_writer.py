@@ -75,15 +75,15 @@ def test_each_report_file_carries_its_closure_once(tmp_path: Path) -> None:
     ids = _report_ids(mirror)
     assert len(ids) == 40
     spool = Spool(tmp_path / "spool")
-    writer = FileWriter(spool, FEED)
-    built = [b for at in range(0, 40, 7) for b in writer.reports(ledger, ids[at : at + 7])]
+    writer = FileWriter(ledger, spool, FEED)
+    built = [b for at in range(0, 40, 7) for b in writer.reports(ids[at : at + 7])]
     assert all(b.written for b in built)
     for b in built:
         assert len(b.shas) == 3  # the report, its indicator and the identity that made both
         assert spool.path_in("incoming", b.rel).is_file()
         ledger.record_report(FEED, b.subject, b.sha, str(b.rel))
     # Built again with the ledger's entries: the same files, none written.
-    again = writer.reports(ledger, ids)
+    again = writer.reports(ids)
     ledger.close()
     assert [(b.subject, b.sha, b.rel) for b in again] == [(b.subject, b.sha, b.rel) for b in built]
     assert not any(b.written for b in again)
@@ -99,8 +99,8 @@ def test_a_report_that_cannot_be_named_fails_with_a_fetcher_error(tmp_path: Path
         "object_refs": [],
     }
     ledger, mirror = _ledger(tmp_path, [report])
-    writer = FileWriter(Spool(tmp_path / "spool"), FEED)
+    writer = FileWriter(ledger, Spool(tmp_path / "spool"), FEED)
     with pytest.raises(FetcherError, match="has no modified, created or record time") as err:
-        writer.reports(ledger, _report_ids(mirror))
+        writer.reports(_report_ids(mirror))
     ledger.close()
     assert err.value.feed_id == FEED
